@@ -1,0 +1,32 @@
+"""Command line: ``python -m t2i_core tiny --family sd --out DIR`` writes a tiny pipeline folder."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m t2i_core", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    tiny = sub.add_parser("tiny", help="write a tiny random-weight pipeline that diffusers loads offline")
+    from .tiny import TINY_FAMILIES
+
+    tiny.add_argument("--family", choices=TINY_FAMILIES, default="sd")
+    tiny.add_argument("--out", type=Path, required=True, help="folder to write (replaced if present)")
+    args = parser.parse_args(argv)
+
+    if args.command == "tiny":
+        from .tiny import build_tiny_pipeline
+
+        started = time.perf_counter()
+        out = build_tiny_pipeline(args.family, args.out)
+        print(f"wrote tiny {args.family} pipeline to {out} in {time.perf_counter() - started:.2f}s")
+        print(f"load it with: DiffusionPipeline.from_pretrained({str(out)!r}, local_files_only=True)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Settings read from the environment, with documented defaults.
+
+Every knob has a ``T2I_*`` environment variable. Nothing here imports torch or diffusers, so
+``import service`` and ``bentoml build`` stay fast.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from typing import Callable
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be an integer; got {raw!r}") from None
+
+
+def _str(name: str, default: str) -> str:
+    raw = os.environ.get(name)
+    return default if raw is None or raw.strip() == "" else raw.strip()
+
+
+@dataclass(frozen=True)
+class Settings:
+    #: Model served when a request names none: a registry id, or "auto" (sd-turbo when its weights are
+    #: in the local Hugging Face cache, else the built-in tiny model).
+    model: str = "auto"
+    #: "auto" (cuda, then mps, then cpu) or a torch device string such as "cuda:1".
+    device: str = "auto"
+    #: "auto" (cuda: bfloat16 where supported else float16; mps: float16; cpu: the model's cpu dtype,
+    #: float32 unless the registry says otherwise) or one of float32, float16, bfloat16, float64.
+    dtype: str = "auto"
+    #: Most images the engine runs in one batch, and the batching deadline (BentoML answers 503 when it
+    #: predicts a queued request cannot start within it, so keep it generous).
+    max_batch_size: int = 16
+    max_latency_ms: int = 60_000
+    #: Seconds a request may take end to end (BentoML's traffic timeout).
+    request_timeout_s: int = 120
+    #: Input images: most pixels (width * height, read from the header before decoding).
+    max_input_pixels: int = 4096 * 4096
+    #: Load the default model when the engine starts (1) or on first use (0).
+    preload: int = 1
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        readers: dict[str, Callable[[str, object], object]] = {}
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            env = f"T2I_{f.name.upper()}"
+            reader = _int if isinstance(f.default, int) else _str
+            readers[env] = reader
+            values[f.name] = reader(env, f.default)  # type: ignore[arg-type]
+        return cls(**values)  # type: ignore[arg-type]
+
+
+def env_names() -> dict[str, object]:
+    """Each setting's environment variable and default, for documentation and ``--help``."""
+    return {f"T2I_{f.name.upper()}": f.default for f in fields(Settings)}

@@ -1,0 +1,77 @@
+"""The one exception hierarchy of the product, and its mapping to HTTP.
+
+Messages name the field, the limit and the value received. ``http_status`` is the only place where
+an error becomes a status code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class T2IError(Exception):
+    """Base of every error the server reports to a client."""
+
+    status: int = 500
+    code: str = "internal_error"
+    type: str = "server_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "T2IError":
+        """Rebuild an error reported across a process boundary (engine result to API)."""
+        kind = _BY_CODE.get(str(data.get("code")), T2IError)
+        err = kind(str(data.get("message", "")), param=data.get("param"))
+        err.code = str(data.get("code") or kind.code)
+        return err
+
+
+class InvalidRequest(T2IError):
+    status = 400
+    code = "invalid_value"
+    type = "invalid_request_error"
+
+
+class UnknownModel(T2IError):
+    status = 404
+    code = "model_not_found"
+    type = "invalid_request_error"
+
+
+class PayloadTooLarge(T2IError):
+    status = 413
+    code = "payload_too_large"
+    type = "invalid_request_error"
+
+
+class ModelUnavailable(T2IError):
+    """The model is known but cannot be served now (weights absent, failed to load)."""
+
+    status = 503
+    code = "model_unavailable"
+    type = "server_error"
+
+
+class EngineFailure(T2IError):
+    status = 500
+    code = "engine_failure"
+    type = "server_error"
+
+
+_BY_CODE: dict[str, type[T2IError]] = {
+    c.code: c for c in (T2IError, InvalidRequest, UnknownModel, PayloadTooLarge, ModelUnavailable, EngineFailure)
+}
+
+
+def http_status(err: T2IError) -> int:
+    """The HTTP status of an error: the single mapping from the hierarchy to HTTP."""
+    return err.status
