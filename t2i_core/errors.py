@@ -75,3 +75,23 @@ _BY_CODE: dict[str, type[T2IError]] = {
 def http_status(err: T2IError) -> int:
     """The HTTP status of an error: the single mapping from the hierarchy to HTTP."""
     return err.status
+
+
+def describe_validation_errors(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
+    """One message from pydantic error dicts, naming each field; and the first field's name.
+
+    Our validators put the limit and the value in their message; pydantic's own messages are kept.
+    """
+    parts: list[str] = []
+    first: str | None = None
+    for err in errors:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "request"
+        first = first or loc
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        if err.get("type") == "missing":
+            msg = f"{loc} is required"
+        elif err.get("type") == "json_invalid":
+            msg = "request body is not valid JSON"
+            first = None
+        parts.append(msg if loc in msg else f"{loc}: {msg}")
+    return "; ".join(parts) or "invalid request", first

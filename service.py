@@ -1,0 +1,134 @@
+"""BentoML services: the engine (owns the GPU and the pipelines) and the API (the HTTP front).
+
+Thin by design: routes, HTTP types and error mapping only. The logic lives in ``t2i_core``.
+torch and diffusers are imported inside the engine's ``__init__``, so importing this module and
+``bentoml build`` stay fast.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import bentoml
+from PIL.Image import Image
+from pydantic import BeforeValidator
+
+from t2i_core import fields as F
+from t2i_core.config import Settings
+from t2i_core.errors import T2IError
+from t2i_core.frontend import Frontend, Kind, parse, read_upload
+from t2i_core.http import ErrorBodyMiddleware, base64_image, error_response, image_response
+from t2i_core.schemas import EditRequest, EngineRequest, EngineResult, GenerateRequest
+
+SETTINGS = Settings.from_env()
+TRAFFIC = {"timeout": SETTINGS.request_timeout_s}
+log = logging.getLogger("t2i")
+
+ImageUpload = Annotated[Path, BeforeValidator(base64_image)]
+
+
+@bentoml.service(name="t2i_engine", resources={"gpu": 1}, workers=1, traffic=TRAFFIC)
+class Engine:
+    """Owns the device: loads pipelines once and runs adaptive batches of images."""
+
+    def __init__(self) -> None:
+        from t2i_core.engine import Engine as CoreEngine
+
+        self.core = CoreEngine(SETTINGS)
+        registry = self.core.registry
+        if SETTINGS.model == "auto" and registry.using_fallback:
+            reason = registry.get("stabilityai/sd-turbo").unavailable_reason()
+            log.warning(
+                "\n%s\nT2I_MODEL=auto: serving the built-in tiny random-weight model %r, which draws noise.\n"
+                "%s.\nThen restart, or set T2I_MODEL to a model id.\n%s",
+                "=" * 100, registry.default_id, reason, "=" * 100,
+            )
+        if SETTINGS.preload:
+            self.core.load(registry.default_id)
+
+    @bentoml.api(batchable=True, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
+    def generate(self, requests: list[EngineRequest]) -> list[EngineResult]:
+        return self.core.run(requests)
+
+    @bentoml.api(batchable=True, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
+    def edit(self, requests: list[EngineRequest]) -> list[EngineResult]:
+        return self.core.run(requests)
+
+    @bentoml.api
+    async def stats(self) -> dict[str, Any]:
+        return self.core.stats()
+
+
+@bentoml.service(name="t2i", traffic=TRAFFIC)
+class API:
+    """HTTP front: validation, image decoding/encoding, and every public route."""
+
+    engine = bentoml.depends(Engine)
+
+    def __init__(self) -> None:
+        self.front = Frontend(self._call_engine, SETTINGS)
+
+    async def _call_engine(self, kind: Kind, requests: list[EngineRequest]) -> list[EngineResult]:
+        method = self.engine.to_async.generate if kind == "generate" else self.engine.to_async.edit
+        return await method(requests)
+
+    @bentoml.api(route="/generate")
+    async def generate(
+        self,
+        prompt: F.Prompt,
+        negative_prompt: F.NegativePrompt = None,
+        num_inference_steps: F.Steps = None,
+        steps: F.Steps = None,
+        guidance_scale: F.Guidance = None,
+        width: F.Side = None,
+        height: F.Side = None,
+        seed: F.Seed = None,
+        model: F.ModelId = None,
+        format: F.ImageFormat = "png",
+    ) -> Image:
+        """Text to image. Answers the image bytes; headers X-Seed, X-Model, X-Inference-Time."""
+        fields = dict(locals())
+        fields.pop("self")
+        fields["num_inference_steps"] = fields.pop("steps") if num_inference_steps is None else num_inference_steps
+        try:
+            (image,) = await self.front.generate(parse(GenerateRequest, fields))
+        except T2IError as err:
+            return error_response(err)
+        return image_response(image)
+
+    @bentoml.api(route="/edit")
+    async def edit(
+        self,
+        image: ImageUpload,
+        prompt: F.Prompt,
+        strength: F.Strength = None,
+        negative_prompt: F.NegativePrompt = None,
+        num_inference_steps: F.Steps = None,
+        steps: F.Steps = None,
+        guidance_scale: F.Guidance = None,
+        width: F.Side = None,
+        height: F.Side = None,
+        seed: F.Seed = None,
+        model: F.ModelId = None,
+        format: F.ImageFormat = "png",
+    ) -> Image:
+        """Image to image: a file upload (multipart) or base64 in JSON. Answers the image bytes."""
+        fields = dict(locals())
+        fields.pop("self")
+        upload = fields.pop("image")
+        fields["num_inference_steps"] = fields.pop("steps") if num_inference_steps is None else num_inference_steps
+        try:
+            (result,) = await self.front.edit(parse(EditRequest, fields), read_upload(upload))
+        except T2IError as err:
+            return error_response(err)
+        return image_response(result)
+
+    @bentoml.api(route="/stats")
+    async def stats(self) -> dict[str, Any]:
+        """What the engine has done: images, batches and the sizes of its batches."""
+        return await self.engine.to_async.stats()
+
+
+API.add_asgi_middleware(ErrorBodyMiddleware)

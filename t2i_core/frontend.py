@@ -1,0 +1,113 @@
+"""The API side of a request: validate, decode input images, call the engine, encode output images.
+
+Everything here runs in the API process, so decoding and encoding (CPU work) stay out of the GPU
+process. ``EngineCall`` is how the frontend reaches the engine: BentoML's inter-service client in
+the server, the engine itself in tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Literal
+
+from pydantic import ValidationError
+
+from .config import Settings
+from .errors import InvalidRequest, T2IError, describe_validation_errors
+from .imaging import MEDIA_TYPES, decode_image, encode_image, output_size, to_rgb_pixels
+from .registry import Registry
+from .schemas import EditRequest, EngineRequest, EngineResult, GenerateRequest, to_engine
+
+Kind = Literal["generate", "edit"]
+EngineCall = Callable[[Kind, list[EngineRequest]], Awaitable[list[EngineResult]]]
+
+
+@dataclass(frozen=True)
+class RenderedImage:
+    """An encoded output image and what produced it."""
+
+    data: bytes
+    format: str
+    seed: int
+    model: str
+    width: int
+    height: int
+    batch_size: int
+    inference_s: float
+    total_s: float
+
+    @property
+    def media_type(self) -> str:
+        return MEDIA_TYPES[self.format]
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "X-Seed": str(self.seed),
+            "X-Model": self.model,
+            "X-Image-Size": f"{self.width}x{self.height}",
+            "X-Batch-Size": str(self.batch_size),
+            "X-Inference-Time": f"{self.inference_s:.4f}",
+            "X-Total-Time": f"{self.total_s:.4f}",
+        }
+
+
+def parse(model: type[GenerateRequest], data: dict[str, Any]) -> GenerateRequest:
+    """Validate ``data`` into ``model``; InvalidRequest (naming field and value) when it does not fit."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        message, param = describe_validation_errors(exc.errors(include_url=False))
+        raise InvalidRequest(message, param=param) from None
+
+
+class Frontend:
+    def __init__(self, engine: EngineCall, settings: Settings | None = None, registry: Registry | None = None):
+        self.settings = settings or Settings.from_env()
+        self.registry = registry or Registry(default=self.settings.model)
+        self._engine = engine
+
+    async def generate(self, req: GenerateRequest, n: int = 1) -> list[RenderedImage]:
+        """``n`` images for ``req`` (seeds seed, seed+1, ... when a seed is given), batched together."""
+        entry = self.registry.get(req.model)
+        items = [to_engine(req, entry, seed_offset=k) for k in range(n)]
+        return await self._run("generate", items, req.format)
+
+    async def edit(self, req: EditRequest, image: bytes, n: int = 1) -> list[RenderedImage]:
+        """Edit the PNG/JPEG/WebP ``image`` (bytes) as ``req`` says."""
+        entry = self.registry.get(req.model)
+        pixels, size = await asyncio.to_thread(self._prepare_input, req, image)
+        items = [to_engine(req, entry, image=pixels, image_size=size, seed_offset=k) for k in range(n)]
+        return await self._run("edit", items, req.format)
+
+    def _prepare_input(self, req: EditRequest, image: bytes) -> tuple[bytes, tuple[int, int]]:
+        img = decode_image(image, max_pixels=self.settings.max_input_pixels)
+        width, height = output_size(*img.size)
+        size = (req.width or width, req.height or height)
+        return to_rgb_pixels(img, *size), size
+
+    async def _run(self, kind: Kind, items: list[EngineRequest], fmt: str) -> list[RenderedImage]:
+        started = time.perf_counter()
+        results = await self._engine(kind, items)
+        if len(results) != len(items):
+            raise T2IError(f"engine returned {len(results)} results for {len(items)} requests")
+        for result in results:
+            if result.error is not None:
+                raise T2IError.from_dict(result.error)
+        encoded = await asyncio.gather(
+            *(asyncio.to_thread(encode_image, r.pixels or b"", r.width, r.height, fmt) for r in results)
+        )
+        total = time.perf_counter() - started
+        return [
+            RenderedImage(
+                data=data, format=fmt, seed=int(r.seed or 0), model=r.model, width=r.width,
+                height=r.height, batch_size=r.batch_size, inference_s=r.inference_s, total_s=total,
+            )
+            for r, data in zip(results, encoded)
+        ]
+
+
+def read_upload(image: Path | bytes) -> bytes:
+    return image if isinstance(image, bytes) else Path(image).read_bytes()
