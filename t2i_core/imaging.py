@@ -21,6 +21,9 @@ MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 JPEG_QUALITY = 90
 WEBP_QUALITY = 90
+# decode_image checks its own (configurable) pixel cap from the header before decoding; PIL's global
+# check would otherwise refuse first with its own limit and message.
+Image.MAX_IMAGE_PIXELS = None
 _DATA_URI = re.compile(r"^data:[\w/+.-]*;base64,", re.IGNORECASE)
 
 
@@ -81,7 +84,7 @@ def output_size(width: int, height: int) -> tuple[int, int]:
     """The generation size for an input image: aspect kept, sides multiples of 8 within limits."""
     scale = min(1.0, MAX_SIDE / max(width, height))
     def snap(side: float) -> int:
-        side = int(round(side * scale / SIDE_MULTIPLE)) * SIDE_MULTIPLE
+        side = int(side * scale / SIDE_MULTIPLE + 0.5) * SIDE_MULTIPLE
         return max(MIN_SIDE, min(MAX_SIDE, side))
     return snap(width), snap(height)
 
