@@ -16,10 +16,12 @@ from PIL.Image import Image
 from pydantic import BeforeValidator
 
 from t2i_core import fields as F
+from t2i_core.compat import build_compat_app
 from t2i_core.config import Settings
 from t2i_core.errors import T2IError
 from t2i_core.frontend import Frontend, Kind, parse, read_upload
 from t2i_core.http import ErrorBodyMiddleware, base64_image, error_response, image_response
+from t2i_core.image_store import ImageStore
 from t2i_core.schemas import EditRequest, EngineRequest, EngineResult, GenerateRequest
 
 SETTINGS = Settings.from_env()
@@ -131,4 +133,12 @@ class API:
         return await self.engine.to_async.stats()
 
 
-API.add_asgi_middleware(ErrorBodyMiddleware)
+API.add_asgi_middleware(ErrorBodyMiddleware, paths=frozenset(m.route for m in API.apis.values()))
+# OpenAI-compatible /v1 and the seed servers' routes: adapters over the same frontend.
+API.mount_asgi_app(
+    build_compat_app(
+        lambda: bentoml.get_current_service().front,
+        ImageStore(SETTINGS.image_url_ttl_s, SETTINGS.image_store_max_bytes),
+    ),
+    path="/",
+)

@@ -46,6 +46,11 @@ class Settings:
     max_input_pixels: int = 4096 * 4096
     #: Load the default model when the engine starts (1) or on first use (0).
     preload: int = 1
+    #: Most images one request may ask for (OpenAI's ``n``).
+    max_images_per_request: int = 8
+    #: ``response_format: "url"``: seconds an image stays downloadable, and the store's size in bytes.
+    image_url_ttl_s: int = 3600
+    image_store_max_bytes: int = 256 * 1024 * 1024
 
     @classmethod
     def from_env(cls) -> "Settings":

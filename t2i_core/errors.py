@@ -41,9 +41,21 @@ class InvalidRequest(T2IError):
     type = "invalid_request_error"
 
 
-class UnknownModel(T2IError):
+class NotFound(T2IError):
     status = 404
+    code = "not_found"
+    type = "invalid_request_error"
+
+
+class UnknownModel(NotFound):
     code = "model_not_found"
+
+
+class Gone(T2IError):
+    """It existed and has expired (an image link past its time)."""
+
+    status = 410
+    code = "gone"
     type = "invalid_request_error"
 
 
@@ -68,7 +80,7 @@ class EngineFailure(T2IError):
 
 
 _BY_CODE: dict[str, type[T2IError]] = {
-    c.code: c for c in (T2IError, InvalidRequest, UnknownModel, PayloadTooLarge, ModelUnavailable, EngineFailure)
+    c.code: c for c in (T2IError, InvalidRequest, NotFound, UnknownModel, Gone, PayloadTooLarge, ModelUnavailable, EngineFailure)
 }
 
 

@@ -162,3 +162,46 @@ ModelId = Annotated[
     str | None,
     Field(description="A model id from /v1/models; the server's default when unset.", max_length=200),
 ]
+
+
+MAX_N = 10  # OpenAI's own bound; the server's configured maximum may be lower
+RESPONSE_FORMATS = ("b64_json", "url")
+
+
+def _choice(*allowed: str):
+    def check(value: Any, info: ValidationInfo) -> Any:
+        if value is None or value in allowed:
+            return value
+        raise ValueError(f"{_name(info)} must be one of {', '.join(allowed)}; got {value!r}")
+
+    return check
+
+
+def parse_size(value: Any, info: ValidationInfo) -> Any:
+    """OpenAI's ``size``: "WIDTHxHEIGHT" (each a multiple of 8 within limits) or "auto"."""
+    if value is None or value == "auto":
+        return None
+    if isinstance(value, str) and value.count("x") == 1:
+        w, h = value.lower().split("x")
+        try:
+            width, height = int(w), int(h)
+        except ValueError:
+            width = height = -1
+        if all(MIN_SIDE <= s <= MAX_SIDE and s % SIDE_MULTIPLE == 0 for s in (width, height)):
+            return f"{width}x{height}"
+    raise ValueError(
+        f"{_name(info)} must be 'WIDTHxHEIGHT' with sides multiples of {SIDE_MULTIPLE} between "
+        f"{MIN_SIDE} and {MAX_SIDE}, or 'auto'; got {value!r}"
+    )
+
+
+N = Annotated[
+    int,
+    BeforeValidator(_int_in(1, MAX_N)),
+    Field(description="How many images.", json_schema_extra={"minimum": 1, "maximum": MAX_N}),
+]
+Size = Annotated[str | None, BeforeValidator(parse_size), Field(description="'WIDTHxHEIGHT' or 'auto'.")]
+ResponseFormat = Annotated[str | None, BeforeValidator(_choice(*RESPONSE_FORMATS))]
+OptionalImageFormat = Annotated[
+    str | None, BeforeValidator(_format), Field(json_schema_extra={"enum": list(IMAGE_FORMATS)})
+]

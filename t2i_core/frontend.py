@@ -11,9 +11,9 @@ import asyncio
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Literal
+from typing import Any, Awaitable, Callable, Literal, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from .config import Settings
 from .errors import InvalidRequest, T2IError, describe_validation_errors
@@ -54,7 +54,10 @@ class RenderedImage:
         }
 
 
-def parse(model: type[GenerateRequest], data: dict[str, Any]) -> GenerateRequest:
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse(model: type[M], data: dict[str, Any]) -> M:
     """Validate ``data`` into ``model``; InvalidRequest (naming field and value) when it does not fit."""
     try:
         return model.model_validate(data)

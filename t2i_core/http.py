@@ -23,7 +23,18 @@ def error_body(err: T2IError) -> dict[str, Any]:
 
 
 def error_response(err: T2IError) -> JSONResponse:
+    """Native routes: ``{"error": message, "param": ..., "code": ...}``."""
     return JSONResponse(error_body(err), status_code=http_status(err))
+
+
+def openai_error_response(err: T2IError) -> JSONResponse:
+    """/v1 routes: OpenAI's ``{"error": {"message", "type", "param", "code"}}``."""
+    return JSONResponse({"error": err.to_dict()}, status_code=http_status(err))
+
+
+def seed_error_response(err: T2IError) -> JSONResponse:
+    """Seed-compatible routes: ``{"error": message}``."""
+    return JSONResponse({"error": err.message}, status_code=http_status(err))
 
 
 def image_response(image: RenderedImage) -> Response:
@@ -59,13 +70,15 @@ def normalize_error_body(status: int, body: bytes) -> bytes | None:
 
 
 class ErrorBodyMiddleware:
-    """Rewrite JSON error bodies (status >= 400) that BentoML produced into the native shape."""
+    """Rewrite JSON error bodies (status >= 400) of BentoML's API routes (``paths``) into the native
+    shape. Other routes (the compatibility apps) answer in their own shapes and are left alone."""
 
-    def __init__(self, app: Any):
+    def __init__(self, app: Any, paths: frozenset[str] = frozenset()):
         self.app = app
+        self.paths = paths
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope.get("path") not in self.paths:
             await self.app(scope, receive, send)
             return
         held: dict[str, Any] | None = None

@@ -1,0 +1,56 @@
+"""The compatibility app in process (no server): real engine, Starlette's test client."""
+
+from __future__ import annotations
+
+import pytest
+from starlette.testclient import TestClient
+
+from t2i_core.compat import build_compat_app
+from t2i_core.frontend import Frontend
+from t2i_core.image_store import ImageStore
+
+
+class Clock:
+    now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture()
+def app_and_clock(engine):
+    async def call_engine(kind, requests):
+        return engine.run(requests)
+
+    front = Frontend(call_engine, registry=engine.registry)
+    clock = Clock()
+    store = ImageStore(ttl_s=60, max_bytes=10_000_000, clock=clock)
+    return TestClient(build_compat_app(lambda: front, store)), clock
+
+
+def test_url_link_expires_with_410(app_and_clock):
+    client, clock = app_and_clock
+    r = client.post("/v1/images/generations", json={"prompt": "x", "response_format": "url", "output_format": "jpeg"})
+    url = r.json()["data"][0]["url"]
+    assert url.endswith(".jpg")
+    assert client.get(url).headers["content-type"] == "image/jpeg"
+    clock.now = 61
+    gone = client.get(url)
+    assert gone.status_code == 410 and gone.json()["error"]["code"] == "image_expired"
+
+
+def test_n_over_the_configured_maximum(app_and_clock):
+    client, _ = app_and_clock
+    r = client.post("/v1/images/generations", json={"prompt": "x", "n": 9})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "n" and "9" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("body", ['{"prompt": "x",}', "[1, 2]", "not json"])
+def test_invalid_json_is_400_on_every_family(app_and_clock, body):
+    client, _ = app_and_clock
+    for path in ("/v1/images/generations", "/api/image/generate", "/image/generate", "/generate-image"):
+        r = client.post(path, content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 400, path
+        error = r.json()["error"]
+        message = error["message"] if isinstance(error, dict) else error
+        assert "JSON" in message, (path, message)

@@ -1,0 +1,109 @@
+"""The official OpenAI SDK against a live server, and batching of n > 1 across concurrent calls."""
+
+from __future__ import annotations
+
+import base64
+import io
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import openai
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def decode(b64: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB"))
+
+
+def test_models_list(client):
+    models = client.models.list()
+    ids = [m.id for m in models.data]
+    assert "builtin/tiny-sd" in ids and "stabilityai/sd-turbo" in ids
+    assert all(m.object == "model" and m.owned_by for m in models.data)
+    assert client.models.retrieve("builtin/tiny-sd").id == "builtin/tiny-sd"
+
+
+def test_generate_n2_b64(client):
+    result = client.images.generate(model="builtin/tiny-sd", prompt="a red kite", n=2, size="128x64",
+                                    response_format="b64_json", extra_body={"seed": 10})
+    assert len(result.data) == 2 and isinstance(result.created, int)
+    a, b = (decode(d.b64_json) for d in result.data)
+    assert a.shape == (64, 128, 3) and not np.array_equal(a, b)
+    assert [d.model_extra["seed"] for d in result.data] == [10, 11]
+
+
+def test_generate_url_then_fetch(client):
+    result = client.images.generate(model="builtin/tiny-sd", prompt="a boat", response_format="url",
+                                    extra_body={"output_format": "webp"})
+    url = result.data[0].url
+    r = httpx.get(url, timeout=30)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/webp"
+    assert httpx.get(url.rsplit("/", 1)[0] + "/no-such-image.png").status_code == 404
+
+
+def test_edit_over_multipart(client, tmp_path):
+    src = tmp_path / "in.png"
+    Image.new("RGB", (64, 64), (10, 120, 240)).save(src)
+    with src.open("rb") as f:
+        result = client.images.edit(model="builtin/tiny-sd", image=f, prompt="add a sun", n=2,
+                                    extra_body={"strength": 0.7, "seed": 3})
+    assert len(result.data) == 2
+    assert decode(result.data[0].b64_json).shape == (64, 64, 3)
+
+
+def test_edit_with_mask_is_refused(client, tmp_path):
+    src = tmp_path / "in.png"
+    Image.new("RGB", (64, 64)).save(src)
+    with src.open("rb") as f, src.open("rb") as m, pytest.raises(openai.BadRequestError) as info:
+        client.images.edit(model="builtin/tiny-sd", image=f, mask=m, prompt="x")
+    assert info.value.body["param"] == "mask" and "mask is not supported" in info.value.body["message"]
+
+
+def test_edit_json_base64(server):
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(buf, format="PNG")
+    r = httpx.post(f"{server.url}/v1/images/edits", timeout=60, json={
+        "prompt": "x", "image": base64.b64encode(buf.getvalue()).decode(), "strength": 0.5})
+    assert r.status_code == 200 and len(r.json()["data"]) == 1
+
+
+def test_unknown_model_raises_not_found(client):
+    with pytest.raises(openai.NotFoundError) as info:
+        client.images.generate(model="no/such-model", prompt="x")
+    assert info.value.body["code"] == "model_not_found"
+
+
+def test_invalid_field_is_400_naming_param(client):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.images.generate(model="builtin/tiny-sd", prompt="x", size="500x500")
+    assert info.value.status_code == 400 and info.value.body["param"] == "size" and "500x500" in info.value.body["message"]
+
+
+def test_concurrent_n2_calls_are_batched_and_seed_only(server, client):
+    solo = {}
+    for seed in (100, 101, 200, 201):
+        r = client.images.generate(model="builtin/tiny-sd", prompt="lantern", n=1, extra_body={"seed": seed, "guidance_scale": 5.0})
+        solo[seed] = decode(r.data[0].b64_json)
+
+    def call(i):
+        return client.images.generate(model="builtin/tiny-sd", prompt="lantern" if i < 2 else f"other {i}", n=2,
+                                      extra_body={"seed": (100, 200)[i] if i < 2 else 1000 + 10 * i, "guidance_scale": 5.0})
+
+    before = httpx.post(f"{server.url}/stats", json={}, timeout=30).json()["batches"]
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(call, range(8)))
+    stats = httpx.post(f"{server.url}/stats", json={}, timeout=30).json()
+    sizes = stats["recent_batch_sizes"][-(stats["batches"] - before):]
+    assert sum(sizes) == 16 and max(sizes) > 2, sizes  # several requests' images in one engine batch
+    for i, base in ((0, 100), (1, 200)):
+        got = [decode(d.b64_json) for d in results[i].data]
+        assert np.array_equal(got[0], solo[base]) and np.array_equal(got[1], solo[base + 1])
