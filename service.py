@@ -40,7 +40,7 @@ class Engine:
 
         self.core = CoreEngine(SETTINGS)
         registry = self.core.registry
-        if SETTINGS.model == "auto" and registry.using_fallback:
+        if registry.using_fallback:
             reason = registry.get("stabilityai/sd-turbo").unavailable_reason()
             log.warning(
                 "\n%s\nT2I_MODEL=auto: serving the built-in tiny random-weight model %r, which draws noise.\n"
@@ -48,7 +48,7 @@ class Engine:
                 "=" * 100, registry.default_id, reason, "=" * 100,
             )
         if SETTINGS.preload:
-            self.core.load(registry.default_id)
+            self.core.preload()
 
     @bentoml.api(batchable=True, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
     def generate(self, requests: list[EngineRequest]) -> list[EngineResult]:
@@ -62,6 +62,32 @@ class Engine:
     async def stats(self) -> dict[str, Any]:
         return self.core.stats()
 
+    @bentoml.api
+    async def model_states(self) -> list[dict[str, Any]]:
+        return self.core.models.states()
+
+    @bentoml.api
+    def model_action(self, action: str, model_id: str) -> dict[str, Any]:
+        """load / unload / set_default; runs in the engine's thread, between batches."""
+        return self.core.model_action(action, model_id)
+
+
+class RemoteEngine:
+    """The frontend's ``EngineClient`` over BentoML's inter-service client."""
+
+    def __init__(self, engine: Any):
+        self.engine = engine
+
+    async def run(self, kind: Kind, requests: list[EngineRequest]) -> list[EngineResult]:
+        method = self.engine.to_async.generate if kind == "generate" else self.engine.to_async.edit
+        return await method(requests)
+
+    async def model_states(self) -> list[dict[str, Any]]:
+        return await self.engine.to_async.model_states()
+
+    async def model_action(self, action: str, model_id: str) -> dict[str, Any]:
+        return await self.engine.to_async.model_action(action=action, model_id=model_id)
+
 
 @bentoml.service(name="t2i", traffic=TRAFFIC)
 class API:
@@ -70,11 +96,7 @@ class API:
     engine = bentoml.depends(Engine)
 
     def __init__(self) -> None:
-        self.front = Frontend(self._call_engine, SETTINGS)
-
-    async def _call_engine(self, kind: Kind, requests: list[EngineRequest]) -> list[EngineResult]:
-        method = self.engine.to_async.generate if kind == "generate" else self.engine.to_async.edit
-        return await method(requests)
+        self.front = Frontend(RemoteEngine(self.engine), SETTINGS)
 
     @bentoml.api(route="/generate")
     async def generate(
@@ -88,6 +110,7 @@ class API:
         height: F.Side = None,
         seed: F.Seed = None,
         model: F.ModelId = None,
+        scheduler: F.SchedulerName = None,
         format: F.ImageFormat = "png",
     ) -> Image:
         """Text to image. Answers the image bytes; headers X-Seed, X-Model, X-Inference-Time."""
@@ -114,6 +137,7 @@ class API:
         height: F.Side = None,
         seed: F.Seed = None,
         model: F.ModelId = None,
+        scheduler: F.SchedulerName = None,
         format: F.ImageFormat = "png",
     ) -> Image:
         """Image to image: a file upload (multipart) or base64 in JSON. Answers the image bytes."""

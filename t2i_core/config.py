@@ -29,8 +29,8 @@ def _str(name: str, default: str) -> str:
 @dataclass(frozen=True)
 class Settings:
     #: Model served when a request names none: a registry id, or "auto" (sd-turbo when its weights are
-    #: in the local Hugging Face cache, else the built-in tiny model).
-    model: str = "auto"
+    #: in the local Hugging Face cache, else the built-in tiny model). Unset: the registry file's default.
+    model: str = ""
     #: "auto" (cuda, then mps, then cpu) or a torch device string such as "cuda:1".
     device: str = "auto"
     #: "auto" (cuda: bfloat16 where supported else float16; mps: float16; cpu: the model's cpu dtype,
@@ -46,6 +46,11 @@ class Settings:
     max_input_pixels: int = 4096 * 4096
     #: Load the default model when the engine starts (1) or on first use (0).
     preload: int = 1
+    #: Bytes of accelerator memory (RAM on CPU) that loaded models may take; loading past it unloads
+    #: the least recently used idle models first. 0: 85% of the GPU's memory, or half the RAM.
+    memory_budget_bytes: int = 0
+    #: Key for the admin API (Authorization: Bearer <key>); the admin API is disabled when unset.
+    admin_key: str = ""
     #: Most images one request may ask for (OpenAI's ``n``).
     max_images_per_request: int = 8
     #: ``response_format: "url"``: seconds an image stays downloadable, and the store's size in bytes.

@@ -11,28 +11,30 @@ from __future__ import annotations
 
 import logging
 import secrets
-import threading
 import time
 from collections import Counter, deque
-from dataclasses import dataclass
 from typing import Any
 
 from .config import Settings
-from .devices import pick_device, pick_dtype
-from .errors import EngineFailure, ModelUnavailable, T2IError
+from .devices import pick_device
+from .errors import EngineFailure, InvalidRequest, T2IError
+from .model_manager import LoadedModel, ModelManager
 from .registry import ModelEntry, Registry
 from .schemas import EngineRequest, EngineResult
 
 log = logging.getLogger("t2i.engine")
+
+
+def default_budget(device: str) -> int:
+    """85% of the GPU's memory; on CPU or MPS, half the RAM."""
+    if device.startswith("cuda"):
+        import torch
+
+        return int(torch.cuda.get_device_properties(torch.device(device)).total_memory * 0.85)
+    import psutil
+
+    return int(psutil.virtual_memory().total * 0.5)
 SEED_RANGE = 2**32  # drawn seeds stay small enough for every JSON client
-
-
-@dataclass
-class LoadedModel:
-    entry: ModelEntry
-    text2image: Any
-    image2image: Any
-    load_s: float
 
 
 class Engine:
@@ -40,42 +42,40 @@ class Engine:
         self.settings = settings or Settings.from_env()
         self.registry = registry or Registry(default=self.settings.model)
         self.device = pick_device(self.settings.device)
-        self._models: dict[str, LoadedModel] = {}
-        self._load_lock = threading.Lock()
+        self.models = ModelManager(
+            self.registry, self.device, self.settings.dtype,
+            self.settings.memory_budget_bytes or default_budget(self.device),
+            load_timeout_s=self.settings.request_timeout_s,
+        )
         self._batch_sizes: deque[int] = deque(maxlen=10_000)
         self._counts: Counter[str] = Counter()
 
-    # ---- models -------------------------------------------------------------------------------
     def load(self, model_id: str) -> LoadedModel:
-        """The loaded pipelines of ``model_id``, loading them on first use (once, under a lock)."""
-        loaded = self._models.get(model_id)
-        if loaded is not None:
-            return loaded
-        with self._load_lock:
-            if model_id in self._models:
-                return self._models[model_id]
-            entry = self.registry.get(model_id)
-            path = entry.local_path()
-            started = time.perf_counter()
-            from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image
+        """Load ``model_id`` now (normally models load on first use)."""
+        return self.models.load(model_id)
 
-            dtype = pick_dtype(self.settings.dtype, self.device, entry.cpu_dtype)
+    def preload(self) -> None:
+        """Load the default model and every registry entry marked ``preload``."""
+        for model_id in dict.fromkeys([self.registry.default_id, *(e.id for e in self.registry.entries() if e.preload)]):
             try:
-                t2i = AutoPipelineForText2Image.from_pretrained(path, dtype=dtype, local_files_only=True)
-            except (OSError, ValueError) as exc:
-                raise ModelUnavailable(f"model {model_id!r} could not be loaded from {path}: {exc}", param="model") from exc
-            t2i.to(self.device)
-            t2i.set_progress_bar_config(disable=True)
-            # The edit pipeline reuses the same modules: no second copy of the weights.
-            i2i = AutoPipelineForImage2Image.from_pipe(t2i)
-            i2i.set_progress_bar_config(disable=True)
-            loaded = LoadedModel(entry, t2i, i2i, time.perf_counter() - started)
-            self._models[model_id] = loaded
-            log.info("loaded %s on %s as %s in %.2fs", model_id, self.device, dtype, loaded.load_s)
-            return loaded
+                self.models.load(model_id)
+            except T2IError as err:
+                log.warning("preload of %s failed: %s", model_id, err.message)
 
-    def loaded_ids(self) -> list[str]:
-        return list(self._models)
+    def model_action(self, action: str, model_id: str) -> dict[str, Any]:
+        """Admin operations; errors come back as data (``{"error": {...}}``), never raised."""
+        try:
+            if action == "load":
+                loaded = self.models.load(model_id)
+                return {"ok": True, "model": model_id, "state": "loaded", "bytes": loaded.bytes, "load_s": loaded.load_s}
+            if action == "unload":
+                return {"ok": True, "model": model_id, "unloaded": self.models.unload(model_id)}
+            if action == "set_default":
+                self.registry.set_default(model_id)
+                return {"ok": True, "model": model_id, "default": True}
+            raise InvalidRequest(f"action must be load, unload or set_default; got {action!r}", param="action")
+        except T2IError as err:
+            return {"error": err.to_dict()}
 
     # ---- running ------------------------------------------------------------------------------
     def run(self, requests: list[EngineRequest]) -> list[EngineResult]:
@@ -119,11 +119,17 @@ class Engine:
         return EngineResult(model=req.model, seed=seed, width=req.width, height=req.height, error=err.to_dict())
 
     def _call_pipeline(self, items: list[EngineRequest], seeds: list[int]) -> list[bytes]:
+        first = items[0]
+        with self.models.use(first.model) as loaded:
+            return self._denoise(loaded.pipeline(first.kind, first.scheduler), items, seeds)
+
+    def _denoise(self, pipe: Any, items: list[EngineRequest], seeds: list[int]) -> list[bytes]:
+        import inspect
+
         import numpy as np
         import torch
 
         first = items[0]
-        loaded = self.load(first.model)
         # CPU generators: the same seed gives the same starting noise on every device.
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         kwargs: dict[str, Any] = dict(
@@ -137,12 +143,10 @@ class Engine:
         if first.kind == "edit":
             from .imaging import from_rgb_pixels
 
-            pipe = loaded.image2image
             kwargs["image"] = [from_rgb_pixels(r.image or b"", r.width, r.height) for r in items]
             kwargs["strength"] = first.strength
-        else:
-            pipe = loaded.text2image
-            kwargs["width"], kwargs["height"] = first.width, first.height
+        if first.kind == "generate" or "height" in inspect.signature(pipe.__call__).parameters:
+            kwargs["width"], kwargs["height"] = first.width, first.height  # SD3's edit needs them too
         with torch.inference_mode():
             images = pipe(**kwargs).images
         array = (np.asarray(images) * 255.0).round().clip(0, 255).astype(np.uint8)
@@ -154,7 +158,10 @@ class Engine:
         return {
             "device": self.device,
             "default_model": self.registry.default_id,
-            "loaded_models": self.loaded_ids(),
+            "loaded_models": self.models.loaded_ids(),
+            "evicted_models": list(self.models.evicted),
+            "memory_used_bytes": self.models.used_bytes(),
+            "memory_budget_bytes": self.models.budget_bytes,
             "images": self._counts["images"],
             "errors": self._counts["errors"],
             "engine_calls": self._counts["engine_calls"],

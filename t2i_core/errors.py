@@ -65,6 +65,26 @@ class PayloadTooLarge(T2IError):
     type = "invalid_request_error"
 
 
+class ModelBusy(T2IError):
+    """The model cannot be unloaded now: requests are using it."""
+
+    status = 409
+    code = "model_busy"
+    type = "invalid_request_error"
+
+
+class Unauthorized(T2IError):
+    status = 401
+    code = "unauthorized"
+    type = "authentication_error"
+
+
+class Forbidden(T2IError):
+    status = 403
+    code = "forbidden"
+    type = "permission_error"
+
+
 class ModelUnavailable(T2IError):
     """The model is known but cannot be served now (weights absent, failed to load)."""
 
@@ -80,7 +100,7 @@ class EngineFailure(T2IError):
 
 
 _BY_CODE: dict[str, type[T2IError]] = {
-    c.code: c for c in (T2IError, InvalidRequest, NotFound, UnknownModel, Gone, PayloadTooLarge, ModelUnavailable, EngineFailure)
+    c.code: c for c in (T2IError, InvalidRequest, NotFound, UnknownModel, Gone, ModelBusy, Unauthorized, Forbidden, PayloadTooLarge, ModelUnavailable, EngineFailure)
 }
 
 

@@ -12,6 +12,8 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field, ValidationInfo
 
+from .schedulers import SCHEDULERS
+
 MAX_PROMPT_CHARS = 2000
 MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE = 64, 2048, 8
 MAX_STEPS = 100
@@ -204,4 +206,10 @@ Size = Annotated[str | None, BeforeValidator(parse_size), Field(description="'WI
 ResponseFormat = Annotated[str | None, BeforeValidator(_choice(*RESPONSE_FORMATS))]
 OptionalImageFormat = Annotated[
     str | None, BeforeValidator(_format), Field(json_schema_extra={"enum": list(IMAGE_FORMATS)})
+]
+SchedulerName = Annotated[
+    str | None,
+    BeforeValidator(_choice(*SCHEDULERS)),
+    Field(description="Sampler for this request; the model's default when unset.",
+          json_schema_extra={"enum": list(SCHEDULERS)}),
 ]

@@ -1,8 +1,8 @@
 """The API side of a request: validate, decode input images, call the engine, encode output images.
 
 Everything here runs in the API process, so decoding and encoding (CPU work) stay out of the GPU
-process. ``EngineCall`` is how the frontend reaches the engine: BentoML's inter-service client in
-the server, the engine itself in tests.
+process. ``EngineClient`` is how the frontend reaches the engine: BentoML's inter-service client in
+the server, ``LocalEngineClient`` (the engine in process) in tests.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -22,7 +22,33 @@ from .registry import Registry
 from .schemas import EditRequest, EngineRequest, EngineResult, GenerateRequest, to_engine
 
 Kind = Literal["generate", "edit"]
-EngineCall = Callable[[Kind, list[EngineRequest]], Awaitable[list[EngineResult]]]
+
+
+class EngineClient(Protocol):
+    """How the frontend reaches the engine: over BentoML in the server, in process in tests.
+
+    Model operations answer ``{"ok": ...}`` or ``{"error": {...}}`` (errors cross process
+    boundaries as data: BentoML hides the body of a 5xx)."""
+
+    async def run(self, kind: Kind, requests: list[EngineRequest]) -> list[EngineResult]: ...
+    async def model_states(self) -> list[dict[str, Any]]: ...
+    async def model_action(self, action: str, model_id: str) -> dict[str, Any]: ...
+
+
+class LocalEngineClient:
+    """An ``EngineClient`` over an in-process ``Engine`` (tests, notebooks, the benchmark's raw mode)."""
+
+    def __init__(self, engine: Any):
+        self.engine = engine
+
+    async def run(self, kind: Kind, requests: list[EngineRequest]) -> list[EngineResult]:
+        return await asyncio.to_thread(self.engine.run, requests)
+
+    async def model_states(self) -> list[dict[str, Any]]:
+        return self.engine.models.states()
+
+    async def model_action(self, action: str, model_id: str) -> dict[str, Any]:
+        return await asyncio.to_thread(self.engine.model_action, action, model_id)
 
 
 @dataclass(frozen=True)
@@ -67,10 +93,10 @@ def parse(model: type[M], data: dict[str, Any]) -> M:
 
 
 class Frontend:
-    def __init__(self, engine: EngineCall, settings: Settings | None = None, registry: Registry | None = None):
+    def __init__(self, engine: EngineClient, settings: Settings | None = None, registry: Registry | None = None):
         self.settings = settings or Settings.from_env()
         self.registry = registry or Registry(default=self.settings.model)
-        self._engine = engine
+        self.engine = engine
 
     async def generate(self, req: GenerateRequest, n: int = 1) -> list[RenderedImage]:
         """``n`` images for ``req`` (seeds seed, seed+1, ... when a seed is given), batched together."""
@@ -91,9 +117,29 @@ class Frontend:
         size = (req.width or width, req.height or height)
         return to_rgb_pixels(img, *size), size
 
+    async def model_states(self) -> list[dict[str, Any]]:
+        """Each registry model with its metadata and state (loaded, loading, available, unavailable)."""
+        states = {row["id"]: row for row in await self.engine.model_states()}
+        rows = []
+        for entry in self.registry.entries():
+            row = {**entry.metadata(), **states.get(entry.id, {"state": "available", "reason": None})}
+            row["default"] = entry.id == self.registry.default_id
+            rows.append(row)
+        return rows
+
+    async def model_action(self, action: Literal["load", "unload", "set_default"], model_id: str) -> dict[str, Any]:
+        """Load, unload or make default ``model_id`` (the admin API)."""
+        self.registry.get(model_id)
+        answer = await self.engine.model_action(action, model_id)
+        if answer.get("error"):
+            raise T2IError.from_dict(answer["error"])
+        if action == "set_default":
+            self.registry.set_default(model_id)
+        return answer
+
     async def _run(self, kind: Kind, items: list[EngineRequest], fmt: str) -> list[RenderedImage]:
         started = time.perf_counter()
-        results = await self._engine(kind, items)
+        results = await self.engine.run(kind, items)
         if len(results) != len(items):
             raise T2IError(f"engine returned {len(results)} results for {len(items)} requests")
         for result in results:

@@ -1,50 +1,89 @@
 """The model registry: public model ids, where their weights come from, metadata and defaults.
 
-A source is one of ``hub:<repo id>`` (Hugging Face hub, read only from the local cache),
-``local:<folder>`` (a diffusers folder on disk) or ``tiny:<family>`` (a built-in tiny random-weight
-pipeline, built offline). Weights are never downloaded while serving.
+The registry is one JSON file (``models.json`` beside ``t2i_core``, or ``$T2I_REGISTRY``). A source is
+``hub:<repo id>`` (Hugging Face hub, read only from the local cache), ``local:<folder>`` (a diffusers
+folder), ``bentoml:<tag>`` (a model in the BentoML model store) or ``tiny:<family>`` (a built-in tiny
+random-weight pipeline, built offline). Weights are never downloaded while serving.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from .errors import ModelUnavailable, UnknownModel
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-SourceKind = Literal["hub", "local", "tiny"]
+from .errors import ModelUnavailable, UnknownModel, describe_validation_errors
+from .fields import MAX_GUIDANCE, MAX_SIDE, MAX_STEPS, MIN_SIDE, SIDE_MULTIPLE
+from .schedulers import SCHEDULERS, check_scheduler
+
 TINY_SD_ID = "builtin/tiny-sd"
 SD_TURBO_ID = "stabilityai/sd-turbo"
+DEFAULT_REGISTRY = Path(__file__).resolve().parent.parent / "models.json"
+SOURCE_KINDS = ("hub", "local", "bentoml", "tiny")
+PipelineFamily = Literal["sd", "sdxl", "sd3"]
 
 
-@dataclass(frozen=True)
-class ModelDefaults:
-    steps: int
-    guidance_scale: float
-    width: int
-    height: int
+class RegistryError(ValueError):
+    """The registry file cannot be used; the message names the file, the entry and the field."""
 
 
-@dataclass(frozen=True)
-class ModelEntry:
-    id: str
+class ModelDefaults(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    steps: int = Field(ge=1, le=MAX_STEPS)
+    guidance_scale: float = Field(ge=0, le=MAX_GUIDANCE)
+    width: int = Field(ge=MIN_SIDE, le=MAX_SIDE, multiple_of=SIDE_MULTIPLE)
+    height: int = Field(ge=MIN_SIDE, le=MAX_SIDE, multiple_of=SIDE_MULTIPLE)
+    scheduler: str | None = None
+
+
+class MemoryOptions(BaseModel):
+    """diffusers memory savers, applied when the model loads."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cpu_offload: bool = False  # enable_model_cpu_offload (CUDA only): modules visit the GPU in turn
+    vae_slicing: bool = False
+    vae_tiling: bool = False
+    attention_slicing: bool = False
+
+
+class ModelEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(min_length=1, max_length=200)
     publisher: str
     family: str  # metadata, as seed 002 reports it ("sdxl", "stable-diffusion", ...)
     version: str
-    pipeline: Literal["sd", "sdxl", "sd3"]  # which diffusers pipeline family loads it
+    pipeline: PipelineFamily  # which diffusers pipeline family loads it
     source: str
     defaults: ModelDefaults
+    memory: MemoryOptions = MemoryOptions()
+    preload: bool = False
     #: dtype on CPU; "float64" makes CPU images bit-identical whatever the batch (fp32 kernels are not).
-    cpu_dtype: str = "float32"
+    cpu_dtype: Literal["float32", "float64", "bfloat16"] = "float32"
+    description: str = ""
+
+    @field_validator("source")
+    @classmethod
+    def _source_kind(cls, value: str) -> str:
+        kind, _, ref = value.partition(":")
+        if kind not in SOURCE_KINDS or not ref:
+            raise ValueError(f"source must be one of {', '.join(k + ':...' for k in SOURCE_KINDS)}; got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _scheduler_fits(self) -> "ModelEntry":
+        if self.defaults.scheduler is not None:
+            check_scheduler(self.defaults.scheduler, self.pipeline, field="defaults.scheduler")
+        return self
 
     @property
-    def source_kind(self) -> SourceKind:
-        kind = self.source.split(":", 1)[0]
-        if kind not in ("hub", "local", "tiny"):
-            raise ValueError(f"model {self.id!r}: source must start with hub:, local: or tiny:; got {self.source!r}")
-        return kind  # type: ignore[return-value]
+    def source_kind(self) -> str:
+        return self.source.split(":", 1)[0]
 
     @property
     def source_ref(self) -> str:
@@ -62,18 +101,29 @@ class ModelEntry:
             if (Path(ref) / "model_index.json").is_file():
                 return None
             return f"model {self.id!r}: no diffusers folder at {ref} (model_index.json not found)"
+        if kind == "bentoml":
+            try:
+                self._bentoml_path()
+                return None
+            except Exception as exc:  # noqa: BLE001 - bentoml raises several kinds for a missing tag
+                return (f"model {self.id!r}: {ref!r} is not in the BentoML model store ({exc}); "
+                        f"import a folder with `python -m t2i_core pull {self.id} --from-folder DIR`")
         from huggingface_hub import try_to_load_from_cache
 
-        found = try_to_load_from_cache(ref, "model_index.json")
-        if isinstance(found, str):
+        if isinstance(try_to_load_from_cache(ref, "model_index.json"), str):
             return None
-        cache = os.environ.get("HF_HUB_CACHE") or os.path.join(
-            os.environ.get("HF_HOME") or os.path.expanduser("~/.cache/huggingface"), "hub"
-        )
+        from huggingface_hub.constants import HF_HUB_CACHE
+
         return (
-            f"model {self.id!r}: weights are not in the local Hugging Face cache ({cache}); "
-            f"download them once with `hf download {ref}` on a machine that reaches the hub"
+            f"model {self.id!r}: weights are not in the local Hugging Face cache ({HF_HUB_CACHE}); "
+            f"download them once with `python -m t2i_core pull {self.id}` (or `hf download {ref}`) "
+            "on a machine that reaches the hub"
         )
+
+    def _bentoml_path(self) -> str:
+        import bentoml
+
+        return bentoml.models.get(self.source_ref).path
 
     def local_path(self) -> str:
         """A folder or cached repo id that ``from_pretrained(..., local_files_only=True)`` loads."""
@@ -84,47 +134,70 @@ class ModelEntry:
             from .tiny import ensure_tiny_pipeline
 
             return str(ensure_tiny_pipeline(self.source_ref))
+        if self.source_kind == "bentoml":
+            return self._bentoml_path()
         return self.source_ref
 
 
-BUILTIN_MODELS: tuple[ModelEntry, ...] = (
-    ModelEntry(
-        id=TINY_SD_ID,
-        publisher="builtin",
-        family="stable-diffusion",
-        version="tiny",
-        pipeline="sd",
-        source="tiny:sd",
-        defaults=ModelDefaults(steps=2, guidance_scale=0.0, width=64, height=64),
-        cpu_dtype="float64",
-    ),
-    ModelEntry(
-        id=SD_TURBO_ID,
-        publisher="stabilityai",
-        family="stable-diffusion",
-        version="turbo",
-        pipeline="sd",
-        source=f"hub:{SD_TURBO_ID}",
-        defaults=ModelDefaults(steps=1, guidance_scale=0.0, width=512, height=512),
-    ),
-    ModelEntry(
-        id="stabilityai/sdxl-turbo",
-        publisher="stabilityai",
-        family="sdxl",
-        version="turbo",
-        pipeline="sdxl",
-        source="hub:stabilityai/sdxl-turbo",
-        defaults=ModelDefaults(steps=1, guidance_scale=0.0, width=512, height=512),
-    ),
-)
+class RegistryFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    default: str = "auto"
+    models: list[ModelEntry] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> "RegistryFile":
+        seen: set[str] = set()
+        for index, entry in enumerate(self.models):
+            if entry.id in seen:
+                raise ValueError(f"entry {index} ({entry.id!r}): id {entry.id!r} appears twice")
+            seen.add(entry.id)
+        return self
+
+
+def registry_path() -> Path:
+    return Path(os.environ.get("T2I_REGISTRY") or DEFAULT_REGISTRY)
+
+
+def load_registry_file(path: Path | None = None) -> RegistryFile:
+    """Read and validate the registry file; RegistryError names the file, the entry and the field."""
+    path = Path(path or registry_path())
+    try:
+        raw: Any = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RegistryError(f"registry file {path}: not found (set T2I_REGISTRY to a models.json)") from None
+    except json.JSONDecodeError as exc:
+        raise RegistryError(f"registry file {path}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    try:
+        return RegistryFile.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False):
+            loc = list(err.get("loc", ()))
+            where = ""
+            if len(loc) >= 2 and loc[0] == "models" and isinstance(loc[1], int):
+                index = loc[1]
+                entry = raw["models"][index] if isinstance(raw.get("models"), list) else {}
+                entry_id = entry.get("id") if isinstance(entry, dict) else None
+                where = f"entry {index} ({entry_id!r}): " if entry_id else f"entry {index}: "
+                loc = loc[2:]
+            message, _ = describe_validation_errors([{**err, "loc": loc}])
+            problems.append(where + ("field " + message if loc else message))
+        raise RegistryError(f"registry file {path}: " + "; ".join(problems)) from None
 
 
 class Registry:
-    """Model entries by id, plus the default model."""
+    """Model entries by id, plus the default model (changeable at runtime)."""
 
-    def __init__(self, entries: tuple[ModelEntry, ...] = BUILTIN_MODELS, default: str = "auto"):
+    def __init__(self, entries: list[ModelEntry] | None = None, default: str | None = None, path: Path | None = None):
+        if entries is None:
+            file = load_registry_file(path)
+            entries, file_default = file.models, file.default
+        else:
+            file_default = "auto"
         self._entries = {e.id: e for e in entries}
-        self.default_id = self._resolve_default(default)
+        self.auto = (default or file_default) == "auto"
+        self.default_id = self._resolve_default(default or file_default)
 
     def _resolve_default(self, default: str) -> str:
         if default != "auto":
@@ -132,12 +205,16 @@ class Registry:
             return default
         if SD_TURBO_ID in self._entries and self._entries[SD_TURBO_ID].unavailable_reason() is None:
             return SD_TURBO_ID
-        return TINY_SD_ID
+        return TINY_SD_ID if TINY_SD_ID in self._entries else next(iter(self._entries))
+
+    def set_default(self, model_id: str) -> None:
+        self.get(model_id)
+        self.default_id = model_id
 
     @property
     def using_fallback(self) -> bool:
-        """True when "auto" fell back to the tiny model because sd-turbo's weights are absent."""
-        return self.default_id == TINY_SD_ID
+        """True when "auto" chose the tiny model because sd-turbo's weights are absent."""
+        return self.auto and self.default_id == TINY_SD_ID
 
     def ids(self) -> list[str]:
         return list(self._entries)
@@ -155,3 +232,6 @@ class Registry:
             raise UnknownModel(
                 f"model {key!r} is not in the registry; known models: {known}", param="model"
             ) from None
+
+
+__all__ = ["Registry", "ModelEntry", "ModelDefaults", "MemoryOptions", "RegistryError", "SCHEDULERS"]

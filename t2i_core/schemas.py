@@ -18,12 +18,14 @@ from .fields import (
     ModelId,
     NegativePrompt,
     Prompt,
+    SchedulerName,
     Seed,
     Side,
     Steps,
     Strength,
 )
 from .registry import ModelEntry
+from .schedulers import check_scheduler
 
 DEFAULT_STRENGTH = 0.6
 
@@ -41,6 +43,7 @@ class GenerateRequest(BaseModel):
     height: Side = None
     seed: Seed = None
     model: ModelId = None
+    scheduler: SchedulerName = None
     format: ImageFormat = "png"
 
 
@@ -63,12 +66,14 @@ class EngineRequest(BaseModel):
     height: int
     seed: int | None = None
     strength: float | None = None
+    scheduler: str | None = None
     #: edit only: raw RGB bytes, width * height * 3, row-major
     image: bytes | None = None
 
     def batch_key(self) -> tuple[Any, ...]:
         """Requests with equal keys can run in one pipeline call."""
-        return (self.kind, self.model, self.width, self.height, self.steps, self.guidance_scale, self.strength)
+        return (self.kind, self.model, self.width, self.height, self.steps, self.guidance_scale,
+                self.strength, self.scheduler)
 
 
 class EngineResult(BaseModel):
@@ -114,7 +119,11 @@ def to_engine(
                     param="num_inference_steps",
                 )
             steps = math.ceil(1 / strength)
+    scheduler = req.scheduler or d.scheduler
+    if scheduler is not None:
+        check_scheduler(scheduler, entry.pipeline)
     return EngineRequest(
+        scheduler=scheduler,
         kind="edit" if isinstance(req, EditRequest) else "generate",
         model=entry.id,
         prompt=req.prompt,

@@ -1,7 +1,7 @@
-"""Tiny random-weight diffusers pipelines, built offline.
+"""Tiny random-weight diffusers pipelines of each family (SD 1.x/2.x, SDXL, SD3), built offline.
 
-The pipeline is real (a UNet, a VAE with the real down-scale factor 8, a CLIP text encoder, a CLIP
-tokenizer, a scheduler), only tiny: it builds in well under a second on a CPU and generates a 64 px
+Each pipeline is real (the family's denoiser, a VAE with the real down-scale factor 8, its text
+encoders, tokenizers whose vocabularies the code writes, its scheduler), only tiny: it builds in well under a second on a CPU and generates a 64 px
 image in a few tens of milliseconds. Weights come from a fixed seed, so the same folder is produced on
 every machine and the same seed gives the same image everywhere.
 
@@ -17,9 +17,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-TINY_FAMILIES = ("sd",)
+TINY_FAMILIES = ("sd", "sdxl", "sd3")
 # Bump when the architecture or the weights change: it names the cache folder.
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
 WEIGHT_SEED = 20261121
 
 
@@ -92,82 +92,151 @@ def write_clip_tokenizer(folder: Path) -> int:
     return len(vocab)
 
 
-def _build_sd(folder: Path) -> None:
+def write_t5_tokenizer(folder: Path) -> int:
+    """Write a small T5 (unigram) tokenizer to ``folder``; return its vocab size."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -1.0)]
+    pieces += [(c, -2.0) for c in "abcdefghijklmnopqrstuvwxyz0123456789,.'-"]
+    pieces += [("\u2581" + w, -1.5) for w in ("a", "the", "of", "and", "in", "with", "photo", "cat", "dog")]
+    tok = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=False))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    T5TokenizerFast(
+        tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", extra_ids=0,
+        model_max_length=256,
+    ).save_pretrained(folder)
+    return len(pieces)
+
+
+def _clip_tokenizer(folder: Path):
+    from transformers import CLIPTokenizer
+
+    vocab_size = write_clip_tokenizer(folder)
+    return CLIPTokenizer.from_pretrained(folder, local_files_only=True), vocab_size
+
+
+def _clip_encoder(cls, tokenizer, vocab_size: int, seed: int):
     import torch
-    from diffusers import (
-        AutoencoderKL,
-        EulerDiscreteScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextConfig
 
-    tok_dir = folder / "_tokenizer_src"
-    vocab_size = write_clip_tokenizer(tok_dir)
-    tokenizer = CLIPTokenizer.from_pretrained(tok_dir, local_files_only=True)
-
-    torch.manual_seed(WEIGHT_SEED)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=8,
-    )
-    torch.manual_seed(WEIGHT_SEED + 1)
-    vae = AutoencoderKL(
-        block_out_channels=(8, 16, 16, 16),  # four blocks: down-scale factor 2**3 = 8, as in SD
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=8,
-        sample_size=64,
-    )
-    torch.manual_seed(WEIGHT_SEED + 2)
-    text_encoder = CLIPTextModel(
+    torch.manual_seed(seed)
+    return cls(
         CLIPTextConfig(
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            hidden_size=32,
-            intermediate_size=64,
-            layer_norm_eps=1e-05,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            vocab_size=vocab_size,
-            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id, hidden_size=32, intermediate_size=64,
+            layer_norm_eps=1e-05, num_attention_heads=4, num_hidden_layers=2, vocab_size=vocab_size,
+            max_position_embeddings=77, projection_dim=32,
         )
     )
-    scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        timestep_spacing="trailing",
-        steps_offset=1,
-    )
-    pipe = StableDiffusionPipeline(
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(folder)
-    shutil.rmtree(tok_dir)
 
 
-_BUILDERS = {"sd": _build_sd}
+def _vae(seed: int, **extra):
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        block_out_channels=(8, 16, 16, 16),  # four blocks: down-scale factor 2**3 = 8, as in SD
+        in_channels=3, out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4, layers_per_block=1, norm_num_groups=8, sample_size=64, **extra,
+    )
+
+
+def _euler():
+    from diffusers import EulerDiscreteScheduler
+
+    return EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        timestep_spacing="trailing", steps_offset=1,
+    )
+
+
+def _build_sd(folder: Path, scratch: Path) -> None:
+    import torch
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    tokenizer, vocab_size = _clip_tokenizer(scratch / "clip")
+    torch.manual_seed(WEIGHT_SEED)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
+    )
+    StableDiffusionPipeline(
+        unet=unet, vae=_vae(WEIGHT_SEED + 1),
+        text_encoder=_clip_encoder(CLIPTextModel, tokenizer, vocab_size, WEIGHT_SEED + 2),
+        tokenizer=tokenizer, scheduler=_euler(),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    ).save_pretrained(folder)
+
+
+def _build_sdxl(folder: Path, scratch: Path) -> None:
+    """SDXL: two CLIP text encoders (the second with projection) and a UNet with text-time embeddings."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    tokenizer, vocab_size = _clip_tokenizer(scratch / "clip")
+    torch.manual_seed(WEIGHT_SEED)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 1),
+        projection_class_embeddings_input_dim=8 * 6 + 32,  # six time ids * 8 + pooled projection (32)
+        cross_attention_dim=64,  # the two encoders' hidden states (32 + 32), concatenated
+        norm_num_groups=8,
+    )
+    StableDiffusionXLPipeline(
+        unet=unet, vae=_vae(WEIGHT_SEED + 1),
+        text_encoder=_clip_encoder(CLIPTextModel, tokenizer, vocab_size, WEIGHT_SEED + 2),
+        text_encoder_2=_clip_encoder(CLIPTextModelWithProjection, tokenizer, vocab_size, WEIGHT_SEED + 3),
+        tokenizer=tokenizer, tokenizer_2=tokenizer, scheduler=_euler(),
+    ).save_pretrained(folder)
+
+
+def _build_sd3(folder: Path, scratch: Path) -> None:
+    """SD3: an MMDiT transformer, two CLIP encoders with projection and a T5 encoder; flow matching."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection, T5Config, T5EncoderModel, T5TokenizerFast
+
+    tokenizer, vocab_size = _clip_tokenizer(scratch / "clip")
+    t5_vocab = write_t5_tokenizer(scratch / "t5")
+    t5_tokenizer = T5TokenizerFast.from_pretrained(scratch / "t5", local_files_only=True)
+    torch.manual_seed(WEIGHT_SEED)
+    transformer = SD3Transformer2DModel(
+        sample_size=8, patch_size=1, in_channels=4, num_layers=2, attention_head_dim=8,
+        num_attention_heads=4, caption_projection_dim=32, joint_attention_dim=32,
+        pooled_projection_dim=64,  # the two CLIP projections (32 + 32), concatenated
+        out_channels=4,
+    )
+    torch.manual_seed(WEIGHT_SEED + 4)
+    t5 = T5EncoderModel(
+        T5Config(
+            vocab_size=t5_vocab, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+            relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+        )
+    )
+    StableDiffusion3Pipeline(
+        transformer=transformer,
+        vae=_vae(WEIGHT_SEED + 1, shift_factor=0.0609, scaling_factor=1.5035,
+                 use_quant_conv=False, use_post_quant_conv=False),
+        text_encoder=_clip_encoder(CLIPTextModelWithProjection, tokenizer, vocab_size, WEIGHT_SEED + 2),
+        text_encoder_2=_clip_encoder(CLIPTextModelWithProjection, tokenizer, vocab_size, WEIGHT_SEED + 3),
+        text_encoder_3=t5, tokenizer=tokenizer, tokenizer_2=tokenizer, tokenizer_3=t5_tokenizer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+    ).save_pretrained(folder)
+
+
+_BUILDERS = {"sd": _build_sd, "sdxl": _build_sdxl, "sd3": _build_sd3}
 
 
 def build_tiny_pipeline(family: str, out: Path) -> Path:
@@ -178,7 +247,8 @@ def build_tiny_pipeline(family: str, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
-        _BUILDERS[family](staging)
+        with tempfile.TemporaryDirectory() as scratch:
+            _BUILDERS[family](staging, Path(scratch))
         (staging / "t2i_tiny.json").write_text(
             json.dumps({"family": family, "builder_version": BUILDER_VERSION, "seed": WEIGHT_SEED})
         )

@@ -6,7 +6,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from t2i_core.compat import build_compat_app
-from t2i_core.frontend import Frontend
+from t2i_core.frontend import Frontend, LocalEngineClient
 from t2i_core.image_store import ImageStore
 
 
@@ -19,10 +19,7 @@ class Clock:
 
 @pytest.fixture()
 def app_and_clock(engine):
-    async def call_engine(kind, requests):
-        return engine.run(requests)
-
-    front = Frontend(call_engine, registry=engine.registry)
+    front = Frontend(LocalEngineClient(engine), registry=engine.registry)
     clock = Clock()
     store = ImageStore(ttl_s=60, max_bytes=10_000_000, clock=clock)
     return TestClient(build_compat_app(lambda: front, store)), clock

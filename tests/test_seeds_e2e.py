@@ -93,8 +93,10 @@ def test_seed_002_generations_and_models(server, tmp_path):
     assert images[0].tobytes() != images[1].tobytes()
     models = json.loads(sh(f"curl -s {server.url}/v1/models", tmp_path).stdout)
     for m in models["models"]:
-        assert set(m) == {"publisher", "family", "version", "id"}
-    assert {"id": "stabilityai/sdxl-turbo", "publisher": "stabilityai", "family": "sdxl", "version": "turbo"} in models["models"]
+        assert {"publisher", "family", "version", "id"} <= set(m)  # plus the state (issue 4)
+    sdxl = next(m for m in models["models"] if m["id"] == "stabilityai/sdxl-turbo")
+    assert {k: sdxl[k] for k in ("publisher", "family", "version")} == {
+        "publisher": "stabilityai", "family": "sdxl", "version": "turbo"}
 
 
 def test_seed_002_documented_model_without_weights_is_a_clear_503(server, tmp_path):

@@ -12,9 +12,12 @@ from starlette.applications import Starlette
 
 from ..frontend import Frontend
 from ..image_store import ImageStore
+from .admin_routes import admin_routes
 from .openai_routes import openai_routes
 from .seed_routes import seed_routes
 
 
 def build_compat_app(get_frontend: Callable[[], Frontend], store: ImageStore) -> Starlette:
-    return Starlette(routes=[*openai_routes(get_frontend, store), *seed_routes(get_frontend)])
+    return Starlette(
+        routes=[*openai_routes(get_frontend, store), *seed_routes(get_frontend), *admin_routes(get_frontend)]
+    )

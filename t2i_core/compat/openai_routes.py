@@ -26,6 +26,7 @@ from ..fields import (
     OptionalImageFormat,
     Prompt,
     ResponseFormat,
+    SchedulerName,
     Seed,
     Size,
     Steps,
@@ -57,13 +58,14 @@ class OpenAIImageRequest(BaseModel):
     seed: Seed = None
     num_inference_steps: Steps = Field(default=None, validation_alias=AliasChoices("num_inference_steps", "steps"))
     guidance_scale: Guidance = None
+    scheduler: SchedulerName = None
 
     def native(self) -> GenerateRequest:
         width, height = (int(s) for s in self.size.split("x")) if self.size else (None, None)
         return GenerateRequest(
             prompt=self.prompt, negative_prompt=self.negative_prompt, num_inference_steps=self.num_inference_steps,
             guidance_scale=self.guidance_scale, width=width, height=height, seed=self.seed, model=self.model,
-            format=self.output_format or "png",
+            scheduler=self.scheduler, format=self.output_format or "png",
         )
 
 
@@ -107,15 +109,13 @@ def _images_body(
     }
 
 
-def models_body(front: Frontend, created: int) -> dict[str, Any]:
-    entries = front.registry.entries()
+async def models_body(front: Frontend, created: int) -> dict[str, Any]:
+    """OpenAI's model list and seed 002's ``models``, each model with its state."""
+    rows = await front.model_states()
     return {
         "object": "list",
-        "data": [
-            {"id": e.id, "object": "model", "created": created, "owned_by": e.publisher, **e.metadata()}
-            for e in entries
-        ],
-        "models": [e.metadata() for e in entries],
+        "data": [{"id": r["id"], "object": "model", "created": created, "owned_by": r["publisher"], **r} for r in rows],
+        "models": rows,
     }
 
 
@@ -156,12 +156,12 @@ def openai_routes(get_frontend: Callable[[], Frontend], store: ImageStore) -> li
 
     @guard
     async def list_models(request: Request) -> Response:
-        return JSONResponse(models_body(get_frontend(), created))
+        return JSONResponse(await models_body(get_frontend(), created))
 
     @guard
     async def get_model(request: Request) -> Response:
         model_id = request.path_params["model_id"]
-        for item in models_body(get_frontend(), created)["data"]:
+        for item in (await models_body(get_frontend(), created))["data"]:
             if item["id"] == model_id:
                 return JSONResponse(item)
         get_frontend().registry.get(model_id)  # raises UnknownModel naming the known ids
