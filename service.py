@@ -22,9 +22,14 @@ from t2i_core.errors import T2IError
 from t2i_core.frontend import Frontend, Kind, parse, read_upload
 from t2i_core.http import ErrorBodyMiddleware, base64_image, error_response, image_response
 from t2i_core.image_store import ImageStore
+from t2i_core.registry import RegistryError, load_registry_file
 from t2i_core.schemas import EditRequest, EngineRequest, EngineResult, GenerateRequest
 
 SETTINGS = Settings.from_env()
+try:  # a bad registry file stops the server at once, naming the file, the entry and the field
+    load_registry_file()
+except RegistryError as exc:
+    raise SystemExit(f"t2i-server cannot start: {exc}") from None
 TRAFFIC = {"timeout": SETTINGS.request_timeout_s}
 log = logging.getLogger("t2i")
 

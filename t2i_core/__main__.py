@@ -1,4 +1,9 @@
-"""Command line: ``python -m t2i_core tiny --family sd --out DIR`` writes a tiny pipeline folder."""
+"""Command line.
+
+    python -m t2i_core tiny --family sd|sdxl|sd3 --out DIR   write a tiny pipeline any diffusers user can load
+    python -m t2i_core pull MODEL_ID                          download a hub model into the local cache
+    python -m t2i_core pull MODEL_ID --from-folder DIR        import a diffusers folder into the BentoML model store
+"""
 
 from __future__ import annotations
 
@@ -16,7 +21,21 @@ def main(argv: list[str] | None = None) -> int:
 
     tiny.add_argument("--family", choices=TINY_FAMILIES, default="sd")
     tiny.add_argument("--out", type=Path, required=True, help="folder to write (replaced if present)")
+    pull = sub.add_parser("pull", help="put a model's weights on disk (hub cache or BentoML model store)")
+    pull.add_argument("model_id")
+    pull.add_argument("--from-folder", type=Path, help="import this diffusers folder into the BentoML model store")
     args = parser.parse_args(argv)
+
+    if args.command == "pull":
+        from .errors import T2IError
+        from .pull import PullError, pull as do_pull
+
+        try:
+            print(do_pull(args.model_id, args.from_folder))
+        except (PullError, T2IError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
 
     if args.command == "tiny":
         from .tiny import build_tiny_pipeline

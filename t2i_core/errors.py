@@ -35,7 +35,9 @@ class T2IError(Exception):
         return err
 
 
-class InvalidRequest(T2IError):
+class InvalidRequest(T2IError, ValueError):
+    """Bad input. Also a ValueError, so pydantic validators may raise it as a validation error."""
+
     status = 400
     code = "invalid_value"
     type = "invalid_request_error"

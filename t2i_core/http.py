@@ -13,7 +13,7 @@ from typing import Any
 
 from starlette.responses import JSONResponse, Response
 
-from .errors import InvalidRequest, T2IError, describe_validation_errors, http_status
+from .errors import T2IError, describe_validation_errors, http_status
 from .frontend import RenderedImage
 from .imaging import decode_base64
 
@@ -44,10 +44,7 @@ def image_response(image: RenderedImage) -> Response:
 def base64_image(value: Any) -> Any:
     """Before-validator for an image field: base64 text (JSON) becomes bytes; uploads pass through."""
     if isinstance(value, str):
-        try:
-            return decode_base64(value, field="image")
-        except InvalidRequest as err:  # pydantic reports ValueError as a validation error (400)
-            raise ValueError(err.message) from None
+        return decode_base64(value, field="image")  # InvalidRequest is a ValueError: pydantic reports it
     return value
 
 

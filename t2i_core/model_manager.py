@@ -44,9 +44,26 @@ class LoadedModel:
         if key not in self._variants:
             from .schedulers import build_scheduler
 
-            self._variants[key] = type(base).from_pipe(base, scheduler=build_scheduler(scheduler, base.scheduler.config))
-            self._variants[key].set_progress_bar_config(disable=True)
+            self._variants[key] = with_scheduler(base, build_scheduler(scheduler, base.scheduler.config))
         return self._variants[key]
+
+
+def with_scheduler(pipe: Any, scheduler: Any) -> Any:
+    """A pipeline of the same class over the same module objects, with another scheduler.
+
+    Built directly rather than with ``Pipeline.from_pipe``, which casts every shared module to its
+    ``dtype`` argument (float32 by default): that would silently change the model under the other
+    pipelines (and undo the modules a model keeps in float32).
+    """
+    import inspect
+
+    params = inspect.signature(type(pipe).__init__).parameters
+    kwargs = {k: v for k, v in pipe.components.items() if k in params}
+    kwargs.update({k: v for k, v in pipe.config.items() if k in params and k not in kwargs and not k.startswith("_")})
+    kwargs["scheduler"] = scheduler
+    variant = type(pipe)(**kwargs)
+    variant.set_progress_bar_config(disable=True)
+    return variant
 
 
 def module_bytes(pipe: Any) -> int:

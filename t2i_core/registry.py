@@ -182,6 +182,9 @@ def load_registry_file(path: Path | None = None) -> RegistryFile:
                 where = f"entry {index} ({entry_id!r}): " if entry_id else f"entry {index}: "
                 loc = loc[2:]
             message, _ = describe_validation_errors([{**err, "loc": loc}])
+            value = err.get("input")
+            if err.get("type") != "missing" and not isinstance(value, (dict, list)) and repr(value) not in message:
+                message += f"; got {value!r}"
             problems.append(where + ("field " + message if loc else message))
         raise RegistryError(f"registry file {path}: " + "; ".join(problems)) from None
 

@@ -92,9 +92,12 @@ class Server:
         self._log.close()
 
 
+ADMIN_KEY = "test-admin-key"
+
+
 @pytest.fixture(scope="session")
 def server() -> Iterator[Server]:
-    srv = Server()
+    srv = Server({"T2I_ADMIN_KEY": ADMIN_KEY})
     try:
         srv.wait_ready()
         yield srv

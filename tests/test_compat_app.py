@@ -51,3 +51,9 @@ def test_invalid_json_is_400_on_every_family(app_and_clock, body):
         error = r.json()["error"]
         message = error["message"] if isinstance(error, dict) else error
         assert "JSON" in message, (path, message)
+
+
+def test_admin_api_is_disabled_without_a_key(app_and_clock):
+    client, _ = app_and_clock
+    r = client.get("/admin/models", headers={"Authorization": "Bearer anything"})
+    assert r.status_code == 403 and "T2I_ADMIN_KEY" in r.json()["error"]["message"]
