@@ -23,6 +23,7 @@ from t2i_core.frontend import Frontend, Kind, parse, read_upload
 from t2i_core.http import ErrorBodyMiddleware, base64_image, error_response, image_response
 from t2i_core.image_store import ImageStore
 from t2i_core.registry import RegistryError, load_registry_file
+from t2i_core.retry import retry_dropped
 from t2i_core.schemas import EditRequest, EngineRequest, EngineResult, GenerateRequest
 
 SETTINGS = Settings.from_env()
@@ -36,7 +37,15 @@ log = logging.getLogger("t2i")
 ImageUpload = Annotated[Path, BeforeValidator(base64_image)]
 
 
-@bentoml.service(name="t2i_engine", resources={"gpu": 1}, workers=1, traffic=TRAFFIC)
+# BentoML's inter-service client renews its HTTP session every 100 requests (or 300 s) and closes the
+# old one while other requests are still in flight on it: they fail (500) after the engine did the
+# work. The engine runs beside the API, so there is nothing to renew for: renewal is turned off.
+NO_SESSION_RENEWAL = {"max_requests": 2**31 - 1, "max_age": 1e12}
+
+
+@bentoml.service(
+    name="t2i_engine", resources={"gpu": 1}, workers=1, traffic=TRAFFIC, runner_connection=NO_SESSION_RENEWAL
+)
 class Engine:
     """Owns the device: loads pipelines once and runs adaptive batches of images."""
 
@@ -85,13 +94,13 @@ class RemoteEngine:
 
     async def run(self, kind: Kind, requests: list[EngineRequest]) -> list[EngineResult]:
         method = self.engine.to_async.generate if kind == "generate" else self.engine.to_async.edit
-        return await method(requests)
+        return await retry_dropped(lambda: method(requests))
 
     async def model_states(self) -> list[dict[str, Any]]:
-        return await self.engine.to_async.model_states()
+        return await retry_dropped(self.engine.to_async.model_states)
 
     async def model_action(self, action: str, model_id: str) -> dict[str, Any]:
-        return await self.engine.to_async.model_action(action=action, model_id=model_id)
+        return await retry_dropped(lambda: self.engine.to_async.model_action(action=action, model_id=model_id))
 
 
 @bentoml.service(name="t2i", traffic=TRAFFIC)
@@ -159,7 +168,7 @@ class API:
     @bentoml.api(route="/stats")
     async def stats(self) -> dict[str, Any]:
         """What the engine has done: images, batches and the sizes of its batches."""
-        return await self.engine.to_async.stats()
+        return await retry_dropped(self.engine.to_async.stats)
 
 
 API.add_asgi_middleware(ErrorBodyMiddleware, paths=frozenset(m.route for m in API.apis.values()))

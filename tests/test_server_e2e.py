@@ -92,7 +92,7 @@ def _concurrent(server, bodies: list[dict]) -> list[httpx.Response]:
 def test_batching_is_real(server):
     before = engine_stats(server)["batches"]
     responses = _concurrent(server, [{"prompt": f"p{i}", "seed": i} for i in range(16)])
-    assert all(r.status_code == 200 for r in responses)
+    assert all(r.status_code == 200 for r in responses), [(r.status_code, r.text[:200]) for r in responses]
     stats = engine_stats(server)
     new = stats["recent_batch_sizes"][-(stats["batches"] - before):]
     assert sum(new) == 16 and max(new) > 1, new
@@ -152,3 +152,23 @@ def test_startup_warns_loudly_when_serving_the_tiny_fallback(server):
     assert "serving the built-in tiny random-weight model 'builtin/tiny-sd'" in log
     assert "hf download stabilityai/sd-turbo" in log
     assert f"listening on http://127.0.0.1:{server.port}" in log
+
+
+def test_a_burst_after_an_idle_spell_is_answered(server):
+    """The engine's server drops idle connections after 5 s, the API's client keeps them 15 s."""
+    import time
+
+    post(server, "/generate", json={"prompt": "x"})
+    time.sleep(7)
+    responses = _concurrent(server, [{"prompt": f"after idle {i}"} for i in range(16)])
+    assert [r.status_code for r in responses] == [200] * 16, [r.text[:200] for r in responses if r.status_code != 200]
+
+
+def test_past_bentoml_session_renewal_every_request_is_answered_once(server):
+    """BentoML renews its engine client session every 100 requests and would drop those in flight."""
+    before = engine_stats(server)["images"]
+    bodies = [{"prompt": f"renewal {i}", "seed": i} for i in range(160)]
+    with ThreadPoolExecutor(16) as pool:
+        responses = list(pool.map(lambda b: post(server, "/generate", json=b), bodies))
+    assert [r.status_code for r in responses] == [200] * 160
+    assert engine_stats(server)["images"] - before == 160  # nothing was done twice
