@@ -21,7 +21,7 @@ def test_bentoml_build_offline(tmp_path):
                    capture_output=True, timeout=300)
     (bento,) = [p for p in (tmp_path / "home" / "bentos" / "t2i-server").iterdir() if p.name != "latest"]
     src = bento / "src"
-    for path in ("service.py", "configuration.yaml", "t2i_core/engine.py", "t2i_core/tiny.py"):
+    for path in ("service.py", "configuration.yaml", "models.json", "t2i_core/engine.py", "t2i_core/compat/openai_routes.py"):
         assert (src / path).is_file(), path
     assert not (src / "tests").exists() and not (src / ".venv").exists()
     info = yaml.safe_load((bento / "bento.yaml").read_text())
