@@ -51,6 +51,9 @@ class Settings:
     memory_budget_bytes: int = 0
     #: Key for the admin API (Authorization: Bearer <key>); the admin API is disabled when unset.
     admin_key: str = ""
+    #: Test-only fault injection: raise CUDA out-of-memory for engine batches above this many images
+    #: (-1: off). Exercises the split-and-retry path on machines without a GPU.
+    fault_oom_above: int = -1
     #: Most images one request may ask for (OpenAI's ``n``).
     max_images_per_request: int = 8
     #: ``response_format: "url"``: seconds an image stays downloadable, and the store's size in bytes.

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import time
 from collections import Counter, deque
 from typing import Any
 
 from .config import Settings
 from .devices import pick_device
-from .errors import EngineFailure, InvalidRequest, T2IError
+from .errors import ClientClosed, EngineFailure, InvalidRequest, OutOfMemory, RequestTimeout, T2IError
 from .model_manager import LoadedModel, ModelManager
 from .registry import ModelEntry, Registry
 from .schemas import EngineRequest, EngineResult
@@ -37,6 +38,18 @@ def default_budget(device: str) -> int:
 SEED_RANGE = 2**32  # drawn seeds stay small enough for every JSON client
 
 
+class Cancelled(Exception):
+    """Raised from the step callback to abandon a batch nobody waits for any more."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()  # MPS, older CUDA paths
+
+
 class Engine:
     def __init__(self, settings: Settings | None = None, registry: Registry | None = None):
         self.settings = settings or Settings.from_env()
@@ -49,6 +62,8 @@ class Engine:
         )
         self._batch_sizes: deque[int] = deque(maxlen=10_000)
         self._counts: Counter[str] = Counter()
+        self._cancelled: dict[str, float] = {}
+        self._cancel_lock = threading.Lock()
 
     def load(self, model_id: str) -> LoadedModel:
         """Load ``model_id`` now (normally models load on first use)."""
@@ -93,17 +108,52 @@ class Engine:
 
     def _run_group(self, items: list[EngineRequest]) -> list[EngineResult]:
         seeds = [r.seed if r.seed is not None else secrets.randbelow(SEED_RANGE) for r in items]
-        first = items[0]
+        return self._run_split(items, seeds)
+
+    def _run_split(self, items: list[EngineRequest], seeds: list[int]) -> list[EngineResult]:
+        """Run ``items``; when the batch fails (out of memory, or one bad item), run each half
+        alone, down to single items, so that only the items that really fail get an error."""
+        results: dict[int, EngineResult] = {}
+        live = []
+        for i, req in enumerate(items):
+            reason = self._cancel_reason(req)
+            if reason is not None:
+                results[i] = self._failed(req, seeds[i], reason)
+            else:
+                live.append(i)
+        if live:
+            todo = [items[i] for i in live]
+            for i, result in zip(live, self._attempt(todo, [seeds[i] for i in live])):
+                results[i] = result
+        return [results[i] for i in range(len(items))]
+
+    def _attempt(self, items: list[EngineRequest], seeds: list[int]) -> list[EngineResult]:
         try:
             started = time.perf_counter()
             pixels = self._call_pipeline(items, seeds)
             elapsed = time.perf_counter() - started
-        except T2IError as err:
+        except Cancelled:
+            return self._run_split(items, seeds)  # every item is cancelled now: each gets its reason
+        except T2IError as err:  # the same for every item (e.g. the model is unavailable)
             return [self._failed(r, s, err) for r, s in zip(items, seeds)]
-        except Exception as exc:  # noqa: BLE001 - reported to the items, logged with traceback
-            log.exception("pipeline failed for a batch of %d (%s)", len(items), first.model)
-            err = EngineFailure(f"generation failed: {type(exc).__name__}: {exc}")
-            return [self._failed(r, s, err) for r, s in zip(items, seeds)]
+        except Exception as exc:  # noqa: BLE001 - split, or reported to the one item
+            oom = is_out_of_memory(exc)
+            if oom:
+                self._counts["oom_retries"] += 1
+                self.models.free_cache()
+            if len(items) > 1:
+                log.warning("batch of %d failed (%s); retrying in halves", len(items), type(exc).__name__)
+                half = len(items) // 2
+                return self._run_split(items[:half], seeds[:half]) + self._run_split(items[half:], seeds[half:])
+            if oom:
+                err: T2IError = OutOfMemory(
+                    f"out of memory generating one {items[0].width}x{items[0].height} image on {self.device}; "
+                    "try a smaller size or fewer steps"
+                )
+            else:
+                log.exception("generation failed for one image (%s)", items[0].model)
+                err = EngineFailure(f"generation failed: {type(exc).__name__}: {exc}")
+            return [self._failed(items[0], seeds[0], err)]
         self._batch_sizes.append(len(items))
         self._counts["images"] += len(items)
         return [
@@ -116,10 +166,35 @@ class Engine:
 
     def _failed(self, req: EngineRequest, seed: int, err: T2IError) -> EngineResult:
         self._counts["errors"] += 1
+        self._counts[f"errors_{err.code}"] += 1
         return EngineResult(model=req.model, seed=seed, width=req.width, height=req.height, error=err.to_dict())
+
+    # ---- cancellation -------------------------------------------------------------------------
+    def cancel(self, request_ids: list[str]) -> int:
+        """Stop working for these requests (their client left or timed out); returns how many."""
+        now = time.monotonic()
+        with self._cancel_lock:
+            for rid in request_ids:
+                if rid:
+                    self._cancelled[rid] = now
+            for rid in [r for r, t in self._cancelled.items() if now - t > 600]:
+                del self._cancelled[rid]
+        return len(request_ids)
+
+    def _cancel_reason(self, req: EngineRequest) -> T2IError | None:
+        if req.request_id and req.request_id in self._cancelled:
+            return ClientClosed("the client closed the request; its work was stopped")
+        if req.deadline is not None and time.time() > req.deadline:
+            limit = self.settings.request_timeout_s
+            return RequestTimeout(f"the request took longer than the {limit}s limit (T2I_REQUEST_TIMEOUT_S); its work was stopped")
+        return None
 
     def _call_pipeline(self, items: list[EngineRequest], seeds: list[int]) -> list[bytes]:
         first = items[0]
+        if 0 <= self.settings.fault_oom_above < len(items):
+            import torch
+
+            raise torch.OutOfMemoryError(f"injected: batch of {len(items)} > T2I_FAULT_OOM_ABOVE={self.settings.fault_oom_above}")
         with self.models.use(first.model) as loaded:
             return self._denoise(loaded.pipeline(first.kind, first.scheduler), items, seeds)
 
@@ -139,6 +214,7 @@ class Engine:
             guidance_scale=first.guidance_scale,
             generator=generators,
             output_type="np",
+            callback_on_step_end=self._stop_when_all_cancelled(items),
         )
         if first.kind == "edit":
             from .imaging import from_rgb_pixels
@@ -151,6 +227,16 @@ class Engine:
             images = pipe(**kwargs).images
         array = (np.asarray(images) * 255.0).round().clip(0, 255).astype(np.uint8)
         return [np.ascontiguousarray(a).tobytes() for a in array]
+
+    def _stop_when_all_cancelled(self, items: list[EngineRequest]) -> Any:
+        """A diffusers step callback that aborts the batch once no item of it is wanted any more."""
+
+        def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            if all(self._cancel_reason(r) is not None for r in items):
+                raise Cancelled()
+            return tensors
+
+        return on_step_end
 
     # ---- observability ------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -165,6 +251,8 @@ class Engine:
             "images": self._counts["images"],
             "errors": self._counts["errors"],
             "engine_calls": self._counts["engine_calls"],
+            "oom_retries": self._counts["oom_retries"],
+            "errors_by_code": {k[7:]: v for k, v in self._counts.items() if k.startswith("errors_")},
             "batches": len(sizes),
             "max_batch_size_seen": max(sizes, default=0),
             "batch_size_histogram": {str(k): v for k, v in sorted(Counter(sizes).items())},

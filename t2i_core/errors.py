@@ -95,6 +95,34 @@ class ModelUnavailable(T2IError):
     type = "server_error"
 
 
+class OutOfMemory(T2IError):
+    """This image does not fit in accelerator memory, even alone."""
+
+    status = 503
+    code = "out_of_memory"
+    type = "server_error"
+
+
+class RequestTimeout(T2IError):
+    status = 504
+    code = "timeout"
+    type = "server_error"
+
+
+class ClientClosed(T2IError):
+    """The client went away; nobody reads this answer (499, as nginx logs it)."""
+
+    status = 499
+    code = "client_closed"
+    type = "invalid_request_error"
+
+
+class TooManyRequests(T2IError):
+    status = 429
+    code = "rate_limited"
+    type = "rate_limit_error"
+
+
 class EngineFailure(T2IError):
     status = 500
     code = "engine_failure"
@@ -102,7 +130,7 @@ class EngineFailure(T2IError):
 
 
 _BY_CODE: dict[str, type[T2IError]] = {
-    c.code: c for c in (T2IError, InvalidRequest, NotFound, UnknownModel, Gone, ModelBusy, Unauthorized, Forbidden, PayloadTooLarge, ModelUnavailable, EngineFailure)
+    c.code: c for c in (T2IError, InvalidRequest, NotFound, UnknownModel, Gone, ModelBusy, Unauthorized, Forbidden, OutOfMemory, RequestTimeout, ClientClosed, TooManyRequests, PayloadTooLarge, ModelUnavailable, EngineFailure)
 }
 
 

@@ -236,6 +236,10 @@ class ModelManager:
         self._free()
         return True
 
+    def free_cache(self) -> None:
+        """Return cached, unused accelerator memory (after an out-of-memory error)."""
+        self._free()
+
     def _free(self) -> None:
         gc.collect()
         if self.device.startswith("cuda"):

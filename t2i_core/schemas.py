@@ -69,6 +69,9 @@ class EngineRequest(BaseModel):
     scheduler: str | None = None
     #: edit only: raw RGB bytes, width * height * 3, row-major
     image: bytes | None = None
+    #: who asked (for cancellation) and until when the answer is wanted (unix time)
+    request_id: str = ""
+    deadline: float | None = None
 
     def batch_key(self) -> tuple[Any, ...]:
         """Requests with equal keys can run in one pipeline call."""
