@@ -14,6 +14,8 @@ from typing import Annotated, Any
 import bentoml
 from PIL.Image import Image
 from pydantic import BeforeValidator
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
 
 from t2i_core import fields as F
 from t2i_core.compat import build_compat_app
@@ -21,6 +23,7 @@ from t2i_core.config import Settings
 from t2i_core.errors import T2IError
 from t2i_core.frontend import Frontend, Kind, parse, read_upload
 from t2i_core.http import ErrorBodyMiddleware, base64_image, error_response, image_response
+from t2i_core.guards import GuardMiddleware, cors_options
 from t2i_core.image_store import ImageStore
 from t2i_core.registry import RegistryError, load_registry_file
 from t2i_core.retry import retry_dropped
@@ -81,9 +84,20 @@ class Engine:
         return self.core.models.states()
 
     @bentoml.api
+    async def cancel(self, request_ids: list[str]) -> int:
+        """Stop work for these requests (timed out, or their client left); runs beside the batch."""
+        return self.core.cancel(request_ids)
+
+    @bentoml.api
     def model_action(self, action: str, model_id: str) -> dict[str, Any]:
         """load / unload / set_default; runs in the engine's thread, between batches."""
         return self.core.model_action(action, model_id)
+
+
+def reply(ctx: bentoml.Context, response: Response) -> Response:
+    """BentoML applies ``ctx.response.status_code`` to whatever a route returns when it takes ``ctx``."""
+    ctx.response.status_code = response.status_code
+    return response
 
 
 class RemoteEngine:
@@ -101,6 +115,9 @@ class RemoteEngine:
 
     async def model_action(self, action: str, model_id: str) -> dict[str, Any]:
         return await retry_dropped(lambda: self.engine.to_async.model_action(action=action, model_id=model_id))
+
+    async def cancel(self, request_ids: list[str]) -> None:
+        await retry_dropped(lambda: self.engine.to_async.cancel(request_ids=request_ids))
 
 
 @bentoml.service(name="t2i", traffic=TRAFFIC)
@@ -126,16 +143,17 @@ class API:
         model: F.ModelId = None,
         scheduler: F.SchedulerName = None,
         format: F.ImageFormat = "png",
+        ctx: bentoml.Context = None,  # type: ignore[assignment]
     ) -> Image:
         """Text to image. Answers the image bytes; headers X-Seed, X-Model, X-Inference-Time."""
         fields = dict(locals())
-        fields.pop("self")
+        fields.pop("self"), fields.pop("ctx")
         fields["num_inference_steps"] = fields.pop("steps") if num_inference_steps is None else num_inference_steps
         try:
-            (image,) = await self.front.generate(parse(GenerateRequest, fields))
+            (image,) = await self.front.generate(parse(GenerateRequest, fields), disconnected=ctx.request.is_disconnected)
         except T2IError as err:
-            return error_response(err)
-        return image_response(image)
+            return reply(ctx, error_response(err))
+        return reply(ctx, image_response(image))
 
     @bentoml.api(route="/edit")
     async def edit(
@@ -153,17 +171,20 @@ class API:
         model: F.ModelId = None,
         scheduler: F.SchedulerName = None,
         format: F.ImageFormat = "png",
+        ctx: bentoml.Context = None,  # type: ignore[assignment]
     ) -> Image:
         """Image to image: a file upload (multipart) or base64 in JSON. Answers the image bytes."""
         fields = dict(locals())
-        fields.pop("self")
+        fields.pop("self"), fields.pop("ctx")
         upload = fields.pop("image")
         fields["num_inference_steps"] = fields.pop("steps") if num_inference_steps is None else num_inference_steps
         try:
-            (result,) = await self.front.edit(parse(EditRequest, fields), read_upload(upload))
+            (result,) = await self.front.edit(
+                parse(EditRequest, fields), read_upload(upload), disconnected=ctx.request.is_disconnected
+            )
         except T2IError as err:
-            return error_response(err)
-        return image_response(result)
+            return reply(ctx, error_response(err))
+        return reply(ctx, image_response(result))
 
     @bentoml.api(route="/stats")
     async def stats(self) -> dict[str, Any]:
@@ -171,6 +192,15 @@ class API:
         return await retry_dropped(self.engine.to_async.stats)
 
 
+# Outermost first: CORS (when configured), then keys / body cap / in-flight cap / strict fields, then
+# the rewrite of BentoML's own error bodies on its routes.
+if (CORS := cors_options(SETTINGS)) is not None:
+    API.add_asgi_middleware(CORSMiddleware, **CORS)
+API.add_asgi_middleware(
+    GuardMiddleware,
+    settings=SETTINGS,
+    strict_fields={m.route: frozenset(m.input_spec.model_fields) for m in API.apis.values()},
+)
 API.add_asgi_middleware(ErrorBodyMiddleware, paths=frozenset(m.route for m in API.apis.values()))
 # OpenAI-compatible /v1 and the seed servers' routes: adapters over the same frontend.
 API.mount_asgi_app(

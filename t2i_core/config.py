@@ -51,6 +51,16 @@ class Settings:
     memory_budget_bytes: int = 0
     #: Key for the admin API (Authorization: Bearer <key>); the admin API is disabled when unset.
     admin_key: str = ""
+    #: Largest request body in bytes (413 beyond; checked from Content-Length before reading).
+    max_body_bytes: int = 50 * 1024 * 1024
+    #: Generation requests in flight beyond which new ones are refused at once (429 + Retry-After).
+    max_in_flight: int = 256
+    #: Seconds a refused client is told to wait (Retry-After).
+    retry_after_s: int = 1
+    #: API keys, comma-separated: when set, generation routes need "Authorization: Bearer <key>".
+    api_keys: str = ""
+    #: CORS origins, comma-separated ("*" for any, then without credentials); unset: CORS off.
+    cors_origins: str = ""
     #: Test-only fault injection: raise CUDA out-of-memory for engine batches above this many images
     #: (-1: off). Exercises the split-and-retry path on machines without a GPU.
     fault_oom_above: int = -1

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Awaitable, Callable, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from .config import Settings
-from .errors import InvalidRequest, T2IError, describe_validation_errors
+from .errors import ClientClosed, InvalidRequest, RequestTimeout, T2IError, describe_validation_errors
 from .imaging import MEDIA_TYPES, decode_image, encode_image, output_size, to_rgb_pixels
 from .registry import Registry
 from .schemas import EditRequest, EngineRequest, EngineResult, GenerateRequest, to_engine
@@ -33,6 +34,11 @@ class EngineClient(Protocol):
     async def run(self, kind: Kind, requests: list[EngineRequest]) -> list[EngineResult]: ...
     async def model_states(self) -> list[dict[str, Any]]: ...
     async def model_action(self, action: str, model_id: str) -> dict[str, Any]: ...
+    async def cancel(self, request_ids: list[str]) -> None: ...
+
+
+Disconnected = Callable[[], Awaitable[bool]]
+WATCH_INTERVAL_S = 0.25
 
 
 class LocalEngineClient:
@@ -49,6 +55,9 @@ class LocalEngineClient:
 
     async def model_action(self, action: str, model_id: str) -> dict[str, Any]:
         return await asyncio.to_thread(self.engine.model_action, action, model_id)
+
+    async def cancel(self, request_ids: list[str]) -> None:
+        self.engine.cancel(request_ids)
 
 
 @dataclass(frozen=True)
@@ -98,18 +107,18 @@ class Frontend:
         self.registry = registry or Registry(default=self.settings.model)
         self.engine = engine
 
-    async def generate(self, req: GenerateRequest, n: int = 1) -> list[RenderedImage]:
+    async def generate(self, req: GenerateRequest, n: int = 1, disconnected: Disconnected | None = None) -> list[RenderedImage]:
         """``n`` images for ``req`` (seeds seed, seed+1, ... when a seed is given), batched together."""
         entry = self.registry.get(req.model)
         items = [to_engine(req, entry, seed_offset=k) for k in range(n)]
-        return await self._run("generate", items, req.format)
+        return await self._run("generate", items, req.format, disconnected)
 
-    async def edit(self, req: EditRequest, image: bytes, n: int = 1) -> list[RenderedImage]:
+    async def edit(self, req: EditRequest, image: bytes, n: int = 1, disconnected: Disconnected | None = None) -> list[RenderedImage]:
         """Edit the PNG/JPEG/WebP ``image`` (bytes) as ``req`` says."""
         entry = self.registry.get(req.model)
         pixels, size = await asyncio.to_thread(self._prepare_input, req, image)
         items = [to_engine(req, entry, image=pixels, image_size=size, seed_offset=k) for k in range(n)]
-        return await self._run("edit", items, req.format)
+        return await self._run("edit", items, req.format, disconnected)
 
     def _prepare_input(self, req: EditRequest, image: bytes) -> tuple[bytes, tuple[int, int]]:
         img = decode_image(image, max_pixels=self.settings.max_input_pixels)
@@ -137,9 +146,33 @@ class Frontend:
             self.registry.set_default(model_id)
         return answer
 
-    async def _run(self, kind: Kind, items: list[EngineRequest], fmt: str) -> list[RenderedImage]:
+    async def _call_engine(self, kind: Kind, items: list[EngineRequest], disconnected: Disconnected | None) -> list[EngineResult]:
+        """The engine's results, or RequestTimeout (504) / ClientClosed (499) after telling the
+        engine to stop working on this request."""
+        request_id = uuid.uuid4().hex
+        timeout = self.settings.request_timeout_s
+        deadline = time.time() + timeout
+        items = [item.model_copy(update={"request_id": request_id, "deadline": deadline}) for item in items]
+        task = asyncio.ensure_future(self.engine.run(kind, items))
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=max(0.0, min(WATCH_INTERVAL_S, deadline - time.time())))
+                if done:
+                    return task.result()
+                if time.time() >= deadline:
+                    raise RequestTimeout(
+                        f"the request took longer than the {timeout}s limit (T2I_REQUEST_TIMEOUT_S); its work was stopped"
+                    )
+                if disconnected is not None and await disconnected():
+                    raise ClientClosed("the client closed the request; its work was stopped")
+        except (RequestTimeout, ClientClosed, asyncio.CancelledError):
+            task.cancel()
+            await self.engine.cancel([request_id])
+            raise
+
+    async def _run(self, kind: Kind, items: list[EngineRequest], fmt: str, disconnected: Disconnected | None = None) -> list[RenderedImage]:
         started = time.perf_counter()
-        results = await self.engine.run(kind, items)
+        results = await self._call_engine(kind, items, disconnected)
         if len(results) != len(items):
             raise T2IError(f"engine returned {len(results)} results for {len(items)} requests")
         for result in results:

@@ -41,6 +41,21 @@ def image_response(image: RenderedImage) -> Response:
     return Response(content=image.data, media_type=image.media_type, headers=image.headers())
 
 
+SEED_PATHS = frozenset({"/api/image/generate", "/api/image/edit", "/generate-image", "/image/generate"})
+
+
+def error_response_for(path: str, err: T2IError, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The error in the shape of the route family that ``path`` belongs to (for middleware errors)."""
+    if path.startswith(("/v1/", "/admin/")):
+        response = openai_error_response(err)
+    elif path in SEED_PATHS:
+        response = seed_error_response(err)
+    else:
+        response = error_response(err)
+    response.headers.update(headers or {})
+    return response
+
+
 def base64_image(value: Any) -> Any:
     """Before-validator for an image field: base64 text (JSON) becomes bytes; uploads pass through."""
     if isinstance(value, str):

@@ -26,9 +26,17 @@ def is_dropped_connection(exc: BaseException) -> bool:
 
 
 async def retry_dropped(call: Callable[[], Awaitable[T]], attempts: int = 3) -> T:
+    """``call()``, sent again when its connection dropped. BentoML's own 503 (its batching queue
+    predicts it cannot start the work in time) becomes a 429 the client may retry."""
+    from bentoml.exceptions import ServiceUnavailable
+
+    from .errors import TooManyRequests
+
     for attempt in range(1, attempts + 1):
         try:
             return await call()
+        except ServiceUnavailable:
+            raise TooManyRequests("the engine's queue is full; retry shortly") from None
         except Exception as exc:
             if attempt == attempts or not is_dropped_connection(exc):
                 raise

@@ -128,7 +128,7 @@ def openai_routes(get_frontend: Callable[[], Frontend], store: ImageStore) -> li
         front = get_frontend()
         req = parse(OpenAIImageRequest, await read_json_object(request))
         _check_n(req, front)
-        images = await front.generate(req.native(), n=req.n)
+        images = await front.generate(req.native(), n=req.n, disconnected=request.is_disconnected)
         return JSONResponse(_images_body(images, req, request, store))
 
     @guard
@@ -151,7 +151,7 @@ def openai_routes(get_frontend: Callable[[], Frontend], store: ImageStore) -> li
             image = image_bytes_from_json(data)
         req = parse(OpenAIEditRequest, data)
         _check_n(req, front)
-        images = await front.edit(req.native(), image, n=req.n)
+        images = await front.edit(req.native(), image, n=req.n, disconnected=request.is_disconnected)
         return JSONResponse(_images_body(images, req, request, store))
 
     @guard
