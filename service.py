@@ -34,7 +34,8 @@ try:  # a bad registry file stops the server at once, naming the file, the entry
     load_registry_file()
 except RegistryError as exc:
     raise SystemExit(f"t2i-server cannot start: {exc}") from None
-TRAFFIC = {"timeout": SETTINGS.request_timeout_s}
+# BentoML's own timeout stays above ours, so that ours (504, work stopped) answers first.
+TRAFFIC = {"timeout": SETTINGS.request_timeout_s + 30}
 log = logging.getLogger("t2i")
 
 ImageUpload = Annotated[Path, BeforeValidator(base64_image)]

@@ -16,6 +16,7 @@ import time
 from collections import Counter, deque
 from typing import Any
 
+from . import metrics
 from .config import Settings
 from .devices import pick_device
 from .errors import ClientClosed, EngineFailure, InvalidRequest, OutOfMemory, RequestTimeout, T2IError
@@ -140,6 +141,7 @@ class Engine:
             oom = is_out_of_memory(exc)
             if oom:
                 self._counts["oom_retries"] += 1
+                metrics.record_oom_retry()
                 self.models.free_cache()
             if len(items) > 1:
                 log.warning("batch of %d failed (%s); retrying in halves", len(items), type(exc).__name__)
@@ -156,6 +158,7 @@ class Engine:
             return [self._failed(items[0], seeds[0], err)]
         self._batch_sizes.append(len(items))
         self._counts["images"] += len(items)
+        metrics.record_batch(items[0].model, items[0].kind, len(items))
         return [
             EngineResult(
                 model=r.model, seed=s, width=r.width, height=r.height, pixels=p,
@@ -167,6 +170,7 @@ class Engine:
     def _failed(self, req: EngineRequest, seed: int, err: T2IError) -> EngineResult:
         self._counts["errors"] += 1
         self._counts[f"errors_{err.code}"] += 1
+        metrics.record_error(err.code)
         return EngineResult(model=req.model, seed=seed, width=req.width, height=req.height, error=err.to_dict())
 
     # ---- cancellation -------------------------------------------------------------------------
@@ -182,11 +186,11 @@ class Engine:
         return len(request_ids)
 
     def _cancel_reason(self, req: EngineRequest) -> T2IError | None:
-        if req.request_id and req.request_id in self._cancelled:
-            return ClientClosed("the client closed the request; its work was stopped")
-        if req.deadline is not None and time.time() > req.deadline:
+        if req.deadline is not None and time.time() > req.deadline:  # a timed-out request is cancelled too
             limit = self.settings.request_timeout_s
             return RequestTimeout(f"the request took longer than the {limit}s limit (T2I_REQUEST_TIMEOUT_S); its work was stopped")
+        if req.request_id and req.request_id in self._cancelled:
+            return ClientClosed("the client closed the request; its work was stopped")
         return None
 
     def _call_pipeline(self, items: list[EngineRequest], seeds: list[int]) -> list[bytes]:

@@ -109,7 +109,7 @@ def _prompt(required: bool):
 def _format(value: Any, info: ValidationInfo) -> Any:
     if value is None:
         return None
-    key = value.strip().lower() if isinstance(value, str) else value
+    key = value.strip().lower() if isinstance(value, str) else None
     if key not in _FORMAT_ALIASES:
         raise ValueError(f"{_name(info)} must be one of {', '.join(IMAGE_FORMATS)}; got {value!r}")
     return _FORMAT_ALIASES[key]
@@ -153,7 +153,8 @@ Strength = Annotated[
     float | None,
     BeforeValidator(_float_in(0.0, 1.0, lo_open=True)),
     Field(description="How much to change the input image: 0 < strength <= 1.",
-          json_schema_extra={"exclusiveMinimum": 0, "maximum": 1}),
+          # OpenAPI 3.0 (BentoML's document) spells an open bound as a boolean beside minimum
+          json_schema_extra={"minimum": 0, "exclusiveMinimum": True, "maximum": 1}),
 ]
 ImageFormat = Annotated[
     str,

@@ -45,6 +45,7 @@ class GuardMiddleware:
         path: str = scope.get("path", "")
         try:
             self._check_key(scope, path)
+            self._check_content_type(scope)
             length = self._content_length(scope)
             limit = self.settings.max_body_bytes
             if length is not None and length > limit:
@@ -88,6 +89,15 @@ class GuardMiddleware:
             matched |= hmac.compare_digest(given, key)
         if scheme.lower() != b"bearer" or not matched:
             raise Unauthorized("this server needs an API key: send 'Authorization: Bearer <key>'")
+
+    @staticmethod
+    def _check_content_type(scope: dict[str, Any]) -> None:
+        content_type = dict(scope.get("headers") or []).get(b"content-type", b"").decode("latin-1")
+        if content_type.lower().startswith("multipart/form-data") and "boundary=" not in content_type:
+            raise InvalidRequest(
+                f"Content-Type {content_type!r} has no boundary parameter; multipart bodies need one",
+                param="content-type", code="invalid_content_type",
+            )
 
     @staticmethod
     def _content_length(scope: dict[str, Any]) -> int | None:

@@ -62,7 +62,7 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def wait_ready(self, timeout: float = 180) -> None:
+    def wait_ready(self, timeout: float = 180, headers: dict[str, str] | None = None) -> None:
         """Ready means a real generation succeeds (the engine has loaded its model)."""
         import httpx
 
@@ -71,7 +71,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
             try:
-                r = httpx.post(f"{self.url}/generate", json={"prompt": "warm up", "seed": 0}, timeout=30)
+                r = httpx.post(f"{self.url}/generate", json={"prompt": "warm up", "seed": 0}, headers=headers, timeout=30)
                 if r.status_code == 200:
                     return
             except httpx.HTTPError:

@@ -1,0 +1,73 @@
+"""Engine resilience in process: out-of-memory split-and-retry, one bad item alone, cancellation."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from t2i_core.config import Settings
+from t2i_core.engine import Engine
+from t2i_core.registry import TINY_SD_ID
+from t2i_core.schemas import EngineRequest
+
+
+def req(seed=1, **kw) -> EngineRequest:
+    base = dict(model=TINY_SD_ID, prompt="a bridge", steps=2, guidance_scale=0.0, width=64, height=64, seed=seed)
+    return EngineRequest(**{**base, **kw})
+
+
+def test_oom_splits_the_batch_in_halves_and_every_image_is_made(engine):
+    faulty = Engine(Settings(fault_oom_above=2), registry=engine.registry)
+    out = faulty.run([req(seed=i) for i in range(8)])
+    assert all(r.error is None for r in out)
+    assert max(r.batch_size for r in out) == 2
+    stats = faulty.stats()
+    assert stats["oom_retries"] == 1 + 2  # 8 -> 4+4 -> 2+2+2+2
+    # the same pixels as without the fault: the split changes nothing about an image
+    assert out[5].pixels == engine.run([req(seed=5)])[0].pixels
+
+
+def test_an_image_that_never_fits_fails_alone_with_503(engine):
+    faulty = Engine(Settings(fault_oom_above=0), registry=engine.registry)
+    (out,) = faulty.run([req()])
+    assert out.error["code"] == "out_of_memory" and "64x64" in out.error["message"]
+    assert faulty.run([req()])[0].error["code"] == "out_of_memory"  # and it keeps answering
+
+
+def test_one_bad_item_inside_the_engine_fails_alone(engine):
+    good = engine.run([req(seed=9)])[0].pixels
+    edit = dict(kind="edit", strength=0.5, steps=2)
+    poisoned = req(seed=2, image=b"\x00" * 10, **edit)  # wrong pixel count: fails inside the pipeline
+    out = engine.run([req(seed=1, image=good, **edit), poisoned, req(seed=3, image=good, **edit)])
+    assert out[0].error is None and out[2].error is None
+    assert out[1].error["code"] == "engine_failure"
+
+
+def test_expired_and_cancelled_requests_are_not_worked_on(engine):
+    before = engine.stats()["images"]
+    expired = req(seed=1, request_id="a", deadline=time.time() - 1)
+    engine.cancel(["b"])
+    cancelled = req(seed=2, request_id="b")
+    fine = req(seed=3, request_id="c")
+    out = engine.run([expired, cancelled, fine])
+    assert out[0].error["code"] == "timeout" and out[1].error["code"] == "client_closed"
+    assert out[2].error is None and engine.stats()["images"] == before + 1
+
+
+def test_a_batch_nobody_waits_for_stops_at_the_next_step(engine):
+    """The step callback aborts a batch once every item is cancelled (here: the deadline passes mid-run)."""
+    slow = req(seed=4, steps=60, width=512, height=512, deadline=time.time() + 0.3)
+    started = time.perf_counter()
+    (out,) = engine.run([slow])
+    stopped_after = time.perf_counter() - started
+    assert out.error["code"] == "timeout"
+    full = engine.run([req(seed=4, steps=60, width=512, height=512)])[0]
+    assert full.error is None and full.inference_s > stopped_after  # it did not run to the end
+
+
+def test_fp32_pixels_unchanged_by_split(engine):
+    faulty = Engine(Settings(fault_oom_above=1), registry=engine.registry)
+    a = faulty.run([req(seed=i) for i in range(3)])
+    b = [engine.run([req(seed=i)])[0] for i in range(3)]
+    assert all(np.array_equal(np.frombuffer(x.pixels, np.uint8), np.frombuffer(y.pixels, np.uint8)) for x, y in zip(a, b))
