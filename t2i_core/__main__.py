@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     pull = sub.add_parser("pull", help="put a model's weights on disk (hub cache or BentoML model store)")
     pull.add_argument("model_id")
     pull.add_argument("--from-folder", type=Path, help="import this diffusers folder into the BentoML model store")
+    pull.add_argument("--to-store", action="store_true", help="also copy a downloaded hub model into the BentoML model store")
     args = parser.parse_args(argv)
 
     if args.command == "pull":
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         from .pull import PullError, pull as do_pull
 
         try:
-            print(do_pull(args.model_id, args.from_folder))
+            print(do_pull(args.model_id, args.from_folder, to_store=args.to_store))
         except (PullError, T2IError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -15,6 +15,7 @@ import hmac
 import json
 from typing import Any
 
+from . import metrics
 from .config import Settings
 from .errors import InvalidRequest, PayloadTooLarge, T2IError, TooManyRequests, Unauthorized
 from .http import SEED_PATHS, error_response_for
@@ -61,6 +62,7 @@ class GuardMiddleware:
             return
         if counted:
             self.in_flight += 1
+            metrics.set_in_flight(self.in_flight)
         try:
             if path in self.strict_fields and self._is_json(scope):
                 body = await self._read_body(receive, limit)
@@ -75,6 +77,7 @@ class GuardMiddleware:
         finally:
             if counted:
                 self.in_flight -= 1
+                metrics.set_in_flight(self.in_flight)
 
     # ---- checks --------------------------------------------------------------------------------
     def _check_key(self, scope: dict[str, Any], path: str) -> None:

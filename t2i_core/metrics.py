@@ -21,6 +21,9 @@ def _metrics() -> dict[str, Any]:
             buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)),
         "oom_retries": bentoml.metrics.Counter(
             name="t2i_oom_retries_total", documentation="Engine batches split and retried after running out of memory"),
+        "in_flight": bentoml.metrics.Gauge(
+            name="t2i_requests_in_flight", documentation="Generation requests being served by the API (the autoscaling signal)",
+            multiprocess_mode="livesum"),
         "errors": bentoml.metrics.Counter(
             name="t2i_engine_errors_total", documentation="Images the engine could not make, by error code",
             labelnames=["code"]),
@@ -39,3 +42,7 @@ def record_oom_retry() -> None:
 
 def record_error(code: str) -> None:
     _metrics()["errors"].labels(code=code).inc()
+
+
+def set_in_flight(count: int) -> None:
+    _metrics()["in_flight"].set(count)

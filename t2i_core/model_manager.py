@@ -164,7 +164,7 @@ class ModelManager:
         from .devices import pick_dtype
 
         path = entry.local_path()
-        if entry.source_kind == "hub":
+        if entry.source_kind == "hub" and path == entry.source_ref:  # from the HF cache, not a store copy
             from huggingface_hub import snapshot_download
 
             path = snapshot_download(path, local_files_only=True)

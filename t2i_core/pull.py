@@ -3,7 +3,11 @@
 - hub models: download the diffusers files into the local Hugging Face cache, with a progress bar;
 - ``--from-folder DIR``: import a diffusers folder into the BentoML model store (``bentoml build``
   can then ship it inside the Bento); the registry source to use is printed;
+- ``--to-store``: also copy a downloaded hub model into the BentoML model store;
 - built-in tiny models: build them and import them into the BentoML model store.
+
+A model's copy in the store (named ``t2i-<id>``) is what the server loads first, so a Bento that
+ships it starts with no download.
 
 Offline, a download fails at once with a message that says so.
 """
@@ -55,7 +59,7 @@ def check_hub_reachable(repo_id: str) -> None:
         ) from None
 
 
-def pull(model_id: str, from_folder: Path | None = None, registry: Registry | None = None) -> str:
+def pull(model_id: str, from_folder: Path | None = None, registry: Registry | None = None, to_store: bool = False) -> str:
     """Do the pull; return a one-line summary of where the weights now are."""
     entry: ModelEntry = (registry or Registry()).get(model_id)
     if from_folder is not None:
@@ -64,6 +68,8 @@ def pull(model_id: str, from_folder: Path | None = None, registry: Registry | No
     if entry.source_kind == "tiny":
         from .tiny import ensure_tiny_pipeline
 
+        if (copy := entry.store_copy()) is not None:  # tiny models are deterministic: one copy is enough
+            return f"{model_id} is already in the BentoML model store ({copy})"
         tag = import_folder(model_id, ensure_tiny_pipeline(entry.source_ref))
         return f"built {model_id} and imported it into the BentoML model store as {tag}"
     if entry.source_kind != "hub":
@@ -72,4 +78,7 @@ def pull(model_id: str, from_folder: Path | None = None, registry: Registry | No
     from huggingface_hub import snapshot_download
 
     path = snapshot_download(entry.source_ref, allow_patterns=DIFFUSERS_FILES)
+    if to_store:
+        tag = import_folder(model_id, Path(path))
+        return f"downloaded {entry.source_ref} and imported it into the BentoML model store as {tag}"
     return f"downloaded {entry.source_ref} to {path}"

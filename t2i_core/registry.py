@@ -92,10 +92,25 @@ class ModelEntry(BaseModel):
     def metadata(self) -> dict[str, str]:
         return {"publisher": self.publisher, "family": self.family, "version": self.version, "id": self.id}
 
+    def store_copy(self) -> str | None:
+        """The folder of this model's copy in the BentoML model store (``pull --to-store``, or shipped
+        inside a Bento), which wins over the source; None when there is none."""
+        if self.source_kind == "bentoml":
+            return None
+        try:
+            import bentoml
+            from bentoml.exceptions import NotFound as StoreNotFound
+
+            from .pull import store_name
+
+            return bentoml.models.get(f"{store_name(self.id)}:latest").path
+        except (StoreNotFound, ImportError, ValueError):
+            return None
+
     def unavailable_reason(self) -> str | None:
         """Why the weights cannot be loaded from disk now, or None when they can."""
         kind, ref = self.source_kind, self.source_ref
-        if kind == "tiny":
+        if kind == "tiny" or self.store_copy() is not None:
             return None
         if kind == "local":
             if (Path(ref) / "model_index.json").is_file():
@@ -130,6 +145,8 @@ class ModelEntry(BaseModel):
         reason = self.unavailable_reason()
         if reason:
             raise ModelUnavailable(reason, param="model")
+        if (copy := self.store_copy()) is not None:
+            return copy
         if self.source_kind == "tiny":
             from .tiny import ensure_tiny_pipeline
 

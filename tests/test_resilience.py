@@ -57,12 +57,12 @@ def test_expired_and_cancelled_requests_are_not_worked_on(engine):
 
 def test_a_batch_nobody_waits_for_stops_at_the_next_step(engine):
     """The step callback aborts a batch once every item is cancelled (here: the deadline passes mid-run)."""
-    slow = req(seed=4, steps=60, width=512, height=512, deadline=time.time() + 0.3)
+    slow = req(seed=4, steps=40, width=256, height=256, deadline=time.time() + 0.3)
     started = time.perf_counter()
     (out,) = engine.run([slow])
     stopped_after = time.perf_counter() - started
     assert out.error["code"] == "timeout"
-    full = engine.run([req(seed=4, steps=60, width=512, height=512)])[0]
+    full = engine.run([req(seed=4, steps=40, width=256, height=256)])[0]
     assert full.error is None and full.inference_s > stopped_after  # it did not run to the end
 
 
