@@ -61,10 +61,10 @@ def check_hub_reachable(repo_id: str) -> None:
 
 def pull(model_id: str, from_folder: Path | None = None, registry: Registry | None = None, to_store: bool = False) -> str:
     """Do the pull; return a one-line summary of where the weights now are."""
-    entry: ModelEntry = (registry or Registry()).get(model_id)
-    if from_folder is not None:
+    if from_folder is not None:  # the model may not be in the registry yet: this is how it gets there
         tag = import_folder(model_id, Path(from_folder))
         return f"imported {from_folder} into the BentoML model store as {tag}; registry source: \"bentoml:{tag}\""
+    entry: ModelEntry = (registry or Registry()).get(model_id)
     if entry.source_kind == "tiny":
         from .tiny import ensure_tiny_pipeline
 

@@ -103,12 +103,12 @@ def test_pull_offline_fails_at_once(tmp_path):
         assert ("HF_HUB_OFFLINE is set" in proc.stderr) or ("cannot reach the Hugging Face hub" in proc.stderr)
 
 
-def test_pull_from_folder_into_the_model_store_then_serve_it(tmp_path, monkeypatch):
-    monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
+def test_pull_from_folder_into_the_model_store_then_serve_it(tmp_path):
+    # the test session's BENTOML_HOME (under /tmp); an id of its own, so no built-in model's copy changes
     folder = tmp_path / "my-model"
     subprocess.run([sys.executable, "-m", "t2i_core", "tiny", "--family", "sdxl", "--out", str(folder)],
                    cwd=ROOT, check=True, capture_output=True, timeout=120)
-    proc = subprocess.run([sys.executable, "-m", "t2i_core", "pull", "builtin/tiny-sdxl", "--from-folder", str(folder)],
+    proc = subprocess.run([sys.executable, "-m", "t2i_core", "pull", "test/my-model", "--from-folder", str(folder)],
                           cwd=ROOT, env={**__import__("os").environ}, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     tag = proc.stdout.split('registry source: "bentoml:')[1].split('"')[0]
