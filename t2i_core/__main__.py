@@ -25,7 +25,24 @@ def main(argv: list[str] | None = None) -> int:
     pull.add_argument("model_id")
     pull.add_argument("--from-folder", type=Path, help="import this diffusers folder into the BentoML model store")
     pull.add_argument("--to-store", action="store_true", help="also copy a downloaded hub model into the BentoML model store")
+    bench = sub.add_parser("bench", help="benchmark: raw engine, served, and served without batching")
+    bench.add_argument("--preset", default="tiny", help="tiny (CPU), sd-turbo-arch, sdxl-turbo-arch (GPU)")
+    bench.add_argument("--out", type=Path, default=Path("bench-results.json"))
+    bench.add_argument("--repeats", type=int, default=7, help="timed runs per raw batch size (median)")
+    bench.add_argument("--requests", type=int, default=200, help="requests per served concurrency level")
+    bench.add_argument("--concurrency", default="", help="comma-separated client counts (default: the preset's)")
+    bench.add_argument("--max-batch-size", type=int, default=16)
     args = parser.parse_args(argv)
+
+    if args.command == "bench":
+        from .bench.presets import PRESETS
+        from .bench.run import main as run_bench
+
+        if args.preset not in PRESETS:
+            parser.error(f"--preset must be one of {', '.join(PRESETS)}; got {args.preset!r}")
+        levels = tuple(int(c) for c in args.concurrency.split(",") if c) or None
+        run_bench(PRESETS[args.preset], args.out, args.repeats, args.requests, levels, args.max_batch_size)
+        return 0
 
     if args.command == "pull":
         from .errors import T2IError

@@ -2,8 +2,9 @@
 
 The registry is one JSON file (``models.json`` beside ``t2i_core``, or ``$T2I_REGISTRY``). A source is
 ``hub:<repo id>`` (Hugging Face hub, read only from the local cache), ``local:<folder>`` (a diffusers
-folder), ``bentoml:<tag>`` (a model in the BentoML model store) or ``tiny:<family>`` (a built-in tiny
-random-weight pipeline, built offline). Weights are never downloaded while serving.
+folder), ``bentoml:<tag>`` (a model in the BentoML model store), ``tiny:<family>`` (a built-in tiny
+random-weight pipeline, built offline) or ``random:<arch>`` (a full-size architecture with random
+weights, for GPU benchmarks). Weights are never downloaded while serving.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from .schedulers import SCHEDULERS, check_scheduler
 TINY_SD_ID = "builtin/tiny-sd"
 SD_TURBO_ID = "stabilityai/sd-turbo"
 DEFAULT_REGISTRY = Path(__file__).resolve().parent.parent / "models.json"
-SOURCE_KINDS = ("hub", "local", "bentoml", "tiny")
+SOURCE_KINDS = ("hub", "local", "bentoml", "tiny", "random")
 PipelineFamily = Literal["sd", "sdxl", "sd3"]
 
 
@@ -110,7 +111,7 @@ class ModelEntry(BaseModel):
     def unavailable_reason(self) -> str | None:
         """Why the weights cannot be loaded from disk now, or None when they can."""
         kind, ref = self.source_kind, self.source_ref
-        if kind == "tiny" or self.store_copy() is not None:
+        if kind in ("tiny", "random") or self.store_copy() is not None:
             return None
         if kind == "local":
             if (Path(ref) / "model_index.json").is_file():
@@ -151,6 +152,10 @@ class ModelEntry(BaseModel):
             from .tiny import ensure_tiny_pipeline
 
             return str(ensure_tiny_pipeline(self.source_ref))
+        if self.source_kind == "random":
+            from .random_arch import ensure_random_pipeline
+
+            return str(ensure_random_pipeline(self.source_ref))
         if self.source_kind == "bentoml":
             return self._bentoml_path()
         return self.source_ref

@@ -1,0 +1,32 @@
+"""What each benchmark preset generates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    model: str
+    width: int
+    height: int
+    steps: int
+    dtype: str  # T2I_DTYPE for the engine ("auto": the model's)
+    batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16)
+    concurrency: tuple[int, ...] = (1, 4, 16, 64)
+
+    def body(self, i: int) -> dict[str, object]:
+        return {"prompt": f"benchmark image {i}", "model": self.model, "width": self.width, "height": self.height,
+                "num_inference_steps": self.steps, "guidance_scale": 0.0, "seed": i, "format": "png"}
+
+
+PRESETS = {
+    # CPU: the built-in tiny model at 64 px, 1 step
+    "tiny": Preset("tiny", "builtin/tiny-sd", 64, 64, 1, "auto"),
+    # GPU: full-size architectures with random weights (the same compute as the real models)
+    "sd-turbo-arch": Preset("sd-turbo-arch", "random/sd-turbo-arch", 512, 512, 1, "bfloat16",
+                            batch_sizes=(1, 2, 4, 8, 16, 32), concurrency=(1, 4, 16, 32, 64)),
+    "sdxl-turbo-arch": Preset("sdxl-turbo-arch", "random/sdxl-turbo-arch", 512, 512, 1, "bfloat16",
+                              batch_sizes=(1, 2, 4, 8, 16), concurrency=(1, 4, 16, 32, 64)),
+}

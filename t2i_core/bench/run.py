@@ -1,0 +1,150 @@
+"""Run the benchmark: raw, served, no batching; print a table and write JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .load import run_load
+from .presets import Preset
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _device_name() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
+def raw(preset: Preset, repeats: int) -> list[dict[str, Any]]:
+    """Images/s of the engine in process, per batch size (median of ``repeats`` timed runs)."""
+    from ..config import Settings
+    from ..engine import Engine
+    from ..schemas import EngineRequest
+
+    engine = Engine(Settings(dtype=preset.dtype))
+    def request(i: int) -> EngineRequest:
+        return EngineRequest(model=preset.model, prompt=f"benchmark image {i}", steps=preset.steps, guidance_scale=0.0,
+                             width=preset.width, height=preset.height, seed=i)
+    rows = []
+    for batch in preset.batch_sizes:
+        engine.run([request(i) for i in range(batch)])  # warm-up (and first load)
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            results = engine.run([request(i) for i in range(batch)])
+            times.append(time.perf_counter() - started)
+            assert all(r.error is None for r in results), results[0].error
+        median = statistics.median(times)
+        rows.append({"batch": batch, "images_per_s": batch / median, "batch_latency_s": median})
+    return rows
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def served(preset: Preset, max_batch_size: int, requests_per_level: int, concurrency: tuple[int, ...]) -> list[dict[str, Any]]:
+    """Start ``bentoml serve`` with ``max_batch_size`` and load it at each concurrency level."""
+    import httpx
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "T2I_MAX_BATCH_SIZE": str(max_batch_size), "T2I_DTYPE": preset.dtype,
+           "T2I_MODEL": preset.model, "T2I_MAX_IN_FLIGHT": "100000",
+           "BENTOML_CONFIG": str(ROOT / "configuration.yaml")}
+    bentoml = Path(sys.executable).with_name("bentoml")
+    log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"t2i-bench-{port}.log", "wb")
+    proc = subprocess.Popen([str(bentoml), "serve", "service:API", "--host", "127.0.0.1", "--port", str(port)],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    rows = []
+    try:
+        for _ in range(600):
+            try:
+                if httpx.post(f"{url}/generate", json=preset.body(0), timeout=120).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited; see {log.name}")
+            time.sleep(0.5)
+        run_load(f"{url}/generate", preset.body, max(concurrency), max(concurrency) * 2)  # warm-up
+        for c in concurrency:
+            before = httpx.post(f"{url}/stats", json={}, timeout=60).json()
+            result = run_load(f"{url}/generate", preset.body, c, max(requests_per_level, c * 4))
+            after = httpx.post(f"{url}/stats", json={}, timeout=60).json()
+            batches = after["batches"] - before["batches"]
+            rows.append({
+                "concurrency": c, "requests": result.requests, "ok": result.ok, "statuses": result.statuses,
+                "images_per_s": result.images_per_s,
+                "p50_s": result.percentile(50), "p95_s": result.percentile(95), "p99_s": result.percentile(99),
+                "images_per_batch": (after["images"] - before["images"]) / batches if batches else 0.0,
+            })
+    finally:
+        import signal
+
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+    return rows
+
+
+def benchmark(preset: Preset, repeats: int, requests_per_level: int, concurrency: tuple[int, ...] | None = None,
+              max_batch_size: int = 16) -> dict[str, Any]:
+    concurrency = concurrency or preset.concurrency
+    raw_rows = raw(preset, repeats)
+    served_rows = served(preset, max_batch_size, requests_per_level, concurrency)
+    unbatched_rows = served(preset, 1, requests_per_level, concurrency)
+    best_raw = max(r["images_per_s"] for r in raw_rows)
+    ratios = []
+    for s, u in zip(served_rows, unbatched_rows):
+        ratios.append({"concurrency": s["concurrency"],
+                       "served_over_raw_best": s["images_per_s"] / best_raw,
+                       "served_over_no_batching": s["images_per_s"] / u["images_per_s"] if u["images_per_s"] else None})
+    return {"preset": preset.__dict__, "device": _device_name(), "max_batch_size": max_batch_size,
+            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "raw": raw_rows, "served": served_rows, "no_batching": unbatched_rows, "ratios": ratios,
+            "raw_best_images_per_s": best_raw}
+
+
+def table(report: dict[str, Any]) -> str:
+    lines = [f"preset {report['preset']['name']} on {report['device']}  (max_batch_size {report['max_batch_size']})", "",
+             "raw (engine in process)", "  batch   img/s   batch latency"]
+    for r in report["raw"]:
+        lines.append(f"  {r['batch']:5d} {r['images_per_s']:7.1f}   {r['batch_latency_s'] * 1000:8.1f} ms")
+    for title, key in (("served (bentoml serve, adaptive batching)", "served"), ("no batching (max_batch_size=1)", "no_batching")):
+        lines += ["", title, "  clients   img/s     p50 ms    p95 ms    p99 ms   img/batch   non-200"]
+        for r in report[key]:
+            bad = r["requests"] - r["ok"]
+            lines.append(f"  {r['concurrency']:7d} {r['images_per_s']:7.1f} {r['p50_s'] * 1000:9.1f} {r['p95_s'] * 1000:9.1f}"
+                         f" {r['p99_s'] * 1000:9.1f} {r['images_per_batch']:10.2f} {bad:8d}")
+    lines += ["", "ratios", "  clients   served/raw(best)   served/no-batching"]
+    for r in report["ratios"]:
+        nb = r["served_over_no_batching"]
+        lines.append(f"  {r['concurrency']:7d} {r['served_over_raw_best']:18.2f} {nb if nb is None else f'{nb:20.2f}'}")
+    return "\n".join(lines)
+
+
+def main(preset: Preset, out: Path, repeats: int, requests_per_level: int, concurrency: tuple[int, ...] | None,
+         max_batch_size: int) -> None:
+    report = benchmark(preset, repeats, requests_per_level, concurrency, max_batch_size)
+    print(table(report))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"\nwrote {out}")
