@@ -19,6 +19,7 @@ from starlette.responses import Response
 
 from t2i_core import fields as F
 from t2i_core.compat import build_compat_app
+from t2i_core.bentoml_tuning import NO_SESSION_RENEWAL, memoize_media_types
 from t2i_core.config import Settings
 from t2i_core.errors import T2IError
 from t2i_core.frontend import Frontend, Kind, parse, read_upload
@@ -44,6 +45,12 @@ ImageUpload = Annotated[Path, BeforeValidator(base64_image)]
 # BentoML's inter-service client renews its HTTP session every 100 requests (or 300 s) and closes the
 # old one while other requests are still in flight on it: they fail (500) after the engine did the
 # work. The engine runs beside the API, so there is nothing to renew for: renewal is turned off.
+# Adaptive batching across requests; T2I_MAX_BATCH_SIZE=1 turns it off (BentoML refuses a batchable
+# API of size 1): each engine call then serves one request's images, one call at a time.
+BATCHING: dict[str, Any] = (
+    {"batchable": True, "max_batch_size": SETTINGS.max_batch_size, "max_latency_ms": SETTINGS.max_latency_ms}
+    if SETTINGS.max_batch_size > 1 else {}
+)
 NO_SESSION_RENEWAL = {"max_requests": 2**31 - 1, "max_age": 1e12}
 
 
@@ -68,11 +75,11 @@ class Engine:
         if SETTINGS.preload:
             self.core.preload()
 
-    @bentoml.api(batchable=True, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
+    @bentoml.api(**BATCHING)
     def generate(self, requests: list[EngineRequest]) -> list[EngineResult]:
         return self.core.run(requests)
 
-    @bentoml.api(batchable=True, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
+    @bentoml.api(**BATCHING)
     def edit(self, requests: list[EngineRequest]) -> list[EngineResult]:
         return self.core.run(requests)
 
@@ -192,6 +199,8 @@ class API:
         """What the engine has done: images, batches and the sizes of its batches."""
         return await retry_dropped(self.engine.to_async.stats)
 
+
+memoize_media_types(Engine, API)
 
 # Outermost first: CORS (when configured), then keys / body cap / in-flight cap / strict fields, then
 # the rewrite of BentoML's own error bodies on its routes.

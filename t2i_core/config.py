@@ -44,6 +44,8 @@ class Settings:
     request_timeout_s: int = 120
     #: Input images: most pixels (width * height, read from the header before decoding).
     max_input_pixels: int = 4096 * 4096
+    #: CPU threads torch may use in the engine (0: torch's default, one per core).
+    torch_threads: int = 0
     #: Load the default model when the engine starts (1) or on first use (0).
     preload: int = 1
     #: Bytes of accelerator memory (RAM on CPU) that loaded models may take; loading past it unloads

@@ -56,6 +56,10 @@ class Engine:
         self.settings = settings or Settings.from_env()
         self.registry = registry or Registry(default=self.settings.model)
         self.device = pick_device(self.settings.device)
+        if self.settings.torch_threads > 0:
+            import torch
+
+            torch.set_num_threads(self.settings.torch_threads)
         self.models = ModelManager(
             self.registry, self.device, self.settings.dtype,
             self.settings.memory_budget_bytes or default_budget(self.device),
@@ -63,6 +67,7 @@ class Engine:
         )
         self._batch_sizes: deque[int] = deque(maxlen=10_000)
         self._counts: Counter[str] = Counter()
+        self._busy_s = 0.0  # seconds spent in pipeline calls that produced images
         self._cancelled: dict[str, float] = {}
         self._cancel_lock = threading.Lock()
 
@@ -158,6 +163,7 @@ class Engine:
             return [self._failed(items[0], seeds[0], err)]
         self._batch_sizes.append(len(items))
         self._counts["images"] += len(items)
+        self._busy_s += elapsed
         metrics.record_batch(items[0].model, items[0].kind, len(items))
         return [
             EngineResult(
@@ -256,6 +262,7 @@ class Engine:
             "errors": self._counts["errors"],
             "engine_calls": self._counts["engine_calls"],
             "oom_retries": self._counts["oom_retries"],
+            "busy_s": round(self._busy_s, 4),
             "errors_by_code": {k[7:]: v for k, v in self._counts.items() if k.startswith("errors_")},
             "batches": len(sizes),
             "max_batch_size_seen": max(sizes, default=0),

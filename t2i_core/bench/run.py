@@ -92,15 +92,17 @@ def served(preset: Preset, max_batch_size: int, requests_per_level: int, concurr
                 "images_per_s": result.images_per_s,
                 "p50_s": result.percentile(50), "p95_s": result.percentile(95), "p99_s": result.percentile(99),
                 "images_per_batch": (after["images"] - before["images"]) / batches if batches else 0.0,
+                "engine_utilization": (after["busy_s"] - before["busy_s"]) / result.seconds,
             })
     finally:
         import signal
 
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
         log.close()
     return rows
 
@@ -129,11 +131,11 @@ def table(report: dict[str, Any]) -> str:
     for r in report["raw"]:
         lines.append(f"  {r['batch']:5d} {r['images_per_s']:7.1f}   {r['batch_latency_s'] * 1000:8.1f} ms")
     for title, key in (("served (bentoml serve, adaptive batching)", "served"), ("no batching (max_batch_size=1)", "no_batching")):
-        lines += ["", title, "  clients   img/s     p50 ms    p95 ms    p99 ms   img/batch   non-200"]
+        lines += ["", title, "  clients   img/s     p50 ms    p95 ms    p99 ms   img/batch   engine busy   non-200"]
         for r in report[key]:
             bad = r["requests"] - r["ok"]
             lines.append(f"  {r['concurrency']:7d} {r['images_per_s']:7.1f} {r['p50_s'] * 1000:9.1f} {r['p95_s'] * 1000:9.1f}"
-                         f" {r['p99_s'] * 1000:9.1f} {r['images_per_batch']:10.2f} {bad:8d}")
+                         f" {r['p99_s'] * 1000:9.1f} {r['images_per_batch']:10.2f} {r['engine_utilization']:12.0%} {bad:8d}")
     lines += ["", "ratios", "  clients   served/raw(best)   served/no-batching"]
     for r in report["ratios"]:
         nb = r["served_over_no_batching"]
