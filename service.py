@@ -22,7 +22,7 @@ from t2i_core.compat import build_compat_app
 from t2i_core.bentoml_tuning import NO_SESSION_RENEWAL, memoize_media_types
 from t2i_core.config import Settings
 from t2i_core.errors import T2IError
-from t2i_core.frontend import Frontend, Kind, parse, read_upload
+from t2i_core.frontend import Frontend, Kind, parse, read_upload, until_disconnected
 from t2i_core.http import ErrorBodyMiddleware, base64_image, error_response, image_response
 from t2i_core.guards import GuardMiddleware, cors_options
 from t2i_core.image_store import ImageStore
@@ -158,7 +158,9 @@ class API:
         fields.pop("self"), fields.pop("ctx")
         fields["num_inference_steps"] = fields.pop("steps") if num_inference_steps is None else num_inference_steps
         try:
-            (image,) = await self.front.generate(parse(GenerateRequest, fields), disconnected=ctx.request.is_disconnected)
+            (image,) = await self.front.generate(
+                parse(GenerateRequest, fields), disconnected=lambda: until_disconnected(ctx.request.receive)
+            )
         except T2IError as err:
             return reply(ctx, error_response(err))
         return reply(ctx, image_response(image))
@@ -188,7 +190,7 @@ class API:
         fields["num_inference_steps"] = fields.pop("steps") if num_inference_steps is None else num_inference_steps
         try:
             (result,) = await self.front.edit(
-                parse(EditRequest, fields), read_upload(upload), disconnected=ctx.request.is_disconnected
+                parse(EditRequest, fields), read_upload(upload), disconnected=lambda: until_disconnected(ctx.request.receive)
             )
         except T2IError as err:
             return reply(ctx, error_response(err))

@@ -37,8 +37,15 @@ class EngineClient(Protocol):
     async def cancel(self, request_ids: list[str]) -> None: ...
 
 
-Disconnected = Callable[[], Awaitable[bool]]
-WATCH_INTERVAL_S = 0.25
+#: Returns once the client has disconnected (``until_disconnected`` over the request's ASGI receive).
+Disconnected = Callable[[], Awaitable[Any]]
+
+
+async def until_disconnected(receive: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+    """Wait until the ASGI server reports the client gone (after the body has been read, the next
+    message is ``http.disconnect``). Costs nothing while waiting, unlike polling."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 class LocalEngineClient:
@@ -154,21 +161,24 @@ class Frontend:
         deadline = time.time() + timeout
         items = [item.model_copy(update={"request_id": request_id, "deadline": deadline}) for item in items]
         task = asyncio.ensure_future(self.engine.run(kind, items))
+        watcher = asyncio.ensure_future(disconnected()) if disconnected is not None else None
         try:
-            while True:
-                done, _ = await asyncio.wait({task}, timeout=max(0.0, min(WATCH_INTERVAL_S, deadline - time.time())))
-                if done:
-                    return task.result()
-                if time.time() >= deadline:
-                    raise RequestTimeout(
-                        f"the request took longer than the {timeout}s limit (T2I_REQUEST_TIMEOUT_S); its work was stopped"
-                    )
-                if disconnected is not None and await disconnected():
-                    raise ClientClosed("the client closed the request; its work was stopped")
+            done, _ = await asyncio.wait({task, *([watcher] if watcher else [])},
+                                         timeout=max(0.0, deadline - time.time()), return_when=asyncio.FIRST_COMPLETED)
+            if task in done:
+                return task.result()
+            if watcher in done:
+                raise ClientClosed("the client closed the request; its work was stopped")
+            raise RequestTimeout(
+                f"the request took longer than the {timeout}s limit (T2I_REQUEST_TIMEOUT_S); its work was stopped"
+            )
         except (RequestTimeout, ClientClosed, asyncio.CancelledError):
             task.cancel()
             await self.engine.cancel([request_id])
             raise
+        finally:
+            if watcher is not None:
+                watcher.cancel()
 
     async def _run(self, kind: Kind, items: list[EngineRequest], fmt: str, disconnected: Disconnected | None = None) -> list[RenderedImage]:
         started = time.perf_counter()

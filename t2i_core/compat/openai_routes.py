@@ -32,7 +32,7 @@ from ..fields import (
     Steps,
     Strength,
 )
-from ..frontend import Frontend, RenderedImage, parse
+from ..frontend import Frontend, RenderedImage, parse, until_disconnected
 from ..http import openai_error_response
 from ..image_store import ImageStore
 from ..imaging import MEDIA_TYPES
@@ -128,7 +128,7 @@ def openai_routes(get_frontend: Callable[[], Frontend], store: ImageStore) -> li
         front = get_frontend()
         req = parse(OpenAIImageRequest, await read_json_object(request))
         _check_n(req, front)
-        images = await front.generate(req.native(), n=req.n, disconnected=request.is_disconnected)
+        images = await front.generate(req.native(), n=req.n, disconnected=lambda: until_disconnected(request.receive))
         return JSONResponse(_images_body(images, req, request, store))
 
     @guard
@@ -151,7 +151,7 @@ def openai_routes(get_frontend: Callable[[], Frontend], store: ImageStore) -> li
             image = image_bytes_from_json(data)
         req = parse(OpenAIEditRequest, data)
         _check_n(req, front)
-        images = await front.edit(req.native(), image, n=req.n, disconnected=request.is_disconnected)
+        images = await front.edit(req.native(), image, n=req.n, disconnected=lambda: until_disconnected(request.receive))
         return JSONResponse(_images_body(images, req, request, store))
 
     @guard

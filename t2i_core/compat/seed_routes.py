@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..frontend import Frontend, RenderedImage, parse
+from ..frontend import Frontend, RenderedImage, parse, until_disconnected
 from ..http import image_response, seed_error_response
 from ..schemas import EditRequest, GenerateRequest
 from .common import guarded, image_bytes_from_json, read_json_object
@@ -41,7 +41,7 @@ def seed_routes(get_frontend: Callable[[], Frontend]) -> list[Route]:
     async def api_image_generate(request: Request) -> Response:
         """seed 000: {prompt, steps, format} -> {image, time, format}."""
         req = parse(GenerateRequest, await read_json_object(request))
-        (image,) = await get_frontend().generate(req, disconnected=request.is_disconnected)
+        (image,) = await get_frontend().generate(req, disconnected=lambda: until_disconnected(request.receive))
         return JSONResponse(_seed000_body(image))
 
     @guard
@@ -50,21 +50,21 @@ def seed_routes(get_frontend: Callable[[], Frontend]) -> list[Route]:
         data = await read_json_object(request)
         source = image_bytes_from_json(data)
         req = parse(EditRequest, data)
-        (image,) = await get_frontend().edit(req, source, disconnected=request.is_disconnected)
+        (image,) = await get_frontend().edit(req, source, disconnected=lambda: until_disconnected(request.receive))
         return JSONResponse(_seed000_body(image))
 
     @guard
     async def generate_image(request: Request) -> Response:
         """seed 001: {prompt} -> PNG bytes."""
         req = parse(GenerateRequest, await read_json_object(request))
-        (image,) = await get_frontend().generate(req, disconnected=request.is_disconnected)
+        (image,) = await get_frontend().generate(req, disconnected=lambda: until_disconnected(request.receive))
         return image_response(image)
 
     @guard
     async def image_generate(request: Request) -> Response:
         """seed 004: {prompt, seed, guidance_scale} -> {message, image_data}."""
         req = parse(GenerateRequest, await read_json_object(request))
-        (image,) = await get_frontend().generate(req, disconnected=request.is_disconnected)
+        (image,) = await get_frontend().generate(req, disconnected=lambda: until_disconnected(request.receive))
         return JSONResponse({"message": "Image generated successfully", "image_data": _b64(image.data),
                              "seed": image.seed, "model": image.model}, headers=image.headers())
 

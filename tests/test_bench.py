@@ -1,0 +1,35 @@
+"""The benchmark runs end to end and writes its table and JSON (small numbers: this checks that it
+works and what it reports, not how fast anything is)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+
+def test_bench_command_writes_all_three_modes(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "t2i_core", "bench", "--preset", "tiny", "--out", str(out), "--repeats", "1",
+         "--requests", "8", "--concurrency", "1,4", "--max-batch-size", "4"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for heading in ("raw (engine in process)", "served (bentoml serve, adaptive batching)",
+                    "no batching (max_batch_size=1)", "served/raw(best)"):
+        assert heading in proc.stdout
+    report = json.loads(out.read_text())
+    assert [r["batch"] for r in report["raw"]] == [1, 2, 4, 8, 16]
+    for key in ("served", "no_batching"):
+        assert [r["concurrency"] for r in report[key]] == [1, 4]
+        assert all(r["ok"] == r["requests"] for r in report[key])
+        assert all(0 < r["p50_s"] <= r["p95_s"] <= r["p99_s"] for r in report[key])
+    assert all(r["images_per_batch"] == 1.0 for r in report["no_batching"])
+    assert {"served_over_raw_best", "served_over_no_batching"} <= set(report["ratios"][0])
