@@ -20,6 +20,7 @@ from starlette.responses import Response
 from t2i_core import fields as F
 from t2i_core.compat import build_compat_app
 from t2i_core.bentoml_tuning import NO_SESSION_RENEWAL, memoize_media_types
+from t2i_core.coalesce import Coalescer
 from t2i_core.config import Settings
 from t2i_core.errors import T2IError
 from t2i_core.frontend import Frontend, Kind, parse, read_upload, until_disconnected
@@ -28,6 +29,7 @@ from t2i_core.guards import GuardMiddleware, cors_options
 from t2i_core.image_store import ImageStore
 from t2i_core.registry import RegistryError, load_registry_file
 from t2i_core.retry import retry_dropped
+from t2i_core.shutdown import drain_on_sigterm
 from t2i_core.schemas import EditRequest, EngineRequest, EngineResult, GenerateRequest
 
 SETTINGS = Settings.from_env()
@@ -74,6 +76,8 @@ class Engine:
             )
         if SETTINGS.preload:
             self.core.preload()
+        # On SIGTERM, keep serving until idle: the API may still send requests it accepted.
+        drain_on_sigterm(self.core.idle_since, max_s=SETTINGS.request_timeout_s)
 
     @bentoml.api(**BATCHING)
     def generate(self, requests: list[EngineRequest]) -> list[EngineResult]:
@@ -109,12 +113,21 @@ def reply(ctx: bentoml.Context, response: Response) -> Response:
 
 
 class RemoteEngine:
-    """The frontend's ``EngineClient`` over BentoML's inter-service client."""
+    """The frontend's ``EngineClient`` over BentoML's inter-service client; concurrent requests are
+    merged into fewer engine calls (``T2I_COALESCE``, see t2i_core/coalesce.py)."""
 
     def __init__(self, engine: Any):
         self.engine = engine
+        self.coalescer = (
+            Coalescer(self._send, SETTINGS.max_batch_size, max_outstanding=SETTINGS.coalesce) if SETTINGS.coalesce > 0 else None
+        )
 
     async def run(self, kind: Kind, requests: list[EngineRequest]) -> list[EngineResult]:
+        if self.coalescer is not None:
+            return await self.coalescer.run(kind, requests)
+        return await self._send(kind, requests)
+
+    async def _send(self, kind: Kind, requests: list[EngineRequest]) -> list[EngineResult]:
         method = self.engine.to_async.generate if kind == "generate" else self.engine.to_async.edit
         return await retry_dropped(lambda: method(requests))
 

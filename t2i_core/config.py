@@ -53,6 +53,9 @@ class Settings:
     memory_budget_bytes: int = 0
     #: Key for the admin API (Authorization: Bearer <key>); the admin API is disabled when unset.
     admin_key: str = ""
+    #: Merge concurrent requests into fewer engine calls in the API process: at most this many calls in
+    #: flight, the rest wait and go together (0: every request is its own engine call).
+    coalesce: int = 1
     #: Largest request body in bytes (413 beyond; checked from Content-Length before reading).
     max_body_bytes: int = 50 * 1024 * 1024
     #: Generation requests in flight beyond which new ones are refused at once (429 + Retry-After).

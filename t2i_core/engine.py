@@ -72,6 +72,8 @@ class Engine:
         self._batch_sizes: deque[int] = deque(maxlen=10_000)
         self._counts: Counter[str] = Counter()
         self._busy_s = 0.0  # seconds spent in pipeline calls that produced images
+        self._active = 0  # run() calls in progress
+        self._idle_since: float | None = time.monotonic()
         self._cancelled: dict[str, float] = {}
         self._cancel_lock = threading.Lock()
 
@@ -121,7 +123,20 @@ class Engine:
     # ---- running ------------------------------------------------------------------------------
     def run(self, requests: list[EngineRequest]) -> list[EngineResult]:
         """One result per request, in order; errors are reported per result, never raised."""
-        return self.on_torch_thread(self._run, requests)
+        with self._cancel_lock:
+            self._active += 1
+            self._idle_since = None
+        try:
+            return self.on_torch_thread(self._run, requests)
+        finally:
+            with self._cancel_lock:
+                self._active -= 1
+                if self._active == 0:
+                    self._idle_since = time.monotonic()
+
+    def idle_since(self) -> float | None:
+        """When the engine last became idle (monotonic seconds); None while it is working."""
+        return self._idle_since
 
     def _run(self, requests: list[EngineRequest]) -> list[EngineResult]:
         results: list[EngineResult | None] = [None] * len(requests)

@@ -1,0 +1,81 @@
+"""Merge concurrent requests into fewer engine calls, in the API process.
+
+Every engine call is an HTTP request with BentoML's whole per-request cost on both sides (middlewares,
+tracing, uvicorn, pickle, the dispatcher). The engine batches calls anyway, so the API keeps at most
+``max_outstanding`` calls in flight (one computing, one queued in the engine) and sends whatever
+arrived meanwhile as one call when a call returns. Each image keeps its own seed, so merging changes
+no pixel; each request gets back exactly its own results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Awaitable, Callable, Literal
+
+from .schemas import EngineRequest, EngineResult
+
+Kind = Literal["generate", "edit"]
+Send = Callable[[Kind, list[EngineRequest]], Awaitable[list[EngineResult]]]
+
+
+class Coalescer:
+    def __init__(self, send: Send, max_items: int, max_outstanding: int = 2):
+        self._send = send
+        self.max_items = max(1, max_items)
+        self.max_outstanding = max(1, max_outstanding)
+        self._pending: deque[tuple[Kind, list[EngineRequest], asyncio.Future[list[EngineResult]]]] = deque()
+        self._outstanding = 0
+        self.calls = 0  # engine calls made (for tests and stats)
+
+    async def run(self, kind: Kind, items: list[EngineRequest]) -> list[EngineResult]:
+        future: asyncio.Future[list[EngineResult]] = asyncio.get_running_loop().create_future()
+        self._pending.append((kind, items, future))
+        self._pump()
+        return await future  # cancelling the caller cancels the future: its items are then skipped
+
+    def _pump(self) -> None:
+        while self._outstanding < self.max_outstanding and self._pending:
+            kind, group = self._take()
+            if not group:
+                continue
+            self._outstanding += 1
+            self.calls += 1
+            asyncio.ensure_future(self._flush(kind, group))
+
+    def _take(self) -> tuple[Kind, list[tuple[list[EngineRequest], asyncio.Future[list[EngineResult]]]]]:
+        """The oldest waiting request's kind, and as many waiting requests of that kind as fit."""
+        kind = self._pending[0][0]
+        group: list[tuple[list[EngineRequest], asyncio.Future[list[EngineResult]]]] = []
+        size = 0
+        keep: deque[tuple[Kind, list[EngineRequest], asyncio.Future[list[EngineResult]]]] = deque()
+        while self._pending:
+            entry = self._pending.popleft()
+            k, items, future = entry
+            if future.done():  # cancelled while waiting (timeout, client gone)
+                continue
+            if k == kind and (not group or size + len(items) <= self.max_items):
+                group.append((items, future))
+                size += len(items)
+            else:
+                keep.append(entry)
+        self._pending = keep
+        return kind, group
+
+    async def _flush(self, kind: Kind, group: list[tuple[list[EngineRequest], asyncio.Future[list[EngineResult]]]]) -> None:
+        try:
+            results = await self._send(kind, [item for items, _ in group for item in items])
+            start = 0
+            for items, future in group:
+                if not future.done():
+                    future.set_result(results[start:start + len(items)])
+                start += len(items)
+        except BaseException as exc:  # noqa: BLE001 - handed to every waiting request
+            for _, future in group:
+                if not future.done():
+                    future.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        finally:
+            self._outstanding -= 1
+            self._pump()
