@@ -44,18 +44,15 @@ log = logging.getLogger("t2i")
 ImageUpload = Annotated[Path, BeforeValidator(base64_image)]
 
 
-# BentoML's inter-service client renews its HTTP session every 100 requests (or 300 s) and closes the
-# old one while other requests are still in flight on it: they fail (500) after the engine did the
-# work. The engine runs beside the API, so there is nothing to renew for: renewal is turned off.
 # Adaptive batching across requests; T2I_MAX_BATCH_SIZE=1 turns it off (BentoML refuses a batchable
 # API of size 1): each engine call then serves one request's images, one call at a time.
 BATCHING: dict[str, Any] = (
     {"batchable": True, "max_batch_size": SETTINGS.max_batch_size, "max_latency_ms": SETTINGS.max_latency_ms}
     if SETTINGS.max_batch_size > 1 else {}
 )
-NO_SESSION_RENEWAL = {"max_requests": 2**31 - 1, "max_age": 1e12}
 
 
+# runner_connection: see t2i_core/bentoml_tuning.py (BentoML's session renewal dropped in-flight calls)
 @bentoml.service(
     name="t2i_engine", resources={"gpu": 1}, workers=1, traffic=TRAFFIC, runner_connection=NO_SESSION_RENEWAL
 )

@@ -22,7 +22,7 @@ from .config import Settings
 from .devices import pick_device
 from .errors import ClientClosed, EngineFailure, InvalidRequest, OutOfMemory, RequestTimeout, T2IError
 from .model_manager import LoadedModel, ModelManager
-from .registry import ModelEntry, Registry
+from .registry import Registry
 from .schemas import EngineRequest, EngineResult
 
 log = logging.getLogger("t2i.engine")

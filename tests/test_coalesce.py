@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
 
 from t2i_core.coalesce import Coalescer
 from t2i_core.schemas import EngineRequest, EngineResult
