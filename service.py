@@ -103,6 +103,16 @@ class Engine:
         return self.core.model_action(action, model_id)
 
 
+def route_fields(arguments: dict[str, Any]) -> dict[str, Any]:
+    """A native route's arguments as request fields: no ``self``/``ctx``; ``steps`` is an alias of
+    ``num_inference_steps`` (which wins when both are given)."""
+    fields = {k: v for k, v in arguments.items() if k not in ("self", "ctx")}
+    steps = fields.pop("steps")
+    if fields["num_inference_steps"] is None:
+        fields["num_inference_steps"] = steps
+    return fields
+
+
 def reply(ctx: bentoml.Context, response: Response) -> Response:
     """BentoML applies ``ctx.response.status_code`` to whatever a route returns when it takes ``ctx``."""
     ctx.response.status_code = response.status_code
@@ -164,9 +174,7 @@ class API:
         ctx: bentoml.Context = None,  # type: ignore[assignment]
     ) -> Image:
         """Text to image. Answers the image bytes; headers X-Seed, X-Model, X-Inference-Time."""
-        fields = dict(locals())
-        fields.pop("self"), fields.pop("ctx")
-        fields["num_inference_steps"] = fields.pop("steps") if num_inference_steps is None else num_inference_steps
+        fields = route_fields(locals())
         try:
             (image,) = await self.front.generate(
                 parse(GenerateRequest, fields), disconnected=lambda: until_disconnected(ctx.request.receive)
@@ -194,10 +202,8 @@ class API:
         ctx: bentoml.Context = None,  # type: ignore[assignment]
     ) -> Image:
         """Image to image: a file upload (multipart) or base64 in JSON. Answers the image bytes."""
-        fields = dict(locals())
-        fields.pop("self"), fields.pop("ctx")
+        fields = route_fields(locals())
         upload = fields.pop("image")
-        fields["num_inference_steps"] = fields.pop("steps") if num_inference_steps is None else num_inference_steps
         try:
             (result,) = await self.front.edit(
                 parse(EditRequest, fields), read_upload(upload), disconnected=lambda: until_disconnected(ctx.request.receive)

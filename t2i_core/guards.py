@@ -44,10 +44,11 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
         path: str = scope.get("path", "")
+        headers: dict[bytes, bytes] = dict(scope.get("headers") or [])
         try:
-            self._check_key(scope, path)
-            self._check_content_type(scope)
-            length = self._content_length(scope)
+            self._check_key(headers, path)
+            self._check_content_type(headers)
+            length = self._content_length(headers)
             limit = self.settings.max_body_bytes
             if length is not None and length > limit:
                 raise PayloadTooLarge(f"request body is {length} bytes; the limit is {limit} (T2I_MAX_BODY_BYTES)")
@@ -64,7 +65,7 @@ class GuardMiddleware:
             self.in_flight += 1
             metrics.set_in_flight(self.in_flight)
         try:
-            if path in self.strict_fields and self._is_json(scope):
+            if path in self.strict_fields and headers.get(b"content-type", b"").startswith(b"application/json"):
                 body = await self._read_body(receive, limit)
                 self._check_fields(path, body)
                 receive = _replay(body, receive)
@@ -80,10 +81,10 @@ class GuardMiddleware:
                 metrics.set_in_flight(self.in_flight)
 
     # ---- checks --------------------------------------------------------------------------------
-    def _check_key(self, scope: dict[str, Any], path: str) -> None:
+    def _check_key(self, headers: dict[bytes, bytes], path: str) -> None:
         if not self.keys or path == "/" or path.startswith(OPEN_PREFIXES):
             return
-        header = dict(scope.get("headers") or []).get(b"authorization", b"")
+        header = headers.get(b"authorization", b"")
         scheme, _, given = header.partition(b" ")
         given = given.strip()
         # compare with every key, in constant time, so timing tells nothing about which key is close
@@ -94,8 +95,8 @@ class GuardMiddleware:
             raise Unauthorized("this server needs an API key: send 'Authorization: Bearer <key>'")
 
     @staticmethod
-    def _check_content_type(scope: dict[str, Any]) -> None:
-        content_type = dict(scope.get("headers") or []).get(b"content-type", b"").decode("latin-1")
+    def _check_content_type(headers: dict[bytes, bytes]) -> None:
+        content_type = headers.get(b"content-type", b"").decode("latin-1")
         if content_type.lower().startswith("multipart/form-data") and "boundary=" not in content_type:
             raise InvalidRequest(
                 f"Content-Type {content_type!r} has no boundary parameter; multipart bodies need one",
@@ -103,16 +104,12 @@ class GuardMiddleware:
             )
 
     @staticmethod
-    def _content_length(scope: dict[str, Any]) -> int | None:
-        raw = dict(scope.get("headers") or []).get(b"content-length")
+    def _content_length(headers: dict[bytes, bytes]) -> int | None:
+        raw = headers.get(b"content-length")
         try:
             return int(raw) if raw is not None else None
         except ValueError:
             return None
-
-    @staticmethod
-    def _is_json(scope: dict[str, Any]) -> bool:
-        return dict(scope.get("headers") or []).get(b"content-type", b"").startswith(b"application/json")
 
     def _check_fields(self, path: str, body: bytes) -> None:
         try:

@@ -7,8 +7,6 @@ GPU) and cached in fp16 under ``$T2I_CACHE_DIR/random``; the tokenizer is the on
 
 from __future__ import annotations
 
-import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -88,17 +86,9 @@ def build(arch: str, folder: Path) -> None:
 
 def ensure_random_pipeline(arch: str) -> Path:
     """The cached folder of the random-weight ``arch`` pipeline, building it first if absent."""
-    from .tiny import tiny_cache_dir
+    from .tiny import tiny_cache_dir, write_folder
 
     folder = tiny_cache_dir().parent / "random" / arch
     if not (folder / "model_index.json").is_file():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{arch}-", dir=folder.parent))
-        try:
-            build(arch, staging)
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(staging, folder)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        write_folder(folder, lambda staging: build(arch, staging))
     return folder

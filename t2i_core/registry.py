@@ -110,8 +110,12 @@ class ModelEntry(BaseModel):
 
     def unavailable_reason(self) -> str | None:
         """Why the weights cannot be loaded from disk now, or None when they can."""
+        return None if self.store_copy() is not None else self._source_unavailable_reason()
+
+    def _source_unavailable_reason(self) -> str | None:
+        """Why the source itself (not a store copy) cannot be loaded now, or None when it can."""
         kind, ref = self.source_kind, self.source_ref
-        if kind in ("tiny", "random") or self.store_copy() is not None:
+        if kind in ("tiny", "random"):
             return None
         if kind == "local":
             if (Path(ref) / "model_index.json").is_file():
@@ -143,11 +147,11 @@ class ModelEntry(BaseModel):
 
     def local_path(self) -> str:
         """A folder or cached repo id that ``from_pretrained(..., local_files_only=True)`` loads."""
-        reason = self.unavailable_reason()
-        if reason:
-            raise ModelUnavailable(reason, param="model")
         if (copy := self.store_copy()) is not None:
             return copy
+        reason = self._source_unavailable_reason()
+        if reason:
+            raise ModelUnavailable(reason, param="model")
         if self.source_kind == "tiny":
             from .tiny import ensure_tiny_pipeline
 

@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any, Callable
 
 TINY_FAMILIES = ("sd", "sdxl", "sd3")
 # Bump when the architecture or the weights change: it names the cache folder.
@@ -155,19 +156,25 @@ def _euler():
     )
 
 
-def _build_sd(folder: Path, scratch: Path) -> None:
+def _tiny_unet(**extra: Any) -> Any:
+    """A two-level UNet (one downsample), the base of the tiny SD and SDXL pipelines."""
     import torch
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(WEIGHT_SEED)
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), norm_num_groups=8, **extra,
+    )
+
+
+def _build_sd(folder: Path, scratch: Path) -> None:
+    from diffusers import StableDiffusionPipeline
     from transformers import CLIPTextModel
 
     tokenizer, vocab_size = _clip_tokenizer(scratch / "clip")
-    torch.manual_seed(WEIGHT_SEED)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
-    )
+    unet = _tiny_unet(cross_attention_dim=32, attention_head_dim=8)
     StableDiffusionPipeline(
         unet=unet, vae=_vae(WEIGHT_SEED + 1),
         text_encoder=_clip_encoder(CLIPTextModel, tokenizer, vocab_size, WEIGHT_SEED + 2),
@@ -178,21 +185,15 @@ def _build_sd(folder: Path, scratch: Path) -> None:
 
 def _build_sdxl(folder: Path, scratch: Path) -> None:
     """SDXL: two CLIP text encoders (the second with projection) and a UNet with text-time embeddings."""
-    import torch
-    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionXLPipeline
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     tokenizer, vocab_size = _clip_tokenizer(scratch / "clip")
-    torch.manual_seed(WEIGHT_SEED)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    unet = _tiny_unet(
         attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
         addition_time_embed_dim=8, transformer_layers_per_block=(1, 1),
         projection_class_embeddings_input_dim=8 * 6 + 32,  # six time ids * 8 + pooled projection (32)
         cross_attention_dim=64,  # the two encoders' hidden states (32 + 32), concatenated
-        norm_num_groups=8,
     )
     StableDiffusionXLPipeline(
         unet=unet, vae=_vae(WEIGHT_SEED + 1),
@@ -239,25 +240,35 @@ def _build_sd3(folder: Path, scratch: Path) -> None:
 _BUILDERS = {"sd": _build_sd, "sdxl": _build_sdxl, "sd3": _build_sd3}
 
 
-def build_tiny_pipeline(family: str, out: Path) -> Path:
-    """Write a tiny pipeline of ``family`` to ``out`` (replacing what is there); return ``out``."""
-    if family not in _BUILDERS:
-        raise ValueError(f"family must be one of {', '.join(TINY_FAMILIES)}; got {family!r}")
+def write_folder(out: Path, build: Callable[[Path], None]) -> Path:
+    """Have ``build`` fill a staging folder beside ``out``, then put it in place of ``out`` in one
+    rename, so that a reader never sees a half-written pipeline; return ``out``."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
-        with tempfile.TemporaryDirectory() as scratch:
-            _BUILDERS[family](staging, Path(scratch))
-        (staging / "t2i_tiny.json").write_text(
-            json.dumps({"family": family, "builder_version": BUILDER_VERSION, "seed": WEIGHT_SEED})
-        )
+        build(staging)
         if out.exists():
             shutil.rmtree(out)
         os.replace(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
+
+
+def build_tiny_pipeline(family: str, out: Path) -> Path:
+    """Write a tiny pipeline of ``family`` to ``out`` (replacing what is there); return ``out``."""
+    if family not in _BUILDERS:
+        raise ValueError(f"family must be one of {', '.join(TINY_FAMILIES)}; got {family!r}")
+
+    def build(staging: Path) -> None:
+        with tempfile.TemporaryDirectory() as scratch:
+            _BUILDERS[family](staging, Path(scratch))
+        (staging / "t2i_tiny.json").write_text(
+            json.dumps({"family": family, "builder_version": BUILDER_VERSION, "seed": WEIGHT_SEED})
+        )
+
+    return write_folder(out, build)
 
 
 def tiny_cache_dir() -> Path:
