@@ -19,7 +19,8 @@ from starlette.responses import Response
 
 from t2i_core import fields as F
 from t2i_core.compat import build_compat_app
-from t2i_core.bentoml_tuning import NO_SESSION_RENEWAL, memoize_media_types
+from t2i_core import request_log
+from t2i_core.bentoml_tuning import NO_SESSION_RENEWAL, keep_canceled_tasks_canceled, memoize_media_types
 from t2i_core.coalesce import Coalescer
 from t2i_core.config import Settings
 from t2i_core.errors import T2IError
@@ -31,6 +32,7 @@ from t2i_core.registry import RegistryError, load_registry_file
 from t2i_core.retry import retry_dropped
 from t2i_core.shutdown import drain_on_sigterm
 from t2i_core.schemas import EditRequest, EngineRequest, EngineResult, GenerateRequest
+from t2i_core.tasks import TASK_ROUTE, TaskCancelMiddleware, engine_request_id, until_cancelled
 
 SETTINGS = Settings.from_env()
 try:  # a bad registry file stops the server at once, naming the file, the entry and the field
@@ -98,6 +100,11 @@ class Engine:
         return self.core.cancel(request_ids)
 
     @bentoml.api
+    async def progress(self, request_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Where these requests are: queued, running (step k of n) or done."""
+        return self.core.progress(request_ids)
+
+    @bentoml.api
     def model_action(self, action: str, model_id: str) -> dict[str, Any]:
         """load / unload / set_default; runs in the engine's thread, between batches."""
         return self.core.model_action(action, model_id)
@@ -146,6 +153,9 @@ class RemoteEngine:
 
     async def cancel(self, request_ids: list[str]) -> None:
         await retry_dropped(lambda: self.engine.to_async.cancel(request_ids=request_ids))
+
+    async def progress(self, request_ids: list[str]) -> dict[str, dict[str, Any]]:
+        return await retry_dropped(lambda: self.engine.to_async.progress(request_ids=request_ids))
 
 
 @bentoml.service(name="t2i", traffic=TRAFFIC)
@@ -212,6 +222,38 @@ class API:
             return reply(ctx, error_response(err))
         return reply(ctx, image_response(result))
 
+    @bentoml.task(route=TASK_ROUTE)
+    async def generate_task(
+        self,
+        prompt: F.Prompt,
+        negative_prompt: F.NegativePrompt = None,
+        num_inference_steps: F.Steps = None,
+        steps: F.Steps = None,
+        guidance_scale: F.Guidance = None,
+        width: F.Side = None,
+        height: F.Side = None,
+        seed: F.Seed = None,
+        model: F.ModelId = None,
+        scheduler: F.SchedulerName = None,
+        format: F.ImageFormat = "png",
+        ctx: bentoml.Context = None,  # type: ignore[assignment]
+    ) -> Image:
+        """Text to image as a task, for long jobs: submit, then status / progress / get / cancel
+        (see t2i_core/tasks.py). The result is what /generate answers."""
+        fields = route_fields(locals())
+        task_id: str = ctx.request.state.task_id
+        with request_log.recording(TASK_ROUTE, event="task", task_id=task_id) as record:
+            try:
+                (image,) = await self.front.generate(
+                    parse(GenerateRequest, fields), disconnected=lambda: until_cancelled(task_id),
+                    request_id=engine_request_id(task_id),
+                )
+                response = image_response(image)
+            except T2IError as err:
+                response = error_response(err)
+            record.status = response.status_code
+        return reply(ctx, response)
+
     @bentoml.api(route="/stats")
     async def stats(self) -> dict[str, Any]:
         """What the engine has done: images, batches and the sizes of its batches."""
@@ -219,16 +261,23 @@ class API:
 
 
 memoize_media_types(Engine, API)
+keep_canceled_tasks_canceled()
 
-# Outermost first: CORS (when configured), then keys / body cap / in-flight cap / strict fields, then
-# the rewrite of BentoML's own error bodies on its routes.
+# Outermost first: the request log (id, one line per request), CORS (when configured), then keys /
+# body cap / in-flight cap / strict fields, task cancellation, then the rewrite of BentoML's own
+# error bodies on its routes.
+API.add_asgi_middleware(request_log.RequestLogMiddleware)
 if (CORS := cors_options(SETTINGS)) is not None:
     API.add_asgi_middleware(CORSMiddleware, **CORS)
 API.add_asgi_middleware(
     GuardMiddleware,
     settings=SETTINGS,
-    strict_fields={m.route: frozenset(m.input_spec.model_fields) for m in API.apis.values()},
+    strict_fields={
+        path: frozenset(m.input_spec.model_fields)
+        for m in API.apis.values() for path in ([m.route, f"{m.route}/submit"] if m.is_task else [m.route])
+    },
 )
+API.add_asgi_middleware(TaskCancelMiddleware)
 API.add_asgi_middleware(ErrorBodyMiddleware, paths=frozenset(m.route for m in API.apis.values()))
 # OpenAI-compatible /v1 and the seed servers' routes: adapters over the same frontend.
 API.mount_asgi_app(

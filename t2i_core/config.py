@@ -74,6 +74,8 @@ class Settings:
     #: ``response_format: "url"``: seconds an image stays downloadable, and the store's size in bytes.
     image_url_ttl_s: int = 3600
     image_store_max_bytes: int = 256 * 1024 * 1024
+    #: Put prompts and negative prompts in the per-request log lines (1); off by default (0).
+    log_prompts: int = 0
 
     @classmethod
     def from_env(cls) -> "Settings":

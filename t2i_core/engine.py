@@ -13,7 +13,7 @@ import logging
 import secrets
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
@@ -24,6 +24,7 @@ from .errors import ClientClosed, EngineFailure, InvalidRequest, OutOfMemory, Re
 from .model_manager import LoadedModel, ModelManager
 from .registry import Registry
 from .schemas import EngineRequest, EngineResult
+from .stage_timer import StageTimer, device_sync
 
 log = logging.getLogger("t2i.engine")
 
@@ -37,7 +38,10 @@ def default_budget(device: str) -> int:
     import psutil
 
     return int(psutil.virtual_memory().total * 0.5)
+
+
 T = TypeVar("T")
+PROGRESS_KEPT = 10_000
 SEED_RANGE = 2**32  # drawn seeds stay small enough for every JSON client
 
 
@@ -76,6 +80,9 @@ class Engine:
         self._idle_since: float | None = time.monotonic()
         self._cancelled: dict[str, float] = {}
         self._cancel_lock = threading.Lock()
+        #: request id -> {"state": running|done, "step": k, "steps": n}, the most recent PROGRESS_KEPT
+        self._progress: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.stage_timer = StageTimer(device_sync(self.device))
 
     def _init_torch_thread(self) -> threading.Thread:
         if self.settings.torch_threads > 0:
@@ -152,7 +159,14 @@ class Engine:
 
     def _run_group(self, items: list[EngineRequest]) -> list[EngineResult]:
         seeds = [r.seed if r.seed is not None else secrets.randbelow(SEED_RANGE) for r in items]
-        return self._run_split(items, seeds)
+        now = time.time()
+        waits = [now - r.submitted_at if r.submitted_at is not None else 0.0 for r in items]
+        for wait in waits:
+            metrics.record_queue_wait(wait)
+        results = self._run_split(items, seeds)
+        for req in items:
+            self._set_progress(req.request_id, state="done")
+        return [r.model_copy(update={"queue_s": round(max(0.0, w), 6)}) for r, w in zip(results, waits)]
 
     def _run_split(self, items: list[EngineRequest], seeds: list[int]) -> list[EngineResult]:
         """Run ``items``; when the batch fails (out of memory, or one bad item), run each half
@@ -174,7 +188,7 @@ class Engine:
     def _attempt(self, items: list[EngineRequest], seeds: list[int]) -> list[EngineResult]:
         try:
             started = time.perf_counter()
-            pixels = self._call_pipeline(items, seeds)
+            pixels, stages = self._call_pipeline(items, seeds)
             elapsed = time.perf_counter() - started
         except Cancelled:
             return self._run_split(items, seeds)  # every item is cancelled now: each gets its reason
@@ -202,11 +216,11 @@ class Engine:
         self._batch_sizes.append(len(items))
         self._counts["images"] += len(items)
         self._busy_s += elapsed
-        metrics.record_batch(items[0].model, items[0].kind, len(items))
+        metrics.record_batch(items[0].model, items[0].kind, len(items), stages)
         return [
             EngineResult(
                 model=r.model, seed=s, width=r.width, height=r.height, pixels=p,
-                batch_size=len(items), inference_s=elapsed,
+                batch_size=len(items), inference_s=elapsed, stages=stages,
             )
             for r, s, p in zip(items, seeds, pixels)
         ]
@@ -237,7 +251,7 @@ class Engine:
             return ClientClosed("the client closed the request; its work was stopped")
         return None
 
-    def _call_pipeline(self, items: list[EngineRequest], seeds: list[int]) -> list[bytes]:
+    def _call_pipeline(self, items: list[EngineRequest], seeds: list[int]) -> tuple[list[bytes], dict[str, float]]:
         first = items[0]
         if 0 <= self.settings.fault_oom_above < len(items):
             import torch
@@ -246,7 +260,7 @@ class Engine:
         with self.models.use(first.model) as loaded:
             return self._denoise(loaded.pipeline(first.kind, first.scheduler), items, seeds)
 
-    def _denoise(self, pipe: Any, items: list[EngineRequest], seeds: list[int]) -> list[bytes]:
+    def _denoise(self, pipe: Any, items: list[EngineRequest], seeds: list[int]) -> tuple[list[bytes], dict[str, float]]:
         import inspect
 
         import numpy as np
@@ -271,20 +285,50 @@ class Engine:
             kwargs["strength"] = first.strength
         if first.kind == "generate" or "height" in inspect.signature(pipe.__call__).parameters:
             kwargs["width"], kwargs["height"] = first.width, first.height  # SD3's edit needs them too
-        with torch.inference_mode():
-            images = pipe(**kwargs).images
+        for req in items:
+            self._set_progress(req.request_id, state="running", step=0, steps=None)
+        self.stage_timer.attach(pipe)
+        self.stage_timer.start()
+        try:
+            with torch.inference_mode():
+                images = pipe(**kwargs).images
+        finally:
+            stages = self.stage_timer.stop()
         array = (np.asarray(images) * 255.0).round().clip(0, 255).astype(np.uint8)
-        return [np.ascontiguousarray(a).tobytes() for a in array]
+        return [np.ascontiguousarray(a).tobytes() for a in array], stages
 
     def _stop_when_all_cancelled(self, items: list[EngineRequest]) -> Any:
         """A diffusers step callback that aborts the batch once no item of it is wanted any more."""
 
         def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            steps = getattr(pipe, "num_timesteps", None)
+            for req in items:
+                self._set_progress(req.request_id, step=step + 1, steps=steps)
             if all(self._cancel_reason(r) is not None for r in items):
                 raise Cancelled()
             return tensors
 
         return on_step_end
+
+    # ---- progress -----------------------------------------------------------------------------
+    def _set_progress(self, request_id: str, **fields: Any) -> None:
+        if not request_id:
+            return
+        with self._cancel_lock:
+            entry = self._progress.pop(request_id, None) or {"state": "running", "step": 0, "steps": None}
+            entry.update(fields)
+            self._progress[request_id] = entry
+            while len(self._progress) > PROGRESS_KEPT:
+                self._progress.popitem(last=False)
+
+    def progress(self, request_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Where these requests are: ``{"state": "queued"|"running"|"done", "step": k, "steps": n}``
+        (``steps`` is the number of denoising steps, known once the pipeline has started)."""
+        with self._cancel_lock:
+            return {
+                rid: dict(self._progress.get(rid) or {"state": "queued", "step": 0, "steps": None})
+                for rid in request_ids
+            }
 
     # ---- observability ------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:

@@ -67,7 +67,15 @@ class PayloadTooLarge(T2IError):
     type = "invalid_request_error"
 
 
-class ModelBusy(T2IError):
+class Conflict(T2IError):
+    """The request conflicts with the resource's state (e.g. canceling a finished task)."""
+
+    status = 409
+    code = "conflict"
+    type = "invalid_request_error"
+
+
+class ModelBusy(Conflict):
     """The model cannot be unloaded now: requests are using it."""
 
     status = 409
@@ -117,6 +125,13 @@ class ClientClosed(T2IError):
     type = "invalid_request_error"
 
 
+class TaskCanceled(ClientClosed):
+    """A task was canceled: its stored answer, read later, so a standard status (409)."""
+
+    status = 409
+    code = "task_canceled"
+
+
 class TooManyRequests(T2IError):
     status = 429
     code = "rate_limited"
@@ -130,7 +145,7 @@ class EngineFailure(T2IError):
 
 
 _BY_CODE: dict[str, type[T2IError]] = {
-    c.code: c for c in (T2IError, InvalidRequest, NotFound, UnknownModel, Gone, ModelBusy, Unauthorized, Forbidden, OutOfMemory, RequestTimeout, ClientClosed, TooManyRequests, PayloadTooLarge, ModelUnavailable, EngineFailure)
+    c.code: c for c in (T2IError, InvalidRequest, NotFound, UnknownModel, Gone, Conflict, ModelBusy, Unauthorized, Forbidden, OutOfMemory, RequestTimeout, ClientClosed, TaskCanceled, TooManyRequests, PayloadTooLarge, ModelUnavailable, EngineFailure)
 }
 
 

@@ -16,6 +16,7 @@ from typing import Any, Awaitable, Callable, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from . import metrics, request_log
 from .config import Settings
 from .errors import ClientClosed, InvalidRequest, RequestTimeout, T2IError, describe_validation_errors
 from .imaging import MEDIA_TYPES, decode_image, encode_image, output_size, to_rgb_pixels
@@ -35,9 +36,11 @@ class EngineClient(Protocol):
     async def model_states(self) -> list[dict[str, Any]]: ...
     async def model_action(self, action: str, model_id: str) -> dict[str, Any]: ...
     async def cancel(self, request_ids: list[str]) -> None: ...
+    async def progress(self, request_ids: list[str]) -> dict[str, dict[str, Any]]: ...
 
 
-#: Returns once the client has disconnected (``until_disconnected`` over the request's ASGI receive).
+#: Returns once the client has disconnected (``until_disconnected`` over the request's ASGI receive),
+#: or once a task was canceled (returning the ``ClientClosed`` error to answer with).
 Disconnected = Callable[[], Awaitable[Any]]
 
 
@@ -65,6 +68,9 @@ class LocalEngineClient:
 
     async def cancel(self, request_ids: list[str]) -> None:
         self.engine.cancel(request_ids)
+
+    async def progress(self, request_ids: list[str]) -> dict[str, dict[str, Any]]:
+        return self.engine.progress(request_ids)
 
 
 @dataclass(frozen=True)
@@ -114,18 +120,34 @@ class Frontend:
         self.registry = registry or Registry(default=self.settings.model)
         self.engine = engine
 
-    async def generate(self, req: GenerateRequest, n: int = 1, disconnected: Disconnected | None = None) -> list[RenderedImage]:
-        """``n`` images for ``req`` (seeds seed, seed+1, ... when a seed is given), batched together."""
+    async def generate(
+        self, req: GenerateRequest, n: int = 1, disconnected: Disconnected | None = None, request_id: str | None = None
+    ) -> list[RenderedImage]:
+        """``n`` images for ``req`` (seeds seed, seed+1, ... when a seed is given), batched together.
+        ``request_id`` names the work in the engine (for ``progress`` and cancellation); default: a new one."""
+        self._note_prompt(req)
         entry = self.registry.get(req.model)
         items = [to_engine(req, entry, seed_offset=k) for k in range(n)]
-        return await self._run("generate", items, req.format, disconnected)
+        return await self._run("generate", items, req.format, disconnected, request_id)
 
-    async def edit(self, req: EditRequest, image: bytes, n: int = 1, disconnected: Disconnected | None = None) -> list[RenderedImage]:
+    async def edit(
+        self, req: EditRequest, image: bytes, n: int = 1, disconnected: Disconnected | None = None,
+        request_id: str | None = None,
+    ) -> list[RenderedImage]:
         """Edit the PNG/JPEG/WebP ``image`` (bytes) as ``req`` says."""
+        self._note_prompt(req)
         entry = self.registry.get(req.model)
         pixels, size = await asyncio.to_thread(self._prepare_input, req, image)
         items = [to_engine(req, entry, image=pixels, image_size=size, seed_offset=k) for k in range(n)]
-        return await self._run("edit", items, req.format, disconnected)
+        return await self._run("edit", items, req.format, disconnected, request_id)
+
+    async def progress(self, request_id: str) -> dict[str, Any]:
+        """Where the engine is with ``request_id``'s work: state, step k of steps."""
+        return (await self.engine.progress([request_id]))[request_id]
+
+    def _note_prompt(self, req: GenerateRequest) -> None:
+        if self.settings.log_prompts:
+            request_log.note(prompt=req.prompt, negative_prompt=req.negative_prompt)
 
     def _prepare_input(self, req: EditRequest, image: bytes) -> tuple[bytes, tuple[int, int]]:
         img = decode_image(image, max_pixels=self.settings.max_input_pixels)
@@ -153,13 +175,18 @@ class Frontend:
             self.registry.set_default(model_id)
         return answer
 
-    async def _call_engine(self, kind: Kind, items: list[EngineRequest], disconnected: Disconnected | None) -> list[EngineResult]:
+    async def _call_engine(
+        self, kind: Kind, items: list[EngineRequest], disconnected: Disconnected | None, request_id: str | None = None
+    ) -> list[EngineResult]:
         """The engine's results, or RequestTimeout (504) / ClientClosed (499) after telling the
         engine to stop working on this request."""
-        request_id = uuid.uuid4().hex
+        request_id = request_id or uuid.uuid4().hex
         timeout = self.settings.request_timeout_s
-        deadline = time.time() + timeout
-        items = [item.model_copy(update={"request_id": request_id, "deadline": deadline}) for item in items]
+        now = time.time()
+        deadline = now + timeout
+        items = [
+            item.model_copy(update={"request_id": request_id, "deadline": deadline, "submitted_at": now}) for item in items
+        ]
         task = asyncio.ensure_future(self.engine.run(kind, items))
         watcher = asyncio.ensure_future(disconnected()) if disconnected is not None else None
         try:
@@ -167,8 +194,9 @@ class Frontend:
                                          timeout=max(0.0, deadline - time.time()), return_when=asyncio.FIRST_COMPLETED)
             if task in done:
                 return task.result()
-            if watcher in done:
-                raise ClientClosed("the client closed the request; its work was stopped")
+            if watcher in done:  # the watcher may name the error (a canceled task); else the client left
+                outcome = watcher.result()
+                raise outcome if isinstance(outcome, ClientClosed) else ClientClosed("the client closed the request; its work was stopped")
             raise RequestTimeout(
                 f"the request took longer than the {timeout}s limit (T2I_REQUEST_TIMEOUT_S); its work was stopped"
             )
@@ -180,25 +208,45 @@ class Frontend:
             if watcher is not None:
                 watcher.cancel()
 
-    async def _run(self, kind: Kind, items: list[EngineRequest], fmt: str, disconnected: Disconnected | None = None) -> list[RenderedImage]:
+    async def _run(
+        self, kind: Kind, items: list[EngineRequest], fmt: str, disconnected: Disconnected | None = None,
+        request_id: str | None = None,
+    ) -> list[RenderedImage]:
         started = time.perf_counter()
-        results = await self._call_engine(kind, items, disconnected)
+        first = items[0]
+        request_log.note(kind=kind, model=first.model, width=first.width, height=first.height, steps=first.steps,
+                         guidance_scale=first.guidance_scale, n=len(items), format=fmt,
+                         **({"strength": first.strength} if kind == "edit" else {}))
+        results = await self._call_engine(kind, items, disconnected, request_id)
         if len(results) != len(items):
             raise T2IError(f"engine returned {len(results)} results for {len(items)} requests")
+        request_log.note(seeds=[r.seed for r in results], batch_size=max(r.batch_size for r in results),
+                         queue_s=max(r.queue_s for r in results), inference_s=round(max(r.inference_s for r in results), 4),
+                         **{f"{stage}_s": seconds for stage, seconds in results[0].stages.items()})
         for result in results:
             if result.error is not None:
                 raise T2IError.from_dict(result.error)
-        encoded = await asyncio.gather(
-            *(asyncio.to_thread(encode_image, r.pixels or b"", r.width, r.height, fmt) for r in results)
-        )
+        encoded = await asyncio.gather(*(asyncio.to_thread(_timed_encode, r, fmt) for r in results))
+        encode_s = [seconds for _, seconds in encoded]
+        for seconds in encode_s:
+            metrics.record_image_encoding(seconds)
         total = time.perf_counter() - started
+        record = request_log.current()
+        metrics.record_images(first.model, request_log.route_label(record.route if record else ""), len(results))
+        request_log.note(image_encoding_s=round(max(encode_s), 6), total_s=round(total, 4))
         return [
             RenderedImage(
                 data=data, format=fmt, seed=int(r.seed or 0), model=r.model, width=r.width,
                 height=r.height, batch_size=r.batch_size, inference_s=r.inference_s, total_s=total,
             )
-            for r, data in zip(results, encoded)
+            for r, (data, _) in zip(results, encoded)
         ]
+
+
+def _timed_encode(result: EngineResult, fmt: str) -> tuple[bytes, float]:
+    started = time.perf_counter()
+    data = encode_image(result.pixels or b"", result.width, result.height, fmt)
+    return data, time.perf_counter() - started
 
 
 def read_upload(image: Path | bytes) -> bytes:

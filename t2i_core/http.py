@@ -13,6 +13,7 @@ from typing import Any
 
 from starlette.responses import JSONResponse, Response
 
+from . import request_log
 from .errors import T2IError, describe_validation_errors, http_status
 from .frontend import RenderedImage
 from .imaging import decode_base64
@@ -22,19 +23,25 @@ def error_body(err: T2IError) -> dict[str, Any]:
     return {"error": err.message, "param": err.param, "code": err.code}
 
 
+def _noted(err: T2IError) -> T2IError:
+    """Every error answer passes here: its code goes on the request's log line."""
+    request_log.note(error=err.code, error_message=err.message[:300])
+    return err
+
+
 def error_response(err: T2IError) -> JSONResponse:
     """Native routes: ``{"error": message, "param": ..., "code": ...}``."""
-    return JSONResponse(error_body(err), status_code=http_status(err))
+    return JSONResponse(error_body(_noted(err)), status_code=http_status(err))
 
 
 def openai_error_response(err: T2IError) -> JSONResponse:
     """/v1 routes: OpenAI's ``{"error": {"message", "type", "param", "code"}}``."""
-    return JSONResponse({"error": err.to_dict()}, status_code=http_status(err))
+    return JSONResponse({"error": _noted(err).to_dict()}, status_code=http_status(err))
 
 
 def seed_error_response(err: T2IError) -> JSONResponse:
     """Seed-compatible routes: ``{"error": message}``."""
-    return JSONResponse({"error": err.message}, status_code=http_status(err))
+    return JSONResponse({"error": _noted(err).message}, status_code=http_status(err))
 
 
 def image_response(image: RenderedImage) -> Response:
@@ -78,6 +85,7 @@ def normalize_error_body(status: int, body: bytes) -> bytes | None:
     if isinstance(details, list) and details and all(isinstance(d, dict) for d in details):
         message, param = describe_validation_errors(details)
     code = "invalid_value" if status < 500 else "server_error"
+    request_log.note(error=code, error_message=message)
     return json.dumps({"error": message, "param": param, "code": code}).encode()
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from . import metrics
 from .errors import ModelBusy, ModelUnavailable, T2IError
 from .registry import ModelEntry, Registry
 
@@ -195,6 +196,7 @@ class ModelManager:
         i2i.set_progress_bar_config(disable=True)
         model = LoadedModel(entry, t2i, i2i, time.perf_counter() - started, module_bytes(t2i))
         log.info("loaded %s on %s as %s in %.2fs (%d bytes)", entry.id, self.device, dtype, model.load_s, model.bytes)
+        metrics.record_model_load(entry.id, model.load_s)
         return model
 
     # ---- memory --------------------------------------------------------------------------------

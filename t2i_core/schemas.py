@@ -72,6 +72,8 @@ class EngineRequest(BaseModel):
     #: who asked (for cancellation) and until when the answer is wanted (unix time)
     request_id: str = ""
     deadline: float | None = None
+    #: when the API handed it to the engine (unix time): the engine's queue wait starts here
+    submitted_at: float | None = None
 
     def batch_key(self) -> tuple[Any, ...]:
         """Requests with equal keys can run in one pipeline call."""
@@ -89,6 +91,10 @@ class EngineResult(BaseModel):
     pixels: bytes | None = None
     batch_size: int = 0
     inference_s: float = 0.0
+    #: seconds from the API's hand-over to the start of its engine batch
+    queue_s: float = 0.0
+    #: seconds per engine stage of its batch: text_encoding, denoising, vae_decoding
+    stages: dict[str, float] = {}
     error: dict[str, Any] | None = None
 
 
