@@ -51,7 +51,11 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = TMP / f"serve-{self.port}.log"
-        full_env = {**os.environ, **(env or {}), "BENTOML_CONFIG": str(ROOT / "configuration.yaml")}
+        # A BENTOML_HOME of its own: `bentoml serve` empties $BENTOML_HOME/prometheus_multiproc_dir at
+        # start, which would wipe the metrics of a server already running on the same home.
+        home = TMP / f"bentoml-{self.port}"
+        full_env = {**os.environ, "BENTOML_HOME": str(home), **(env or {}),
+                    "BENTOML_CONFIG": str(ROOT / "configuration.yaml")}
         bentoml = Path(sys.executable).with_name("bentoml")
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
