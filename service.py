@@ -184,14 +184,7 @@ class API:
         ctx: bentoml.Context = None,  # type: ignore[assignment]
     ) -> Image:
         """Text to image. Answers the image bytes; headers X-Seed, X-Model, X-Inference-Time."""
-        fields = route_fields(locals())
-        try:
-            (image,) = await self.front.generate(
-                parse(GenerateRequest, fields), disconnected=lambda: until_disconnected(ctx.request.receive)
-            )
-        except T2IError as err:
-            return reply(ctx, error_response(err))
-        return reply(ctx, image_response(image))
+        return await self._generate(route_fields(locals()), ctx)
 
     @bentoml.api(route="/edit")
     async def edit(
@@ -239,20 +232,30 @@ class API:
         ctx: bentoml.Context = None,  # type: ignore[assignment]
     ) -> Image:
         """Text to image as a task, for long jobs: submit, then status / progress / get / cancel
-        (see t2i_core/tasks.py). The result is what /generate answers."""
+        (see t2i_core/tasks.py). The result is what /generate answers; a plain POST to this route
+        (BentoML serves one beside the task routes) behaves like /generate."""
         fields = route_fields(locals())
-        task_id: str = ctx.request.state.task_id
+        task_id: str | None = getattr(ctx.request.state, "task_id", None)
+        if task_id is None:
+            return await self._generate(fields, ctx)
         with request_log.recording(TASK_ROUTE, event="task", task_id=task_id) as record:
-            try:
-                (image,) = await self.front.generate(
-                    parse(GenerateRequest, fields), disconnected=lambda: until_cancelled(task_id),
-                    request_id=engine_request_id(task_id),
-                )
-                response = image_response(image)
-            except T2IError as err:
-                response = error_response(err)
+            response = await self._generate(
+                fields, ctx, request_id=engine_request_id(task_id), disconnected=lambda: until_cancelled(task_id)
+            )
             record.status = response.status_code
-        return reply(ctx, response)
+        return response
+
+    async def _generate(
+        self, fields: dict[str, Any], ctx: bentoml.Context, request_id: str | None = None, disconnected: Any = None
+    ) -> Response:
+        try:
+            (image,) = await self.front.generate(
+                parse(GenerateRequest, fields), request_id=request_id,
+                disconnected=disconnected or (lambda: until_disconnected(ctx.request.receive)),
+            )
+        except T2IError as err:
+            return reply(ctx, error_response(err))
+        return reply(ctx, image_response(image))
 
     @bentoml.api(route="/stats")
     async def stats(self) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from .errors import InvalidRequest, PayloadTooLarge, T2IError, TooManyRequests, 
 from .http import SEED_PATHS, error_response_for
 
 GENERATION_PATHS = frozenset(
-    {"/generate", "/edit", "/v1/images/generations", "/v1/images/edits", "/tasks/generate/submit"} | SEED_PATHS
+    {"/generate", "/edit", "/v1/images/generations", "/v1/images/edits", "/tasks/generate", "/tasks/generate/submit"} | SEED_PATHS
 )
 OPEN_PREFIXES = ("/livez", "/readyz", "/healthz", "/metrics", "/docs.json", "/schema.json", "/static",
                  "/v1/images/files/", "/admin/", "/ui", "/playground")

@@ -138,3 +138,11 @@ def test_bentoml_sync_client_status_get_and_cancel(server):
         long = Task(submit(server, LONG), client.endpoints["generate_task"], client)
         long.cancel()
         assert long.get_status().value == "canceled"
+
+
+def test_a_plain_post_to_the_task_route_answers_like_generate(server):
+    body = {"prompt": "plain", "seed": 31, "steps": 2}
+    plain = httpx.post(f"{server.url}/tasks/generate", json=body, timeout=60)
+    direct = httpx.post(f"{server.url}/generate", json=body, timeout=60)
+    assert plain.status_code == 200 and plain.headers["x-seed"] == "31"
+    assert plain.content == direct.content
