@@ -106,6 +106,9 @@ def test_the_built_bento_serves(cuda_bento):
         assert r.content.startswith(b"\x89PNG")
         # the model came from the Bento's model store, not from a fresh tiny build
         assert not (Path(env["BENTOML_HOME"]) / "no-tiny-cache").exists()
+        # the playground's files are in the Bento
+        for path in ("/ui", "/ui/app.js", "/ui/style.css"):
+            assert httpx.get(f"http://127.0.0.1:{port}{path}", timeout=30).status_code == 200, path
     finally:
         import signal
 
