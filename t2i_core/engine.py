@@ -45,6 +45,18 @@ PROGRESS_KEPT = 10_000
 SEED_RANGE = 2**32  # drawn seeds stay small enough for every JSON client
 
 
+def prompt_arguments(items: list[EngineRequest]) -> dict[str, Any]:
+    """The prompt arguments of one pipeline call. When every image of a text-to-image batch has the
+    same prompt and negative prompt (``n`` images of one request), the prompt is encoded once and
+    repeated (``num_images_per_prompt``) instead of once per image; each image keeps its own generator."""
+    first = items[0]
+    if len(items) > 1 and first.kind == "generate" and all(
+        r.prompt == first.prompt and r.negative_prompt == first.negative_prompt for r in items
+    ):
+        return {"prompt": [first.prompt], "negative_prompt": [first.negative_prompt], "num_images_per_prompt": len(items)}
+    return {"prompt": [r.prompt for r in items], "negative_prompt": [r.negative_prompt for r in items]}
+
+
 class Cancelled(Exception):
     """Raised from the step callback to abandon a batch nobody waits for any more."""
 
@@ -270,8 +282,7 @@ class Engine:
         # CPU generators: the same seed gives the same starting noise on every device.
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         kwargs: dict[str, Any] = dict(
-            prompt=[r.prompt for r in items],
-            negative_prompt=[r.negative_prompt for r in items],
+            **prompt_arguments(items),
             num_inference_steps=first.steps,
             guidance_scale=first.guidance_scale,
             generator=generators,

@@ -103,3 +103,17 @@ def test_device_and_dtype_choice(monkeypatch, cuda, bf16, mps, want):
     assert pick_dtype("auto", device) == getattr(torch, want)
     assert pick_dtype("float16", device) == torch.float16  # the environment override wins
     assert pick_device("cpu") == "cpu"
+
+
+def test_duplicate_prompts_are_encoded_once_and_images_stay_the_same(engine):
+    from t2i_core.engine import prompt_arguments
+
+    same = [req(seed=s) for s in (11, 12, 13, 14)]
+    assert prompt_arguments(same) == {"prompt": ["a lighthouse"], "negative_prompt": [""], "num_images_per_prompt": 4}
+    assert len(prompt_arguments(same[:3] + [req(prompt="other", seed=14)])["prompt"]) == 4
+    assert "num_images_per_prompt" not in prompt_arguments([req(kind="edit", image=bytes(64 * 64 * 3), strength=0.5)] * 2)
+    together = engine.run(same)
+    assert [r.batch_size for r in together] == [4] * 4
+    for request, result in zip(same, together):  # bit-exact with each image made alone (float64)
+        assert np.array_equal(pixels(result), pixels(engine.run([request])[0]))
+    assert len({r.pixels for r in together}) == 4
