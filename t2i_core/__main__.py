@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--requests", type=int, default=200, help="requests per served concurrency level")
     bench.add_argument("--concurrency", default="", help="comma-separated client counts (default: the preset's)")
     bench.add_argument("--max-batch-size", type=int, default=16)
+    bench.add_argument("--same-prompt", action="store_true", help="every image with one prompt (default: a prompt each)")
+    bench.add_argument("--raw-only", action="store_true", help="only the engine in process (no server)")
     args = parser.parse_args(argv)
 
     if args.command == "bench":
@@ -41,7 +43,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.preset not in PRESETS:
             parser.error(f"--preset must be one of {', '.join(PRESETS)}; got {args.preset!r}")
         levels = tuple(int(c) for c in args.concurrency.split(",") if c) or None
-        run_bench(PRESETS[args.preset], args.out, args.repeats, args.requests, levels, args.max_batch_size)
+        import dataclasses
+
+        preset = dataclasses.replace(PRESETS[args.preset], same_prompt=args.same_prompt)
+        run_bench(preset, args.out, args.repeats, args.requests, levels, args.max_batch_size, args.raw_only)
         return 0
 
     if args.command == "pull":

@@ -15,9 +15,14 @@ class Preset:
     dtype: str  # T2I_DTYPE for the engine ("auto": the model's)
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16)
     concurrency: tuple[int, ...] = (1, 4, 16, 64)
+    #: every image with the same prompt (as n images of one request): exercises the shared prompt encoding
+    same_prompt: bool = False
+
+    def prompt(self, i: int) -> str:
+        return "benchmark image" if self.same_prompt else f"benchmark image {i}"
 
     def body(self, i: int) -> dict[str, object]:
-        return {"prompt": f"benchmark image {i}", "model": self.model, "width": self.width, "height": self.height,
+        return {"prompt": self.prompt(i), "model": self.model, "width": self.width, "height": self.height,
                 "num_inference_steps": self.steps, "guidance_scale": 0.0, "seed": i, "format": "png"}
 
 

@@ -35,7 +35,7 @@ def raw(preset: Preset, repeats: int) -> list[dict[str, Any]]:
 
     engine = Engine(Settings(dtype=preset.dtype))
     def request(i: int) -> EngineRequest:
-        return EngineRequest(model=preset.model, prompt=f"benchmark image {i}", steps=preset.steps, guidance_scale=0.0,
+        return EngineRequest(model=preset.model, prompt=preset.prompt(i), steps=preset.steps, guidance_scale=0.0,
                              width=preset.width, height=preset.height, seed=i)
     rows = []
     for batch in preset.batch_sizes:
@@ -108,11 +108,11 @@ def served(preset: Preset, max_batch_size: int, requests_per_level: int, concurr
 
 
 def benchmark(preset: Preset, repeats: int, requests_per_level: int, concurrency: tuple[int, ...] | None = None,
-              max_batch_size: int = 16) -> dict[str, Any]:
-    concurrency = concurrency or preset.concurrency
+              max_batch_size: int = 16, raw_only: bool = False) -> dict[str, Any]:
+    concurrency = () if raw_only else (concurrency or preset.concurrency)
     raw_rows = raw(preset, repeats)
-    served_rows = served(preset, max_batch_size, requests_per_level, concurrency)
-    unbatched_rows = served(preset, 1, requests_per_level, concurrency)
+    served_rows = served(preset, max_batch_size, requests_per_level, concurrency) if concurrency else []
+    unbatched_rows = served(preset, 1, requests_per_level, concurrency) if concurrency else []
     best_raw = max(r["images_per_s"] for r in raw_rows)
     ratios = []
     for s, u in zip(served_rows, unbatched_rows):
@@ -126,7 +126,8 @@ def benchmark(preset: Preset, repeats: int, requests_per_level: int, concurrency
 
 
 def table(report: dict[str, Any]) -> str:
-    lines = [f"preset {report['preset']['name']} on {report['device']}  (max_batch_size {report['max_batch_size']})", "",
+    same = ", one prompt for every image" if report["preset"].get("same_prompt") else ""
+    lines = [f"preset {report['preset']['name']} on {report['device']}  (max_batch_size {report['max_batch_size']}{same})", "",
              "raw (engine in process)", "  batch   img/s   batch latency"]
     for r in report["raw"]:
         lines.append(f"  {r['batch']:5d} {r['images_per_s']:7.1f}   {r['batch_latency_s'] * 1000:8.1f} ms")
@@ -144,8 +145,8 @@ def table(report: dict[str, Any]) -> str:
 
 
 def main(preset: Preset, out: Path, repeats: int, requests_per_level: int, concurrency: tuple[int, ...] | None,
-         max_batch_size: int) -> None:
-    report = benchmark(preset, repeats, requests_per_level, concurrency, max_batch_size)
+         max_batch_size: int, raw_only: bool = False) -> None:
+    report = benchmark(preset, repeats, requests_per_level, concurrency, max_batch_size, raw_only)
     print(table(report))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
