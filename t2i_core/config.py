@@ -76,6 +76,13 @@ class Settings:
     image_store_max_bytes: int = 256 * 1024 * 1024
     #: Put prompts and negative prompts in the per-request log lines (1); off by default (0).
     log_prompts: int = 0
+    #: GPU speed options (see t2i_core/speedups.py), off by default: channels-last memory format, fused
+    #: QKV projections, torch.compile of the denoiser with warm-up at startup for these sizes
+    #: ("512x512,768x768"; empty: the default model's size).
+    channels_last: int = 0
+    fuse_qkv: int = 0
+    compile: int = 0
+    warmup_sizes: str = ""
 
     @classmethod
     def from_env(cls) -> "Settings":

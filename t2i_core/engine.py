@@ -24,6 +24,7 @@ from .errors import ClientClosed, EngineFailure, InvalidRequest, OutOfMemory, Re
 from .model_manager import LoadedModel, ModelManager
 from .registry import Registry
 from .schemas import EngineRequest, EngineResult
+from .speedups import Speedups
 from .stage_timer import StageTimer, device_sync
 
 log = logging.getLogger("t2i.engine")
@@ -84,6 +85,7 @@ class Engine:
             self.registry, self.device, self.settings.dtype,
             self.settings.memory_budget_bytes or default_budget(self.device),
             load_timeout_s=self.settings.request_timeout_s,
+            speedups=Speedups.from_settings(self.settings),
         )
         self._batch_sizes: deque[int] = deque(maxlen=10_000)
         self._counts: Counter[str] = Counter()
@@ -114,12 +116,33 @@ class Engine:
         return self.on_torch_thread(self.models.load, model_id)
 
     def preload(self) -> None:
-        """Load the default model and every registry entry marked ``preload``."""
+        """Load the default model and every registry entry marked ``preload``; with ``T2I_COMPILE``,
+        compile them for the warm-up sizes."""
         for model_id in dict.fromkeys([self.registry.default_id, *(e.id for e in self.registry.entries() if e.preload)]):
             try:
                 self.load(model_id)
             except T2IError as err:
                 log.warning("preload of %s failed: %s", model_id, err.message)
+                continue
+            if self.models.speedups.compile:
+                self.warm_up(model_id)
+
+    def warm_up(self, model_id: str) -> None:
+        """Run ``model_id`` at batch 1, 2 and the maximum for each warm-up size, so that torch.compile
+        compiles now (the second batch size makes the batch dimension dynamic) and not under traffic."""
+        entry = self.registry.get(model_id)
+        sizes = self.models.speedups.warmup_sizes or ((entry.defaults.width, entry.defaults.height),)
+        for width, height in sizes:
+            for batch in sorted({1, 2, self.settings.max_batch_size}):
+                started = time.perf_counter()
+                results = self.run([
+                    EngineRequest(model=model_id, prompt=f"warm-up {i}", steps=entry.defaults.steps, width=width,
+                                  height=height, guidance_scale=entry.defaults.guidance_scale, seed=i)
+                    for i in range(batch)
+                ])
+                failed = next((r.error for r in results if r.error), None)
+                log.info("warm-up %s %dx%d batch %d: %.1fs%s", model_id, width, height, batch,
+                         time.perf_counter() - started, f" (failed: {failed['message']})" if failed else "")
 
     def model_action(self, action: str, model_id: str) -> dict[str, Any]:
         """Admin operations; errors come back as data (``{"error": {...}}``), never raised."""

@@ -20,6 +20,7 @@ from typing import Any, Iterator
 from . import metrics
 from .errors import ModelBusy, ModelUnavailable, T2IError
 from .registry import ModelEntry, Registry
+from .speedups import Speedups, apply as apply_speedups
 
 log = logging.getLogger("t2i.models")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -97,8 +98,9 @@ def estimate_bytes(folder: Path, dtype_size: int) -> int:
 
 class ModelManager:
     def __init__(self, registry: Registry, device: str, dtype_preference: str, budget_bytes: int,
-                 load_timeout_s: float):
+                 load_timeout_s: float, speedups: Speedups | None = None):
         self.registry = registry
+        self.speedups = speedups or Speedups()
         self.device = device
         self.dtype_preference = dtype_preference
         self.budget_bytes = budget_bytes
@@ -191,6 +193,8 @@ class ModelManager:
         if memory.attention_slicing:
             t2i.enable_attention_slicing()
         t2i.set_progress_bar_config(disable=True)
+        if self.speedups.any:
+            log.info("%s: %s", entry.id, ", ".join(apply_speedups(t2i, self.speedups)))
         # The edit pipeline reuses the same modules: no second copy of the weights.
         i2i = AutoPipelineForImage2Image.from_pipe(t2i)
         i2i.set_progress_bar_config(disable=True)

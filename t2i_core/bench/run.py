@@ -33,7 +33,10 @@ def raw(preset: Preset, repeats: int) -> list[dict[str, Any]]:
     from ..engine import Engine
     from ..schemas import EngineRequest
 
-    engine = Engine(Settings(dtype=preset.dtype))
+    import dataclasses
+
+    # the T2I_* settings of the environment (e.g. T2I_COMPILE=1), with the preset's dtype
+    engine = Engine(dataclasses.replace(Settings.from_env(), dtype=preset.dtype))
     def request(i: int) -> EngineRequest:
         return EngineRequest(model=preset.model, prompt=preset.prompt(i), steps=preset.steps, guidance_scale=0.0,
                              width=preset.width, height=preset.height, seed=i)
