@@ -180,7 +180,16 @@ class ModelManager:
             )
         self._make_room(estimate, exclude=entry.id)
         started = time.perf_counter()
-        t2i = AutoPipelineForText2Image.from_pretrained(path, dtype=dtype, local_files_only=True)
+        components: dict[str, Any] = {}
+        if entry.tiny_vae:
+            from . import tiny_vae
+
+            vae, reason = tiny_vae.load(entry.tiny_vae, dtype)
+            if vae is None:  # a speed option: the model still loads, with its own VAE
+                log.warning("%s: tiny VAE %s not used: %s", entry.id, entry.tiny_vae, reason)
+            else:
+                components["vae"] = vae
+        t2i = AutoPipelineForText2Image.from_pretrained(path, dtype=dtype, local_files_only=True, **components)
         memory = entry.memory
         if memory.cpu_offload and self.device.startswith("cuda"):
             t2i.enable_model_cpu_offload(device=self.device)

@@ -66,7 +66,17 @@ class ModelEntry(BaseModel):
     preload: bool = False
     #: dtype on CPU; "float64" makes CPU images bit-identical whatever the batch (fp32 kernels are not).
     cpu_dtype: Literal["float32", "float64", "bfloat16"] = "float32"
+    #: an AutoencoderTiny (e.g. "hub:madebyollin/taesd") to decode with instead of the model's VAE
+    #: (faster, some detail lost; see t2i_core/tiny_vae.py); null: the model's own VAE
+    tiny_vae: str | None = None
     description: str = ""
+
+    @field_validator("tiny_vae")
+    @classmethod
+    def _tiny_vae_source(cls, value: str | None) -> str | None:
+        from .tiny_vae import check_source
+
+        return None if value is None else check_source(value)
 
     @field_validator("source")
     @classmethod

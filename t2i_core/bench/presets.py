@@ -33,6 +33,9 @@ PRESETS = {
     # GPU: full-size architectures with random weights (the same compute as the real models)
     "sd-turbo-arch": Preset("sd-turbo-arch", "random/sd-turbo-arch", 512, 512, 1, "bfloat16",
                             batch_sizes=(1, 2, 4, 8, 16, 32), concurrency=(1, 4, 16, 32, 64)),
+    # the same with a tiny VAE decoder (TAESD's architecture): what T2I's `tiny_vae` buys
+    "sd-turbo-arch-taesd": Preset("sd-turbo-arch-taesd", "random/sd-turbo-arch-taesd", 512, 512, 1, "bfloat16",
+                                  batch_sizes=(1, 2, 4, 8, 16, 32), concurrency=(1, 4, 16, 32, 64)),
     "sdxl-turbo-arch": Preset("sdxl-turbo-arch", "random/sdxl-turbo-arch", 512, 512, 1, "bfloat16",
                               batch_sizes=(1, 2, 4, 8, 16), concurrency=(1, 4, 16, 32, 64)),
 }
