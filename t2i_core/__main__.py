@@ -34,7 +34,17 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--max-batch-size", type=int, default=16)
     bench.add_argument("--same-prompt", action="store_true", help="every image with one prompt (default: a prompt each)")
     bench.add_argument("--raw-only", action="store_true", help="only the engine in process (no server)")
+    vae = sub.add_parser("bench-vae", help="decode time: the full SD VAE against a tiny VAE (TAESD)")
+    vae.add_argument("--size", type=int, default=512)
+    vae.add_argument("--repeats", type=int, default=5)
+    vae.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     args = parser.parse_args(argv)
+
+    if args.command == "bench-vae":
+        from .bench.vae import main as run_vae_bench
+
+        run_vae_bench(args.size, args.repeats, args.dtype)
+        return 0
 
     if args.command == "bench":
         from .bench.presets import PRESETS

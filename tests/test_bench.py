@@ -33,3 +33,11 @@ def test_bench_command_writes_all_three_modes(tmp_path):
         assert all(0 < r["p50_s"] <= r["p95_s"] <= r["p99_s"] for r in report[key])
     assert all(r["images_per_batch"] == 1.0 for r in report["no_batching"])
     assert {"served_over_raw_best", "served_over_no_batching"} <= set(report["ratios"][0])
+
+
+def test_vae_decode_benchmark_runs():
+    from t2i_core.bench.vae import decode_times
+
+    times = decode_times(size=64, repeats=1)
+    assert set(times) == {"AutoencoderKL (SD VAE)", "AutoencoderTiny (TAESD)"}
+    assert all(t > 0 for t in times.values())
