@@ -279,6 +279,7 @@ API.add_asgi_middleware(
         path: frozenset(m.input_spec.model_fields)
         for m in API.apis.values() for path in ([m.route, f"{m.route}/submit"] if m.is_task else [m.route])
     },
+    validate_at_submit={f"{m.route}/submit": m.input_spec for m in API.apis.values() if m.is_task},
 )
 API.add_asgi_middleware(TaskCancelMiddleware)
 API.add_asgi_middleware(ErrorBodyMiddleware, paths=frozenset(m.route for m in API.apis.values()))

@@ -15,9 +15,11 @@ import hmac
 import json
 from typing import Any
 
+from pydantic import ValidationError
+
 from . import metrics
 from .config import Settings
-from .errors import InvalidRequest, PayloadTooLarge, T2IError, TooManyRequests, Unauthorized
+from .errors import InvalidRequest, PayloadTooLarge, T2IError, TooManyRequests, Unauthorized, describe_validation_errors
 from .http import SEED_PATHS, error_response_for
 
 GENERATION_PATHS = frozenset(
@@ -32,11 +34,15 @@ class _TooLarge(Exception):
 
 
 class GuardMiddleware:
-    def __init__(self, app: Any, settings: Settings | None = None, strict_fields: dict[str, frozenset[str]] | None = None):
+    def __init__(self, app: Any, settings: Settings | None = None, strict_fields: dict[str, frozenset[str]] | None = None,
+                 validate_at_submit: dict[str, Any] | None = None):
         self.app = app
         self.settings = settings or Settings.from_env()
         self.keys = [k.strip().encode() for k in self.settings.api_keys.split(",") if k.strip()]
         self.strict_fields = strict_fields or {}
+        #: task submit paths -> the task's input model: BentoML validates a task's input only when the
+        #: task runs (a bad field became a failed task); checked here, it is a 400 at submit
+        self.validate_at_submit = validate_at_submit or {}
         self.in_flight = 0
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -116,6 +122,12 @@ class GuardMiddleware:
             data = json.loads(body or b"{}")
         except ValueError:
             return  # the route answers invalid JSON itself
+        if isinstance(data, dict) and path in self.validate_at_submit:
+            try:
+                self.validate_at_submit[path].model_validate(data)
+            except ValidationError as exc:
+                message, param = describe_validation_errors(exc.errors(include_url=False))
+                raise InvalidRequest(message, param=param) from None
         if isinstance(data, dict):
             unknown = sorted(set(data) - self.strict_fields[path])
             if unknown:

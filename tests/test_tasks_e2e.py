@@ -88,9 +88,14 @@ def test_cancel_and_progress_errors(server):
         assert r.status_code == 400 and "task_id is required" in r.json()["error"]
 
 
-def test_submit_refuses_unknown_fields_at_once(server):
+def test_submit_refuses_bad_input_at_once(server):
     r = httpx.post(f"{server.url}/tasks/generate/submit", json={"prompt": "x", "stepz": 3})
     assert r.status_code == 400 and r.json()["param"] == "stepz"
+    # a bad value is a 400 naming field and value at submit, not a task that fails later
+    r = httpx.post(f"{server.url}/tasks/generate/submit", json={"prompt": "x", "width": 65})
+    assert r.status_code == 400 and r.json()["param"] == "width" and "65" in r.json()["error"]
+    r = httpx.post(f"{server.url}/tasks/generate/submit", json={"steps": 2})
+    assert r.status_code == 400 and r.json()["param"] == "prompt"
 
 
 def test_bentoml_async_client_task_methods(server):
