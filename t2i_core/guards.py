@@ -220,6 +220,7 @@ def cors_options(settings: Settings) -> dict[str, Any] | None:
         "allow_credentials": "*" not in origins,
         "allow_methods": ["GET", "POST", "OPTIONS"],
         "allow_headers": ["Authorization", "Content-Type", "X-Request-ID"],
-        "expose_headers": ["X-Seed", "X-Model", "X-Image-Size", "X-Batch-Size", "X-Inference-Time", "X-Total-Time"],
+        "expose_headers": ["X-Seed", "X-Model", "X-Image-Size", "X-Batch-Size", "X-Inference-Time", "X-Total-Time",
+                           "X-Request-ID"],
         "max_age": 600,
     }

@@ -125,6 +125,11 @@ def test_cors_allows_only_the_configured_origin(guarded):
     assert ok.headers["access-control-allow-credentials"] == "true"
     other = httpx.options(f"{guarded.url}/generate", headers={"Origin": "https://evil.example", **preflight}, timeout=30)
     assert other.headers.get("access-control-allow-origin") is None
+    # a browser page may read the request id and the image headers
+    r = httpx.post(f"{guarded.url}/generate", json={"prompt": "cors"}, timeout=60,
+                   headers={"Origin": ORIGIN, "Authorization": f"Bearer {KEYS[0]}"})
+    exposed = r.headers["access-control-expose-headers"].lower()
+    assert r.status_code == 200 and "x-request-id" in exposed and "x-seed" in exposed
 
 
 def test_body_cap_413_before_reading_and_for_chunked_bodies(guarded):
