@@ -283,7 +283,8 @@ API.add_asgi_middleware(
 )
 API.add_asgi_middleware(TaskCancelMiddleware)
 API.add_asgi_middleware(ErrorBodyMiddleware, paths=frozenset(m.route for m in API.apis.values()))
-# OpenAI-compatible /v1 and the seed servers' routes: adapters over the same frontend.
+# OpenAI-compatible /v1, the seed servers' routes, task progress and the playground (/ui): adapters
+# over the same frontend.
 API.mount_asgi_app(
     build_compat_app(
         lambda: bentoml.get_current_service().front,
