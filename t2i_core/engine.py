@@ -196,8 +196,9 @@ class Engine:
         seeds = [r.seed if r.seed is not None else secrets.randbelow(SEED_RANGE) for r in items]
         now = time.time()
         waits = [now - r.submitted_at if r.submitted_at is not None else 0.0 for r in items]
-        for wait in waits:
-            metrics.record_queue_wait(wait)
+        for req, wait in zip(items, waits):
+            if req.submitted_at is not None:  # sent by the API (not a warm-up or an in-process call)
+                metrics.record_queue_wait(wait)
         results = self._run_split(items, seeds)
         for req in items:
             self._set_progress(req.request_id, state="done")
