@@ -133,7 +133,9 @@ class RemoteEngine:
     def __init__(self, engine: Any):
         self.engine = engine
         self.coalescer = (
-            Coalescer(self._send, SETTINGS.max_batch_size, max_outstanding=SETTINGS.coalesce) if SETTINGS.coalesce > 0 else None
+            Coalescer(self._send, SETTINGS.max_batch_size, max_outstanding=SETTINGS.coalesce,
+                      linger_s=SETTINGS.coalesce_linger_ms / 1000)
+            if SETTINGS.coalesce > 0 else None
         )
 
     async def run(self, kind: Kind, requests: list[EngineRequest]) -> list[EngineResult]:

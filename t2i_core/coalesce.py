@@ -5,6 +5,11 @@ tracing, uvicorn, pickle, the dispatcher). The engine batches calls anyway, so t
 ``max_outstanding`` calls in flight (one computing, one queued in the engine) and sends whatever
 arrived meanwhile as one call when a call returns. Each image keeps its own seed, so merging changes
 no pixel; each request gets back exactly its own results.
+
+``linger_s`` (``T2I_COALESCE_LINGER_MS``): after a call of two or more images returns, the next call
+waits up to that long for more requests (or until ``max_items`` are waiting). Closed-loop clients
+whose answers just went out come back within milliseconds; waiting for them turns two alternating
+half-batches into one full batch. A server that was idle, or served single images, sends at once.
 """
 
 from __future__ import annotations
@@ -20,10 +25,13 @@ Send = Callable[[Kind, list[EngineRequest]], Awaitable[list[EngineResult]]]
 
 
 class Coalescer:
-    def __init__(self, send: Send, max_items: int, max_outstanding: int = 2):
+    def __init__(self, send: Send, max_items: int, max_outstanding: int = 2, linger_s: float = 0.0):
         self._send = send
         self.max_items = max(1, max_items)
         self.max_outstanding = max(1, max_outstanding)
+        self.linger_s = max(0.0, linger_s)
+        self._linger_until = 0.0
+        self._linger_timer: asyncio.TimerHandle | None = None
         self._pending: deque[tuple[Kind, list[EngineRequest], asyncio.Future[list[EngineResult]]]] = deque()
         self._outstanding = 0
         self.calls = 0  # engine calls made (for tests and stats)
@@ -36,12 +44,29 @@ class Coalescer:
 
     def _pump(self) -> None:
         while self._outstanding < self.max_outstanding and self._pending:
+            if self._lingering():
+                return
             kind, group = self._take()
             if not group:
                 continue
             self._outstanding += 1
             self.calls += 1
             asyncio.ensure_future(self._flush(kind, group))
+
+    def _lingering(self) -> bool:
+        """True while the linger window is open and fewer than ``max_items`` wait (a timer pumps at its end)."""
+        loop = asyncio.get_running_loop()
+        remaining = self._linger_until - loop.time()
+        waiting = sum(len(items) for _, items, future in self._pending if not future.done())
+        if remaining <= 0 or waiting >= self.max_items:
+            return False
+        if self._linger_timer is None:
+            def wake() -> None:
+                self._linger_timer = None
+                self._pump()
+
+            self._linger_timer = loop.call_later(remaining, wake)
+        return True
 
     def _take(self) -> tuple[Kind, list[tuple[list[EngineRequest], asyncio.Future[list[EngineResult]]]]]:
         """The oldest waiting request's kind, and as many waiting requests of that kind as fit."""
@@ -78,4 +103,6 @@ class Coalescer:
                 raise
         finally:
             self._outstanding -= 1
+            if self.linger_s and sum(len(items) for items, _ in group) >= 2:
+                self._linger_until = asyncio.get_running_loop().time() + self.linger_s
             self._pump()

@@ -67,3 +67,44 @@ def test_an_engine_error_reaches_every_request_of_the_call():
         return await asyncio.gather(*(c.run("generate", [item(i)]) for i in range(5)), return_exceptions=True)
 
     assert all(isinstance(r, RuntimeError) for r in asyncio.run(main()))
+
+
+def test_linger_waits_for_returning_clients_after_a_multi_image_call():
+    engine = FakeEngine(delay=0.01)
+
+    async def main():
+        c = Coalescer(engine.send, max_items=4, max_outstanding=1, linger_s=5.0)
+        # idle: a lone request goes at once (no linger before the first call)
+        await c.run("generate", [item(0)])
+        # a call of one image does not open the window either
+        await c.run("generate", [item(1)])
+        assert engine.calls == [[0], [1]]
+        # a call of two images opens it: the next requests wait until four images are waiting,
+        # long before the 5 s window ends
+        await c.run("generate", [item(2), item(3)])
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        waiting = [asyncio.ensure_future(c.run("generate", [item(10 + k)])) for k in range(3)]
+        await asyncio.sleep(0.05)
+        assert len(engine.calls) == 3  # still lingering with three waiting
+        await asyncio.gather(*waiting, c.run("generate", [item(13)]))
+        assert loop.time() - started < 1.0
+        return engine.calls
+
+    calls = asyncio.run(main())
+    assert calls[2] == [2, 3] and calls[3] == [10, 11, 12, 13]
+
+
+def test_linger_ends_at_its_deadline():
+    engine = FakeEngine(delay=0.0)
+
+    async def main():
+        c = Coalescer(engine.send, max_items=16, max_outstanding=1, linger_s=0.05)
+        await c.run("generate", [item(1), item(2)])
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await c.run("generate", [item(3)])  # alone: sent when the window closes
+        return loop.time() - started
+
+    waited = asyncio.run(main())
+    assert 0.04 <= waited < 1.0
