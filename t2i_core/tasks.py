@@ -6,18 +6,20 @@ not do, this module adds:
 
 - progress: ``GET /tasks/generate/progress?task_id=`` answers the step the engine is at (the engine
   tracks it per request id; a task's work runs under ``task-<task_id>``);
-- cancellation: BentoML 1.4.39's cancel route answers 400 ("not supported in local development
-  server") and never stops the work. ``TaskCancelMiddleware`` answers it instead: it marks the task
-  canceled in the shared store; the running task watches its own status (``until_cancelled``) and
-  then tells the engine to stop, which happens at the next denoising step. Any API worker can take
-  the cancel: the store and the engine are shared.
+- cancellation: BentoML 1.4.39's cancel route marks the task canceled in its store but answers 400
+  ("not supported in local development server") and never stops the work. ``TaskCancelMiddleware``
+  lets BentoML mark it (only BentoML's own connection writes the store: a second writer left
+  BentoML's connection with a stale read snapshot, and every later write failed with "database is
+  locked") and answers with the task's real status instead. The running task watches its own
+  status (``until_cancelled``) and then tells the engine to stop, which happens at the next
+  denoising step. Any API worker can take the cancel: the store and the engine are shared.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime
 import sqlite3
+from contextlib import closing
 from typing import Any, Callable
 
 from starlette.requests import Request
@@ -49,21 +51,11 @@ def _connect() -> sqlite3.Connection:
 
 
 def task_status(task_id: str) -> str | None:
-    """The task's status in BentoML's store (in_progress, completed, failed, canceled); None if unknown."""
-    with _connect() as conn:
+    """The task's status in BentoML's store (in_progress, completed, failed, canceled); None if unknown.
+    Read only, on a connection closed at once (BentoML's connection is the store's only writer)."""
+    with closing(_connect()) as conn:
         row = conn.execute("SELECT status FROM result WHERE task_id = ?", (task_id,)).fetchone()
     return row[0] if row else None
-
-
-def mark_cancelled(task_id: str) -> str | None:
-    """Mark an in-progress task canceled; returns its status afterwards (None if unknown)."""
-    with _connect() as conn:
-        conn.execute(
-            "UPDATE result SET status = 'canceled', executed_at = ? WHERE task_id = ? AND status = 'in_progress'",
-            (datetime.datetime.now(tz=datetime.timezone.utc), task_id),
-        )
-        conn.commit()
-    return task_status(task_id)
 
 
 async def until_cancelled(task_id: str, poll_s: float = POLL_S) -> T2IError:
@@ -116,9 +108,12 @@ class TaskCancelMiddleware:
         request = Request(scope, receive)
         try:
             task_id = _task_id(request)
-            status = await asyncio.to_thread(mark_cancelled, task_id)
+            status = await asyncio.to_thread(task_status, task_id)
             if status is None:
                 raise NotFound(f"task_id {task_id!r} not found", param="task_id")
+            if status == "in_progress":
+                await self.app(scope, receive, _discard)  # BentoML marks it canceled (and answers 400)
+                status = await asyncio.to_thread(task_status, task_id)
             if status != "canceled":
                 raise Conflict(f"task {task_id} has already finished ({status}); nothing to cancel",
                                param="task_id", code="task_finished")
@@ -126,3 +121,7 @@ class TaskCancelMiddleware:
         except T2IError as err:
             response = error_response(err)
         await response(scope, receive, send)
+
+
+async def _discard(message: dict[str, Any]) -> None:
+    """An ASGI send that drops the response (BentoML's 400 for a cancel)."""
