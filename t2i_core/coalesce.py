@@ -7,9 +7,10 @@ arrived meanwhile as one call when a call returns. Each image keeps its own seed
 no pixel; each request gets back exactly its own results.
 
 ``linger_s`` (``T2I_COALESCE_LINGER_MS``): after a call of two or more images returns, the next call
-waits up to that long for more requests (or until ``max_items`` are waiting). Closed-loop clients
-whose answers just went out come back within milliseconds; waiting for them turns two alternating
-half-batches into one full batch. A server that was idle, or served single images, sends at once.
+waits up to that long for the clients it just answered to come back: until as many images wait as
+that call carried plus those already waiting then (at most ``max_items``). Closed-loop clients come
+back within milliseconds; waiting for them turns two alternating half-batches into one fuller batch.
+A server that was idle, or served single images, sends at once.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class Coalescer:
         self.max_outstanding = max(1, max_outstanding)
         self.linger_s = max(0.0, linger_s)
         self._linger_until = 0.0
+        self._linger_target = 0  # images to wait for while the window is open
         self._linger_timer: asyncio.TimerHandle | None = None
         self._pending: deque[tuple[Kind, list[EngineRequest], asyncio.Future[list[EngineResult]]]] = deque()
         self._outstanding = 0
@@ -57,8 +59,7 @@ class Coalescer:
         """True while the linger window is open and fewer than ``max_items`` wait (a timer pumps at its end)."""
         loop = asyncio.get_running_loop()
         remaining = self._linger_until - loop.time()
-        waiting = sum(len(items) for _, items, future in self._pending if not future.done())
-        if remaining <= 0 or waiting >= self.max_items:
+        if remaining <= 0 or self._waiting() >= self._linger_target:
             return False
         if self._linger_timer is None:
             def wake() -> None:
@@ -67,6 +68,9 @@ class Coalescer:
 
             self._linger_timer = loop.call_later(remaining, wake)
         return True
+
+    def _waiting(self) -> int:
+        return sum(len(items) for _, items, future in self._pending if not future.done())
 
     def _take(self) -> tuple[Kind, list[tuple[list[EngineRequest], asyncio.Future[list[EngineResult]]]]]:
         """The oldest waiting request's kind, and as many waiting requests of that kind as fit."""
@@ -103,6 +107,8 @@ class Coalescer:
                 raise
         finally:
             self._outstanding -= 1
-            if self.linger_s and sum(len(items) for items, _ in group) >= 2:
+            sent = sum(len(items) for items, _ in group)
+            if self.linger_s and sent >= 2:
                 self._linger_until = asyncio.get_running_loop().time() + self.linger_s
+                self._linger_target = min(self.max_items, sent + self._waiting())
             self._pump()

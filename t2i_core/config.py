@@ -56,9 +56,9 @@ class Settings:
     #: Merge concurrent requests into fewer engine calls in the API process: at most this many calls in
     #: flight, the rest wait and go together (0: every request is its own engine call).
     coalesce: int = 1
-    #: After an engine call of 2+ images returns, wait up to this many ms for more requests before the
-    #: next call (fuller batches under closed-loop load; 0: send at once). See t2i_core/coalesce.py.
-    coalesce_linger_ms: int = 10
+    #: After an engine call of 2+ images returns, wait up to this many ms for the clients it answered to
+    #: send again before the next call (fuller batches under load; 0: send at once). See coalesce.py.
+    coalesce_linger_ms: int = 25
     #: Largest request body in bytes (413 beyond; checked from Content-Length before reading).
     max_body_bytes: int = 50 * 1024 * 1024
     #: Generation requests in flight beyond which new ones are refused at once (429 + Retry-After).
