@@ -217,26 +217,13 @@ class API:
             return reply(ctx, error_response(err))
         return reply(ctx, image_response(result))
 
-    @bentoml.task(route=TASK_ROUTE)
-    async def generate_task(
-        self,
-        prompt: F.Prompt,
-        negative_prompt: F.NegativePrompt = None,
-        num_inference_steps: F.Steps = None,
-        steps: F.Steps = None,
-        guidance_scale: F.Guidance = None,
-        width: F.Side = None,
-        height: F.Side = None,
-        seed: F.Seed = None,
-        model: F.ModelId = None,
-        scheduler: F.SchedulerName = None,
-        format: F.ImageFormat = "png",
-        ctx: bentoml.Context = None,  # type: ignore[assignment]
-    ) -> Image:
+    # The fields of /generate (its input model, so the two cannot drift apart).
+    @bentoml.task(route=TASK_ROUTE, input_spec=generate.input_spec)
+    async def generate_task(self, ctx: bentoml.Context, **arguments: Any) -> Image:
         """Text to image as a task, for long jobs: submit, then status / progress / get / cancel
         (see t2i_core/tasks.py). The result is what /generate answers; a plain POST to this route
         (BentoML serves one beside the task routes) behaves like /generate."""
-        fields = route_fields(locals())
+        fields = route_fields(arguments)
         task_id: str | None = getattr(ctx.request.state, "task_id", None)
         if task_id is None:
             return await self._generate(fields, ctx)
