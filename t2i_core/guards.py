@@ -20,11 +20,9 @@ from pydantic import ValidationError
 from . import metrics
 from .config import Settings
 from .errors import InvalidRequest, PayloadTooLarge, T2IError, TooManyRequests, Unauthorized, describe_validation_errors
-from .http import SEED_PATHS, error_response_for
+from .http import error_response_for
+from .routes import GENERATION_PATHS
 
-GENERATION_PATHS = frozenset(
-    {"/generate", "/edit", "/v1/images/generations", "/v1/images/edits", "/tasks/generate", "/tasks/generate/submit"} | SEED_PATHS
-)
 OPEN_PREFIXES = ("/livez", "/readyz", "/healthz", "/metrics", "/docs.json", "/schema.json", "/static",
                  "/v1/images/files/", "/admin/", "/ui", "/playground")
 

@@ -17,6 +17,7 @@ from . import request_log
 from .errors import T2IError, describe_validation_errors, http_status
 from .frontend import RenderedImage
 from .imaging import decode_base64
+from .routes import SEED_PATHS
 
 
 def error_body(err: T2IError) -> dict[str, Any]:
@@ -48,7 +49,6 @@ def image_response(image: RenderedImage) -> Response:
     return Response(content=image.data, media_type=image.media_type, headers=image.headers())
 
 
-SEED_PATHS = frozenset({"/api/image/generate", "/api/image/edit", "/generate-image", "/image/generate"})
 
 
 def error_response_for(path: str, err: T2IError, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -21,19 +21,13 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from . import metrics
+from .routes import KNOWN_ROUTES
 
 log = logging.getLogger("t2i.requests")
 HEADER = b"x-request-id"
 _VALID_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 #: probes (a 503 while starting is normal), metrics and the playground's files: no line
 QUIET_PREFIXES = ("/livez", "/readyz", "/healthz", "/metrics", "/ui/")
-#: route label values (bounded, for metrics); anything else is "other"
-KNOWN_ROUTES = frozenset({
-    "/generate", "/edit", "/stats", "/v1/images/generations", "/v1/images/edits", "/v1/models",
-    "/api/image/generate", "/api/image/edit", "/generate-image", "/image/generate",
-    "/tasks/generate", "/tasks/generate/submit", "/tasks/generate/status", "/tasks/generate/get",
-    "/tasks/generate/cancel", "/tasks/generate/progress", "/tasks/generate/retry",
-})
 
 
 @dataclass

@@ -28,8 +28,8 @@ from starlette.routing import Route
 
 from .errors import Conflict, InvalidRequest, NotFound, T2IError, TaskCanceled
 from .http import error_response
+from .routes import TASK_ROUTE
 
-TASK_ROUTE = "/tasks/generate"
 CANCEL_PATH = f"{TASK_ROUTE}/cancel"
 POLL_S = 0.25
 

@@ -1,0 +1,18 @@
+"""Public paths that several layers classify (error shapes, guards, log and metric labels).
+
+No imports: every module may use it.
+"""
+
+from __future__ import annotations
+
+TASK_ROUTE = "/tasks/generate"
+#: the seed servers' routes (answer errors as ``{"error": message}``)
+SEED_PATHS = frozenset({"/api/image/generate", "/api/image/edit", "/generate-image", "/image/generate"})
+#: routes that make images: counted against ``T2I_MAX_IN_FLIGHT``
+GENERATION_PATHS = frozenset(
+    {"/generate", "/edit", "/v1/images/generations", "/v1/images/edits", TASK_ROUTE, f"{TASK_ROUTE}/submit"}
+) | SEED_PATHS
+#: route label values for metrics (bounded); any other path is "other"
+KNOWN_ROUTES = GENERATION_PATHS | {"/stats", "/v1/models"} | {
+    f"{TASK_ROUTE}/{action}" for action in ("status", "get", "cancel", "progress", "retry")
+}
