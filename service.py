@@ -20,7 +20,9 @@ from starlette.responses import Response
 from t2i_core import fields as F
 from t2i_core.compat import build_compat_app
 from t2i_core import request_log
-from t2i_core.bentoml_tuning import NO_SESSION_RENEWAL, keep_canceled_tasks_canceled, memoize_media_types
+from t2i_core.bentoml_tuning import (
+    NO_SESSION_RENEWAL, cache_local_callers, keep_canceled_tasks_canceled, memoize_media_types, trace_only_when_exported,
+)
 from t2i_core.coalesce import Coalescer
 from t2i_core.config import Settings
 from t2i_core.errors import T2IError
@@ -254,6 +256,8 @@ class API:
 
 memoize_media_types(Engine, API)
 keep_canceled_tasks_canceled()
+trace_only_when_exported()
+cache_local_callers()
 
 # Outermost first: the request log (id, one line per request), CORS (when configured), then keys /
 # body cap / in-flight cap / strict fields, task cancellation, then the rewrite of BentoML's own

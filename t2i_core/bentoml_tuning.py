@@ -10,6 +10,14 @@
 - ``keep_canceled_tasks_canceled``: when a task's function returns, BentoML stores its answer with
   status completed or failed, overwriting a ``canceled`` set meanwhile; a canceled task stays canceled
   (its stored answer is the 499 saying so).
+- ``trace_only_when_exported``: BentoML wraps every request in OpenTelemetry's ASGI middleware (a server
+  span plus one span per ASGI message) even when no tracing exporter is configured, where no span can
+  ever leave the process. Measured in process: about a quarter of the API's CPU per request
+  (1.27-1.31 vs 1.62-1.75 ms). Without ``tracing.exporter_type`` the middleware is left out; with one,
+  nothing changes.
+- ``cache_local_callers``: every ``self.<api method>`` access builds a new wrapper and calls
+  ``inspect.signature`` (BentoML's API method descriptor), once per request; the wrapper depends only on
+  the method and the instance, so it is built once per pair.
 """
 
 from __future__ import annotations
@@ -43,3 +51,48 @@ def keep_canceled_tasks_canceled() -> None:
 
     set_result._t2i_patched = True  # type: ignore[attr-defined]
     Sqlite3Store.set_result = set_result  # type: ignore[method-assign]
+
+
+def trace_only_when_exported() -> None:
+    from _bentoml_impl.server.app import ServiceAppFactory
+
+    original = ServiceAppFactory.middlewares
+    if getattr(original.fget, "_t2i_patched", False):
+        return
+
+    def middlewares(self: Any) -> list[Any]:
+        from bentoml._internal.configuration.containers import BentoMLContainer
+        from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+        chain = original.fget(self)
+        if BentoMLContainer.tracing.exporter_type.get():
+            return chain
+        return [m for m in chain if m.cls is not OpenTelemetryMiddleware]
+
+    patched = property(middlewares)
+    patched.fget._t2i_patched = True  # type: ignore[union-attr]
+    ServiceAppFactory.middlewares = patched  # type: ignore[method-assign]
+
+
+def cache_local_callers() -> None:
+    import weakref
+
+    from _bentoml_sdk.method import APIMethod
+
+    original = APIMethod._local_call
+    if getattr(original, "_t2i_patched", False):
+        return
+    cache: weakref.WeakKeyDictionary[Any, dict[int, Any]] = weakref.WeakKeyDictionary()
+
+    def _local_call(self: Any, instance: Any) -> Any:
+        try:
+            per_instance = cache.setdefault(instance, {})
+        except TypeError:  # not weak-referenceable: build it each time, as BentoML does
+            return original(self, instance)
+        caller = per_instance.get(id(self))
+        if caller is None:
+            caller = per_instance[id(self)] = original(self, instance)
+        return caller
+
+    _local_call._t2i_patched = True  # type: ignore[attr-defined]
+    APIMethod._local_call = _local_call  # type: ignore[method-assign]
