@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--preset", default="tiny", help="tiny (CPU), sd-turbo-arch, sdxl-turbo-arch (GPU)")
     bench.add_argument("--out", type=Path, default=Path("bench-results.json"))
     bench.add_argument("--repeats", type=int, default=7, help="timed runs per raw batch size (median)")
-    bench.add_argument("--requests", type=int, default=200, help="requests per served concurrency level")
+    bench.add_argument("--requests", type=int, default=1000,
+                       help="requests per served concurrency level (at least 4 per client)")
     bench.add_argument("--concurrency", default="", help="comma-separated client counts (default: the preset's)")
     bench.add_argument("--max-batch-size", type=int, default=16)
     bench.add_argument("--same-prompt", action="store_true", help="every image with one prompt (default: a prompt each)")

@@ -31,8 +31,19 @@ def test_bench_command_writes_all_three_modes(tmp_path):
         assert [r["concurrency"] for r in report[key]] == [1, 4]
         assert all(r["ok"] == r["requests"] for r in report[key])
         assert all(0 < r["p50_s"] <= r["p95_s"] <= r["p99_s"] for r in report[key])
+        # CPU of the server's own processes, found under `bentoml serve`: both did work for every request
+        assert all(r["api_cpu_ms_per_request"] > 0 and r["engine_cpu_ms_per_image"] > 0 for r in report[key])
     assert all(r["images_per_batch"] == 1.0 for r in report["no_batching"])
     assert {"served_over_raw_best", "served_over_no_batching"} <= set(report["ratios"][0])
+
+
+def test_server_processes_are_told_apart_by_service_name():
+    from t2i_core.bench.cpu import _role
+
+    worker = ["python", "-m", "_bentoml_impl.worker.service", "service:API", "--fd", "3"]
+    assert _role([*worker, "--service-name", "t2i", "--backlog", "2048"]) == "api"
+    assert _role([*worker, "--service-name", "t2i_engine", "--worker-id", "1"]) == "engine"
+    assert _role(["bentoml", "serve", "service:API"]) is None
 
 
 def test_vae_decode_benchmark_runs():

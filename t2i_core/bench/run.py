@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .cpu import server_cpu
 from .load import run_load
 from .presets import Preset
 
@@ -87,7 +88,9 @@ def served(preset: Preset, max_batch_size: int, requests_per_level: int, concurr
         run_load(f"{url}/generate", preset.body, max(concurrency), max(concurrency) * 2)  # warm-up
         for c in concurrency:
             before = httpx.post(f"{url}/stats", json={}, timeout=60).json()
+            cpu_before = server_cpu(proc.pid)
             result = run_load(f"{url}/generate", preset.body, c, max(requests_per_level, c * 4))
+            cpu_after = server_cpu(proc.pid)
             after = httpx.post(f"{url}/stats", json={}, timeout=60).json()
             batches = after["batches"] - before["batches"]
             rows.append({
@@ -96,6 +99,9 @@ def served(preset: Preset, max_batch_size: int, requests_per_level: int, concurr
                 "p50_s": result.percentile(50), "p95_s": result.percentile(95), "p99_s": result.percentile(99),
                 "images_per_batch": (after["images"] - before["images"]) / batches if batches else 0.0,
                 "engine_utilization": (after["busy_s"] - before["busy_s"]) / result.seconds,
+                # CPU per answered request in the API worker(s), per image in the engine worker
+                "api_cpu_ms_per_request": 1000 * (cpu_after.api_s - cpu_before.api_s) / max(result.ok, 1),
+                "engine_cpu_ms_per_image": 1000 * (cpu_after.engine_s - cpu_before.engine_s) / max(result.ok, 1),
             })
     finally:
         import signal
@@ -135,11 +141,13 @@ def table(report: dict[str, Any]) -> str:
     for r in report["raw"]:
         lines.append(f"  {r['batch']:5d} {r['images_per_s']:7.1f}   {r['batch_latency_s'] * 1000:8.1f} ms")
     for title, key in (("served (bentoml serve, adaptive batching)", "served"), ("no batching (max_batch_size=1)", "no_batching")):
-        lines += ["", title, "  clients   img/s     p50 ms    p95 ms    p99 ms   img/batch   engine busy   non-200"]
+        lines += ["", title, "  clients   img/s     p50 ms    p95 ms    p99 ms   img/batch   engine busy   non-200"
+                             "   API cpu ms/req   engine cpu ms/img"]
         for r in report[key]:
             bad = r["requests"] - r["ok"]
             lines.append(f"  {r['concurrency']:7d} {r['images_per_s']:7.1f} {r['p50_s'] * 1000:9.1f} {r['p95_s'] * 1000:9.1f}"
-                         f" {r['p99_s'] * 1000:9.1f} {r['images_per_batch']:10.2f} {r['engine_utilization']:12.0%} {bad:8d}")
+                         f" {r['p99_s'] * 1000:9.1f} {r['images_per_batch']:10.2f} {r['engine_utilization']:12.0%} {bad:8d}"
+                         f" {r.get('api_cpu_ms_per_request', float('nan')):16.2f} {r.get('engine_cpu_ms_per_image', float('nan')):19.2f}")
     lines += ["", "ratios", "  clients   served/raw(best)   served/no-batching"]
     for r in report["ratios"]:
         nb = r["served_over_no_batching"]
