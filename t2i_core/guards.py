@@ -15,11 +15,10 @@ import hmac
 import json
 from typing import Any
 
-from pydantic import ValidationError
-
 from . import metrics
 from .config import Settings
-from .errors import InvalidRequest, PayloadTooLarge, T2IError, TooManyRequests, Unauthorized, describe_validation_errors
+from .errors import InvalidRequest, PayloadTooLarge, T2IError, TooManyRequests, Unauthorized
+from .frontend import parse
 from .http import error_response_for
 from .routes import GENERATION_PATHS
 
@@ -121,11 +120,7 @@ class GuardMiddleware:
         except ValueError:
             return  # the route answers invalid JSON itself
         if isinstance(data, dict) and path in self.validate_at_submit:
-            try:
-                self.validate_at_submit[path].model_validate(data)
-            except ValidationError as exc:
-                message, param = describe_validation_errors(exc.errors(include_url=False))
-                raise InvalidRequest(message, param=param) from None
+            parse(self.validate_at_submit[path], data)  # InvalidRequest naming the field and the value
         if isinstance(data, dict):
             unknown = sorted(set(data) - self.strict_fields[path])
             if unknown:

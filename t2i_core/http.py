@@ -49,8 +49,6 @@ def image_response(image: RenderedImage) -> Response:
     return Response(content=image.data, media_type=image.media_type, headers=image.headers())
 
 
-
-
 def error_response_for(path: str, err: T2IError, headers: dict[str, str] | None = None) -> JSONResponse:
     """The error in the shape of the route family that ``path`` belongs to (for middleware errors)."""
     if path.startswith(("/v1/", "/admin/")):

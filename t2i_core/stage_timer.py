@@ -17,6 +17,8 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
+from .speedups import denoiser
+
 
 class StageTimer:
     def __init__(self, sync: Callable[[], None] = lambda: None):
@@ -25,11 +27,11 @@ class StageTimer:
 
     def attach(self, pipe: Any) -> None:
         """Hook ``pipe``'s modules once (pipelines made with from_pipe share them)."""
-        denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+        net = denoiser(pipe)
         decoder = getattr(getattr(pipe, "vae", None), "decoder", None)
-        if denoiser is not None and getattr(denoiser, "_t2i_timer", None) is not self:
-            denoiser.register_forward_pre_hook(lambda *_: self._mark_once("denoise_start"))
-            denoiser._t2i_timer = self
+        if net is not None and getattr(net, "_t2i_timer", None) is not self:
+            net.register_forward_pre_hook(lambda *_: self._mark_once("denoise_start"))
+            net._t2i_timer = self
         if decoder is not None and getattr(decoder, "_t2i_timer", None) is not self:
             decoder.register_forward_pre_hook(lambda *_: self._mark_once("vae_start"))
             decoder.register_forward_hook(lambda *_: self._mark("vae_end"))

@@ -65,11 +65,15 @@ async def until_cancelled(task_id: str, poll_s: float = POLL_S) -> T2IError:
     return TaskCanceled("the task was canceled; its work was stopped")
 
 
-def _task_id(request: Request) -> str:
+async def _existing_task(request: Request) -> tuple[str, str]:
+    """The ``task_id`` query parameter and the task's status; InvalidRequest / NotFound otherwise."""
     task_id = request.query_params.get("task_id", "")
     if not task_id:
         raise InvalidRequest("task_id is required (query parameter)", param="task_id")
-    return task_id
+    status = await asyncio.to_thread(task_status, task_id)
+    if status is None:
+        raise NotFound(f"task_id {task_id!r} not found", param="task_id")
+    return task_id, status
 
 
 def task_routes(get_frontend: Callable[[], Any]) -> list[Route]:
@@ -77,10 +81,7 @@ def task_routes(get_frontend: Callable[[], Any]) -> list[Route]:
         """``{"task_id", "status", "state", "step", "steps", "fraction"}``: status from BentoML's
         store, step k of steps from the engine (``steps`` is null until the pipeline starts)."""
         try:
-            task_id = _task_id(request)
-            status = await asyncio.to_thread(task_status, task_id)
-            if status is None:
-                raise NotFound(f"task_id {task_id!r} not found", param="task_id")
+            task_id, status = await _existing_task(request)
         except T2IError as err:
             return error_response(err)
         engine = await get_frontend().progress(engine_request_id(task_id))
@@ -107,10 +108,7 @@ class TaskCancelMiddleware:
             return
         request = Request(scope, receive)
         try:
-            task_id = _task_id(request)
-            status = await asyncio.to_thread(task_status, task_id)
-            if status is None:
-                raise NotFound(f"task_id {task_id!r} not found", param="task_id")
+            task_id, status = await _existing_task(request)
             if status == "in_progress":
                 await self.app(scope, receive, _discard)  # BentoML marks it canceled (and answers 400)
                 status = await asyncio.to_thread(task_status, task_id)
