@@ -34,17 +34,36 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--concurrency", default="", help="comma-separated client counts (default: the preset's)")
     bench.add_argument("--max-batch-size", type=int, default=16)
     bench.add_argument("--same-prompt", action="store_true", help="every image with one prompt (default: a prompt each)")
+    bench.add_argument("--distinct-prompts", type=int, default=0, metavar="K",
+                       help="only K distinct prompts, repeating (default: a prompt per image)")
+    bench.add_argument("--guidance", type=float, default=0.0,
+                       help="guidance scale; above 1 the negative prompt is encoded and denoised too (default 0)")
     bench.add_argument("--raw-only", action="store_true", help="only the engine in process (no server)")
     vae = sub.add_parser("bench-vae", help="decode time: the full SD VAE against a tiny VAE (TAESD)")
     vae.add_argument("--size", type=int, default=512)
     vae.add_argument("--repeats", type=int, default=5)
     vae.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    text = sub.add_parser("bench-prompts", help="prompt encoding of a batch, plain and once per distinct prompt")
+    text.add_argument("--encoder", default="vit-l", choices=("vit-l", "vit-h", "vit-bigg"))
+    text.add_argument("--batch", type=int, default=16)
+    text.add_argument("--distinct", type=int, default=16, help="distinct prompts in the batch")
+    text.add_argument("--no-guidance", action="store_true", help="no negative prompts (guidance 1 or less)")
+    text.add_argument("--repeats", type=int, default=5)
+    text.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     args = parser.parse_args(argv)
 
     if args.command == "bench-vae":
         from .bench.vae import main as run_vae_bench
 
         run_vae_bench(args.size, args.repeats, args.dtype)
+        return 0
+
+    if args.command == "bench-prompts":
+        from .bench.prompts import main as run_prompts_bench
+
+        if not 1 <= args.distinct <= args.batch:
+            parser.error(f"--distinct must be 1 to --batch ({args.batch}); got {args.distinct}")
+        run_prompts_bench(args.encoder, args.batch, args.distinct, not args.no_guidance, args.repeats, args.dtype)
         return 0
 
     if args.command == "bench":
@@ -56,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         levels = tuple(int(c) for c in args.concurrency.split(",") if c) or None
         import dataclasses
 
-        preset = dataclasses.replace(PRESETS[args.preset], same_prompt=args.same_prompt)
+        if args.distinct_prompts < 0 or not 0 <= args.guidance <= 30:
+            parser.error(f"--distinct-prompts must be >= 0 and --guidance 0 to 30; got {args.distinct_prompts}, {args.guidance}")
+        preset = dataclasses.replace(PRESETS[args.preset], same_prompt=args.same_prompt,
+                                     distinct_prompts=args.distinct_prompts, guidance_scale=args.guidance)
         run_bench(preset, args.out, args.repeats, args.requests, levels, args.max_batch_size, args.raw_only)
         return 0
 

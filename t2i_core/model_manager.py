@@ -20,6 +20,7 @@ from typing import Any, Iterator
 from . import metrics
 from .errors import ModelBusy, ModelUnavailable, T2IError
 from .registry import ModelEntry, Registry
+from .prompt_dedupe import dedupe_text_encoders
 from .speedups import Speedups, apply as apply_speedups
 
 log = logging.getLogger("t2i.models")
@@ -202,6 +203,7 @@ class ModelManager:
         if memory.attention_slicing:
             t2i.enable_attention_slicing()
         t2i.set_progress_bar_config(disable=True)
+        dedupe_text_encoders(t2i)  # shared with the edit pipeline below
         if self.speedups.any:
             log.info("%s: %s", entry.id, ", ".join(apply_speedups(t2i, self.speedups)))
         # The edit pipeline reuses the same modules: no second copy of the weights.

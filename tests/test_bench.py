@@ -52,3 +52,11 @@ def test_vae_decode_benchmark_runs():
     times = decode_times(size=64, repeats=1)
     assert set(times) == {"AutoencoderKL (SD VAE)", "AutoencoderTiny (TAESD)"}
     assert all(t > 0 for t in times.values())
+
+
+def test_prompt_encoding_benchmark_runs():
+    from t2i_core.bench.prompts import encode_times
+
+    times = encode_times(batch=2, distinct=1, guidance=False, repeats=1)
+    assert set(times) == {"plain", "deduplicated"}
+    assert all(t > 0 for t in times.values())

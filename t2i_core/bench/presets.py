@@ -17,13 +17,31 @@ class Preset:
     concurrency: tuple[int, ...] = (1, 4, 16, 64)
     #: every image with the same prompt (as n images of one request): exercises the shared prompt encoding
     same_prompt: bool = False
+    #: K > 0: only K distinct prompts, image i gets prompt i mod K (clients repeating prompts with new
+    #: seeds); 0: a prompt per image
+    distinct_prompts: int = 0
+    #: > 1 turns on classifier-free guidance: the (empty) negative prompt is encoded and denoised too
+    guidance_scale: float = 0.0
 
     def prompt(self, i: int) -> str:
-        return "benchmark image" if self.same_prompt else f"benchmark image {i}"
+        if self.same_prompt:
+            return "benchmark image"
+        return f"benchmark image {i % self.distinct_prompts if self.distinct_prompts > 0 else i}"
 
     def body(self, i: int) -> dict[str, object]:
         return {"prompt": self.prompt(i), "model": self.model, "width": self.width, "height": self.height,
-                "num_inference_steps": self.steps, "guidance_scale": 0.0, "seed": i, "format": "png"}
+                "num_inference_steps": self.steps, "guidance_scale": self.guidance_scale, "seed": i, "format": "png"}
+
+    def describe(self) -> str:
+        """What the prompts and guidance are, for the table's title ("" for the defaults)."""
+        parts = []
+        if self.same_prompt:
+            parts.append("one prompt for every image")
+        elif self.distinct_prompts > 0:
+            parts.append(f"{self.distinct_prompts} distinct prompts")
+        if self.guidance_scale:
+            parts.append(f"guidance {self.guidance_scale:g}")
+        return "".join(f", {p}" for p in parts)
 
 
 PRESETS = {

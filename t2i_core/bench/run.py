@@ -39,7 +39,7 @@ def raw(preset: Preset, repeats: int) -> list[dict[str, Any]]:
     # the T2I_* settings of the environment (e.g. T2I_COMPILE=1), with the preset's dtype
     engine = Engine(dataclasses.replace(Settings.from_env(), dtype=preset.dtype))
     def request(i: int) -> EngineRequest:
-        return EngineRequest(model=preset.model, prompt=preset.prompt(i), steps=preset.steps, guidance_scale=0.0,
+        return EngineRequest(model=preset.model, prompt=preset.prompt(i), steps=preset.steps, guidance_scale=preset.guidance_scale,
                              width=preset.width, height=preset.height, seed=i)
     rows = []
     for batch in preset.batch_sizes:
@@ -135,8 +135,8 @@ def benchmark(preset: Preset, repeats: int, requests_per_level: int, concurrency
 
 
 def table(report: dict[str, Any]) -> str:
-    same = ", one prompt for every image" if report["preset"].get("same_prompt") else ""
-    lines = [f"preset {report['preset']['name']} on {report['device']}  (max_batch_size {report['max_batch_size']}{same})", "",
+    described = Preset(**report["preset"]).describe()
+    lines = [f"preset {report['preset']['name']} on {report['device']}  (max_batch_size {report['max_batch_size']}{described})", "",
              "raw (engine in process)", "  batch   img/s   batch latency"]
     for r in report["raw"]:
         lines.append(f"  {r['batch']:5d} {r['images_per_s']:7.1f}   {r['batch_latency_s'] * 1000:8.1f} ms")

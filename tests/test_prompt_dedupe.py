@@ -1,0 +1,104 @@
+"""Text encoders run once per distinct prompt of a batch, and nothing else changes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from t2i_core.prompt_dedupe import dedupe_text_encoders, distinct_rows
+from t2i_core.schemas import EngineRequest
+
+
+def test_distinct_rows_in_first_seen_order():
+    assert distinct_rows([(1,), (2,), (1,), (3,), (2,)]) == ([0, 1, 3], [0, 1, 0, 2, 1])
+    assert distinct_rows([(5, 5)] * 3) == ([0], [0, 0, 0])
+
+
+def _clip():
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    torch.manual_seed(0)
+    config = CLIPTextConfig(vocab_size=100, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                            num_attention_heads=4, max_position_embeddings=16, projection_dim=8,
+                            bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    return CLIPTextModelWithProjection(config).eval().double()
+
+
+class _Holder:
+    def __init__(self, encoder):
+        self.text_encoder = encoder
+
+
+def _rows_seen(model) -> list[int]:
+    seen: list[int] = []
+    model.get_input_embeddings().register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[0]))
+    return seen
+
+
+def test_wrapped_encoder_gives_the_same_outputs_for_fewer_rows():
+    plain, wrapped = _clip(), _clip()
+    assert dedupe_text_encoders(_Holder(wrapped)) == ["text_encoder"]
+    assert dedupe_text_encoders(_Holder(wrapped)) == []  # once only
+    seen = _rows_seen(wrapped)
+    ids = torch.tensor([[1, 5, 7, 2], [1, 9, 2, 0], [1, 5, 7, 2], [1, 5, 7, 2], [1, 9, 2, 0]])
+    with torch.inference_mode():
+        for kwargs in ({}, {"output_hidden_states": True}, {"return_dict": False, "output_hidden_states": True}):
+            want, got = plain(ids, **kwargs), wrapped(ids, **kwargs)
+            assert type(want) is type(got)
+            want_t = want.to_tuple() if hasattr(want, "to_tuple") else want
+            got_t = got.to_tuple() if hasattr(got, "to_tuple") else got
+            assert len(want_t) == len(got_t) and seen[-1] == 2  # 2 distinct rows of 5
+            for w, g in zip(want_t, got_t):
+                for a, b in zip(w if isinstance(w, tuple) else (w,), g if isinstance(g, tuple) else (g,)):
+                    assert a.shape == b.shape and torch.equal(a, b)
+        # the attention mask is part of a row: same ids with a different mask are two rows
+        mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 1, 0]])
+        seen.clear()
+        got = wrapped(ids, attention_mask=mask)
+        assert seen == [3]
+        assert torch.equal(got.text_embeds, plain(ids, attention_mask=mask).text_embeds)
+
+
+def test_calls_without_repeats_or_in_other_forms_pass_through():
+    wrapped = _clip()
+    dedupe_text_encoders(_Holder(wrapped))
+    seen = _rows_seen(wrapped)
+    with torch.inference_mode():
+        wrapped(torch.tensor([[1, 5, 2], [1, 6, 2]]))  # no repeated row
+        wrapped(torch.tensor([[1, 5, 2], [1, 5, 2]]), position_ids=torch.arange(3).unsqueeze(0))  # unknown keyword
+        wrapped(input_ids=torch.tensor([[1, 5, 2], [1, 5, 2]]))  # keyword input_ids: deduplicated
+    assert seen == [2, 2, 1]
+
+
+def req(model, prompt, seed, negative=""):
+    return EngineRequest(model=model, prompt=prompt, negative_prompt=negative, steps=2, guidance_scale=5.0,
+                         width=64, height=64, seed=seed)
+
+
+@pytest.mark.parametrize("model", ["builtin/tiny-sd", "builtin/tiny-sdxl"])
+def test_engine_encodes_each_distinct_prompt_once_and_images_stay_bit_exact(engine, model):
+    items = [req(model, "a", 1), req(model, "b", 2), req(model, "a", 3), req(model, "b", 4, negative="ugly"), req(model, "c", 5)]
+    engine.run(items[:1])  # load
+    with engine.models.use(model) as loaded:
+        pipe = loaded.pipeline("generate", None)
+    seen: dict[str, list[int]] = {}
+    hooks = []
+    for name in ("text_encoder", "text_encoder_2"):
+        if getattr(pipe, name, None) is not None:
+            rows = seen[name] = []
+            hooks.append(getattr(pipe, name).get_input_embeddings().register_forward_pre_hook(
+                lambda _m, args, rows=rows: rows.append(args[0].shape[0])))
+    try:
+        together = engine.run(items)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert len(seen) == (2 if model.endswith("sdxl") else 1)
+    # 3 distinct prompts, then 2 distinct negative prompts ("" and "ugly"): 5 rows, not 10
+    assert all(rows == [3, 2] for rows in seen.values()), seen
+    for item, result in zip(items, together):  # float64: bit-exact with each image made alone
+        assert result.error is None and result.batch_size == 5
+        alone = engine.run([item])[0]
+        assert np.array_equal(np.frombuffer(result.pixels, np.uint8), np.frombuffer(alone.pixels, np.uint8))
+    assert len({r.pixels for r in together}) == 5
