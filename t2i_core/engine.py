@@ -72,6 +72,9 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 class Engine:
     def __init__(self, settings: Settings | None = None, registry: Registry | None = None):
+        from .diffusers_tuning import skip_group_offload_lookup_until_used
+
+        skip_group_offload_lookup_until_used()
         self.settings = settings or Settings.from_env()
         self.registry = registry or Registry(default=self.settings.model)
         self.device = pick_device(self.settings.device)
