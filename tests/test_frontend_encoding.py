@@ -1,0 +1,48 @@
+"""Where the API encodes images: small ones on the event loop, larger ones on worker threads."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+
+import pytest
+from PIL import Image
+
+from t2i_core import frontend
+from t2i_core.frontend import INLINE_ENCODE_MAX_PIXELS, Frontend
+from t2i_core.schemas import EngineRequest, EngineResult, GenerateRequest
+
+
+class PixelEngine:
+    """An engine client answering plain gray pixels of the requested size (this test is about the
+    API's encoding, not about generating)."""
+
+    async def run(self, kind: str, requests: list[EngineRequest]) -> list[EngineResult]:
+        return [EngineResult(model=r.model, seed=r.seed, width=r.width, height=r.height,
+                             pixels=bytes([128]) * (r.width * r.height * 3), batch_size=len(requests))
+                for r in requests]
+
+
+@pytest.mark.parametrize("side, on_loop", [(64, True), (128, True), (256, False)])
+def test_small_images_are_encoded_on_the_loop_and_large_ones_on_threads(monkeypatch, side, on_loop):
+    assert (side * side <= INLINE_ENCODE_MAX_PIXELS) is on_loop
+    threads: list[threading.Thread] = []
+    encode = frontend.encode_image
+
+    def recording_encode(*args, **kwargs):
+        threads.append(threading.current_thread())
+        return encode(*args, **kwargs)
+
+    monkeypatch.setattr(frontend, "encode_image", recording_encode)
+    front = Frontend(PixelEngine())
+
+    async def main():
+        images = await front.generate(GenerateRequest(prompt="x", width=side, height=side, seed=1), n=2)
+        return images, threading.current_thread()
+
+    images, loop_thread = asyncio.run(main())
+    assert len(threads) == 2 and all((t is loop_thread) is on_loop for t in threads)
+    for image in images:
+        decoded = Image.open(io.BytesIO(image.data))
+        assert decoded.format == "PNG" and decoded.size == (side, side)
