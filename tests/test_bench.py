@@ -60,3 +60,17 @@ def test_prompt_encoding_benchmark_runs():
     times = encode_times(batch=2, distinct=1, guidance=False, repeats=1)
     assert set(times) == {"plain", "deduplicated"}
     assert all(t > 0 for t in times.values())
+
+
+def test_preset_prompts_repeat_every_k_images_and_guidance_reaches_the_body():
+    import dataclasses
+
+    from t2i_core.bench.presets import PRESETS
+
+    tiny = PRESETS["tiny"]
+    assert [tiny.prompt(i) for i in (0, 1, 5)] == ["benchmark image 0", "benchmark image 1", "benchmark image 5"]
+    four = dataclasses.replace(tiny, distinct_prompts=4, guidance_scale=5.0)
+    assert [four.prompt(i) for i in (0, 1, 4, 5)] == ["benchmark image 0", "benchmark image 1"] * 2
+    assert four.body(3)["guidance_scale"] == 5.0 and tiny.body(3)["guidance_scale"] == 0.0
+    assert four.describe() == ", 4 distinct prompts, guidance 5" and tiny.describe() == ""
+    assert dataclasses.replace(tiny, same_prompt=True).describe() == ", one prompt for every image"
