@@ -25,11 +25,13 @@ from .schemas import EditRequest, EngineRequest, EngineResult, GenerateRequest, 
 
 Kind = Literal["generate", "edit"]
 
-#: Images up to this many pixels are encoded on the event loop (a 64x64 PNG takes ~0.2 ms). Larger
-#: ones go to worker threads, in parallel (a 512x512 PNG takes 5-50 ms). Measured at 16 clients on the
-#: tiny model: worker threads for small images cost the API 14% more CPU per request and the answers
-#: came out later, the threads waiting for the GIL held by the busy event loop (docs/performance.md).
-INLINE_ENCODE_MAX_PIXELS = 128 * 128
+#: A request's images are encoded on the event loop when they have this many pixels or fewer in all
+#: (two 64x64 images: a 64x64 PNG of noise takes 0.2-0.35 ms, a WebP up to 0.8 ms, so the loop is held
+#: for under 2 ms); more go to worker threads, in parallel (a 512x512 PNG takes 5-50 ms). Measured at
+#: 16 clients on the tiny model: worker threads for small images cost the API 14% more CPU per request
+#: and the answers came out later, the threads waiting for the GIL held by the busy event loop
+#: (docs/performance.md).
+INLINE_ENCODE_MAX_PIXELS = 2 * 64 * 64
 
 
 class EngineClient(Protocol):
@@ -232,7 +234,7 @@ class Frontend:
         for result in results:
             if result.error is not None:
                 raise T2IError.from_dict(result.error)
-        if all(r.width * r.height <= INLINE_ENCODE_MAX_PIXELS for r in results):
+        if sum(r.width * r.height for r in results) <= INLINE_ENCODE_MAX_PIXELS:
             encoded = [_timed_encode(r, fmt) for r in results]
         else:
             encoded = await asyncio.gather(*(asyncio.to_thread(_timed_encode, r, fmt) for r in results))

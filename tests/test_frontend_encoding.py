@@ -1,4 +1,4 @@
-"""Where the API encodes images: small ones on the event loop, larger ones on worker threads."""
+"""Where the API encodes images: a request's small images on the event loop, more pixels on worker threads."""
 
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ class PixelEngine:
                 for r in requests]
 
 
-@pytest.mark.parametrize("side, on_loop", [(64, True), (128, True), (256, False)])
-def test_small_images_are_encoded_on_the_loop_and_large_ones_on_threads(monkeypatch, side, on_loop):
-    assert (side * side <= INLINE_ENCODE_MAX_PIXELS) is on_loop
+@pytest.mark.parametrize("side, n, on_loop", [(64, 1, True), (64, 2, True), (64, 3, False), (128, 1, False)])
+def test_small_images_are_encoded_on_the_loop_and_large_ones_on_threads(monkeypatch, side, n, on_loop):
+    assert (n * side * side <= INLINE_ENCODE_MAX_PIXELS) is on_loop
     threads: list[threading.Thread] = []
     encode = frontend.encode_image
 
@@ -38,11 +38,11 @@ def test_small_images_are_encoded_on_the_loop_and_large_ones_on_threads(monkeypa
     front = Frontend(PixelEngine())
 
     async def main():
-        images = await front.generate(GenerateRequest(prompt="x", width=side, height=side, seed=1), n=2)
+        images = await front.generate(GenerateRequest(prompt="x", width=side, height=side, seed=1), n=n)
         return images, threading.current_thread()
 
     images, loop_thread = asyncio.run(main())
-    assert len(threads) == 2 and all((t is loop_thread) is on_loop for t in threads)
+    assert len(threads) == n and all((t is loop_thread) is on_loop for t in threads)
     for image in images:
         decoded = Image.open(io.BytesIO(image.data))
         assert decoded.format == "PNG" and decoded.size == (side, side)
