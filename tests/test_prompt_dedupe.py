@@ -102,3 +102,26 @@ def test_engine_encodes_each_distinct_prompt_once_and_images_stay_bit_exact(engi
         alone = engine.run([item])[0]
         assert np.array_equal(np.frombuffer(result.pixels, np.uint8), np.frombuffer(alone.pixels, np.uint8))
     assert len({r.pixels for r in together}) == 5
+
+
+def test_sd3_runs_its_three_encoders_on_distinct_prompts_only(engine, monkeypatch):
+    """SD3's two CLIP encoders and its T5 (256 tokens) all get the distinct rows only. (SD3's images are
+    not bit-exact between a batch and a single image on CPU, with or without this; SD and SDXL are.)"""
+    from t2i_core import prompt_dedupe
+
+    model = "builtin/tiny-sd3"
+    items = [req(model, prompt, seed) for seed, prompt in enumerate("abab")]
+    engine.run(items[:1])  # load
+    seen: list[tuple[int, int, int]] = []
+    real = prompt_dedupe.distinct_rows
+
+    def spy(rows):
+        keep, which = real(rows)
+        seen.append((len(rows), len(keep), len(rows[0])))
+        return keep, which
+
+    monkeypatch.setattr(prompt_dedupe, "distinct_rows", spy)
+    results = engine.run(items)
+    assert all(r.error is None for r in results) and len({r.pixels for r in results}) == 4
+    # prompts: CLIP, CLIP, T5 with 2 distinct of 4; then the negative prompts ("" for all) with 1
+    assert seen == [(4, 2, 77), (4, 2, 77), (4, 2, 256), (4, 1, 77), (4, 1, 77), (4, 1, 256)]
