@@ -53,24 +53,38 @@ VAE_CONFIG = dict(
 )
 
 
-def build(arch: str, folder: Path) -> None:
-    import torch
-    from diffusers import (AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline,
-                           StableDiffusionXLPipeline, UNet2DConditionModel)
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+def clip_tokenizer() -> Any:
+    """The offline CLIP tokenizer of the tiny and random-weight pipelines."""
+    from transformers import CLIPTokenizer
 
     from .tiny import write_clip_tokenizer
 
     with tempfile.TemporaryDirectory() as scratch:
         write_clip_tokenizer(Path(scratch))
-        tokenizer = CLIPTokenizer.from_pretrained(scratch, local_files_only=True)
+        return CLIPTokenizer.from_pretrained(scratch, local_files_only=True)
+
+
+def clip_text_configs(arch: str, tokenizer: Any) -> list[Any]:
+    """``arch``'s CLIP text encoder configs, with ``tokenizer``'s special token ids."""
+    from transformers import CLIPTextConfig
+
+    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return [CLIPTextConfig(**c, **ids) for c in text_configs(arch)]
+
+
+def build(arch: str, folder: Path) -> None:
+    import torch
+    from diffusers import (AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline,
+                           StableDiffusionXLPipeline, UNet2DConditionModel)
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    tokenizer = clip_tokenizer()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
     with torch.device(device):
         unet = UNet2DConditionModel(**unet_config(arch)).half()
         vae = AutoencoderKL(**VAE_CONFIG, scaling_factor=0.13025 if arch == "sdxl-turbo" else 0.18215).half()
-        ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-        configs = [CLIPTextConfig(**c, **ids) for c in text_configs(arch)]
+        configs = clip_text_configs(arch, tokenizer)
         scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                            timestep_spacing="trailing")
         if arch == "sd-turbo":

@@ -8,26 +8,20 @@ call. The tiny model's encoder is too small to show what real ones cost."""
 from __future__ import annotations
 
 import statistics
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 ENCODERS = {"vit-l": ("sdxl-turbo", 0), "vit-h": ("sd-turbo", 0), "vit-bigg": ("sdxl-turbo", 1)}
 
 
 def _encoder(name: str, device: str, dtype: Any) -> tuple[Any, Any]:
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel
 
-    from ..random_arch import text_configs
-    from ..tiny import write_clip_tokenizer
+    from ..random_arch import clip_text_configs, clip_tokenizer
 
-    with tempfile.TemporaryDirectory() as scratch:
-        write_clip_tokenizer(Path(scratch))
-        tokenizer = CLIPTokenizer.from_pretrained(scratch, local_files_only=True)
+    tokenizer = clip_tokenizer()
     arch, index = ENCODERS[name]
-    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    config = CLIPTextConfig(**text_configs(arch)[index], **ids)
+    config = clip_text_configs(arch, tokenizer)[index]
     return tokenizer, CLIPTextModel(config).to(device=device, dtype=dtype).eval()
 
 
