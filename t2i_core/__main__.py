@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
                        help="requests per served concurrency level (at least 4 per client)")
     bench.add_argument("--concurrency", default="", help="comma-separated client counts (default: the preset's)")
     bench.add_argument("--max-batch-size", type=int, default=16)
-    bench.add_argument("--same-prompt", action="store_true", help="every image with one prompt (default: a prompt each)")
+    bench.add_argument("--same-prompt", action="store_true", help="every image with one prompt (--distinct-prompts 1)")
     bench.add_argument("--distinct-prompts", type=int, default=0, metavar="K",
                        help="only K distinct prompts, repeating (default: a prompt per image)")
     bench.add_argument("--guidance", type=float, default=0.0,
@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.distinct_prompts < 0 or not 0 <= args.guidance <= 30:
             parser.error(f"--distinct-prompts must be >= 0 and --guidance 0 to 30; got {args.distinct_prompts}, {args.guidance}")
-        preset = dataclasses.replace(PRESETS[args.preset], same_prompt=args.same_prompt,
-                                     distinct_prompts=args.distinct_prompts, guidance_scale=args.guidance)
+        preset = dataclasses.replace(PRESETS[args.preset], distinct_prompts=1 if args.same_prompt else args.distinct_prompts,
+                                     guidance_scale=args.guidance)
         run_bench(preset, args.out, args.repeats, args.requests, levels, args.max_batch_size, args.raw_only)
         return 0
 

@@ -73,4 +73,4 @@ def test_preset_prompts_repeat_every_k_images_and_guidance_reaches_the_body():
     assert [four.prompt(i) for i in (0, 1, 4, 5)] == ["benchmark image 0", "benchmark image 1"] * 2
     assert four.body(3)["guidance_scale"] == 5.0 and tiny.body(3)["guidance_scale"] == 0.0
     assert four.describe() == ", 4 distinct prompts, guidance 5" and tiny.describe() == ""
-    assert dataclasses.replace(tiny, same_prompt=True).describe() == ", one prompt for every image"
+    assert dataclasses.replace(tiny, distinct_prompts=1).describe() == ", one prompt for every image"

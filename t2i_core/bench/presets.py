@@ -15,17 +15,13 @@ class Preset:
     dtype: str  # T2I_DTYPE for the engine ("auto": the model's)
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16)
     concurrency: tuple[int, ...] = (1, 4, 16, 64)
-    #: every image with the same prompt (as n images of one request): exercises the shared prompt encoding
-    same_prompt: bool = False
-    #: K > 0: only K distinct prompts, image i gets prompt i mod K (clients repeating prompts with new
-    #: seeds); 0: a prompt per image
+    #: K > 0: only K distinct prompts, image i gets prompt i mod K (1: every image with one prompt, as n
+    #: images of one request; more: clients repeating prompts with new seeds); 0: a prompt per image
     distinct_prompts: int = 0
     #: > 1 turns on classifier-free guidance: the (empty) negative prompt is encoded and denoised too
     guidance_scale: float = 0.0
 
     def prompt(self, i: int) -> str:
-        if self.same_prompt:
-            return "benchmark image"
         return f"benchmark image {i % self.distinct_prompts if self.distinct_prompts > 0 else i}"
 
     def body(self, i: int) -> dict[str, object]:
@@ -35,9 +31,9 @@ class Preset:
     def describe(self) -> str:
         """What the prompts and guidance are, for the table's title ("" for the defaults)."""
         parts = []
-        if self.same_prompt:
+        if self.distinct_prompts == 1:
             parts.append("one prompt for every image")
-        elif self.distinct_prompts > 0:
+        elif self.distinct_prompts > 1:
             parts.append(f"{self.distinct_prompts} distinct prompts")
         if self.guidance_scale:
             parts.append(f"guidance {self.guidance_scale:g}")
