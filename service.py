@@ -17,7 +17,11 @@ from pydantic import BeforeValidator
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 
-from t2i_core import fields as F
+from t2i_core.openmp import shorten_openmp_spin
+
+shorten_openmp_spin()  # before the engine's __init__ loads torch: see t2i_core/openmp.py
+
+from t2i_core import fields as F  # noqa: E402
 from t2i_core.compat import build_compat_app
 from t2i_core import request_log
 from t2i_core.bentoml_tuning import (

@@ -59,6 +59,9 @@ class Settings:
     #: After an engine call of 2+ images returns, wait up to this many ms for the clients it answered to
     #: send again before the next call (fuller batches under load; 0: send at once). See coalesce.py.
     coalesce_linger_ms: int = 25
+    #: Processes that encode output images beside each API worker's event loop (-1: one per CPU beyond
+    #: the first, at most 8; 0: in the API process, small images on the event loop, larger on threads).
+    encode_processes: int = -1
     #: Largest request body in bytes (413 beyond; checked from Content-Length before reading).
     max_body_bytes: int = 50 * 1024 * 1024
     #: Generation requests in flight beyond which new ones are refused at once (429 + Retry-After).

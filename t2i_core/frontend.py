@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from . import metrics, request_log
 from .config import Settings
+from .encode_pool import EncoderPool, default_processes
 from .errors import ClientClosed, InvalidRequest, RequestTimeout, T2IError, describe_validation_errors
 from .imaging import MEDIA_TYPES, decode_image, encode_image, output_size, to_rgb_pixels
 from .registry import Registry
@@ -25,7 +26,8 @@ from .schemas import EditRequest, EngineRequest, EngineResult, GenerateRequest, 
 
 Kind = Literal["generate", "edit"]
 
-#: A request's images are encoded on the event loop when they have this many pixels or fewer in all
+#: Without encoder processes (``T2I_ENCODE_PROCESSES=0``, or one CPU), a request's images are encoded
+#: on the event loop when they have this many pixels or fewer in all
 #: (two 64x64 images: a 64x64 PNG of noise takes 0.2-0.35 ms, a WebP up to 0.8 ms, so the loop is held
 #: for under 2 ms); more go to worker threads, in parallel (a 512x512 PNG takes 5-50 ms). Measured at
 #: 16 clients on the tiny model: worker threads for small images cost the API 14% more CPU per request
@@ -127,6 +129,9 @@ class Frontend:
         self.settings = settings or Settings.from_env()
         self.registry = registry or Registry(default=self.settings.model)
         self.engine = engine
+        processes = default_processes(self.settings.encode_processes)
+        #: output images are encoded in these processes, off the event loop (see encode_pool.py)
+        self.encoder = EncoderPool(processes) if processes > 0 else None
 
     async def generate(
         self, req: GenerateRequest, n: int = 1, disconnected: Disconnected | None = None, request_id: str | None = None
@@ -234,10 +239,7 @@ class Frontend:
         for result in results:
             if result.error is not None:
                 raise T2IError.from_dict(result.error)
-        if sum(r.width * r.height for r in results) <= INLINE_ENCODE_MAX_PIXELS:
-            encoded = [_timed_encode(r, fmt) for r in results]
-        else:
-            encoded = await asyncio.gather(*(asyncio.to_thread(_timed_encode, r, fmt) for r in results))
+        encoded = await self._encode(results, fmt)
         encode_s = [seconds for _, seconds in encoded]
         for seconds in encode_s:
             metrics.record_image_encoding(seconds)
@@ -252,6 +254,17 @@ class Frontend:
             )
             for r, (data, _) in zip(results, encoded)
         ]
+
+    async def _encode(self, results: list[EngineResult], fmt: str) -> list[tuple[bytes, float]]:
+        """Each result's image in ``fmt`` and the seconds its encoding took."""
+        if self.encoder is not None:
+            encoder = self.encoder
+            if len(results) == 1:
+                return [await encoder.encode(results[0].pixels or b"", results[0].width, results[0].height, fmt)]
+            return list(await asyncio.gather(*(encoder.encode(r.pixels or b"", r.width, r.height, fmt) for r in results)))
+        if sum(r.width * r.height for r in results) <= INLINE_ENCODE_MAX_PIXELS:
+            return [_timed_encode(r, fmt) for r in results]
+        return list(await asyncio.gather(*(asyncio.to_thread(_timed_encode, r, fmt) for r in results)))
 
 
 def _timed_encode(result: EngineResult, fmt: str) -> tuple[bytes, float]:

@@ -28,6 +28,11 @@ ISOLATED_ENV = {
 os.environ.update(ISOLATED_ENV)
 for key in [k for k in os.environ if k.startswith("T2I_") and k != "T2I_CACHE_DIR"]:
     del os.environ[key]
+# In-process frontends encode in the test's own process: a Starlette TestClient runs each request on
+# an event loop of its own, and encoder processes are per loop (t2i_core/encode_pool.py has its own
+# tests). Servers started by the tests run with the default (encoder processes).
+IN_PROCESS_ENV = {"T2I_ENCODE_PROCESSES": "0"}
+os.environ.update(IN_PROCESS_ENV)
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +59,8 @@ class Server:
         # A BENTOML_HOME of its own: `bentoml serve` empties $BENTOML_HOME/prometheus_multiproc_dir at
         # start, which would wipe the metrics of a server already running on the same home.
         home = TMP / f"bentoml-{self.port}"
-        full_env = {**os.environ, "BENTOML_HOME": str(home), **(env or {}),
+        inherited = {k: v for k, v in os.environ.items() if k not in IN_PROCESS_ENV}
+        full_env = {**inherited, "BENTOML_HOME": str(home), **(env or {}),
                     "BENTOML_CONFIG": str(ROOT / "configuration.yaml")}
         bentoml = Path(sys.executable).with_name("bentoml")
         self._log = open(self.log_path, "wb")

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import yaml
 
-from conftest import ROOT, free_port
+from conftest import IN_PROCESS_ENV, ROOT, free_port
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -88,7 +88,9 @@ def test_the_built_bento_serves(cuda_bento):
     port = free_port()
     log = open(Path(env["BENTOML_HOME"]) / "serve.log", "wb")
     proc = subprocess.Popen([str(BIN / "bentoml"), "serve", tag, "--host", "127.0.0.1", "--port", str(port)],
-                            env={**env, "T2I_CACHE_DIR": str(Path(env["BENTOML_HOME"]) / "no-tiny-cache")},
+                            # the server's defaults (encoder processes too), not the in-process tests' settings
+                            env={**{k: v for k, v in env.items() if k not in IN_PROCESS_ENV},
+                                 "T2I_CACHE_DIR": str(Path(env["BENTOML_HOME"]) / "no-tiny-cache")},
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         import time

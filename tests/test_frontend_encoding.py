@@ -46,3 +46,24 @@ def test_small_images_are_encoded_on_the_loop_and_large_ones_on_threads(monkeypa
     for image in images:
         decoded = Image.open(io.BytesIO(image.data))
         assert decoded.format == "PNG" and decoded.size == (side, side)
+
+
+def test_with_encoder_processes_no_image_is_encoded_in_the_api_process(monkeypatch):
+    from t2i_core.config import Settings
+
+    calls: list[int] = []
+    encode = frontend.encode_image
+    monkeypatch.setattr(frontend, "encode_image", lambda *a, **kw: calls.append(1) or encode(*a, **kw))
+    front = Frontend(PixelEngine(), Settings(encode_processes=1))
+
+    async def main():
+        try:
+            return await front.generate(GenerateRequest(prompt="x", width=96, height=64, seed=1, format="webp"), n=3)
+        finally:
+            front.encoder.close()
+
+    images = asyncio.run(main())
+    assert calls == [] and front.encoder.fallbacks == 0
+    for image in images:
+        decoded = Image.open(io.BytesIO(image.data))
+        assert decoded.format == "WEBP" and decoded.size == (96, 64)

@@ -172,3 +172,19 @@ def test_past_bentoml_session_renewal_every_request_is_answered_once(server):
         responses = list(pool.map(lambda b: post(server, "/generate", json=b), bodies))
     assert [r.status_code for r in responses] == [200] * 160
     assert engine_stats(server)["images"] - before == 160  # nothing was done twice
+
+
+def test_output_images_are_encoded_in_encoder_processes(server):
+    """The API worker encodes in its encoder processes (T2I_ENCODE_PROCESSES default: one per CPU
+    beyond the first), and what they encode is what the API process would have encoded."""
+    import psutil
+
+    from t2i_core.imaging import encode_image
+
+    responses = _concurrent(server, [{"prompt": f"encoded {i}", "seed": i} for i in range(6)])
+    assert all(r.status_code == 200 for r in responses)
+    workers = [p for p in psutil.Process(server.proc.pid).children(recursive=True)
+               if "t2i_core.encode_worker" in " ".join(p.cmdline())]
+    assert len(workers) >= 1
+    image = Image.open(io.BytesIO(responses[0].content))
+    assert responses[0].content == encode_image(image.convert("RGB").tobytes(), *image.size, "png")

@@ -1,0 +1,128 @@
+"""Encoder processes: the same bytes as encoding in process, each request its own image, and no
+request lost when a worker dies."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import pytest
+
+from t2i_core import encode_pool
+from t2i_core.encode_pool import EncoderPool, default_processes
+from t2i_core.errors import InvalidRequest
+from t2i_core.imaging import encode_image
+
+
+def noise(width: int, height: int, seed: int) -> bytes:
+    return bytes((i * 131 + seed * 17 + (i // 7) * seed) % 256 for i in range(width * height * 3))
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
+@pytest.mark.parametrize("size", [(64, 64), (200, 120)])
+def test_pool_encodes_the_same_bytes_as_the_api_process(fmt, size):
+    pixels = noise(*size, seed=3)
+
+    async def main():
+        pool = EncoderPool(1)
+        try:
+            data, seconds = await pool.encode(pixels, *size, fmt)
+        finally:
+            pool.close()
+        return data, seconds, pool.fallbacks
+
+    data, seconds, fallbacks = asyncio.run(main())
+    assert data == encode_image(pixels, *size, fmt)
+    assert seconds > 0 and fallbacks == 0
+
+
+def test_concurrent_images_each_come_back_to_their_own_request():
+    images = [noise(64, 48, seed=i) for i in range(40)]
+
+    async def main():
+        pool = EncoderPool(2)
+        try:
+            results = await asyncio.gather(*(pool.encode(px, 64, 48, "png") for px in images))
+            return [data for data, _ in results], len(pool._workers), pool.fallbacks
+        finally:
+            pool.close()
+
+    encoded, workers, fallbacks = asyncio.run(main())
+    assert encoded == [encode_image(px, 64, 48, "png") for px in images]
+    assert workers == 2 and fallbacks == 0
+
+
+def test_a_dead_worker_loses_no_image_and_is_replaced(monkeypatch):
+    monkeypatch.setattr(encode_pool, "RESTART_DELAY_S", 0.0)
+    images = [noise(64, 64, seed=i) for i in range(24)]
+
+    async def main():
+        pool = EncoderPool(1)
+        try:
+            await pool.encode(images[0], 64, 64, "png")
+            (first,) = pool._workers
+            pending = [asyncio.ensure_future(pool.encode(px, 64, 64, "png")) for px in images]
+            await asyncio.sleep(0)  # the jobs are written to the worker
+            os.kill(first.transport.get_pid(), signal.SIGKILL)
+            during = [data for data, _ in await asyncio.gather(*pending)]
+            while first.alive:  # the pool notices the exit
+                await asyncio.sleep(0.01)
+            after, _ = await pool.encode(images[1], 64, 64, "png")
+            replaced = [w is not first and w.alive for w in pool._workers]
+            return during, after, replaced, pool.fallbacks
+        finally:
+            pool.close()
+
+    during, after, replaced, fallbacks = asyncio.run(main())
+    assert during == [encode_image(px, 64, 64, "png") for px in images]
+    assert after == encode_image(images[1], 64, 64, "png")
+    assert replaced == [True]  # one new, live worker
+    assert fallbacks >= 1  # the images the dead worker held were encoded in this process
+
+
+def test_an_unknown_format_is_the_same_error_as_in_process():
+    async def main():
+        pool = EncoderPool(1)
+        try:
+            await pool.encode(noise(8, 8, 1), 8, 8, "gif")
+        finally:
+            pool.close()
+
+    with pytest.raises(InvalidRequest, match="format must be one of png, jpeg, webp; got 'gif'"):
+        asyncio.run(main())
+
+
+def test_a_pool_serves_every_event_loop_it_is_used_from():
+    pool = EncoderPool(1)
+    pixels = noise(16, 16, 2)
+    try:
+        for _ in range(2):  # asyncio.run makes a new loop each time
+            data, _ = asyncio.run(pool.encode(pixels, 16, 16, "png"))
+            assert data == encode_image(pixels, 16, 16, "png")
+        assert pool.fallbacks == 0
+    finally:
+        pool.close()
+
+
+def test_a_worker_that_cannot_start_falls_back_to_the_api_process(monkeypatch):
+    monkeypatch.setattr(encode_pool.sys, "executable", "/nonexistent/python")
+    pixels = noise(16, 16, 5)
+
+    async def main():
+        pool = EncoderPool(1)
+        data, _ = await pool.encode(pixels, 16, 16, "png")
+        return data, pool.fallbacks
+
+    data, fallbacks = asyncio.run(main())
+    assert data == encode_image(pixels, 16, 16, "png") and fallbacks == 1
+
+
+def test_default_is_one_process_per_cpu_beyond_the_first(monkeypatch):
+    monkeypatch.setattr(encode_pool, "available_cpus", lambda: 2)
+    assert default_processes(-1) == 1
+    monkeypatch.setattr(encode_pool, "available_cpus", lambda: 1)
+    assert default_processes(-1) == 0
+    monkeypatch.setattr(encode_pool, "available_cpus", lambda: 64)
+    assert default_processes(-1) == 8
+    assert default_processes(3) == 3 and default_processes(0) == 0
