@@ -18,7 +18,7 @@ def test_bench_command_writes_all_three_modes(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [sys.executable, "-m", "t2i_core", "bench", "--preset", "tiny", "--out", str(out), "--repeats", "1",
-         "--requests", "8", "--concurrency", "1,4", "--max-batch-size", "4"],
+         "--requests", "40", "--concurrency", "1,4", "--max-batch-size", "4"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -44,6 +44,7 @@ def test_server_processes_are_told_apart_by_service_name():
     assert _role([*worker, "--service-name", "t2i", "--backlog", "2048"]) == "api"
     assert _role([*worker, "--service-name", "t2i_engine", "--worker-id", "1"]) == "engine"
     assert _role(["bentoml", "serve", "service:API"]) is None
+    assert _role(["/usr/bin/python3", "-m", "t2i_core.encode_worker"]) == "api"
 
 
 def test_vae_decode_benchmark_runs():

@@ -15,6 +15,8 @@ class CpuSample:
 
 
 def _role(cmdline: list[str]) -> str | None:
+    if any(part.endswith("t2i_core.encode_worker") for part in cmdline):
+        return "api"  # an API worker's encoder process: the API's work, in another process
     if "--service-name" not in cmdline:
         return None
     name = cmdline[cmdline.index("--service-name") + 1] if cmdline.index("--service-name") + 1 < len(cmdline) else ""
@@ -22,7 +24,8 @@ def _role(cmdline: list[str]) -> str | None:
 
 
 def server_cpu(server_pid: int) -> CpuSample:
-    """CPU seconds (user + system) of the API worker(s) and the engine worker under ``server_pid``."""
+    """CPU seconds (user + system) of the API worker(s) with their encoder processes, and of the
+    engine worker, under ``server_pid``."""
     import psutil
 
     totals = {"api": 0.0, "engine": 0.0}
