@@ -1,11 +1,12 @@
 """PyTorch's CPU threads stop spinning soon after a batch instead of milliseconds later.
 
 libgomp, the OpenMP runtime of PyTorch's CPU wheels, keeps an idle worker thread spinning after each
-parallel region before it sleeps (GOMP_SPINCOUNT iterations; measured on this project's 2-core
-machine: ~5.5 ms of a core after every engine call by default, ~0.1 ms at 10000). In the server that
-is exactly when the API answers the batch's requests and its encoder processes encode the images:
-the spinning threads held the cores they needed. With the encoder processes, a spin count of 10000
-gave 1.15x the images/s at 16 clients; without them, no change (docs/performance.md).
+parallel region before it sleeps: GOMP_SPINCOUNT iterations, 300000 by default (milliseconds of a
+core after every engine call). In the server that is exactly when the API answers the batch's
+requests and its encoder processes encode the images: the spinning thread held a core they needed.
+With the encoder processes, 10000 gave 1.15x the images/s at 16 clients (without them: no change),
+and 50000 the same; in process, batch 16 ran ~5% slower at 10000 (the threads slept between the
+operators of one forward pass) and ~2% at 50000, within the noise (docs/performance.md).
 
 libgomp reads the variable once, when it is loaded (with torch): so this runs before torch is
 imported, at the top of ``service.py`` and of the command line. A spin count or wait policy the user
@@ -18,7 +19,7 @@ import os
 import sys
 from collections.abc import Mapping, MutableMapping
 
-SPINCOUNT = "10000"
+SPINCOUNT = "50000"
 
 
 def spin_setting(environ: Mapping[str, str]) -> str | None:
