@@ -54,7 +54,30 @@ def main(argv: list[str] | None = None) -> int:
     text.add_argument("--no-guidance", action="store_true", help="no negative prompts (guidance 1 or less)")
     text.add_argument("--repeats", type=int, default=5)
     text.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    pair = sub.add_parser("bench-pair", help="the same load against servers running side by side, alternating")
+    pair.add_argument("servers", nargs="+", metavar="NAME=URL", help="e.g. before=http://127.0.0.1:3001 (the first is the reference)")
+    pair.add_argument("--preset", default="tiny")
+    pair.add_argument("--rounds", type=int, default=6)
+    pair.add_argument("--requests", type=int, default=2000)
+    pair.add_argument("--concurrency", type=int, default=16)
+    pair.add_argument("--out", type=Path, help="write the figures as JSON")
     args = parser.parse_args(argv)
+
+    if args.command == "bench-pair":
+        import json
+
+        from .bench.pair import compare, table
+        from .bench.presets import PRESETS
+
+        servers = dict(s.split("=", 1) for s in args.servers if "=" in s)
+        if len(servers) != len(args.servers) or args.preset not in PRESETS or args.rounds < 1:
+            parser.error("servers are NAME=URL (distinct names), --preset one of " + ", ".join(PRESETS) + ", --rounds >= 1")
+        report = compare({n: u.rstrip("/") for n, u in servers.items()}, PRESETS[args.preset], args.rounds,
+                         args.requests, args.concurrency)
+        print(table(report))
+        if args.out:
+            args.out.write_text(json.dumps(report, indent=2))
+        return 0
 
     if args.command == "bench-vae":
         from .bench.vae import main as run_vae_bench

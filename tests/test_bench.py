@@ -75,3 +75,18 @@ def test_preset_prompts_repeat_every_k_images_and_guidance_reaches_the_body():
     assert four.body(3)["guidance_scale"] == 5.0 and tiny.body(3)["guidance_scale"] == 0.0
     assert four.describe() == ", 4 distinct prompts, guidance 5" and tiny.describe() == ""
     assert dataclasses.replace(tiny, distinct_prompts=1).describe() == ", one prompt for every image"
+
+
+def test_bench_pair_compares_servers_round_by_round(server, tmp_path):
+    out = tmp_path / "pair.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "t2i_core", "bench-pair", f"a={server.url}", f"b={server.url}/", "--rounds", "2",
+         "--requests", "12", "--concurrency", "3", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "2 rounds of 12 requests at 3 clients" in proc.stdout and "per-round ratio to a" in proc.stdout
+    report = json.loads(out.read_text())
+    assert [len(report["images_per_s"][n]) for n in ("a", "b")] == [2, 2]
+    assert all(v > 0 for n in ("a", "b") for v in report["images_per_s"][n])
+    assert set(report["ratio_to_first"]) == {"b"} and report["ratio_to_first"]["b"] > 0
