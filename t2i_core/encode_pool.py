@@ -68,6 +68,7 @@ class _Worker(asyncio.SubprocessProtocol):
         self.stdin: asyncio.WriteTransport | None = None
         self.pending: dict[int, asyncio.Future[tuple[bytes, float]]] = {}
         self.alive = True
+        self.stopping = False  # ended by the pool (not a crash)
         self._buffer = bytearray()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -113,6 +114,10 @@ class _Worker(asyncio.SubprocessProtocol):
         if not self.alive:
             return
         self.alive = False
+        if not self.stopping:
+            code = self.transport.get_returncode() if self.transport is not None else None
+            log.warning("an image encoder process exited (code %s); %d of its images are encoded in the API "
+                        "process, and a new encoder starts at the next use", code, len(self.pending))
         pending, self.pending = self.pending, {}
         for future in pending.values():
             if not future.done():
@@ -120,6 +125,7 @@ class _Worker(asyncio.SubprocessProtocol):
 
     def stop(self) -> None:
         """End the process (also from another event loop, or after its loop closed)."""
+        self.stopping = True
         self.lost()
         if self.transport is None:
             return

@@ -35,6 +35,9 @@ def test_bench_command_writes_all_three_modes(tmp_path):
         assert all(r["api_cpu_ms_per_request"] > 0 and r["engine_cpu_ms_per_image"] > 0 for r in report[key])
     assert all(r["images_per_batch"] == 1.0 for r in report["no_batching"])
     assert {"served_over_raw_best", "served_over_no_batching"} <= set(report["ratios"][0])
+    from t2i_core.openmp import SPINCOUNT
+
+    assert report["gomp_spincount"] == SPINCOUNT  # raw measured with the served engine's OpenMP spin
 
 
 def test_server_processes_are_told_apart_by_service_name():

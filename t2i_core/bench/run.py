@@ -130,6 +130,8 @@ def benchmark(preset: Preset, repeats: int, requests_per_level: int, concurrency
                        "served_over_no_batching": s["images_per_s"] / u["images_per_s"] if u["images_per_s"] else None})
     return {"preset": preset.__dict__, "device": _device_name(), "max_batch_size": max_batch_size,
             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            # the raw and the served engine run with the same OpenMP spin (t2i_core/openmp.py)
+            "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
             "raw": raw_rows, "served": served_rows, "no_batching": unbatched_rows, "ratios": ratios,
             "raw_best_images_per_s": best_raw}
 
