@@ -25,7 +25,8 @@ from t2i_core import fields as F  # noqa: E402
 from t2i_core.compat import build_compat_app
 from t2i_core import request_log
 from t2i_core.bentoml_tuning import (
-    NO_SESSION_RENEWAL, cache_local_callers, keep_canceled_tasks_canceled, memoize_media_types, trace_only_when_exported,
+    NO_SESSION_RENEWAL, cache_local_callers, cancel_request_timers, keep_canceled_tasks_canceled, memoize_media_types,
+    trace_only_when_exported,
 )
 from t2i_core.coalesce import Coalescer
 from t2i_core.config import Settings
@@ -262,6 +263,7 @@ memoize_media_types(Engine, API)
 keep_canceled_tasks_canceled()
 trace_only_when_exported()
 cache_local_callers()
+cancel_request_timers()
 
 # Outermost first: the request log (id, one line per request), CORS (when configured), then keys /
 # body cap / in-flight cap / strict fields, task cancellation, then the rewrite of BentoML's own

@@ -96,3 +96,42 @@ def cache_local_callers() -> None:
 
     _local_call._t2i_patched = True  # type: ignore[attr-defined]
     APIMethod._local_call = _local_call  # type: ignore[method-assign]
+
+
+def cancel_request_timers() -> None:
+    import asyncio
+
+    from bentoml._internal.server.http.traffic import TimeoutMiddleware
+    from starlette.responses import JSONResponse
+
+    if getattr(TimeoutMiddleware.__call__, "_t2i_patched", False):
+        return
+
+    async def __call__(self: Any, scope: Any, receive: Any, send: Any) -> None:
+        # BentoML 1.4.39's TimeoutMiddleware.__call__, with the timer cancelled when it is no longer needed
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        timer = loop.call_later(self.timeout, self._set_timer_out, waiter)
+
+        async def _send(message: Any) -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+            await send(message)
+
+        fut = asyncio.ensure_future(self.app(scope, receive, _send), loop=loop)
+        try:
+            await waiter
+        except asyncio.TimeoutError:
+            if fut.cancel():
+                resp = JSONResponse({"error": f"Not able to process the request in {self.timeout} seconds"}, status_code=504)
+                await resp(scope, receive, send)
+        else:
+            timer.cancel()
+            await fut  # wait for the future to finish
+        finally:
+            timer.cancel()
+
+    __call__._t2i_patched = True  # type: ignore[attr-defined]
+    TimeoutMiddleware.__call__ = __call__  # type: ignore[method-assign]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import os
 import subprocess
@@ -70,3 +71,49 @@ def test_fast_event_loop_and_http_parser_are_installed(module: str) -> None:
     """uvicorn picks uvloop and httptools when they are installed (its "auto" settings); the API's CPU
     per request fell from 2.05 to 1.77 ms with them (docs/performance.md)."""
     assert importlib.util.find_spec(module) is not None
+
+
+def _timeout_middleware(app, timeout: float):
+    from bentoml._internal.server.http.traffic import TimeoutMiddleware
+
+    from t2i_core.bentoml_tuning import cancel_request_timers
+
+    cancel_request_timers()
+    return TimeoutMiddleware(app, timeout=timeout)
+
+
+async def _call(middleware) -> list[dict]:
+    sent: list[dict] = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    await middleware({"type": "http", "path": "/generate", "method": "POST", "headers": []}, receive, send)
+    return sent
+
+
+def test_answered_requests_leave_no_timer_behind():
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    middleware = _timeout_middleware(app, timeout=150)
+
+    async def main():
+        for _ in range(50):
+            assert [m.get("status") for m in await _call(middleware)] == [200, None]
+        loop = asyncio.get_running_loop()
+        return [h for h in loop._scheduled if not h.cancelled()]  # asyncio's pending timers
+
+    assert asyncio.run(main()) == []  # unpatched BentoML 1.4.39: 50 timers, each alive for 150 s
+
+
+def test_a_request_that_answers_nothing_in_time_still_gets_504():
+    async def app(scope, receive, send):
+        await asyncio.sleep(10)
+
+    sent = asyncio.run(_call(_timeout_middleware(app, timeout=0.05)))
+    assert sent[0]["status"] == 504 and b"Not able to process the request in 0.05 seconds" in sent[1]["body"]
