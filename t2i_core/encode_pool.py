@@ -39,7 +39,8 @@ EncodeFn = Callable[[bytes, int, int, str], bytes]
 
 #: Seconds between attempts to start a worker after one died or failed to start.
 RESTART_DELAY_S = 5.0
-#: The folder that holds the t2i_core package, for the workers' ``-m t2i_core.encode_worker``.
+#: The folder that holds this t2i_core package: the workers run ``-m t2i_core.encode_worker`` there
+#: (first on their path, so that they run this very package).
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[1])
 
 
@@ -194,7 +195,7 @@ class EncoderPool:
             try:
                 _, worker = await loop.subprocess_exec(
                     _Worker, sys.executable, "-m", "t2i_core.encode_worker", stdin=asyncio.subprocess.PIPE,
-                    stdout=asyncio.subprocess.PIPE, stderr=None, env=env,
+                    stdout=asyncio.subprocess.PIPE, stderr=None, env=env, cwd=PACKAGE_PARENT,
                 )
             except OSError as exc:
                 log.warning("could not start an image encoder process (%s); encoding in the API process", exc)
