@@ -25,17 +25,12 @@ import logging
 import os
 import signal
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from .encode_worker import FORMATS, JOB, REPLY
-from .imaging import encode_image
+from .imaging import timed_encode
 
 log = logging.getLogger("t2i")
-
-#: (pixels, width, height, format) -> encoded bytes
-EncodeFn = Callable[[bytes, int, int, str], bytes]
 
 #: Seconds between attempts to start a worker after one died or failed to start.
 RESTART_DELAY_S = 5.0
@@ -145,9 +140,8 @@ class _Worker(asyncio.SubprocessProtocol):
 class EncoderPool:
     """``await encode(pixels, width, height, fmt)`` -> (encoded bytes, seconds the encoding took)."""
 
-    def __init__(self, processes: int, fallback: EncodeFn = encode_image):
+    def __init__(self, processes: int):
         self.processes = max(0, processes)
-        self._fallback = fallback
         self._loop: asyncio.AbstractEventLoop | None = None
         self._workers: list[_Worker] = []
         self._starting: asyncio.Task[None] | None = None
@@ -164,12 +158,7 @@ class EncoderPool:
             except EncoderGone:
                 pass
         self.fallbacks += 1
-        return await asyncio.to_thread(self._timed_fallback, pixels, width, height, fmt)
-
-    def _timed_fallback(self, pixels: bytes, width: int, height: int, fmt: str) -> tuple[bytes, float]:
-        started = time.perf_counter()
-        data = self._fallback(pixels, width, height, fmt)
-        return data, time.perf_counter() - started
+        return await asyncio.to_thread(timed_encode, pixels, width, height, fmt)
 
     async def _worker(self) -> _Worker | None:
         """The live worker with the fewest jobs (starting missing ones), or None."""
@@ -185,8 +174,8 @@ class EncoderPool:
             await asyncio.shield(starting)
             if self._starting is starting:
                 self._starting = None
-        live = [w for w in self._workers if w.alive]
-        return min(live, key=lambda w: len(w.pending)) if live else None
+            self._workers = [w for w in self._workers if w.alive]  # one may have died while starting
+        return min(self._workers, key=lambda w: len(w.pending)) if self._workers else None
 
     async def _start(self, count: int) -> None:
         loop = asyncio.get_running_loop()

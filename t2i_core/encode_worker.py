@@ -17,12 +17,13 @@ import os
 import signal
 import struct
 import sys
-import time
 from typing import BinaryIO
+
+from .imaging import MEDIA_TYPES
 
 JOB = struct.Struct("<QIIBI")
 REPLY = struct.Struct("<QBdI")
-FORMATS = ("png", "jpeg", "webp")
+FORMATS = tuple(MEDIA_TYPES)  # a format travels as its index here
 
 
 def read_exact(stream: BinaryIO, size: int) -> bytes | None:
@@ -38,19 +39,18 @@ def read_exact(stream: BinaryIO, size: int) -> bytes | None:
 
 
 def serve(inp: BinaryIO, out: BinaryIO) -> None:
-    from .imaging import encode_image
+    from .imaging import timed_encode
 
     while (header := read_exact(inp, JOB.size)) is not None:
         job, width, height, code, size = JOB.unpack(header)
         pixels = read_exact(inp, size)
         if pixels is None:
             return
-        started = time.perf_counter()
         try:
-            data, ok = encode_image(pixels, width, height, FORMATS[code]), 1
+            (data, seconds), ok = timed_encode(pixels, width, height, FORMATS[code]), 1
         except Exception as exc:  # noqa: BLE001 - the API process raises it for the request
-            data, ok = f"{type(exc).__name__}: {exc}".encode(), 0
-        out.write(REPLY.pack(job, ok, time.perf_counter() - started, len(data)))
+            data, seconds, ok = f"{type(exc).__name__}: {exc}".encode(), 0.0, 0
+        out.write(REPLY.pack(job, ok, seconds, len(data)))
         out.write(data)
         out.flush()
 

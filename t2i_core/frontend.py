@@ -20,7 +20,7 @@ from . import metrics, request_log
 from .config import Settings
 from .encode_pool import EncoderPool, default_processes
 from .errors import ClientClosed, InvalidRequest, RequestTimeout, T2IError, describe_validation_errors
-from .imaging import MEDIA_TYPES, decode_image, encode_image, output_size, to_rgb_pixels
+from .imaging import MEDIA_TYPES, decode_image, output_size, timed_encode, to_rgb_pixels
 from .registry import Registry
 from .schemas import EditRequest, EngineRequest, EngineResult, GenerateRequest, to_engine
 
@@ -263,14 +263,9 @@ class Frontend:
                 return [await encoder.encode(results[0].pixels or b"", results[0].width, results[0].height, fmt)]
             return list(await asyncio.gather(*(encoder.encode(r.pixels or b"", r.width, r.height, fmt) for r in results)))
         if sum(r.width * r.height for r in results) <= INLINE_ENCODE_MAX_PIXELS:
-            return [_timed_encode(r, fmt) for r in results]
-        return list(await asyncio.gather(*(asyncio.to_thread(_timed_encode, r, fmt) for r in results)))
-
-
-def _timed_encode(result: EngineResult, fmt: str) -> tuple[bytes, float]:
-    started = time.perf_counter()
-    data = encode_image(result.pixels or b"", result.width, result.height, fmt)
-    return data, time.perf_counter() - started
+            return [timed_encode(r.pixels or b"", r.width, r.height, fmt) for r in results]
+        return list(await asyncio.gather(
+            *(asyncio.to_thread(timed_encode, r.pixels or b"", r.width, r.height, fmt) for r in results)))
 
 
 def read_upload(image: Path | bytes) -> bytes:

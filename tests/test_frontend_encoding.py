@@ -9,7 +9,7 @@ import threading
 import pytest
 from PIL import Image
 
-from t2i_core import frontend
+from t2i_core import imaging
 from t2i_core.frontend import INLINE_ENCODE_MAX_PIXELS, Frontend
 from t2i_core.schemas import EngineRequest, EngineResult, GenerateRequest
 
@@ -28,13 +28,13 @@ class PixelEngine:
 def test_small_images_are_encoded_on_the_loop_and_large_ones_on_threads(monkeypatch, side, n, on_loop):
     assert (n * side * side <= INLINE_ENCODE_MAX_PIXELS) is on_loop
     threads: list[threading.Thread] = []
-    encode = frontend.encode_image
+    encode = imaging.encode_image
 
     def recording_encode(*args, **kwargs):
         threads.append(threading.current_thread())
         return encode(*args, **kwargs)
 
-    monkeypatch.setattr(frontend, "encode_image", recording_encode)
+    monkeypatch.setattr(imaging, "encode_image", recording_encode)
     front = Frontend(PixelEngine())
 
     async def main():
@@ -52,8 +52,8 @@ def test_with_encoder_processes_no_image_is_encoded_in_the_api_process(monkeypat
     from t2i_core.config import Settings
 
     calls: list[int] = []
-    encode = frontend.encode_image
-    monkeypatch.setattr(frontend, "encode_image", lambda *a, **kw: calls.append(1) or encode(*a, **kw))
+    encode = imaging.encode_image
+    monkeypatch.setattr(imaging, "encode_image", lambda *a, **kw: calls.append(1) or encode(*a, **kw))
     front = Frontend(PixelEngine(), Settings(encode_processes=1))
 
     async def main():
