@@ -31,6 +31,7 @@ from t2i_core.bentoml_tuning import (
 from t2i_core.coalesce import Coalescer
 from t2i_core.config import Settings
 from t2i_core.errors import T2IError
+from t2i_core.gc_tuning import freeze_startup_objects
 from t2i_core.frontend import Frontend, Kind, parse, read_upload, until_disconnected
 from t2i_core.http import ErrorBodyMiddleware, base64_image, error_response, image_response
 from t2i_core.guards import GuardMiddleware, cors_options
@@ -175,6 +176,7 @@ class API:
 
     def __init__(self) -> None:
         self.front = Frontend(RemoteEngine(self.engine), SETTINGS)
+        freeze_startup_objects()  # see t2i_core/gc_tuning.py
 
     @bentoml.api(route="/generate")
     async def generate(
