@@ -4,8 +4,9 @@ Pillow's PNG encoder (``compress_level=1``) tries four filters on each row and k
 deflates with zlib: 0.26 ms for a 64x64 image from the tiny model and 19 ms for a 512x512 photo on
 this project's 2-core CPU. On those images Pillow chose Paeth for the rows (the files match its size
 to within 0.02%), so this encoder filters every row with Paeth (vectorised: 0.04 ms and 5 ms) and
-deflates with ISA-L's level 1 (``isal``: 0.02 ms and 1.8 ms, and 4% smaller than zlib's level 1):
-about 4x faster in all, for files as small or smaller (``tests/test_png.py`` holds the comparison).
+deflates with ISA-L's level 1 (``isal``: 0.02 ms and 1.8 ms, and 2-4% smaller than zlib's level 1):
+0.065 ms and ~7.5 ms in all (4x and 2.5-3x faster), for files as small or smaller (``tests/test_png.py``
+checks the sizes against Pillow's).
 Both numpy's arithmetic and the deflate release the GIL, so big images encode in parallel threads.
 Without ``isal`` (a platform it has no wheel for) zlib's level 1 deflates instead.
 
