@@ -109,3 +109,15 @@ def test_refuses_wrong_sizes(width: int, height: int, length: int) -> None:
 def test_encode_image_png_uses_it() -> None:
     pixels = photo_like(32, 24)
     assert encode_image(pixels, 32, 24, "png") == png.encode_png(pixels, 32, 24)
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 3, 64])
+def test_rows_filtered_in_chunks_predict_across_chunk_edges(monkeypatch: pytest.MonkeyPatch, chunk_rows: int) -> None:
+    monkeypatch.setattr(png, "CHUNK_ROWS", chunk_rows)
+    for make, (width, height) in [(photo_like, (40, 130)), (noise, (24, 67))]:
+        pixels = make(width, height)
+        data = png.encode_png(pixels, width, height)
+        assert decoded(data).tobytes() == pixels
+        monkeypatch.setattr(png, "CHUNK_ROWS", 10_000)
+        assert png.encode_png(pixels, width, height) == data  # the same file as filtered whole
+        monkeypatch.setattr(png, "CHUNK_ROWS", chunk_rows)
