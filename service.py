@@ -17,30 +17,32 @@ from pydantic import BeforeValidator
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 
-from t2i_core.openmp import shorten_openmp_spin
+from t2i_core.patches.openmp import shorten_openmp_spin
 
-shorten_openmp_spin()  # before the engine's __init__ loads torch: see t2i_core/openmp.py
+shorten_openmp_spin()  # before the engine's __init__ loads torch: see t2i_core/patches/openmp.py
 
-from t2i_core import fields as F  # noqa: E402
-from t2i_core.compat import build_compat_app
-from t2i_core import request_log
-from t2i_core.bentoml_tuning import (
+from t2i_core.common import fields as F  # noqa: E402
+from t2i_core.api.surfaces import build_compat_app
+from t2i_core.api import request_log
+from t2i_core.patches.bentoml import (
     NO_SESSION_RENEWAL, cache_local_callers, cancel_request_timers, keep_canceled_tasks_canceled, memoize_media_types,
     trace_only_when_exported,
 )
-from t2i_core.coalesce import Coalescer
-from t2i_core.config import Settings
-from t2i_core.errors import T2IError
-from t2i_core.gc_tuning import freeze_startup_objects
-from t2i_core.frontend import Frontend, Kind, parse, read_upload, until_disconnected
-from t2i_core.http import ErrorBodyMiddleware, base64_image, error_response, image_response
-from t2i_core.guards import GuardMiddleware, cors_options
-from t2i_core.image_store import ImageStore
-from t2i_core.registry import RegistryError, load_registry_file
-from t2i_core.retry import retry_dropped
-from t2i_core.shutdown import drain_on_sigterm
-from t2i_core.schemas import EditRequest, EngineRequest, EngineResult, GenerateRequest
-from t2i_core.tasks import TASK_ROUTE, TaskCancelMiddleware, engine_request_id, until_cancelled
+from t2i_core.api.coalesce import Coalescer
+from t2i_core.common.config import Settings
+from t2i_core.common.errors import T2IError
+from t2i_core.patches.gc_freeze import freeze_startup_objects
+from t2i_core.api.frontend import Frontend, Kind, parse, read_upload, until_disconnected
+from t2i_core.api.responses import ErrorBodyMiddleware, base64_image, error_response, image_response
+from t2i_core.api.guards import GuardMiddleware, cors_options
+from t2i_core.api.image_store import ImageStore
+from t2i_core.common.registry import RegistryError, load_registry_file
+from t2i_core.api.retry import retry_dropped
+from t2i_core.engine.shutdown import drain_on_sigterm
+from t2i_core.common.schemas import EditRequest, EngineRequest, EngineResult, GenerateRequest
+from t2i_core.api.surfaces.tasks.cancel import TaskCancelMiddleware
+from t2i_core.api.surfaces.tasks.store import engine_request_id, until_cancelled
+from t2i_core.common.paths import TASK_ROUTE
 
 SETTINGS = Settings.from_env()
 try:  # a bad registry file stops the server at once, naming the file, the entry and the field
@@ -62,7 +64,7 @@ BATCHING: dict[str, Any] = (
 )
 
 
-# runner_connection: see t2i_core/bentoml_tuning.py (BentoML's session renewal dropped in-flight calls)
+# runner_connection: see t2i_core/patches/bentoml.py (BentoML's session renewal dropped in-flight calls)
 @bentoml.service(
     name="t2i_engine", resources={"gpu": 1}, workers=1, traffic=TRAFFIC, runner_connection=NO_SESSION_RENEWAL
 )
@@ -70,7 +72,7 @@ class Engine:
     """Owns the device: loads pipelines once and runs adaptive batches of images."""
 
     def __init__(self) -> None:
-        from t2i_core.engine import Engine as CoreEngine
+        from t2i_core.engine.core import Engine as CoreEngine
 
         self.core = CoreEngine(SETTINGS)
         registry = self.core.registry
@@ -136,7 +138,7 @@ def reply(ctx: bentoml.Context, response: Response) -> Response:
 
 class RemoteEngine:
     """The frontend's ``EngineClient`` over BentoML's inter-service client; concurrent requests are
-    merged into fewer engine calls (``T2I_COALESCE``, see t2i_core/coalesce.py)."""
+    merged into fewer engine calls (``T2I_COALESCE``, see t2i_core/api/coalesce.py)."""
 
     def __init__(self, engine: Any):
         self.engine = engine
@@ -176,7 +178,7 @@ class API:
 
     def __init__(self) -> None:
         self.front = Frontend(RemoteEngine(self.engine), SETTINGS)
-        freeze_startup_objects()  # see t2i_core/gc_tuning.py
+        freeze_startup_objects()  # see t2i_core/patches/gc_freeze.py
 
     @bentoml.api(route="/generate")
     async def generate(
@@ -230,7 +232,7 @@ class API:
     @bentoml.task(route=TASK_ROUTE, input_spec=generate.input_spec)
     async def generate_task(self, ctx: bentoml.Context, **arguments: Any) -> Image:
         """Text to image as a task, for long jobs: submit, then status / progress / get / cancel
-        (see t2i_core/tasks.py). The result is what /generate answers; a plain POST to this route
+        (see t2i_core/api/surfaces/tasks/store.py). The result is what /generate answers; a plain POST to this route
         (BentoML serves one beside the task routes) behaves like /generate."""
         fields = route_fields(arguments)
         task_id: str | None = getattr(ctx.request.state, "task_id", None)

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from .openmp import shorten_openmp_spin
+from t2i_core.patches.openmp import shorten_openmp_spin
 
 shorten_openmp_spin()  # before torch loads: the benchmark's raw engine runs as the server's does
 
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m t2i_core", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     tiny = sub.add_parser("tiny", help="write a tiny random-weight pipeline that diffusers loads offline")
-    from .tiny import TINY_FAMILIES
+    from t2i_core.devtools.tiny import TINY_FAMILIES
 
     tiny.add_argument("--family", choices=TINY_FAMILIES, default="sd")
     tiny.add_argument("--out", type=Path, required=True, help="folder to write (replaced if present)")
@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bench-pair":
         import json
 
-        from .bench.pair import compare, table
-        from .bench.presets import PRESETS
+        from t2i_core.devtools.bench.pair import compare, table
+        from t2i_core.devtools.bench.presets import PRESETS
 
         servers = dict(s.split("=", 1) for s in args.servers if "=" in s)
         if len(servers) != len(args.servers) or args.preset not in PRESETS or args.rounds < 1:
@@ -80,13 +80,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.command == "bench-vae":
-        from .bench.vae import main as run_vae_bench
+        from t2i_core.devtools.bench.vae import main as run_vae_bench
 
         run_vae_bench(args.size, args.repeats, args.dtype)
         return 0
 
     if args.command == "bench-prompts":
-        from .bench.prompts import main as run_prompts_bench
+        from t2i_core.devtools.bench.prompts import main as run_prompts_bench
 
         if not 1 <= args.distinct <= args.batch:
             parser.error(f"--distinct must be 1 to --batch ({args.batch}); got {args.distinct}")
@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.command == "bench":
-        from .bench.presets import PRESETS
-        from .bench.run import main as run_bench
+        from t2i_core.devtools.bench.presets import PRESETS
+        from t2i_core.devtools.bench.run import main as run_bench
 
         if args.preset not in PRESETS:
             parser.error(f"--preset must be one of {', '.join(PRESETS)}; got {args.preset!r}")
@@ -110,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.command == "pull":
-        from .errors import T2IError
-        from .pull import PullError, pull as do_pull
+        from t2i_core.common.errors import T2IError
+        from t2i_core.devtools.pull import PullError, pull as do_pull
 
         try:
             print(do_pull(args.model_id, args.from_folder, to_store=args.to_store))
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.command == "tiny":
-        from .tiny import build_tiny_pipeline
+        from t2i_core.devtools.tiny import build_tiny_pipeline
 
         started = time.perf_counter()
         out = build_tiny_pipeline(args.family, args.out)

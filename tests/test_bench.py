@@ -41,13 +41,13 @@ def test_bench_command_writes_all_three_modes(tmp_path):
         assert all(r["api_cpu_ms_per_request"] > 0 and r["engine_cpu_ms_per_image"] > 0 for r in report[key])
     assert all(r["images_per_batch"] == 1.0 for r in report["no_batching"])
     assert {"served_over_raw_best", "served_over_no_batching"} <= set(report["ratios"][0])
-    from t2i_core.openmp import SPINCOUNT
+    from t2i_core.patches.openmp import SPINCOUNT
 
     assert report["gomp_spincount"] == SPINCOUNT  # raw measured with the served engine's OpenMP spin
 
 
 def test_raw_ceiling_is_the_faster_run_per_batch_size():
-    from t2i_core.bench.run import best_of
+    from t2i_core.devtools.bench.run import best_of
 
     before = [{"batch": 1, "images_per_s": 100.0, "batch_latency_s": 0.01},
               {"batch": 2, "images_per_s": 150.0, "batch_latency_s": 2 / 150}]
@@ -59,17 +59,17 @@ def test_raw_ceiling_is_the_faster_run_per_batch_size():
 
 
 def test_server_processes_are_told_apart_by_service_name():
-    from t2i_core.bench.cpu import _role
+    from t2i_core.devtools.bench.cpu import _role
 
     worker = ["python", "-m", "_bentoml_impl.worker.service", "service:API", "--fd", "3"]
     assert _role([*worker, "--service-name", "t2i", "--backlog", "2048"]) == "api"
     assert _role([*worker, "--service-name", "t2i_engine", "--worker-id", "1"]) == "engine"
     assert _role(["bentoml", "serve", "service:API"]) is None
-    assert _role(["/usr/bin/python3", "-m", "t2i_core.encode_worker"]) == "api"
+    assert _role(["/usr/bin/python3", "-m", "t2i_core.api.images.encode_worker"]) == "api"
 
 
 def test_vae_decode_benchmark_runs():
-    from t2i_core.bench.vae import decode_times
+    from t2i_core.devtools.bench.vae import decode_times
 
     times = decode_times(size=64, repeats=1)
     assert set(times) == {"AutoencoderKL (SD VAE)", "AutoencoderTiny (TAESD)"}
@@ -77,7 +77,7 @@ def test_vae_decode_benchmark_runs():
 
 
 def test_prompt_encoding_benchmark_runs():
-    from t2i_core.bench.prompts import encode_times
+    from t2i_core.devtools.bench.prompts import encode_times
 
     times = encode_times(batch=2, distinct=1, guidance=False, repeats=1)
     assert set(times) == {"plain", "deduplicated"}
@@ -87,7 +87,7 @@ def test_prompt_encoding_benchmark_runs():
 def test_preset_prompts_repeat_every_k_images_and_guidance_reaches_the_body():
     import dataclasses
 
-    from t2i_core.bench.presets import PRESETS
+    from t2i_core.devtools.bench.presets import PRESETS
 
     tiny = PRESETS["tiny"]
     assert [tiny.prompt(i) for i in (0, 1, 5)] == ["benchmark image 0", "benchmark image 1", "benchmark image 5"]

@@ -1,4 +1,4 @@
-"""The BentoML cost workarounds (t2i_core/bentoml_tuning.py) keep BentoML's behaviour."""
+"""The BentoML cost workarounds (t2i_core/patches/bentoml.py) keep BentoML's behaviour."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import bentoml
 import pytest
 from pydantic import Field
 
-from t2i_core.bentoml_tuning import cache_local_callers
+from t2i_core.patches.bentoml import cache_local_callers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,7 +76,7 @@ def test_fast_event_loop_and_http_parser_are_installed(module: str) -> None:
 def _timeout_middleware(app, timeout: float):
     from bentoml._internal.server.http.traffic import TimeoutMiddleware
 
-    from t2i_core.bentoml_tuning import cancel_request_timers
+    from t2i_core.patches.bentoml import cancel_request_timers
 
     cancel_request_timers()
     return TimeoutMiddleware(app, timeout=timeout)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 
 
-from t2i_core.coalesce import Coalescer
-from t2i_core.schemas import EngineRequest, EngineResult
+from t2i_core.api.coalesce import Coalescer
+from t2i_core.common.schemas import EngineRequest, EngineResult
 
 
 def item(seed: int) -> EngineRequest:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from starlette.testclient import TestClient
 
-from t2i_core.compat import build_compat_app
-from t2i_core.frontend import Frontend, LocalEngineClient
-from t2i_core.image_store import ImageStore
+from t2i_core.api.surfaces import build_compat_app
+from t2i_core.api.frontend import Frontend, LocalEngineClient
+from t2i_core.api.image_store import ImageStore
 
 
 class Clock:

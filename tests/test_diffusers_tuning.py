@@ -9,7 +9,7 @@ def test_group_offload_lookup_is_skipped_until_group_offloading_is_applied():
     from diffusers import UNet2DConditionModel
     from diffusers.hooks import group_offloading
 
-    from t2i_core.diffusers_tuning import skip_group_offload_lookup_until_used
+    from t2i_core.patches.diffusers import skip_group_offload_lookup_until_used
 
     skip_group_offload_lookup_until_used()
     skip_group_offload_lookup_until_used()  # once only

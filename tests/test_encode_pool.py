@@ -9,10 +9,10 @@ import signal
 
 import pytest
 
-from t2i_core import encode_pool
-from t2i_core.encode_pool import EncoderPool, default_processes
-from t2i_core.errors import InvalidRequest
-from t2i_core.imaging import encode_image
+from t2i_core.api.images import encode_pool
+from t2i_core.api.images.encode_pool import EncoderPool, default_processes
+from t2i_core.common.errors import InvalidRequest
+from t2i_core.api.images.codecs import encode_image
 
 
 def noise(width: int, height: int, seed: int) -> bytes:

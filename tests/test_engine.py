@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from t2i_core.config import Settings
-from t2i_core.engine import Engine
-from t2i_core.registry import TINY_SD_ID
-from t2i_core.schemas import EngineRequest
+from t2i_core.common.config import Settings
+from t2i_core.engine.core import Engine
+from t2i_core.common.registry import TINY_SD_ID
+from t2i_core.common.schemas import EngineRequest
 
 
 def req(prompt="a lighthouse", seed=1, **kw) -> EngineRequest:
@@ -93,7 +93,7 @@ def test_stats_count_batches(engine):
 def test_device_and_dtype_choice(monkeypatch, cuda, bf16, mps, want):
     import torch
 
-    from t2i_core.devices import pick_device, pick_dtype
+    from t2i_core.engine.devices import pick_device, pick_dtype
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16)
@@ -106,7 +106,7 @@ def test_device_and_dtype_choice(monkeypatch, cuda, bf16, mps, want):
 
 
 def test_duplicate_prompts_are_encoded_once_and_images_stay_the_same(engine):
-    from t2i_core.engine import prompt_arguments
+    from t2i_core.engine.core import prompt_arguments
 
     same = [req(seed=s) for s in (11, 12, 13, 14)]
     assert prompt_arguments(same) == {"prompt": ["a lighthouse"], "negative_prompt": [""], "num_images_per_prompt": 4}

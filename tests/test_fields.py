@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from t2i_core.errors import InvalidRequest
-from t2i_core.frontend import parse
-from t2i_core.registry import Registry
-from t2i_core.schemas import EditRequest, GenerateRequest, to_engine
+from t2i_core.common.errors import InvalidRequest
+from t2i_core.api.frontend import parse
+from t2i_core.common.registry import Registry
+from t2i_core.common.schemas import EditRequest, GenerateRequest, to_engine
 
 
 @pytest.mark.parametrize(

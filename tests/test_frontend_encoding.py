@@ -9,9 +9,9 @@ import threading
 import pytest
 from PIL import Image
 
-from t2i_core import imaging
-from t2i_core.frontend import INLINE_ENCODE_MAX_PIXELS, Frontend
-from t2i_core.schemas import EngineRequest, EngineResult, GenerateRequest
+from t2i_core.api.images import codecs as imaging
+from t2i_core.api.frontend import INLINE_ENCODE_MAX_PIXELS, Frontend
+from t2i_core.common.schemas import EngineRequest, EngineResult, GenerateRequest
 
 
 class PixelEngine:
@@ -49,7 +49,7 @@ def test_small_images_are_encoded_on_the_loop_and_large_ones_on_threads(monkeypa
 
 
 def test_with_encoder_processes_no_image_is_encoded_in_the_api_process(monkeypatch):
-    from t2i_core.config import Settings
+    from t2i_core.common.config import Settings
 
     calls: list[int] = []
     encode = imaging.encode_image

@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from t2i_core.compat import build_compat_app
-from t2i_core.frontend import Frontend, LocalEngineClient
-from t2i_core.image_store import ImageStore
+from t2i_core.api.surfaces import build_compat_app
+from t2i_core.api.frontend import Frontend, LocalEngineClient
+from t2i_core.api.image_store import ImageStore
 
 FIELDS = ["prompt", "negative_prompt", "steps", "num_inference_steps", "guidance_scale", "width", "height",
           "seed", "model", "format", "n", "size", "response_format", "output_format", "strength", "image",

@@ -1,10 +1,10 @@
-"""t2i_core/gc_tuning.py: the objects alive at start-up are frozen, so full collections skip them."""
+"""t2i_core/patches/gc_freeze.py: the objects alive at start-up are frozen, so full collections skip them."""
 
 from __future__ import annotations
 
 import gc
 
-from t2i_core.gc_tuning import freeze_startup_objects
+from t2i_core.patches.gc_freeze import freeze_startup_objects
 
 
 class Marker:

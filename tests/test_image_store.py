@@ -1,6 +1,6 @@
 """Image links: served while fresh, 410 once expired, 404 when unknown, bounded in bytes."""
 
-from t2i_core.image_store import ImageStore
+from t2i_core.api.image_store import ImageStore
 
 
 class Clock:

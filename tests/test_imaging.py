@@ -10,8 +10,8 @@ import zlib
 import pytest
 from PIL import Image
 
-from t2i_core.errors import InvalidRequest
-from t2i_core.imaging import decode_base64, decode_image, encode_image, output_size
+from t2i_core.common.errors import InvalidRequest
+from t2i_core.api.images.codecs import decode_base64, decode_image, encode_image, output_size
 
 
 def _image_bytes(fmt: str, size=(40, 24), mode="RGB") -> bytes:

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from t2i_core.config import Settings
-from t2i_core.engine import Engine
-from t2i_core.errors import InvalidRequest, ModelBusy
-from t2i_core.registry import DEFAULT_REGISTRY, Registry, RegistryError, load_registry_file
-from t2i_core.schemas import EngineRequest, GenerateRequest, to_engine
+from t2i_core.common.config import Settings
+from t2i_core.engine.core import Engine
+from t2i_core.common.errors import InvalidRequest, ModelBusy
+from t2i_core.common.registry import DEFAULT_REGISTRY, Registry, RegistryError, load_registry_file
+from t2i_core.common.schemas import EngineRequest, GenerateRequest, to_engine
 
 FAMILIES = ["builtin/tiny-sd", "builtin/tiny-sdxl", "builtin/tiny-sd3"]
 SHIPPED = ["stabilityai/sd-turbo", "stabilityai/sdxl-turbo", "CompVis/stable-diffusion-v1-4",

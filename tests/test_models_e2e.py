@@ -112,10 +112,10 @@ def test_pull_from_folder_into_the_model_store_then_serve_it(tmp_path):
     assert proc.returncode == 0, proc.stderr
     tag = proc.stdout.split('registry source: "bentoml:')[1].split('"')[0]
 
-    from t2i_core.config import Settings
-    from t2i_core.engine import Engine
-    from t2i_core.registry import Registry
-    from t2i_core.schemas import EngineRequest
+    from t2i_core.common.config import Settings
+    from t2i_core.engine.core import Engine
+    from t2i_core.common.registry import Registry
+    from t2i_core.common.schemas import EngineRequest
 
     base = Registry().get("builtin/tiny-sdxl")
     stored = base.model_copy(update={"id": "store/my-model", "source": f"bentoml:{tag}"})

@@ -13,11 +13,11 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from t2i_core import request_log
-from t2i_core.config import Settings
-from t2i_core.frontend import Frontend, LocalEngineClient
-from t2i_core.registry import TINY_SD_ID
-from t2i_core.schemas import EngineRequest, GenerateRequest
+from t2i_core.api import request_log
+from t2i_core.common.config import Settings
+from t2i_core.api.frontend import Frontend, LocalEngineClient
+from t2i_core.common.registry import TINY_SD_ID
+from t2i_core.common.schemas import EngineRequest, GenerateRequest
 
 
 def req(**kw) -> EngineRequest:
@@ -122,8 +122,8 @@ def test_request_id_is_taken_from_the_header_or_made_and_echoed(lines):
 
 
 def test_error_code_is_on_the_line(lines):
-    from t2i_core.errors import InvalidRequest
-    from t2i_core.http import error_response
+    from t2i_core.common.errors import InvalidRequest
+    from t2i_core.api.responses import error_response
 
     async def handler(request):
         return error_response(InvalidRequest("steps must be ...", param="steps"))

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from t2i_core.openmp import SPINCOUNT, shorten_openmp_spin, spin_setting
+from t2i_core.patches.openmp import SPINCOUNT, shorten_openmp_spin, spin_setting
 
 from conftest import ROOT
 

@@ -1,4 +1,4 @@
-"""The PNG encoder (t2i_core/png.py): every file decodes (Pillow's own decoder) to exactly the pixels
+"""The PNG encoder (t2i_core/api/images/png.py): every file decodes (Pillow's own decoder) to exactly the pixels
 given, is a well-formed minimal PNG, and is no larger than Pillow's ``compress_level=1`` file."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from t2i_core import png
-from t2i_core.imaging import encode_image
+from t2i_core.api.images import png
+from t2i_core.api.images.codecs import encode_image
 
 
 def noise(width: int, height: int, seed: int = 0) -> bytes:

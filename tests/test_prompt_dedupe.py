@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from t2i_core.prompt_dedupe import dedupe_text_encoders, distinct_rows
-from t2i_core.schemas import EngineRequest
+from t2i_core.engine.prompt_dedupe import dedupe_text_encoders, distinct_rows
+from t2i_core.common.schemas import EngineRequest
 
 
 def test_distinct_rows_in_first_seen_order():
@@ -107,7 +107,7 @@ def test_engine_encodes_each_distinct_prompt_once_and_images_stay_bit_exact(engi
 def test_sd3_runs_its_three_encoders_on_distinct_prompts_only(engine, monkeypatch):
     """SD3's two CLIP encoders and its T5 (256 tokens) all get the distinct rows only. (SD3's images are
     not bit-exact between a batch and a single image on CPU, with or without this; SD and SDXL are.)"""
-    from t2i_core import prompt_dedupe
+    from t2i_core.engine import prompt_dedupe
 
     model = "builtin/tiny-sd3"
     items = [req(model, prompt, seed) for seed, prompt in enumerate("abab")]

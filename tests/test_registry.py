@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from t2i_core.errors import ModelUnavailable, UnknownModel
-from t2i_core.registry import SD_TURBO_ID, TINY_SD_ID, Registry
+from t2i_core.common.errors import ModelUnavailable, UnknownModel
+from t2i_core.common.registry import SD_TURBO_ID, TINY_SD_ID, Registry
 
 
 def _fake_hub_cache(hf_home, repo_id: str) -> None:

@@ -6,10 +6,10 @@ import time
 
 import numpy as np
 
-from t2i_core.config import Settings
-from t2i_core.engine import Engine
-from t2i_core.registry import TINY_SD_ID
-from t2i_core.schemas import EngineRequest
+from t2i_core.common.config import Settings
+from t2i_core.engine.core import Engine
+from t2i_core.common.registry import TINY_SD_ID
+from t2i_core.common.schemas import EngineRequest
 
 
 def req(seed=1, **kw) -> EngineRequest:

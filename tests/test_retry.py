@@ -5,7 +5,7 @@ import asyncio
 import aiohttp
 import pytest
 
-from t2i_core.retry import retry_dropped
+from t2i_core.api.retry import retry_dropped
 
 
 def flaky(errors):

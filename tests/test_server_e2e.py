@@ -179,12 +179,12 @@ def test_output_images_are_encoded_in_encoder_processes(server):
     beyond the first), and what they encode is what the API process would have encoded."""
     import psutil
 
-    from t2i_core.imaging import encode_image
+    from t2i_core.api.images.codecs import encode_image
 
     responses = _concurrent(server, [{"prompt": f"encoded {i}", "seed": i} for i in range(6)])
     assert all(r.status_code == 200 for r in responses)
     workers = [p for p in psutil.Process(server.proc.pid).children(recursive=True)
-               if "t2i_core.encode_worker" in " ".join(p.cmdline())]
+               if "t2i_core.api.images.encode_worker" in " ".join(p.cmdline())]
     assert len(workers) >= 1
     image = Image.open(io.BytesIO(responses[0].content))
     assert responses[0].content == encode_image(image.convert("RGB").tobytes(), *image.size, "png")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from t2i_core.config import Settings
-from t2i_core.engine import Engine
-from t2i_core.registry import TINY_SD_ID
-from t2i_core.schemas import EngineRequest
-from t2i_core.speedups import Speedups
+from t2i_core.common.config import Settings
+from t2i_core.engine.core import Engine
+from t2i_core.common.registry import TINY_SD_ID
+from t2i_core.common.schemas import EngineRequest
+from t2i_core.engine.speedups import Speedups
 
 
 def requests(n: int, size: int = 64) -> list[EngineRequest]:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from t2i_core.tiny import build_tiny_pipeline, ensure_tiny_pipeline, write_clip_tokenizer
+from t2i_core.devtools.tiny import build_tiny_pipeline, ensure_tiny_pipeline, write_clip_tokenizer
 
 
 def _digest(folder: Path) -> dict[str, str]:

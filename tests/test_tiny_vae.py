@@ -6,10 +6,10 @@ import logging
 
 import pytest
 
-from t2i_core.config import Settings
-from t2i_core.engine import Engine
-from t2i_core.registry import DEFAULT_REGISTRY, TINY_SD_ID, Registry, RegistryError, load_registry_file
-from t2i_core.schemas import EngineRequest
+from t2i_core.common.config import Settings
+from t2i_core.engine.core import Engine
+from t2i_core.common.registry import DEFAULT_REGISTRY, TINY_SD_ID, Registry, RegistryError, load_registry_file
+from t2i_core.common.schemas import EngineRequest
 
 
 def engine_with(tiny_vae: str) -> Engine:

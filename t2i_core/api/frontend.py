@@ -1,0 +1,274 @@
+"""The API side of a request: validate, decode input images, call the engine, encode output images.
+
+Everything here runs in the API process, so decoding and encoding (CPU work) stay out of the GPU
+process. ``EngineClient`` is how the frontend reaches the engine: BentoML's inter-service client in
+the server, ``LocalEngineClient`` (the engine in process) in tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Literal, Protocol, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from t2i_core.common import metrics
+
+from t2i_core.api import request_log
+from t2i_core.common.config import Settings
+from t2i_core.api.images.encode_pool import EncoderPool, default_processes
+from t2i_core.common.errors import ClientClosed, InvalidRequest, RequestTimeout, T2IError, describe_validation_errors
+from t2i_core.api.images.codecs import MEDIA_TYPES, decode_image, output_size, timed_encode, to_rgb_pixels
+from t2i_core.common.registry import Registry
+from t2i_core.common.schemas import EditRequest, EngineRequest, EngineResult, GenerateRequest, to_engine
+
+Kind = Literal["generate", "edit"]
+
+#: Without encoder processes (``T2I_ENCODE_PROCESSES=0``, or one CPU), a request's images are encoded
+#: on the event loop when they have this many pixels or fewer in all
+#: (two 64x64 images: a 64x64 PNG of noise takes 0.2-0.35 ms, a WebP up to 0.8 ms, so the loop is held
+#: for under 2 ms); more go to worker threads, in parallel (a 512x512 PNG takes 5-50 ms). Measured at
+#: 16 clients on the tiny model: worker threads for small images cost the API 14% more CPU per request
+#: and the answers came out later, the threads waiting for the GIL held by the busy event loop
+#: (docs/performance.md).
+INLINE_ENCODE_MAX_PIXELS = 2 * 64 * 64
+
+
+class EngineClient(Protocol):
+    """How the frontend reaches the engine: over BentoML in the server, in process in tests.
+
+    Model operations answer ``{"ok": ...}`` or ``{"error": {...}}`` (errors cross process
+    boundaries as data: BentoML hides the body of a 5xx)."""
+
+    async def run(self, kind: Kind, requests: list[EngineRequest]) -> list[EngineResult]: ...
+    async def model_states(self) -> list[dict[str, Any]]: ...
+    async def model_action(self, action: str, model_id: str) -> dict[str, Any]: ...
+    async def cancel(self, request_ids: list[str]) -> None: ...
+    async def progress(self, request_ids: list[str]) -> dict[str, dict[str, Any]]: ...
+
+
+#: Returns once the client has disconnected (``until_disconnected`` over the request's ASGI receive),
+#: or once a task was canceled (returning the ``ClientClosed`` error to answer with).
+Disconnected = Callable[[], Awaitable[Any]]
+
+
+async def until_disconnected(receive: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+    """Wait until the ASGI server reports the client gone (after the body has been read, the next
+    message is ``http.disconnect``). Costs nothing while waiting, unlike polling."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class LocalEngineClient:
+    """An ``EngineClient`` over an in-process ``Engine`` (tests, notebooks, the benchmark's raw mode)."""
+
+    def __init__(self, engine: Any):
+        self.engine = engine
+
+    async def run(self, kind: Kind, requests: list[EngineRequest]) -> list[EngineResult]:
+        return await asyncio.to_thread(self.engine.run, requests)
+
+    async def model_states(self) -> list[dict[str, Any]]:
+        return self.engine.models.states()
+
+    async def model_action(self, action: str, model_id: str) -> dict[str, Any]:
+        return await asyncio.to_thread(self.engine.model_action, action, model_id)
+
+    async def cancel(self, request_ids: list[str]) -> None:
+        self.engine.cancel(request_ids)
+
+    async def progress(self, request_ids: list[str]) -> dict[str, dict[str, Any]]:
+        return self.engine.progress(request_ids)
+
+
+@dataclass(frozen=True)
+class RenderedImage:
+    """An encoded output image and what produced it."""
+
+    data: bytes
+    format: str
+    seed: int
+    model: str
+    width: int
+    height: int
+    batch_size: int
+    inference_s: float
+    total_s: float
+
+    @property
+    def media_type(self) -> str:
+        return MEDIA_TYPES[self.format]
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "X-Seed": str(self.seed),
+            "X-Model": self.model,
+            "X-Image-Size": f"{self.width}x{self.height}",
+            "X-Batch-Size": str(self.batch_size),
+            "X-Inference-Time": f"{self.inference_s:.4f}",
+            "X-Total-Time": f"{self.total_s:.4f}",
+        }
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse(model: type[M], data: dict[str, Any]) -> M:
+    """Validate ``data`` into ``model``; InvalidRequest (naming field and value) when it does not fit."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        message, param = describe_validation_errors(exc.errors(include_url=False))
+        raise InvalidRequest(message, param=param) from None
+
+
+class Frontend:
+    def __init__(self, engine: EngineClient, settings: Settings | None = None, registry: Registry | None = None):
+        self.settings = settings or Settings.from_env()
+        self.registry = registry or Registry(default=self.settings.model)
+        self.engine = engine
+        processes = default_processes(self.settings.encode_processes)
+        #: output images are encoded in these processes, off the event loop (see encode_pool.py)
+        self.encoder = EncoderPool(processes) if processes > 0 else None
+
+    async def generate(
+        self, req: GenerateRequest, n: int = 1, disconnected: Disconnected | None = None, request_id: str | None = None
+    ) -> list[RenderedImage]:
+        """``n`` images for ``req`` (seeds seed, seed+1, ... when a seed is given), batched together.
+        ``request_id`` names the work in the engine (for ``progress`` and cancellation); default: a new one."""
+        self._note_prompt(req)
+        entry = self.registry.get(req.model)
+        items = [to_engine(req, entry, seed_offset=k) for k in range(n)]
+        return await self._run("generate", items, req.format, disconnected, request_id)
+
+    async def edit(
+        self, req: EditRequest, image: bytes, n: int = 1, disconnected: Disconnected | None = None,
+        request_id: str | None = None,
+    ) -> list[RenderedImage]:
+        """Edit the PNG/JPEG/WebP ``image`` (bytes) as ``req`` says."""
+        self._note_prompt(req)
+        entry = self.registry.get(req.model)
+        pixels, size = await asyncio.to_thread(self._prepare_input, req, image)
+        items = [to_engine(req, entry, image=pixels, image_size=size, seed_offset=k) for k in range(n)]
+        return await self._run("edit", items, req.format, disconnected, request_id)
+
+    async def progress(self, request_id: str) -> dict[str, Any]:
+        """Where the engine is with ``request_id``'s work: state, step k of steps."""
+        return (await self.engine.progress([request_id]))[request_id]
+
+    def _note_prompt(self, req: GenerateRequest) -> None:
+        if self.settings.log_prompts:
+            request_log.note(prompt=req.prompt, negative_prompt=req.negative_prompt)
+
+    def _prepare_input(self, req: EditRequest, image: bytes) -> tuple[bytes, tuple[int, int]]:
+        img = decode_image(image, max_pixels=self.settings.max_input_pixels)
+        width, height = output_size(*img.size)
+        size = (req.width or width, req.height or height)
+        return to_rgb_pixels(img, *size), size
+
+    async def model_states(self) -> list[dict[str, Any]]:
+        """Each registry model with its metadata and state (loaded, loading, available, unavailable)."""
+        states = {row["id"]: row for row in await self.engine.model_states()}
+        rows = []
+        for entry in self.registry.entries():
+            row = {**entry.metadata(), **states.get(entry.id, {"state": "available", "reason": None})}
+            row["default"] = entry.id == self.registry.default_id
+            rows.append(row)
+        return rows
+
+    async def model_action(self, action: Literal["load", "unload", "set_default"], model_id: str) -> dict[str, Any]:
+        """Load, unload or make default ``model_id`` (the admin API)."""
+        self.registry.get(model_id)
+        answer = await self.engine.model_action(action, model_id)
+        if answer.get("error"):
+            raise T2IError.from_dict(answer["error"])
+        if action == "set_default":
+            self.registry.set_default(model_id)
+        return answer
+
+    async def _call_engine(
+        self, kind: Kind, items: list[EngineRequest], disconnected: Disconnected | None, request_id: str | None = None
+    ) -> list[EngineResult]:
+        """The engine's results, or RequestTimeout (504) / ClientClosed (499) after telling the
+        engine to stop working on this request."""
+        request_id = request_id or uuid.uuid4().hex
+        timeout = self.settings.request_timeout_s
+        now = time.time()
+        deadline = now + timeout
+        items = [
+            item.model_copy(update={"request_id": request_id, "deadline": deadline, "submitted_at": now}) for item in items
+        ]
+        task = asyncio.ensure_future(self.engine.run(kind, items))
+        watcher = asyncio.ensure_future(disconnected()) if disconnected is not None else None
+        try:
+            done, _ = await asyncio.wait({task, *([watcher] if watcher else [])},
+                                         timeout=max(0.0, deadline - time.time()), return_when=asyncio.FIRST_COMPLETED)
+            if task in done:
+                return task.result()
+            if watcher in done:  # the watcher may name the error (a canceled task); else the client left
+                outcome = watcher.result()
+                raise outcome if isinstance(outcome, ClientClosed) else ClientClosed("the client closed the request; its work was stopped")
+            raise RequestTimeout(
+                f"the request took longer than the {timeout}s limit (T2I_REQUEST_TIMEOUT_S); its work was stopped"
+            )
+        except (RequestTimeout, ClientClosed, asyncio.CancelledError):
+            task.cancel()
+            await self.engine.cancel([request_id])
+            raise
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+
+    async def _run(
+        self, kind: Kind, items: list[EngineRequest], fmt: str, disconnected: Disconnected | None = None,
+        request_id: str | None = None,
+    ) -> list[RenderedImage]:
+        started = time.perf_counter()
+        first = items[0]
+        request_log.note(kind=kind, model=first.model, width=first.width, height=first.height, steps=first.steps,
+                         guidance_scale=first.guidance_scale, n=len(items), format=fmt,
+                         **({"strength": first.strength} if kind == "edit" else {}))
+        results = await self._call_engine(kind, items, disconnected, request_id)
+        if len(results) != len(items):
+            raise T2IError(f"engine returned {len(results)} results for {len(items)} requests")
+        request_log.note(seeds=[r.seed for r in results], batch_size=max(r.batch_size for r in results),
+                         queue_s=max(r.queue_s for r in results), inference_s=round(max(r.inference_s for r in results), 4),
+                         **{f"{stage}_s": seconds for stage, seconds in results[0].stages.items()})
+        for result in results:
+            if result.error is not None:
+                raise T2IError.from_dict(result.error)
+        encoded = await self._encode(results, fmt)
+        encode_s = [seconds for _, seconds in encoded]
+        for seconds in encode_s:
+            metrics.record_image_encoding(seconds)
+        total = time.perf_counter() - started
+        record = request_log.current()
+        metrics.record_images(first.model, request_log.route_label(record.route if record else ""), len(results))
+        request_log.note(image_encoding_s=round(max(encode_s), 6), total_s=round(total, 4))
+        return [
+            RenderedImage(
+                data=data, format=fmt, seed=int(r.seed or 0), model=r.model, width=r.width,
+                height=r.height, batch_size=r.batch_size, inference_s=r.inference_s, total_s=total,
+            )
+            for r, (data, _) in zip(results, encoded)
+        ]
+
+    async def _encode(self, results: list[EngineResult], fmt: str) -> list[tuple[bytes, float]]:
+        """Each result's image in ``fmt`` and the seconds its encoding took."""
+        if self.encoder is not None:
+            encoder = self.encoder
+            if len(results) == 1:
+                return [await encoder.encode(results[0].pixels or b"", results[0].width, results[0].height, fmt)]
+            return list(await asyncio.gather(*(encoder.encode(r.pixels or b"", r.width, r.height, fmt) for r in results)))
+        if sum(r.width * r.height for r in results) <= INLINE_ENCODE_MAX_PIXELS:
+            return [timed_encode(r.pixels or b"", r.width, r.height, fmt) for r in results]
+        return list(await asyncio.gather(
+            *(asyncio.to_thread(timed_encode, r.pixels or b"", r.width, r.height, fmt) for r in results)))
+
+
+def read_upload(image: Path | bytes) -> bytes:
+    return image if isinstance(image, bytes) else Path(image).read_bytes()

@@ -1,0 +1,219 @@
+"""What BentoML does not do for a public endpoint, as one ASGI middleware on the API service:
+
+- API keys (``T2I_API_KEYS``): generation routes need ``Authorization: Bearer <key>`` (401);
+  health, metrics, docs and image links stay open; admin routes have their own key.
+- Body cap (``T2I_MAX_BODY_BYTES``): 413 from ``Content-Length`` before the body is read, or as soon
+  as a chunked body passes the cap.
+- Bounded work (``T2I_MAX_IN_FLIGHT``): beyond that many generation requests in flight, new ones
+  get 429 with ``Retry-After`` at once instead of queueing without limit.
+- Strict fields on the native JSON routes: an unknown field is a 400 naming it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any
+
+from t2i_core.common import metrics
+from t2i_core.common.config import Settings
+from t2i_core.common.errors import InvalidRequest, PayloadTooLarge, T2IError, TooManyRequests, Unauthorized
+from t2i_core.api.frontend import parse
+from t2i_core.api.responses import error_response_for
+from t2i_core.common.paths import GENERATION_PATHS
+
+OPEN_PREFIXES = ("/livez", "/readyz", "/healthz", "/metrics", "/docs.json", "/schema.json", "/static",
+                 "/v1/images/files/", "/admin/", "/ui", "/playground")
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class GuardMiddleware:
+    def __init__(self, app: Any, settings: Settings | None = None, strict_fields: dict[str, frozenset[str]] | None = None,
+                 validate_at_submit: dict[str, Any] | None = None):
+        self.app = app
+        self.settings = settings or Settings.from_env()
+        self.keys = [k.strip().encode() for k in self.settings.api_keys.split(",") if k.strip()]
+        self.strict_fields = strict_fields or {}
+        #: task submit paths -> the task's input model: BentoML validates a task's input only when the
+        #: task runs (a bad field became a failed task); checked here, it is a 400 at submit
+        self.validate_at_submit = validate_at_submit or {}
+        self.in_flight = 0
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope.get("path", "")
+        headers: dict[bytes, bytes] = dict(scope.get("headers") or [])
+        try:
+            self._check_key(headers, path)
+            self._check_content_type(headers)
+            length = self._content_length(headers)
+            limit = self.settings.max_body_bytes
+            if length is not None and length > limit:
+                raise PayloadTooLarge(f"request body is {length} bytes; the limit is {limit} (T2I_MAX_BODY_BYTES)")
+            counted = path in GENERATION_PATHS and scope.get("method") == "POST"
+            if counted and self.in_flight >= self.settings.max_in_flight:
+                raise TooManyRequests(
+                    f"the server is busy: {self.in_flight} requests in flight, the limit is "
+                    f"{self.settings.max_in_flight} (T2I_MAX_IN_FLIGHT); retry after {self.settings.retry_after_s}s"
+                )
+        except T2IError as err:
+            await self._reject(scope, send, path, err)
+            return
+        if counted:
+            self.in_flight += 1
+            metrics.set_in_flight(self.in_flight)
+        try:
+            if path in self.strict_fields and headers.get(b"content-type", b"").startswith(b"application/json"):
+                body = await self._read_body(receive, limit)
+                self._check_fields(path, body)
+                receive = _replay(body, receive)
+            await self._run_limited(scope, receive, send, limit)
+        except _TooLarge:
+            await self._reject(scope, send, path, PayloadTooLarge(
+                f"request body is more than {limit} bytes; the limit is {limit} (T2I_MAX_BODY_BYTES)"))
+        except T2IError as err:
+            await self._reject(scope, send, path, err)
+        finally:
+            if counted:
+                self.in_flight -= 1
+                metrics.set_in_flight(self.in_flight)
+
+    # ---- checks --------------------------------------------------------------------------------
+    def _check_key(self, headers: dict[bytes, bytes], path: str) -> None:
+        if not self.keys or path == "/" or path.startswith(OPEN_PREFIXES):
+            return
+        header = headers.get(b"authorization", b"")
+        scheme, _, given = header.partition(b" ")
+        given = given.strip()
+        # compare with every key, in constant time, so timing tells nothing about which key is close
+        matched = False
+        for key in self.keys:
+            matched |= hmac.compare_digest(given, key)
+        if scheme.lower() != b"bearer" or not matched:
+            raise Unauthorized("this server needs an API key: send 'Authorization: Bearer <key>'")
+
+    @staticmethod
+    def _check_content_type(headers: dict[bytes, bytes]) -> None:
+        content_type = headers.get(b"content-type", b"").decode("latin-1")
+        if content_type.lower().startswith("multipart/form-data") and "boundary=" not in content_type:
+            raise InvalidRequest(
+                f"Content-Type {content_type!r} has no boundary parameter; multipart bodies need one",
+                param="content-type", code="invalid_content_type",
+            )
+
+    @staticmethod
+    def _content_length(headers: dict[bytes, bytes]) -> int | None:
+        raw = headers.get(b"content-length")
+        try:
+            return int(raw) if raw is not None else None
+        except ValueError:
+            return None
+
+    def _check_fields(self, path: str, body: bytes) -> None:
+        try:
+            data = json.loads(body or b"{}")
+        except ValueError:
+            return  # the route answers invalid JSON itself
+        if isinstance(data, dict) and path in self.validate_at_submit:
+            parse(self.validate_at_submit[path], data)  # InvalidRequest naming the field and the value
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - self.strict_fields[path])
+            if unknown:
+                known = ", ".join(sorted(self.strict_fields[path]))
+                raise InvalidRequest(
+                    f"unknown field(s) {', '.join(map(repr, unknown))} for {path}; the fields are: {known}",
+                    param=unknown[0], code="unknown_field",
+                )
+
+    # ---- body ----------------------------------------------------------------------------------
+    @staticmethod
+    async def _read_body(receive: Any, limit: int) -> bytes:
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise _TooLarge()
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                break
+        return b"".join(chunks)
+
+    async def _run_limited(self, scope: dict[str, Any], receive: Any, send: Any, limit: int) -> None:
+        """Run the app; if the body passes ``limit`` while it is read, answer 413 instead."""
+        size = 0
+        too_large = False
+        started = False
+
+        async def counting_receive() -> dict[str, Any]:
+            nonlocal size, too_large
+            message = await receive()
+            if message["type"] == "http.request":
+                size += len(message.get("body", b""))
+                if size > limit:
+                    too_large = True
+                    raise _TooLarge()
+            return message
+
+        async def guarded_send(message: dict[str, Any]) -> None:
+            nonlocal started
+            if too_large:
+                return  # the app's own error for the aborted read is replaced by the 413
+            started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        except _TooLarge:
+            pass
+        if too_large and not started:
+            raise _TooLarge()
+
+    async def _reject(self, scope: dict[str, Any], send: Any, path: str, err: T2IError) -> None:
+        headers = {"Retry-After": str(self.settings.retry_after_s)} if isinstance(err, TooManyRequests) else {}
+        if isinstance(err, Unauthorized):
+            headers["WWW-Authenticate"] = "Bearer"
+        response = error_response_for(path, err, headers)
+        await response(scope, _no_receive, send)
+
+
+def _replay(body: bytes, receive: Any) -> Any:
+    """A receive that hands over the already-read body, then waits on the real one (disconnects)."""
+    sent = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+async def _no_receive() -> dict[str, Any]:
+    return {"type": "http.disconnect"}
+
+
+def cors_options(settings: Settings) -> dict[str, Any] | None:
+    """Starlette CORSMiddleware options, or None when CORS is off. Never "*" with credentials."""
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    if not origins:
+        return None
+    return {
+        "allow_origins": origins,
+        "allow_credentials": "*" not in origins,
+        "allow_methods": ["GET", "POST", "OPTIONS"],
+        "allow_headers": ["Authorization", "Content-Type", "X-Request-ID"],
+        "expose_headers": ["X-Seed", "X-Model", "X-Image-Size", "X-Batch-Size", "X-Inference-Time", "X-Total-Time",
+                           "X-Request-ID"],
+        "max_age": 600,
+    }

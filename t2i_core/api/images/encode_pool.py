@@ -1,0 +1,201 @@
+"""Output images encoded in worker processes, beside the API's event loop instead of on it.
+
+Under load the server runs in lock step: the engine computes a batch while the API waits, then the
+API answers the batch's requests one after the other while the engine waits. Encoding a PNG was a
+third of the API's busy time in that turn (py-spy at 16 clients on the tiny model: 0.27 ms of
+~0.85 ms per request), on the one core the event loop runs on, while the other cores had little to
+do. Threads do not help: Pillow's Python code needs the GIL the busy event loop holds, and a thread
+waits up to Python's switch interval (5 ms) for it (docs/performance.md). A process has its own.
+
+Each API worker starts ``processes`` encoder processes (``python -m t2i_core.api.images.encode_worker``) on first
+use, talks to them over pipes with asyncio's subprocess protocol (no thread in this process), sends
+each image to the worker with the fewest jobs and resolves each request's own future as its reply
+arrives, so a batch's first answers leave while its last images are still being encoded.
+
+A worker that dies, or cannot start, costs no request: its images are encoded in a thread of this
+process instead, and a new worker is started at the next use (at most every ``RESTART_DELAY_S``).
+Pools are per event loop: a pool used from another loop (tests) starts workers of its own there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from t2i_core.api.images.encode_worker import FORMATS, JOB, REPLY
+from t2i_core.api.images.codecs import timed_encode
+
+log = logging.getLogger("t2i")
+
+#: Seconds between attempts to start a worker after one died or failed to start.
+RESTART_DELAY_S = 5.0
+#: The folder that holds this t2i_core package: the workers run ``-m t2i_core.api.images.encode_worker`` there
+#: (first on their path, so that they run this very package).
+PACKAGE_PARENT = str(Path(__file__).resolve().parents[3])
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity, e.g. a container's cpuset), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def default_processes(setting: int) -> int:
+    """``T2I_ENCODE_PROCESSES``: -1 is one per CPU beyond the first (the event loop's), at most 8."""
+    return min(8, available_cpus() - 1) if setting < 0 else setting
+
+
+class EncoderGone(Exception):
+    """The worker holding the job exited before it answered."""
+
+
+class _Worker(asyncio.SubprocessProtocol):
+    """One encoder process: writes jobs to its stdin, parses replies from its stdout."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.SubprocessTransport | None = None
+        self.stdin: asyncio.WriteTransport | None = None
+        self.pending: dict[int, asyncio.Future[tuple[bytes, float]]] = {}
+        self.alive = True
+        self.stopping = False  # ended by the pool (not a crash)
+        self._buffer = bytearray()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.stdin = self.transport.get_pipe_transport(0)  # type: ignore[union-attr,assignment]
+
+    def submit(self, job: int, pixels: bytes, width: int, height: int, code: int) -> asyncio.Future[tuple[bytes, float]]:
+        future: asyncio.Future[tuple[bytes, float]] = asyncio.get_running_loop().create_future()
+        if not self.alive or self.stdin is None or self.stdin.is_closing():
+            future.set_exception(EncoderGone("the encoder process is not running"))
+            return future
+        self.pending[job] = future
+        self.stdin.write(JOB.pack(job, width, height, code, len(pixels)))
+        self.stdin.write(pixels)
+        return future
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        while len(buffer) >= REPLY.size:
+            job, ok, seconds, size = REPLY.unpack_from(buffer)
+            end = REPLY.size + size
+            if len(buffer) < end:
+                return
+            payload = bytes(buffer[REPLY.size:end])
+            del buffer[:end]
+            future = self.pending.pop(job, None)
+            if future is None or future.done():  # the request was canceled meanwhile
+                continue
+            if ok:
+                future.set_result((payload, seconds))
+            else:  # encoded again in this process, which raises the real error
+                future.set_exception(EncoderGone(payload.decode(errors="replace")))
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        if fd == 1:
+            self.lost()
+
+    def process_exited(self) -> None:
+        self.lost()
+
+    def lost(self) -> None:
+        if not self.alive:
+            return
+        self.alive = False
+        if not self.stopping:
+            code = self.transport.get_returncode() if self.transport is not None else None
+            log.warning("an image encoder process exited (code %s); %d of its images are encoded in the API "
+                        "process, and a new encoder starts at the next use", code, len(self.pending))
+        pending, self.pending = self.pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(EncoderGone("the encoder process exited"))
+
+    def stop(self) -> None:
+        """End the process (also from another event loop, or after its loop closed)."""
+        self.stopping = True
+        self.lost()
+        if self.transport is None:
+            return
+        pid = self.transport.get_pid()
+        try:
+            if pid is not None:
+                os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            self.transport.close()  # marks it closed, so that it does not try again when collected
+        except RuntimeError:  # its event loop is closed: the pipes close with the process
+            pass
+
+
+class EncoderPool:
+    """``await encode(pixels, width, height, fmt)`` -> (encoded bytes, seconds the encoding took)."""
+
+    def __init__(self, processes: int):
+        self.processes = max(0, processes)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._workers: list[_Worker] = []
+        self._starting: asyncio.Task[None] | None = None
+        self._next_start = 0.0
+        self._jobs = itertools.count()
+        #: images encoded in this process because no worker could (for tests and the log)
+        self.fallbacks = 0
+
+    async def encode(self, pixels: bytes, width: int, height: int, fmt: str) -> tuple[bytes, float]:
+        worker = await self._worker() if fmt in FORMATS else None
+        if worker is not None:
+            try:
+                return await worker.submit(next(self._jobs), pixels, width, height, FORMATS.index(fmt))
+            except EncoderGone:
+                pass
+        self.fallbacks += 1
+        return await asyncio.to_thread(timed_encode, pixels, width, height, fmt)
+
+    async def _worker(self) -> _Worker | None:
+        """The live worker with the fewest jobs (starting missing ones), or None."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # first use, or another loop: the old loop's workers cannot serve it
+            self.close()
+            self._loop, self._next_start = loop, 0.0
+        self._workers = [w for w in self._workers if w.alive]
+        if len(self._workers) < self.processes and (self._starting is not None or loop.time() >= self._next_start):
+            if self._starting is None:
+                self._starting = asyncio.ensure_future(self._start(self.processes - len(self._workers)))
+            starting = self._starting
+            await asyncio.shield(starting)
+            if self._starting is starting:
+                self._starting = None
+            self._workers = [w for w in self._workers if w.alive]  # one may have died while starting
+        return min(self._workers, key=lambda w: len(w.pending)) if self._workers else None
+
+    async def _start(self, count: int) -> None:
+        loop = asyncio.get_running_loop()
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [PACKAGE_PARENT, os.environ.get("PYTHONPATH")]))}
+        for _ in range(count):
+            try:
+                _, worker = await loop.subprocess_exec(
+                    _Worker, sys.executable, "-m", "t2i_core.api.images.encode_worker", stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE, stderr=None, env=env, cwd=PACKAGE_PARENT,
+                )
+            except OSError as exc:
+                log.warning("could not start an image encoder process (%s); encoding in the API process", exc)
+                self._next_start = loop.time() + RESTART_DELAY_S
+                return
+            self._workers.append(worker)
+        self._next_start = loop.time() + RESTART_DELAY_S  # a worker that dies is replaced after this
+
+    def close(self) -> None:
+        """End the workers (a later ``encode`` starts new ones)."""
+        for worker in self._workers:
+            worker.stop()
+        self._workers = []
+        self._starting = None

@@ -1,0 +1,27 @@
+"""Client compatibility: the OpenAI Images API under /v1 and the routes of the seed servers.
+
+Every route is a thin adapter over ``Frontend`` (the same validation, engine calls and encoding as
+the native routes). ``build_compat_app`` returns one Starlette app that service.py mounts.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from starlette.applications import Starlette
+
+from t2i_core.api.frontend import Frontend
+from t2i_core.api.image_store import ImageStore
+from t2i_core.api.surfaces.tasks.routes import task_routes
+from t2i_core.api.surfaces.admin import admin_routes
+from t2i_core.api.surfaces.openai_images import openai_routes
+from t2i_core.api.surfaces.seeds import seed_routes
+from t2i_core.api.surfaces.playground.routes import ui_routes
+
+
+def build_compat_app(get_frontend: Callable[[], Frontend], store: ImageStore) -> Starlette:
+    """The compatibility routes, the task progress route and the playground page (/ui)."""
+    return Starlette(
+        routes=[*openai_routes(get_frontend, store), *seed_routes(get_frontend), *admin_routes(get_frontend),
+                *task_routes(get_frontend), *ui_routes()]
+    )

@@ -1,0 +1,69 @@
+"""The admin API: model states, load, unload, set the default model.
+
+Protected by ``T2I_ADMIN_KEY`` (``Authorization: Bearer <key>``, compared in constant time);
+disabled (403) when no key is set; 401 without the right key.
+
+    GET  /admin/models                 every model with its state
+    POST /admin/models/{id}/load       load now (waits for it)
+    POST /admin/models/{id}/unload     unload (409 while requests use it)
+    POST /admin/default   {"model": id}  requests without a model use this one
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Callable
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from t2i_core.common.errors import Forbidden, InvalidRequest, Unauthorized
+from t2i_core.api.frontend import Frontend
+from t2i_core.api.responses import openai_error_response
+from t2i_core.api.surfaces.reading import guarded, read_json_object
+
+
+def check_admin_key(request: Request, admin_key: str) -> None:
+    if not admin_key:
+        raise Forbidden("the admin API is disabled: set T2I_ADMIN_KEY to enable it")
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), admin_key.encode()):
+        raise Unauthorized("admin routes need 'Authorization: Bearer <T2I_ADMIN_KEY>'")
+
+
+def admin_routes(get_frontend: Callable[[], Frontend]) -> list[Route]:
+    guard = guarded(openai_error_response)
+
+    def authorized(request: Request) -> Frontend:
+        front = get_frontend()
+        check_admin_key(request, front.settings.admin_key)
+        return front
+
+    @guard
+    async def list_models(request: Request) -> Response:
+        front = authorized(request)
+        return JSONResponse({"default": front.registry.default_id, "models": await front.model_states()})
+
+    @guard
+    async def load(request: Request) -> Response:
+        return JSONResponse(await authorized(request).model_action("load", request.path_params["model_id"]))
+
+    @guard
+    async def unload(request: Request) -> Response:
+        return JSONResponse(await authorized(request).model_action("unload", request.path_params["model_id"]))
+
+    @guard
+    async def set_default(request: Request) -> Response:
+        front = authorized(request)
+        model_id = (await read_json_object(request)).get("model")
+        if not isinstance(model_id, str):
+            raise InvalidRequest(f"model must be a model id string; got {model_id!r}", param="model")
+        return JSONResponse(await front.model_action("set_default", model_id))
+
+    return [
+        Route("/admin/models", list_models, methods=["GET"]),
+        Route("/admin/models/{model_id:path}/load", load, methods=["POST"]),
+        Route("/admin/models/{model_id:path}/unload", unload, methods=["POST"]),
+        Route("/admin/default", set_default, methods=["POST"]),
+    ]

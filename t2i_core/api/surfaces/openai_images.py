@@ -1,0 +1,187 @@
+"""The OpenAI Images API: /v1/images/generations, /v1/images/edits, /v1/models, image links.
+
+Works with the official OpenAI SDK unchanged (base_url pointed here). Extensions are accepted as
+extra fields: ``negative_prompt``, ``seed``, ``num_inference_steps``, ``guidance_scale`` and, for
+edits, ``strength``. OpenAI fields that do not apply to diffusion models (``quality``, ``style``,
+``background``, ``moderation``, ``output_compression``) are accepted and ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from t2i_core.common.errors import Gone, InvalidRequest, NotFound, UnknownModel
+from t2i_core.common.fields import (
+    N,
+    Guidance,
+    ModelId,
+    NegativePrompt,
+    OptionalImageFormat,
+    Prompt,
+    ResponseFormat,
+    SchedulerName,
+    Seed,
+    Size,
+    Steps,
+    Strength,
+)
+from t2i_core.api.frontend import Frontend, RenderedImage, parse, until_disconnected
+from t2i_core.api.responses import openai_error_response
+from t2i_core.api.image_store import ImageStore
+from t2i_core.api.images.codecs import MEDIA_TYPES
+from t2i_core.common.schemas import EditRequest, GenerateRequest
+from t2i_core.api.surfaces.reading import guarded, image_bytes_from_json, read_form, read_json_object, refuse_mask
+
+log = logging.getLogger("t2i.openai")
+FILES_PATH = "/v1/images/files"
+_EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+
+
+class OpenAIImageRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    prompt: Prompt
+    model: ModelId = None
+    n: N = 1
+    size: Size = None
+    response_format: ResponseFormat = None
+    output_format: OptionalImageFormat = None
+    user: str | None = Field(default=None, max_length=256)
+    negative_prompt: NegativePrompt = None
+    seed: Seed = None
+    num_inference_steps: Steps = Field(default=None, validation_alias=AliasChoices("num_inference_steps", "steps"))
+    guidance_scale: Guidance = None
+    scheduler: SchedulerName = None
+
+    def native(self) -> GenerateRequest:
+        width, height = (int(s) for s in self.size.split("x")) if self.size else (None, None)
+        return GenerateRequest(
+            prompt=self.prompt, negative_prompt=self.negative_prompt, num_inference_steps=self.num_inference_steps,
+            guidance_scale=self.guidance_scale, width=width, height=height, seed=self.seed, model=self.model,
+            scheduler=self.scheduler, format=self.output_format or "png",
+        )
+
+
+class OpenAIEditRequest(OpenAIImageRequest):
+    strength: Strength = None
+
+    def native(self) -> EditRequest:
+        return EditRequest(**super().native().model_dump(), strength=self.strength)
+
+
+def _check_n(req: OpenAIImageRequest, front: Frontend) -> None:
+    limit = front.settings.max_images_per_request
+    if req.n > limit:
+        raise InvalidRequest(f"n must be between 1 and {limit} on this server; got {req.n}", param="n")
+
+
+def _images_body(
+    images: list[RenderedImage], req: OpenAIImageRequest, request: Request, store: ImageStore
+) -> dict[str, Any]:
+    data = []
+    for image in images:
+        item: dict[str, Any] = {"seed": image.seed, "revised_prompt": req.prompt}
+        if req.response_format == "url":
+            token = store.put(image.data, image.media_type)
+            base = str(request.base_url).rstrip("/")
+            item["url"] = f"{base}{FILES_PATH}/{token}.{_EXTENSIONS[image.format]}"
+        else:
+            import base64
+
+            item["b64_json"] = base64.b64encode(image.data).decode("ascii")
+        data.append(item)
+    first = images[0]
+    if req.user:
+        log.info("openai images request user=%r model=%s n=%d", req.user, first.model, len(images))
+    return {
+        "created": int(time.time()),
+        "data": data,
+        "model": first.model,
+        "size": f"{first.width}x{first.height}",
+        "output_format": first.format,
+    }
+
+
+async def models_body(front: Frontend, created: int) -> dict[str, Any]:
+    """OpenAI's model list and seed 002's ``models``, each model with its state."""
+    rows = await front.model_states()
+    return {
+        "object": "list",
+        "data": [{"id": r["id"], "object": "model", "created": created, "owned_by": r["publisher"], **r} for r in rows],
+        "models": rows,
+    }
+
+
+def openai_routes(get_frontend: Callable[[], Frontend], store: ImageStore) -> list[Route]:
+    created = int(time.time())
+    guard = guarded(openai_error_response)
+
+    @guard
+    async def generations(request: Request) -> Response:
+        front = get_frontend()
+        req = parse(OpenAIImageRequest, await read_json_object(request))
+        _check_n(req, front)
+        images = await front.generate(req.native(), n=req.n, disconnected=lambda: until_disconnected(request.receive))
+        return JSONResponse(_images_body(images, req, request, store))
+
+    @guard
+    async def edits(request: Request) -> Response:
+        front = get_frontend()
+        content_type = request.headers.get("content-type", "")
+        if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+            data, files = await read_form(request)
+            refuse_mask("mask" in files or bool(data.get("mask")))
+            uploads = files.get("image", [])
+            if len(uploads) != 1:
+                raise InvalidRequest(
+                    f"image must be exactly one uploaded PNG, JPEG or WebP file; got {len(uploads)} files",
+                    param="image",
+                )
+            image = await uploads[0].read()
+        else:
+            data = await read_json_object(request)
+            refuse_mask(data.get("mask") is not None)
+            image = image_bytes_from_json(data)
+        req = parse(OpenAIEditRequest, data)
+        _check_n(req, front)
+        images = await front.edit(req.native(), image, n=req.n, disconnected=lambda: until_disconnected(request.receive))
+        return JSONResponse(_images_body(images, req, request, store))
+
+    @guard
+    async def list_models(request: Request) -> Response:
+        return JSONResponse(await models_body(get_frontend(), created))
+
+    @guard
+    async def get_model(request: Request) -> Response:
+        model_id = request.path_params["model_id"]
+        for item in (await models_body(get_frontend(), created))["data"]:
+            if item["id"] == model_id:
+                return JSONResponse(item)
+        get_frontend().registry.get(model_id)  # raises UnknownModel naming the known ids
+        raise UnknownModel(f"model {model_id!r} is not in the registry", param="model")
+
+    @guard
+    async def image_file(request: Request) -> Response:
+        token = request.path_params["name"].rsplit(".", 1)[0]
+        found = store.get(token)
+        if found == "gone":
+            raise Gone(f"this image link has expired: images are kept {store.ttl_s:g} seconds", code="image_expired")
+        if found is None:
+            raise NotFound("no image at this link", code="image_not_found")
+        return Response(found.data, media_type=found.media_type, headers={"Cache-Control": "private, max-age=60"})
+
+    assert set(_EXTENSIONS) == set(MEDIA_TYPES)
+    return [
+        Route("/v1/images/generations", generations, methods=["POST"]),
+        Route("/v1/images/edits", edits, methods=["POST"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/models/{model_id:path}", get_model, methods=["GET"]),
+        Route(FILES_PATH + "/{name}", image_file, methods=["GET"]),
+    ]

@@ -1,0 +1,276 @@
+"""The model registry: public model ids, where their weights come from, metadata and defaults.
+
+The registry is one JSON file (``models.json`` beside ``t2i_core``, or ``$T2I_REGISTRY``). A source is
+``hub:<repo id>`` (Hugging Face hub, read only from the local cache), ``local:<folder>`` (a diffusers
+folder), ``bentoml:<tag>`` (a model in the BentoML model store), ``tiny:<family>`` (a built-in tiny
+random-weight pipeline, built offline) or ``random:<arch>`` (a full-size architecture with random
+weights, for GPU benchmarks). Weights are never downloaded while serving.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from t2i_core.common.errors import ModelUnavailable, UnknownModel, describe_validation_errors
+from t2i_core.common.fields import MAX_GUIDANCE, MAX_SIDE, MAX_STEPS, MIN_SIDE, SIDE_MULTIPLE
+from t2i_core.common.schedulers import SCHEDULERS, check_scheduler
+
+TINY_SD_ID = "builtin/tiny-sd"
+SD_TURBO_ID = "stabilityai/sd-turbo"
+DEFAULT_REGISTRY = Path(__file__).resolve().parents[2] / "models.json"
+SOURCE_KINDS = ("hub", "local", "bentoml", "tiny", "random")
+PipelineFamily = Literal["sd", "sdxl", "sd3"]
+
+
+class RegistryError(ValueError):
+    """The registry file cannot be used; the message names the file, the entry and the field."""
+
+
+class ModelDefaults(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    steps: int = Field(ge=1, le=MAX_STEPS)
+    guidance_scale: float = Field(ge=0, le=MAX_GUIDANCE)
+    width: int = Field(ge=MIN_SIDE, le=MAX_SIDE, multiple_of=SIDE_MULTIPLE)
+    height: int = Field(ge=MIN_SIDE, le=MAX_SIDE, multiple_of=SIDE_MULTIPLE)
+    scheduler: str | None = None
+
+
+class MemoryOptions(BaseModel):
+    """diffusers memory savers, applied when the model loads."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cpu_offload: bool = False  # enable_model_cpu_offload (CUDA only): modules visit the GPU in turn
+    vae_slicing: bool = False
+    vae_tiling: bool = False
+    attention_slicing: bool = False
+
+
+class ModelEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(min_length=1, max_length=200)
+    publisher: str
+    family: str  # metadata, as seed 002 reports it ("sdxl", "stable-diffusion", ...)
+    version: str
+    pipeline: PipelineFamily  # which diffusers pipeline family loads it
+    source: str
+    defaults: ModelDefaults
+    memory: MemoryOptions = MemoryOptions()
+    preload: bool = False
+    #: dtype on CPU; "float64" makes CPU images bit-identical whatever the batch (fp32 kernels are not).
+    cpu_dtype: Literal["float32", "float64", "bfloat16"] = "float32"
+    #: an AutoencoderTiny (e.g. "hub:madebyollin/taesd") to decode with instead of the model's VAE
+    #: (faster, some detail lost; see t2i_core/engine/tiny_vae.py); null: the model's own VAE
+    tiny_vae: str | None = None
+    description: str = ""
+
+    @field_validator("tiny_vae")
+    @classmethod
+    def _tiny_vae_source(cls, value: str | None) -> str | None:
+        from t2i_core.engine.tiny_vae import check_source
+
+        return None if value is None else check_source(value)
+
+    @field_validator("source")
+    @classmethod
+    def _source_kind(cls, value: str) -> str:
+        kind, _, ref = value.partition(":")
+        if kind not in SOURCE_KINDS or not ref:
+            raise ValueError(f"source must be one of {', '.join(k + ':...' for k in SOURCE_KINDS)}; got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _scheduler_fits(self) -> "ModelEntry":
+        if self.defaults.scheduler is not None:
+            check_scheduler(self.defaults.scheduler, self.pipeline, field="defaults.scheduler")
+        return self
+
+    @property
+    def source_kind(self) -> str:
+        return self.source.split(":", 1)[0]
+
+    @property
+    def source_ref(self) -> str:
+        return self.source.split(":", 1)[1]
+
+    def metadata(self) -> dict[str, str]:
+        return {"publisher": self.publisher, "family": self.family, "version": self.version, "id": self.id}
+
+    def store_copy(self) -> str | None:
+        """The folder of this model's copy in the BentoML model store (``pull --to-store``, or shipped
+        inside a Bento), which wins over the source; None when there is none."""
+        if self.source_kind == "bentoml":
+            return None
+        try:
+            import bentoml
+            from bentoml.exceptions import NotFound as StoreNotFound
+
+            from t2i_core.devtools.pull import store_name
+
+            return bentoml.models.get(f"{store_name(self.id)}:latest").path
+        except (StoreNotFound, ImportError, ValueError):
+            return None
+
+    def unavailable_reason(self) -> str | None:
+        """Why the weights cannot be loaded from disk now, or None when they can."""
+        return None if self.store_copy() is not None else self._source_unavailable_reason()
+
+    def _source_unavailable_reason(self) -> str | None:
+        """Why the source itself (not a store copy) cannot be loaded now, or None when it can."""
+        kind, ref = self.source_kind, self.source_ref
+        if kind in ("tiny", "random"):
+            return None
+        if kind == "local":
+            if (Path(ref) / "model_index.json").is_file():
+                return None
+            return f"model {self.id!r}: no diffusers folder at {ref} (model_index.json not found)"
+        if kind == "bentoml":
+            try:
+                self._bentoml_path()
+                return None
+            except Exception as exc:  # noqa: BLE001 - bentoml raises several kinds for a missing tag
+                return (f"model {self.id!r}: {ref!r} is not in the BentoML model store ({exc}); "
+                        f"import a folder with `python -m t2i_core pull {self.id} --from-folder DIR`")
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(ref, "model_index.json"), str):
+            return None
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        return (
+            f"model {self.id!r}: weights are not in the local Hugging Face cache ({HF_HUB_CACHE}); "
+            f"download them once with `python -m t2i_core pull {self.id}` (or `hf download {ref}`) "
+            "on a machine that reaches the hub"
+        )
+
+    def _bentoml_path(self) -> str:
+        import bentoml
+
+        return bentoml.models.get(self.source_ref).path
+
+    def local_path(self) -> str:
+        """A folder or cached repo id that ``from_pretrained(..., local_files_only=True)`` loads."""
+        if (copy := self.store_copy()) is not None:
+            return copy
+        reason = self._source_unavailable_reason()
+        if reason:
+            raise ModelUnavailable(reason, param="model")
+        if self.source_kind == "tiny":
+            from t2i_core.devtools.tiny import ensure_tiny_pipeline
+
+            return str(ensure_tiny_pipeline(self.source_ref))
+        if self.source_kind == "random":
+            from t2i_core.devtools.random_arch import ensure_random_pipeline
+
+            return str(ensure_random_pipeline(self.source_ref))
+        if self.source_kind == "bentoml":
+            return self._bentoml_path()
+        return self.source_ref
+
+
+class RegistryFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    default: str = "auto"
+    models: list[ModelEntry] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> "RegistryFile":
+        seen: set[str] = set()
+        for index, entry in enumerate(self.models):
+            if entry.id in seen:
+                raise ValueError(f"entry {index} ({entry.id!r}): id {entry.id!r} appears twice")
+            seen.add(entry.id)
+        return self
+
+
+def registry_path() -> Path:
+    return Path(os.environ.get("T2I_REGISTRY") or DEFAULT_REGISTRY)
+
+
+def load_registry_file(path: Path | None = None) -> RegistryFile:
+    """Read and validate the registry file; RegistryError names the file, the entry and the field."""
+    path = Path(path or registry_path())
+    try:
+        raw: Any = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RegistryError(f"registry file {path}: not found (set T2I_REGISTRY to a models.json)") from None
+    except json.JSONDecodeError as exc:
+        raise RegistryError(f"registry file {path}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    try:
+        return RegistryFile.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False):
+            loc = list(err.get("loc", ()))
+            where = ""
+            if len(loc) >= 2 and loc[0] == "models" and isinstance(loc[1], int):
+                index = loc[1]
+                entry = raw["models"][index] if isinstance(raw.get("models"), list) else {}
+                entry_id = entry.get("id") if isinstance(entry, dict) else None
+                where = f"entry {index} ({entry_id!r}): " if entry_id else f"entry {index}: "
+                loc = loc[2:]
+            message, _ = describe_validation_errors([{**err, "loc": loc}])
+            value = err.get("input")
+            if err.get("type") != "missing" and not isinstance(value, (dict, list)) and repr(value) not in message:
+                message += f"; got {value!r}"
+            problems.append(where + ("field " + message if loc else message))
+        raise RegistryError(f"registry file {path}: " + "; ".join(problems)) from None
+
+
+class Registry:
+    """Model entries by id, plus the default model (changeable at runtime)."""
+
+    def __init__(self, entries: list[ModelEntry] | None = None, default: str | None = None, path: Path | None = None):
+        if entries is None:
+            file = load_registry_file(path)
+            entries, file_default = file.models, file.default
+        else:
+            file_default = "auto"
+        self._entries = {e.id: e for e in entries}
+        self.auto = (default or file_default) == "auto"
+        self.default_id = self._resolve_default(default or file_default)
+
+    def _resolve_default(self, default: str) -> str:
+        if default != "auto":
+            self.get(default)
+            return default
+        if SD_TURBO_ID in self._entries and self._entries[SD_TURBO_ID].unavailable_reason() is None:
+            return SD_TURBO_ID
+        return TINY_SD_ID if TINY_SD_ID in self._entries else next(iter(self._entries))
+
+    def set_default(self, model_id: str) -> None:
+        self.get(model_id)
+        self.default_id = model_id
+
+    @property
+    def using_fallback(self) -> bool:
+        """True when "auto" chose the tiny model because sd-turbo's weights are absent."""
+        return self.auto and self.default_id == TINY_SD_ID
+
+    def ids(self) -> list[str]:
+        return list(self._entries)
+
+    def entries(self) -> list[ModelEntry]:
+        return list(self._entries.values())
+
+    def get(self, model_id: str | None) -> ModelEntry:
+        """The entry for ``model_id`` (the default when None); UnknownModel names the known ids."""
+        key = self.default_id if model_id is None else model_id
+        try:
+            return self._entries[key]
+        except KeyError:
+            known = ", ".join(sorted(self._entries))
+            raise UnknownModel(
+                f"model {key!r} is not in the registry; known models: {known}", param="model"
+            ) from None
+
+
+__all__ = ["Registry", "ModelEntry", "ModelDefaults", "MemoryOptions", "RegistryError", "SCHEDULERS"]

@@ -1,0 +1,147 @@
+"""Request models shared by every route, and the engine's request/result types.
+
+Routes validate into ``GenerateRequest``/``EditRequest``; ``to_engine`` fills unset fields from the
+model's registry defaults and produces the ``EngineRequest`` that crosses to the engine process.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+
+from t2i_core.common.errors import InvalidRequest
+from t2i_core.common.fields import (
+    Guidance,
+    ImageFormat,
+    ModelId,
+    NegativePrompt,
+    Prompt,
+    SchedulerName,
+    Seed,
+    Side,
+    Steps,
+    Strength,
+)
+from t2i_core.common.registry import ModelEntry
+from t2i_core.common.schedulers import check_scheduler
+
+DEFAULT_STRENGTH = 0.6
+
+
+class GenerateRequest(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    prompt: Prompt
+    negative_prompt: NegativePrompt = None
+    num_inference_steps: Steps = Field(
+        default=None, validation_alias=AliasChoices("num_inference_steps", "steps")
+    )
+    guidance_scale: Guidance = None
+    width: Side = None
+    height: Side = None
+    seed: Seed = None
+    model: ModelId = None
+    scheduler: SchedulerName = None
+    format: ImageFormat = "png"
+
+
+class EditRequest(GenerateRequest):
+    """An edit: ``image`` is the decoded, resized RGB pixels (the route decodes the upload)."""
+
+    strength: Strength = None
+
+
+class EngineRequest(BaseModel):
+    """One image to make, with every setting resolved; what the API sends the engine."""
+
+    kind: Literal["generate", "edit"] = "generate"
+    model: str
+    prompt: str
+    negative_prompt: str = ""
+    steps: int
+    guidance_scale: float
+    width: int
+    height: int
+    seed: int | None = None
+    strength: float | None = None
+    scheduler: str | None = None
+    #: edit only: raw RGB bytes, width * height * 3, row-major
+    image: bytes | None = None
+    #: who asked (for cancellation) and until when the answer is wanted (unix time)
+    request_id: str = ""
+    deadline: float | None = None
+    #: when the API handed it to the engine (unix time): the engine's queue wait starts here
+    submitted_at: float | None = None
+
+    def batch_key(self) -> tuple[Any, ...]:
+        """Requests with equal keys can run in one pipeline call."""
+        return (self.kind, self.model, self.width, self.height, self.steps, self.guidance_scale,
+                self.strength, self.scheduler)
+
+
+class EngineResult(BaseModel):
+    """One image made (raw RGB pixels), or the error that stopped it."""
+
+    model: str
+    seed: int | None = None
+    width: int = 0
+    height: int = 0
+    pixels: bytes | None = None
+    batch_size: int = 0
+    inference_s: float = 0.0
+    #: seconds from the API's hand-over to the start of its engine batch
+    queue_s: float = 0.0
+    #: seconds per engine stage of its batch: text_encoding, denoising, vae_decoding
+    stages: dict[str, float] = {}
+    error: dict[str, Any] | None = None
+
+
+def to_engine(
+    req: GenerateRequest,
+    entry: ModelEntry,
+    *,
+    image: bytes | None = None,
+    image_size: tuple[int, int] | None = None,
+    seed_offset: int = 0,
+) -> EngineRequest:
+    """Resolve ``req`` against the model's defaults into an ``EngineRequest``.
+
+    For an edit, ``image`` is RGB pixels of ``image_size`` (already resized to the output size).
+    ``seed_offset`` gives the k-th of n images of one request the seed ``seed + k``.
+    """
+    d = entry.defaults
+    steps = req.num_inference_steps if req.num_inference_steps is not None else d.steps
+    width = req.width or (image_size[0] if image_size else d.width)
+    height = req.height or (image_size[1] if image_size else d.height)
+    seed = None if req.seed is None else (req.seed + seed_offset) % 2**64
+    strength = None
+    if isinstance(req, EditRequest):
+        strength = req.strength if req.strength is not None else DEFAULT_STRENGTH
+        # img2img runs int(steps * strength) denoising steps: at least one must remain.
+        if steps * strength < 1:
+            if req.num_inference_steps is not None:
+                raise InvalidRequest(
+                    f"num_inference_steps * strength must be at least 1 so that one denoising step runs; "
+                    f"got {steps} * {strength} = {steps * strength:g}",
+                    param="num_inference_steps",
+                )
+            steps = math.ceil(1 / strength)
+    scheduler = req.scheduler or d.scheduler
+    if scheduler is not None:
+        check_scheduler(scheduler, entry.pipeline)
+    return EngineRequest(
+        scheduler=scheduler,
+        kind="edit" if isinstance(req, EditRequest) else "generate",
+        model=entry.id,
+        prompt=req.prompt,
+        negative_prompt=req.negative_prompt or "",
+        steps=steps,
+        guidance_scale=req.guidance_scale if req.guidance_scale is not None else d.guidance_scale,
+        width=width,
+        height=height,
+        seed=seed,
+        strength=strength,
+        image=image,
+    )

@@ -1,0 +1,391 @@
+"""The engine: loads pipelines and runs a list of requests on one device.
+
+``Engine.run`` takes the list that BentoML's adaptive batching hands over, groups it into sub-batches
+of compatible settings, gives every image its own ``torch.Generator`` seeded from its own seed (so an
+image depends on its request only, not on its batch-mates), and returns one result per request in
+the same order. An error is reported on the results it concerns; it is never raised, so one failing
+sub-batch cannot fail the rest of the batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections import Counter, OrderedDict, deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, TypeVar
+
+from t2i_core.common import metrics
+from t2i_core.common.config import Settings
+from t2i_core.engine.devices import pick_device
+from t2i_core.common.errors import ClientClosed, EngineFailure, InvalidRequest, OutOfMemory, RequestTimeout, T2IError
+from t2i_core.engine.model_manager import LoadedModel, ModelManager
+from t2i_core.common.registry import Registry
+from t2i_core.common.schemas import EngineRequest, EngineResult
+from t2i_core.engine.speedups import Speedups
+from t2i_core.engine.stage_timer import StageTimer, device_sync
+
+log = logging.getLogger("t2i.engine")
+
+
+def default_budget(device: str) -> int:
+    """85% of the GPU's memory; on CPU or MPS, half the RAM."""
+    if device.startswith("cuda"):
+        import torch
+
+        return int(torch.cuda.get_device_properties(torch.device(device)).total_memory * 0.85)
+    import psutil
+
+    return int(psutil.virtual_memory().total * 0.5)
+
+
+T = TypeVar("T")
+PROGRESS_KEPT = 10_000
+SEED_RANGE = 2**32  # drawn seeds stay small enough for every JSON client
+
+
+def prompt_arguments(items: list[EngineRequest]) -> dict[str, Any]:
+    """The prompt arguments of one pipeline call. When every image of a text-to-image batch has the
+    same prompt and negative prompt (``n`` images of one request), the prompt is encoded once and
+    repeated (``num_images_per_prompt``) instead of once per image; each image keeps its own generator."""
+    first = items[0]
+    if len(items) > 1 and first.kind == "generate" and all(
+        r.prompt == first.prompt and r.negative_prompt == first.negative_prompt for r in items
+    ):
+        return {"prompt": [first.prompt], "negative_prompt": [first.negative_prompt], "num_images_per_prompt": len(items)}
+    return {"prompt": [r.prompt for r in items], "negative_prompt": [r.negative_prompt for r in items]}
+
+
+class Cancelled(Exception):
+    """Raised from the step callback to abandon a batch nobody waits for any more."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()  # MPS, older CUDA paths
+
+
+class Engine:
+    def __init__(self, settings: Settings | None = None, registry: Registry | None = None):
+        from t2i_core.patches.diffusers import skip_group_offload_lookup_until_used
+
+        skip_group_offload_lookup_until_used()
+        self.settings = settings or Settings.from_env()
+        self.registry = registry or Registry(default=self.settings.model)
+        self.device = pick_device(self.settings.device)
+        # Every torch call runs on this one thread. OpenMP keeps a thread pool per calling thread: loading
+        # on one thread and computing on another (BentoML calls sync APIs from worker threads) made
+        # the CPU engine run at half speed, effectively single-threaded (measured: 63.7 vs 91.9 img/s at
+        # batch 8 on 2 cores). One thread is also the simple discipline for CUDA.
+        self._torch_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="t2i-torch")
+        self._torch_thread = self._torch_pool.submit(self._init_torch_thread).result()
+        self.models = ModelManager(
+            self.registry, self.device, self.settings.dtype,
+            self.settings.memory_budget_bytes or default_budget(self.device),
+            load_timeout_s=self.settings.request_timeout_s,
+            speedups=Speedups.from_settings(self.settings),
+        )
+        self._batch_sizes: deque[int] = deque(maxlen=10_000)
+        self._counts: Counter[str] = Counter()
+        self._busy_s = 0.0  # seconds spent in pipeline calls that produced images
+        self._active = 0  # run() calls in progress
+        self._idle_since: float | None = time.monotonic()
+        self._cancelled: dict[str, float] = {}
+        self._cancel_lock = threading.Lock()
+        #: request id -> {"state": running|done, "step": k, "steps": n}, the most recent PROGRESS_KEPT
+        self._progress: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.stage_timer = StageTimer(device_sync(self.device))
+
+    def _init_torch_thread(self) -> threading.Thread:
+        if self.settings.torch_threads > 0:
+            import torch
+
+            torch.set_num_threads(self.settings.torch_threads)
+        return threading.current_thread()
+
+    def on_torch_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` on the engine's torch thread (directly when already there)."""
+        if threading.current_thread() is self._torch_thread:
+            return fn(*args)
+        return self._torch_pool.submit(fn, *args).result()
+
+    def load(self, model_id: str) -> LoadedModel:
+        """Load ``model_id`` now (normally models load on first use)."""
+        return self.on_torch_thread(self.models.load, model_id)
+
+    def preload(self) -> None:
+        """Load the default model and every registry entry marked ``preload``; with ``T2I_COMPILE``,
+        compile them for the warm-up sizes."""
+        for model_id in dict.fromkeys([self.registry.default_id, *(e.id for e in self.registry.entries() if e.preload)]):
+            try:
+                self.load(model_id)
+            except T2IError as err:
+                log.warning("preload of %s failed: %s", model_id, err.message)
+                continue
+            if self.models.speedups.compile:
+                self.warm_up(model_id)
+
+    def warm_up(self, model_id: str) -> None:
+        """Run ``model_id`` at batch 1, 2 and the maximum for each warm-up size, so that torch.compile
+        compiles now (the second batch size makes the batch dimension dynamic) and not under traffic."""
+        entry = self.registry.get(model_id)
+        sizes = self.models.speedups.warmup_sizes or ((entry.defaults.width, entry.defaults.height),)
+        for width, height in sizes:
+            for batch in sorted({1, 2, self.settings.max_batch_size}):
+                started = time.perf_counter()
+                results = self.run([
+                    EngineRequest(model=model_id, prompt=f"warm-up {i}", steps=entry.defaults.steps, width=width,
+                                  height=height, guidance_scale=entry.defaults.guidance_scale, seed=i)
+                    for i in range(batch)
+                ])
+                failed = next((r.error for r in results if r.error), None)
+                log.info("warm-up %s %dx%d batch %d: %.1fs%s", model_id, width, height, batch,
+                         time.perf_counter() - started, f" (failed: {failed['message']})" if failed else "")
+
+    def model_action(self, action: str, model_id: str) -> dict[str, Any]:
+        """Admin operations; errors come back as data (``{"error": {...}}``), never raised."""
+        return self.on_torch_thread(self._model_action, action, model_id)
+
+    def _model_action(self, action: str, model_id: str) -> dict[str, Any]:
+        try:
+            if action == "load":
+                loaded = self.models.load(model_id)
+                return {"ok": True, "model": model_id, "state": "loaded", "bytes": loaded.bytes, "load_s": loaded.load_s}
+            if action == "unload":
+                return {"ok": True, "model": model_id, "unloaded": self.models.unload(model_id)}
+            if action == "set_default":
+                self.registry.set_default(model_id)
+                return {"ok": True, "model": model_id, "default": True}
+            raise InvalidRequest(f"action must be load, unload or set_default; got {action!r}", param="action")
+        except T2IError as err:
+            return {"error": err.to_dict()}
+
+    # ---- running ------------------------------------------------------------------------------
+    def run(self, requests: list[EngineRequest]) -> list[EngineResult]:
+        """One result per request, in order; errors are reported per result, never raised."""
+        with self._cancel_lock:
+            self._active += 1
+            self._idle_since = None
+        try:
+            return self.on_torch_thread(self._run, requests)
+        finally:
+            with self._cancel_lock:
+                self._active -= 1
+                if self._active == 0:
+                    self._idle_since = time.monotonic()
+
+    def idle_since(self) -> float | None:
+        """When the engine last became idle (monotonic seconds); None while it is working."""
+        return self._idle_since
+
+    def _run(self, requests: list[EngineRequest]) -> list[EngineResult]:
+        results: list[EngineResult | None] = [None] * len(requests)
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for index, req in enumerate(requests):
+            groups.setdefault(req.batch_key(), []).append(index)
+        self._counts["engine_calls"] += 1
+        for indices in groups.values():
+            items = [requests[i] for i in indices]
+            for i, result in zip(indices, self._run_group(items)):
+                results[i] = result
+        return [r for r in results if r is not None]
+
+    def _run_group(self, items: list[EngineRequest]) -> list[EngineResult]:
+        seeds = [r.seed if r.seed is not None else secrets.randbelow(SEED_RANGE) for r in items]
+        now = time.time()
+        waits = [now - r.submitted_at if r.submitted_at is not None else 0.0 for r in items]
+        for req, wait in zip(items, waits):
+            if req.submitted_at is not None:  # sent by the API (not a warm-up or an in-process call)
+                metrics.record_queue_wait(wait)
+        results = self._run_split(items, seeds)
+        for req in items:
+            self._set_progress(req.request_id, state="done")
+        return [r.model_copy(update={"queue_s": round(max(0.0, w), 6)}) for r, w in zip(results, waits)]
+
+    def _run_split(self, items: list[EngineRequest], seeds: list[int]) -> list[EngineResult]:
+        """Run ``items``; when the batch fails (out of memory, or one bad item), run each half
+        alone, down to single items, so that only the items that really fail get an error."""
+        results: dict[int, EngineResult] = {}
+        live = []
+        for i, req in enumerate(items):
+            reason = self._cancel_reason(req)
+            if reason is not None:
+                results[i] = self._failed(req, seeds[i], reason)
+            else:
+                live.append(i)
+        if live:
+            todo = [items[i] for i in live]
+            for i, result in zip(live, self._attempt(todo, [seeds[i] for i in live])):
+                results[i] = result
+        return [results[i] for i in range(len(items))]
+
+    def _attempt(self, items: list[EngineRequest], seeds: list[int]) -> list[EngineResult]:
+        try:
+            started = time.perf_counter()
+            pixels, stages = self._call_pipeline(items, seeds)
+            elapsed = time.perf_counter() - started
+        except Cancelled:
+            return self._run_split(items, seeds)  # every item is cancelled now: each gets its reason
+        except T2IError as err:  # the same for every item (e.g. the model is unavailable)
+            return [self._failed(r, s, err) for r, s in zip(items, seeds)]
+        except Exception as exc:  # noqa: BLE001 - split, or reported to the one item
+            oom = is_out_of_memory(exc)
+            if oom:
+                self._counts["oom_retries"] += 1
+                metrics.record_oom_retry()
+                self.models.free_cache()
+            if len(items) > 1:
+                log.warning("batch of %d failed (%s); retrying in halves", len(items), type(exc).__name__)
+                half = len(items) // 2
+                return self._run_split(items[:half], seeds[:half]) + self._run_split(items[half:], seeds[half:])
+            if oom:
+                err: T2IError = OutOfMemory(
+                    f"out of memory generating one {items[0].width}x{items[0].height} image on {self.device}; "
+                    "try a smaller size or fewer steps"
+                )
+            else:
+                log.exception("generation failed for one image (%s)", items[0].model)
+                err = EngineFailure(f"generation failed: {type(exc).__name__}: {exc}")
+            return [self._failed(items[0], seeds[0], err)]
+        self._batch_sizes.append(len(items))
+        self._counts["images"] += len(items)
+        self._busy_s += elapsed
+        metrics.record_batch(items[0].model, items[0].kind, len(items), stages)
+        return [
+            EngineResult(
+                model=r.model, seed=s, width=r.width, height=r.height, pixels=p,
+                batch_size=len(items), inference_s=elapsed, stages=stages,
+            )
+            for r, s, p in zip(items, seeds, pixels)
+        ]
+
+    def _failed(self, req: EngineRequest, seed: int, err: T2IError) -> EngineResult:
+        self._counts["errors"] += 1
+        self._counts[f"errors_{err.code}"] += 1
+        metrics.record_error(err.code)
+        return EngineResult(model=req.model, seed=seed, width=req.width, height=req.height, error=err.to_dict())
+
+    # ---- cancellation -------------------------------------------------------------------------
+    def cancel(self, request_ids: list[str]) -> int:
+        """Stop working for these requests (their client left or timed out); returns how many."""
+        now = time.monotonic()
+        with self._cancel_lock:
+            for rid in request_ids:
+                if rid:
+                    self._cancelled[rid] = now
+            for rid in [r for r, t in self._cancelled.items() if now - t > 600]:
+                del self._cancelled[rid]
+        return len(request_ids)
+
+    def _cancel_reason(self, req: EngineRequest) -> T2IError | None:
+        if req.deadline is not None and time.time() > req.deadline:  # a timed-out request is cancelled too
+            limit = self.settings.request_timeout_s
+            return RequestTimeout(f"the request took longer than the {limit}s limit (T2I_REQUEST_TIMEOUT_S); its work was stopped")
+        if req.request_id and req.request_id in self._cancelled:
+            return ClientClosed("the client closed the request; its work was stopped")
+        return None
+
+    def _call_pipeline(self, items: list[EngineRequest], seeds: list[int]) -> tuple[list[bytes], dict[str, float]]:
+        first = items[0]
+        if 0 <= self.settings.fault_oom_above < len(items):
+            import torch
+
+            raise torch.OutOfMemoryError(f"injected: batch of {len(items)} > T2I_FAULT_OOM_ABOVE={self.settings.fault_oom_above}")
+        with self.models.use(first.model) as loaded:
+            return self._denoise(loaded.pipeline(first.kind, first.scheduler), items, seeds)
+
+    def _denoise(self, pipe: Any, items: list[EngineRequest], seeds: list[int]) -> tuple[list[bytes], dict[str, float]]:
+        import inspect
+
+        import numpy as np
+        import torch
+
+        first = items[0]
+        # CPU generators: the same seed gives the same starting noise on every device.
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+        kwargs: dict[str, Any] = dict(
+            **prompt_arguments(items),
+            num_inference_steps=first.steps,
+            guidance_scale=first.guidance_scale,
+            generator=generators,
+            output_type="np",
+            callback_on_step_end=self._stop_when_all_cancelled(items),
+        )
+        if first.kind == "edit":
+            from t2i_core.api.images.codecs import from_rgb_pixels
+
+            kwargs["image"] = [from_rgb_pixels(r.image or b"", r.width, r.height) for r in items]
+            kwargs["strength"] = first.strength
+        if first.kind == "generate" or "height" in inspect.signature(pipe.__call__).parameters:
+            kwargs["width"], kwargs["height"] = first.width, first.height  # SD3's edit needs them too
+        for req in items:
+            self._set_progress(req.request_id, state="running", step=0, steps=None)
+        self.stage_timer.attach(pipe)
+        self.stage_timer.start()
+        try:
+            with torch.inference_mode():
+                images = pipe(**kwargs).images
+        finally:
+            stages = self.stage_timer.stop()
+        array = (np.asarray(images) * 255.0).round().clip(0, 255).astype(np.uint8)
+        return [np.ascontiguousarray(a).tobytes() for a in array], stages
+
+    def _stop_when_all_cancelled(self, items: list[EngineRequest]) -> Any:
+        """A diffusers step callback that aborts the batch once no item of it is wanted any more."""
+
+        def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            steps = getattr(pipe, "num_timesteps", None)
+            for req in items:
+                self._set_progress(req.request_id, step=step + 1, steps=steps)
+            if all(self._cancel_reason(r) is not None for r in items):
+                raise Cancelled()
+            return tensors
+
+        return on_step_end
+
+    # ---- progress -----------------------------------------------------------------------------
+    def _set_progress(self, request_id: str, **fields: Any) -> None:
+        if not request_id:
+            return
+        with self._cancel_lock:
+            entry = self._progress.pop(request_id, None) or {"state": "running", "step": 0, "steps": None}
+            entry.update(fields)
+            self._progress[request_id] = entry
+            while len(self._progress) > PROGRESS_KEPT:
+                self._progress.popitem(last=False)
+
+    def progress(self, request_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Where these requests are: ``{"state": "queued"|"running"|"done", "step": k, "steps": n}``
+        (``steps`` is the number of denoising steps, known once the pipeline has started)."""
+        with self._cancel_lock:
+            return {
+                rid: dict(self._progress.get(rid) or {"state": "queued", "step": 0, "steps": None})
+                for rid in request_ids
+            }
+
+    # ---- observability ------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        sizes = list(self._batch_sizes)
+        return {
+            "device": self.device,
+            "default_model": self.registry.default_id,
+            "loaded_models": self.models.loaded_ids(),
+            "evicted_models": list(self.models.evicted),
+            "memory_used_bytes": self.models.used_bytes(),
+            "memory_budget_bytes": self.models.budget_bytes,
+            "images": self._counts["images"],
+            "errors": self._counts["errors"],
+            "engine_calls": self._counts["engine_calls"],
+            "oom_retries": self._counts["oom_retries"],
+            "busy_s": round(self._busy_s, 4),
+            "errors_by_code": {k[7:]: v for k, v in self._counts.items() if k.startswith("errors_")},
+            "batches": len(sizes),
+            "max_batch_size_seen": max(sizes, default=0),
+            "batch_size_histogram": {str(k): v for k, v in sorted(Counter(sizes).items())},
+            "recent_batch_sizes": sizes[-64:],
+        }
