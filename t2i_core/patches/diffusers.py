@@ -7,14 +7,23 @@
   for a batch of 16 on 2 CPU cores) and 4.6 ms per ``_execution_device`` on SD-Turbo's architecture,
   on the critical path before any kernel is launched. Until a group-offloading hook is registered
   in this process, the lookup answers "none" at once; after one is, it walks as before.
+  Upstream: none known (group offloading came with diffusers#10503).
+
+Applied only on diffusers ``WRITTEN_FOR`` (``version_guard``); elsewhere it warns once and changes nothing.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from t2i_core.patches.version_guard import written_for
+
+WRITTEN_FOR = "0.42"
+
 
 def skip_group_offload_lookup_until_used() -> None:
+    if not written_for("diffusers", WRITTEN_FOR, "skip_group_offload_lookup_until_used"):
+        return
     from diffusers.hooks import group_offloading, hooks
 
     if getattr(group_offloading._get_top_level_group_offload_hook, "_t2i_patched", False):
