@@ -33,7 +33,7 @@ from t2i_core.common.config import Settings
 from t2i_core.common.errors import T2IError
 from t2i_core.patches.gc_freeze import freeze_startup_objects
 from t2i_core.api.frontend import Frontend, Kind, parse, read_upload, until_disconnected
-from t2i_core.api.responses import ErrorBodyMiddleware, base64_image, error_response, image_response
+from t2i_core.api.responses import ErrorBodyMiddleware, base64_image, error_response_for, image_response
 from t2i_core.api.guards import GuardMiddleware, cors_options
 from t2i_core.api.image_store import ImageStore
 from t2i_core.common.registry import RegistryError, load_registry_file
@@ -225,7 +225,7 @@ class API:
                 parse(EditRequest, fields), read_upload(upload), disconnected=lambda: until_disconnected(ctx.request.receive)
             )
         except T2IError as err:
-            return reply(ctx, error_response(err))
+            return reply(ctx, error_response_for(ctx.request.url.path, err))
         return reply(ctx, image_response(result))
 
     # The fields of /generate (its input model, so the two cannot drift apart).
@@ -254,7 +254,7 @@ class API:
                 disconnected=disconnected or (lambda: until_disconnected(ctx.request.receive)),
             )
         except T2IError as err:
-            return reply(ctx, error_response(err))
+            return reply(ctx, error_response_for(ctx.request.url.path, err))
         return reply(ctx, image_response(image))
 
     @bentoml.api(route="/stats")

@@ -1,5 +1,9 @@
-"""HTTP shapes of the native routes: image replies, error bodies, and the middleware that gives
-BentoML's own error bodies the same shape.
+"""Responses of every surface: image replies, and the one path from an error to a response.
+
+Handlers raise ``T2IError``; ``error_response_for`` picks the status (``errors.http_status``) and the
+body shape of the surface the path belongs to (native, OpenAI, seed servers). Starlette routes are
+wrapped in ``guarded``, BentoML's routes reach it through ``service.py``, the guard middleware calls it
+directly, and ``ErrorBodyMiddleware`` rewrites BentoML's own error bodies into the native shape.
 
 Native error body: ``{"error": "<message naming field and value>", "param": <field|null>, "code": ...}``.
 BentoML answers its own validation errors as ``{"error": "1 validation error for Input", "detail":
@@ -8,57 +12,72 @@ BentoML answers its own validation errors as ``{"error": "1 validation error for
 
 from __future__ import annotations
 
+import functools
 import json
-from typing import Any
+import logging
+from typing import Any, Awaitable, Callable, Literal
 
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from t2i_core.api import request_log
-from t2i_core.common.errors import T2IError, describe_validation_errors, http_status
+from t2i_core.common.errors import InvalidRequest, T2IError, describe_validation_errors, http_status
 from t2i_core.api.frontend import RenderedImage
 from t2i_core.api.images.codecs import decode_base64
 from t2i_core.common.paths import SEED_PATHS
 
+log = logging.getLogger("t2i.api")
+Handler = Callable[[Request], Awaitable[Response]]
 
-def error_body(err: T2IError) -> dict[str, Any]:
+
+Surface = Literal["native", "openai", "seed"]
+
+
+def surface_of(path: str) -> Surface:
+    """Which API surface a path belongs to, for the shape of its error bodies."""
+    if path.startswith(("/v1/", "/admin/")):
+        return "openai"
+    if path in SEED_PATHS:
+        return "seed"
+    return "native"
+
+
+def error_body(err: T2IError, surface: Surface = "native") -> dict[str, Any]:
+    """native ``{"error": message, "param", "code"}``; OpenAI ``{"error": {"message", "type", "param",
+    "code"}}``; the seed servers' ``{"error": message}``."""
+    if surface == "openai":
+        return {"error": err.to_dict()}
+    if surface == "seed":
+        return {"error": err.message}
     return {"error": err.message, "param": err.param, "code": err.code}
 
 
-def _noted(err: T2IError) -> T2IError:
-    """Every error answer passes here: its code goes on the request's log line."""
+def error_response_for(path: str, err: T2IError, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The one place an error becomes a response: status from the hierarchy (``http_status``), body in
+    the shape of the surface ``path`` belongs to; its code goes on the request's log line."""
     request_log.note(error=err.code, error_message=err.message[:300])
-    return err
+    return JSONResponse(error_body(err, surface_of(path)), status_code=http_status(err), headers=headers)
 
 
-def error_response(err: T2IError) -> JSONResponse:
-    """Native routes: ``{"error": message, "param": ..., "code": ...}``."""
-    return JSONResponse(error_body(_noted(err)), status_code=http_status(err))
+def guarded(handler: Handler) -> Handler:
+    """A Starlette route handler whose T2IError is answered by ``error_response_for``; anything else is
+    a logged 500 with no traceback in the body."""
 
+    @functools.wraps(handler)
+    async def run(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except T2IError as err:
+            return error_response_for(request.url.path, err)
+        except Exception:  # noqa: BLE001 - logged here, never shown to the client
+            log.exception("%s %s failed", request.method, request.url.path)
+            return error_response_for(request.url.path, T2IError("internal error; the server log has the details"))
 
-def openai_error_response(err: T2IError) -> JSONResponse:
-    """/v1 routes: OpenAI's ``{"error": {"message", "type", "param", "code"}}``."""
-    return JSONResponse({"error": _noted(err).to_dict()}, status_code=http_status(err))
-
-
-def seed_error_response(err: T2IError) -> JSONResponse:
-    """Seed-compatible routes: ``{"error": message}``."""
-    return JSONResponse({"error": _noted(err).message}, status_code=http_status(err))
+    return run
 
 
 def image_response(image: RenderedImage) -> Response:
     return Response(content=image.data, media_type=image.media_type, headers=image.headers())
-
-
-def error_response_for(path: str, err: T2IError, headers: dict[str, str] | None = None) -> JSONResponse:
-    """The error in the shape of the route family that ``path`` belongs to (for middleware errors)."""
-    if path.startswith(("/v1/", "/admin/")):
-        response = openai_error_response(err)
-    elif path in SEED_PATHS:
-        response = seed_error_response(err)
-    else:
-        response = error_response(err)
-    response.headers.update(headers or {})
-    return response
 
 
 def base64_image(value: Any) -> Any:
@@ -82,9 +101,9 @@ def normalize_error_body(status: int, body: bytes) -> bytes | None:
     details = data.get("detail")
     if isinstance(details, list) and details and all(isinstance(d, dict) for d in details):
         message, param = describe_validation_errors(details)
-    code = "invalid_value" if status < 500 else "server_error"
-    request_log.note(error=code, error_message=message)
-    return json.dumps({"error": message, "param": param, "code": code}).encode()
+    err = InvalidRequest(message, param=param) if status < 500 else T2IError(message, code="server_error")
+    request_log.note(error=err.code, error_message=err.message[:300])
+    return json.dumps(error_body(err)).encode()
 
 
 class ErrorBodyMiddleware:

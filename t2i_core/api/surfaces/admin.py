@@ -20,8 +20,8 @@ from starlette.routing import Route
 
 from t2i_core.common.errors import Forbidden, InvalidRequest, Unauthorized
 from t2i_core.api.frontend import Frontend
-from t2i_core.api.responses import openai_error_response
-from t2i_core.api.surfaces.reading import guarded, read_json_object
+from t2i_core.api.responses import guarded
+from t2i_core.api.surfaces.reading import read_json_object
 
 
 def check_admin_key(request: Request, admin_key: str) -> None:
@@ -33,27 +33,26 @@ def check_admin_key(request: Request, admin_key: str) -> None:
 
 
 def admin_routes(get_frontend: Callable[[], Frontend]) -> list[Route]:
-    guard = guarded(openai_error_response)
 
     def authorized(request: Request) -> Frontend:
         front = get_frontend()
         check_admin_key(request, front.settings.admin_key)
         return front
 
-    @guard
+    @guarded
     async def list_models(request: Request) -> Response:
         front = authorized(request)
         return JSONResponse({"default": front.registry.default_id, "models": await front.model_states()})
 
-    @guard
+    @guarded
     async def load(request: Request) -> Response:
         return JSONResponse(await authorized(request).model_action("load", request.path_params["model_id"]))
 
-    @guard
+    @guarded
     async def unload(request: Request) -> Response:
         return JSONResponse(await authorized(request).model_action("unload", request.path_params["model_id"]))
 
-    @guard
+    @guarded
     async def set_default(request: Request) -> Response:
         front = authorized(request)
         model_id = (await read_json_object(request)).get("model")

@@ -33,11 +33,11 @@ from t2i_core.common.fields import (
     Strength,
 )
 from t2i_core.api.frontend import Frontend, RenderedImage, parse, until_disconnected
-from t2i_core.api.responses import openai_error_response
+from t2i_core.api.responses import guarded
 from t2i_core.api.image_store import ImageStore
 from t2i_core.api.images.codecs import MEDIA_TYPES
 from t2i_core.common.schemas import EditRequest, GenerateRequest
-from t2i_core.api.surfaces.reading import guarded, image_bytes_from_json, read_form, read_json_object, refuse_mask
+from t2i_core.api.surfaces.reading import image_bytes_from_json, read_form, read_json_object, refuse_mask
 
 log = logging.getLogger("t2i.openai")
 FILES_PATH = "/v1/images/files"
@@ -121,9 +121,8 @@ async def models_body(front: Frontend, created: int) -> dict[str, Any]:
 
 def openai_routes(get_frontend: Callable[[], Frontend], store: ImageStore) -> list[Route]:
     created = int(time.time())
-    guard = guarded(openai_error_response)
 
-    @guard
+    @guarded
     async def generations(request: Request) -> Response:
         front = get_frontend()
         req = parse(OpenAIImageRequest, await read_json_object(request))
@@ -131,7 +130,7 @@ def openai_routes(get_frontend: Callable[[], Frontend], store: ImageStore) -> li
         images = await front.generate(req.native(), n=req.n, disconnected=lambda: until_disconnected(request.receive))
         return JSONResponse(_images_body(images, req, request, store))
 
-    @guard
+    @guarded
     async def edits(request: Request) -> Response:
         front = get_frontend()
         content_type = request.headers.get("content-type", "")
@@ -154,11 +153,11 @@ def openai_routes(get_frontend: Callable[[], Frontend], store: ImageStore) -> li
         images = await front.edit(req.native(), image, n=req.n, disconnected=lambda: until_disconnected(request.receive))
         return JSONResponse(_images_body(images, req, request, store))
 
-    @guard
+    @guarded
     async def list_models(request: Request) -> Response:
         return JSONResponse(await models_body(get_frontend(), created))
 
-    @guard
+    @guarded
     async def get_model(request: Request) -> Response:
         model_id = request.path_params["model_id"]
         for item in (await models_body(get_frontend(), created))["data"]:
@@ -167,7 +166,7 @@ def openai_routes(get_frontend: Callable[[], Frontend], store: ImageStore) -> li
         get_frontend().registry.get(model_id)  # raises UnknownModel naming the known ids
         raise UnknownModel(f"model {model_id!r} is not in the registry", param="model")
 
-    @guard
+    @guarded
     async def image_file(request: Request) -> Response:
         token = request.path_params["name"].rsplit(".", 1)[0]
         found = store.get(token)

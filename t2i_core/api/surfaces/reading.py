@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import functools
 import json
-import logging
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
-from starlette.responses import Response
 
-from t2i_core.common.errors import InvalidRequest, T2IError
+from t2i_core.common.errors import InvalidRequest
 from t2i_core.api.images.codecs import decode_base64
 
-log = logging.getLogger("t2i.compat")
-Handler = Callable[[Request], Awaitable[Response]]
 
 
 async def read_json_object(request: Request) -> dict[str, Any]:
@@ -54,26 +49,6 @@ def image_bytes_from_json(data: dict[str, Any], field: str = "image") -> bytes:
     if value is None:
         raise InvalidRequest(f"{field} is required: a base64 PNG, JPEG or WebP image", param=field)
     return decode_base64(value, field=field)
-
-
-def guarded(shape: Callable[[T2IError], Response]) -> Callable[[Handler], Handler]:
-    """Answer T2IError in the route family's error shape; anything else is a logged 500 with no
-    traceback in the body."""
-
-    def wrap(handler: Handler) -> Handler:
-        @functools.wraps(handler)
-        async def run(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except T2IError as err:
-                return shape(err)
-            except Exception:  # noqa: BLE001 - logged here, never shown to the client
-                log.exception("%s %s failed", request.method, request.url.path)
-                return shape(T2IError("internal error; the server log has the details"))
-
-        return run
-
-    return wrap
 
 
 def refuse_mask(present: bool) -> None:

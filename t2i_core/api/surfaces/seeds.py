@@ -20,9 +20,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from t2i_core.api.frontend import Frontend, RenderedImage, parse, until_disconnected
-from t2i_core.api.responses import image_response, seed_error_response
+from t2i_core.api.responses import guarded, image_response
 from t2i_core.common.schemas import EditRequest, GenerateRequest
-from t2i_core.api.surfaces.reading import guarded, image_bytes_from_json, read_json_object
+from t2i_core.api.surfaces.reading import image_bytes_from_json, read_json_object
 
 
 def _b64(data: bytes) -> str:
@@ -35,16 +35,15 @@ def _seed000_body(image: RenderedImage) -> dict[str, object]:
 
 
 def seed_routes(get_frontend: Callable[[], Frontend]) -> list[Route]:
-    guard = guarded(seed_error_response)
 
-    @guard
+    @guarded
     async def api_image_generate(request: Request) -> Response:
         """seed 000: {prompt, steps, format} -> {image, time, format}."""
         req = parse(GenerateRequest, await read_json_object(request))
         (image,) = await get_frontend().generate(req, disconnected=lambda: until_disconnected(request.receive))
         return JSONResponse(_seed000_body(image))
 
-    @guard
+    @guarded
     async def api_image_edit(request: Request) -> Response:
         """seed 000: {image (base64), prompt, steps, strength, format} -> {image, time, format}."""
         data = await read_json_object(request)
@@ -53,14 +52,14 @@ def seed_routes(get_frontend: Callable[[], Frontend]) -> list[Route]:
         (image,) = await get_frontend().edit(req, source, disconnected=lambda: until_disconnected(request.receive))
         return JSONResponse(_seed000_body(image))
 
-    @guard
+    @guarded
     async def generate_image(request: Request) -> Response:
         """seed 001: {prompt} -> PNG bytes."""
         req = parse(GenerateRequest, await read_json_object(request))
         (image,) = await get_frontend().generate(req, disconnected=lambda: until_disconnected(request.receive))
         return image_response(image)
 
-    @guard
+    @guarded
     async def image_generate(request: Request) -> Response:
         """seed 004: {prompt, seed, guidance_scale} -> {message, image_data}."""
         req = parse(GenerateRequest, await read_json_object(request))

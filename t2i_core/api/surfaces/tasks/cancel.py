@@ -16,7 +16,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from t2i_core.api.responses import error_response
+from t2i_core.api.responses import error_response_for
 from t2i_core.api.surfaces.tasks.store import CANCEL_PATH, existing_task, task_status
 from t2i_core.common.errors import Conflict, T2IError
 
@@ -43,7 +43,7 @@ class TaskCancelMiddleware:
                                param="task_id", code="task_finished")
             response: Response = JSONResponse({"task_id": task_id, "status": status})
         except T2IError as err:
-            response = error_response(err)
+            response = error_response_for(CANCEL_PATH, err)
         await response(scope, receive, send)
 
 

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from t2i_core.api.responses import error_response
+from t2i_core.api.responses import error_response_for
 from t2i_core.api.surfaces.tasks.store import engine_request_id, existing_task
 from t2i_core.common.errors import T2IError
 from t2i_core.common.paths import TASK_ROUTE
@@ -25,7 +25,7 @@ def task_routes(get_frontend: Callable[[], Any]) -> list[Route]:
         try:
             task_id, status = await existing_task(request)
         except T2IError as err:
-            return error_response(err)
+            return error_response_for(request.url.path, err)
         engine = await get_frontend().progress(engine_request_id(task_id))
         if status == "completed":
             engine = {**engine, "state": "done"}
