@@ -8,12 +8,10 @@ torch and diffusers are imported inside the engine's ``__init__``, so importing 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import bentoml
 from PIL.Image import Image
-from pydantic import BeforeValidator
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 
@@ -21,25 +19,24 @@ from t2i_core.patches.openmp import shorten_openmp_spin
 
 shorten_openmp_spin()  # before the engine's __init__ loads torch: see t2i_core/patches/openmp.py
 
-from t2i_core.common import fields as F  # noqa: E402
-from t2i_core.api.surfaces import build_compat_app
+from t2i_core.api.surfaces import build_compat_app  # noqa: E402
 from t2i_core.api import request_log
 from t2i_core.patches.bentoml import (
     NO_SESSION_RENEWAL, cache_local_callers, cancel_request_timers, keep_canceled_tasks_canceled, memoize_media_types,
     trace_only_when_exported,
 )
-from t2i_core.api.coalesce import Coalescer
 from t2i_core.common.config import Settings
-from t2i_core.common.errors import T2IError
 from t2i_core.patches.gc_freeze import freeze_startup_objects
-from t2i_core.api.frontend import Frontend, Kind, parse, read_upload, until_disconnected
-from t2i_core.api.responses import ErrorBodyMiddleware, base64_image, error_response_for, image_response
+from t2i_core.api.engine_client import RemoteEngine
+from t2i_core.api.frontend import Frontend, read_upload, until_disconnected
+from t2i_core.api.responses import ErrorBodyMiddleware
 from t2i_core.api.guards import GuardMiddleware, cors_options
 from t2i_core.api.image_store import ImageStore
 from t2i_core.common.registry import RegistryError, load_registry_file
 from t2i_core.api.retry import retry_dropped
 from t2i_core.engine.shutdown import drain_on_sigterm
-from t2i_core.common.schemas import EditRequest, EngineRequest, EngineResult, GenerateRequest
+from t2i_core.api.surfaces.native import EditUpload, answer
+from t2i_core.common.schemas import EditRequest, EngineRequest, EngineResult, GenerateRequest, accepted_names
 from t2i_core.api.surfaces.tasks.cancel import TaskCancelMiddleware
 from t2i_core.api.surfaces.tasks.store import engine_request_id, until_cancelled
 from t2i_core.common.paths import TASK_ROUTE
@@ -49,11 +46,13 @@ try:  # a bad registry file stops the server at once, naming the file, the entry
     load_registry_file()
 except RegistryError as exc:
     raise SystemExit(f"t2i-server cannot start: {exc}") from None
+# Each service its own traffic settings (BentoML adds its task settings, external_queue and
+# concurrency 1, to the dict of a service with a task: a shared dict would carry them to the engine).
 # BentoML's own timeout stays above ours, so that ours (504, work stopped) answers first.
-TRAFFIC = {"timeout": SETTINGS.request_timeout_s + 30}
+# concurrency (what BentoCloud scales on): the engine takes a batch at a time, the API its in-flight cap.
+ENGINE_TRAFFIC = {"timeout": SETTINGS.request_timeout_s + 30, "concurrency": SETTINGS.max_batch_size}
+API_TRAFFIC = {"timeout": SETTINGS.request_timeout_s + 30, "concurrency": SETTINGS.max_in_flight}
 log = logging.getLogger("t2i")
-
-ImageUpload = Annotated[Path, BeforeValidator(base64_image)]
 
 
 # Adaptive batching across requests; T2I_MAX_BATCH_SIZE=1 turns it off (BentoML refuses a batchable
@@ -66,7 +65,7 @@ BATCHING: dict[str, Any] = (
 
 # runner_connection: see t2i_core/patches/bentoml.py (BentoML's session renewal dropped in-flight calls)
 @bentoml.service(
-    name="t2i_engine", resources={"gpu": 1}, workers=1, traffic=TRAFFIC, runner_connection=NO_SESSION_RENEWAL
+    name="t2i_engine", resources={"gpu": 1}, workers=1, traffic=ENGINE_TRAFFIC, runner_connection=NO_SESSION_RENEWAL
 )
 class Engine:
     """Owns the device: loads pipelines once and runs adaptive batches of images."""
@@ -120,121 +119,36 @@ class Engine:
         return self.core.model_action(action, model_id)
 
 
-def route_fields(arguments: dict[str, Any]) -> dict[str, Any]:
-    """A native route's arguments as request fields: no ``self``/``ctx``; ``steps`` is an alias of
-    ``num_inference_steps`` (which wins when both are given)."""
-    fields = {k: v for k, v in arguments.items() if k not in ("self", "ctx")}
-    steps = fields.pop("steps")
-    if fields["num_inference_steps"] is None:
-        fields["num_inference_steps"] = steps
-    return fields
-
-
-def reply(ctx: bentoml.Context, response: Response) -> Response:
-    """BentoML applies ``ctx.response.status_code`` to whatever a route returns when it takes ``ctx``."""
-    ctx.response.status_code = response.status_code
-    return response
-
-
-class RemoteEngine:
-    """The frontend's ``EngineClient`` over BentoML's inter-service client; concurrent requests are
-    merged into fewer engine calls (``T2I_COALESCE``, see t2i_core/api/coalesce.py)."""
-
-    def __init__(self, engine: Any):
-        self.engine = engine
-        self.coalescer = (
-            Coalescer(self._send, SETTINGS.max_batch_size, max_outstanding=SETTINGS.coalesce,
-                      linger_s=SETTINGS.coalesce_linger_ms / 1000)
-            if SETTINGS.coalesce > 0 else None
-        )
-
-    async def run(self, kind: Kind, requests: list[EngineRequest]) -> list[EngineResult]:
-        if self.coalescer is not None:
-            return await self.coalescer.run(kind, requests)
-        return await self._send(kind, requests)
-
-    async def _send(self, kind: Kind, requests: list[EngineRequest]) -> list[EngineResult]:
-        method = self.engine.to_async.generate if kind == "generate" else self.engine.to_async.edit
-        return await retry_dropped(lambda: method(requests))
-
-    async def model_states(self) -> list[dict[str, Any]]:
-        return await retry_dropped(self.engine.to_async.model_states)
-
-    async def model_action(self, action: str, model_id: str) -> dict[str, Any]:
-        return await retry_dropped(lambda: self.engine.to_async.model_action(action=action, model_id=model_id))
-
-    async def cancel(self, request_ids: list[str]) -> None:
-        await retry_dropped(lambda: self.engine.to_async.cancel(request_ids=request_ids))
-
-    async def progress(self, request_ids: list[str]) -> dict[str, dict[str, Any]]:
-        return await retry_dropped(lambda: self.engine.to_async.progress(request_ids=request_ids))
-
-
-@bentoml.service(name="t2i", traffic=TRAFFIC)
+@bentoml.service(name="t2i", traffic=API_TRAFFIC)
 class API:
     """HTTP front: validation, image decoding/encoding, and every public route."""
 
     engine = bentoml.depends(Engine)
 
     def __init__(self) -> None:
-        self.front = Frontend(RemoteEngine(self.engine), SETTINGS)
+        self.front = Frontend(RemoteEngine(self.engine, SETTINGS), SETTINGS)
         freeze_startup_objects()  # see t2i_core/patches/gc_freeze.py
 
-    @bentoml.api(route="/generate")
-    async def generate(
-        self,
-        prompt: F.Prompt,
-        negative_prompt: F.NegativePrompt = None,
-        num_inference_steps: F.Steps = None,
-        steps: F.Steps = None,
-        guidance_scale: F.Guidance = None,
-        width: F.Side = None,
-        height: F.Side = None,
-        seed: F.Seed = None,
-        model: F.ModelId = None,
-        scheduler: F.SchedulerName = None,
-        format: F.ImageFormat = "png",
-        ctx: bentoml.Context = None,  # type: ignore[assignment]
-    ) -> Image:
+    @bentoml.api(route="/generate", input_spec=GenerateRequest)
+    async def generate(self, ctx: bentoml.Context, **fields: Any) -> Image:
         """Text to image. Answers the image bytes; headers X-Seed, X-Model, X-Inference-Time."""
-        return await self._generate(route_fields(locals()), ctx)
+        return await self._generate(fields, ctx)
 
-    @bentoml.api(route="/edit")
-    async def edit(
-        self,
-        image: ImageUpload,
-        prompt: F.Prompt,
-        strength: F.Strength = None,
-        negative_prompt: F.NegativePrompt = None,
-        num_inference_steps: F.Steps = None,
-        steps: F.Steps = None,
-        guidance_scale: F.Guidance = None,
-        width: F.Side = None,
-        height: F.Side = None,
-        seed: F.Seed = None,
-        model: F.ModelId = None,
-        scheduler: F.SchedulerName = None,
-        format: F.ImageFormat = "png",
-        ctx: bentoml.Context = None,  # type: ignore[assignment]
-    ) -> Image:
+    @bentoml.api(route="/edit", input_spec=EditUpload)
+    async def edit(self, ctx: bentoml.Context, **fields: Any) -> Image:
         """Image to image: a file upload (multipart) or base64 in JSON. Answers the image bytes."""
-        fields = route_fields(locals())
         upload = fields.pop("image")
-        try:
-            (result,) = await self.front.edit(
-                parse(EditRequest, fields), read_upload(upload), disconnected=lambda: until_disconnected(ctx.request.receive)
-            )
-        except T2IError as err:
-            return reply(ctx, error_response_for(ctx.request.url.path, err))
-        return reply(ctx, image_response(result))
+        return await answer(ctx, self.front.edit(
+            EditRequest.model_construct(**fields), read_upload(upload),
+            disconnected=lambda: until_disconnected(ctx.request.receive),
+        ))
 
-    # The fields of /generate (its input model, so the two cannot drift apart).
-    @bentoml.task(route=TASK_ROUTE, input_spec=generate.input_spec)
-    async def generate_task(self, ctx: bentoml.Context, **arguments: Any) -> Image:
+    # The fields of /generate (the same input model, so the two cannot drift apart).
+    @bentoml.task(route=TASK_ROUTE, input_spec=GenerateRequest)
+    async def generate_task(self, ctx: bentoml.Context, **fields: Any) -> Image:
         """Text to image as a task, for long jobs: submit, then status / progress / get / cancel
-        (see t2i_core/api/surfaces/tasks/store.py). The result is what /generate answers; a plain POST to this route
-        (BentoML serves one beside the task routes) behaves like /generate."""
-        fields = route_fields(arguments)
+        (see t2i_core/api/surfaces/tasks/). The result is what /generate answers; a plain POST to this
+        route (BentoML serves one beside the task routes) behaves like /generate."""
         task_id: str | None = getattr(ctx.request.state, "task_id", None)
         if task_id is None:
             return await self._generate(fields, ctx)
@@ -248,14 +162,11 @@ class API:
     async def _generate(
         self, fields: dict[str, Any], ctx: bentoml.Context, request_id: str | None = None, disconnected: Any = None
     ) -> Response:
-        try:
-            (image,) = await self.front.generate(
-                parse(GenerateRequest, fields), request_id=request_id,
-                disconnected=disconnected or (lambda: until_disconnected(ctx.request.receive)),
-            )
-        except T2IError as err:
-            return reply(ctx, error_response_for(ctx.request.url.path, err))
-        return reply(ctx, image_response(image))
+        # the fields were validated against GenerateRequest by BentoML: not validated twice
+        return await answer(ctx, self.front.generate(
+            GenerateRequest.model_construct(**fields), request_id=request_id,
+            disconnected=disconnected or (lambda: until_disconnected(ctx.request.receive)),
+        ))
 
     @bentoml.api(route="/stats")
     async def stats(self) -> dict[str, Any]:
@@ -279,7 +190,7 @@ API.add_asgi_middleware(
     GuardMiddleware,
     settings=SETTINGS,
     strict_fields={
-        path: frozenset(m.input_spec.model_fields)
+        path: accepted_names(m.input_spec)
         for m in API.apis.values() for path in ([m.route, f"{m.route}/submit"] if m.is_task else [m.route])
     },
     validate_at_submit={f"{m.route}/submit": m.input_spec for m in API.apis.values() if m.is_task},

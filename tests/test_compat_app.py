@@ -6,7 +6,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from t2i_core.api.surfaces import build_compat_app
-from t2i_core.api.frontend import Frontend, LocalEngineClient
+from t2i_core.api.engine_client import LocalEngineClient
+from t2i_core.api.frontend import Frontend
 from t2i_core.api.image_store import ImageStore
 
 

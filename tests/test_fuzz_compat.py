@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from t2i_core.api.surfaces import build_compat_app
-from t2i_core.api.frontend import Frontend, LocalEngineClient
+from t2i_core.api.engine_client import LocalEngineClient
+from t2i_core.api.frontend import Frontend
 from t2i_core.api.image_store import ImageStore
 
 FIELDS = ["prompt", "negative_prompt", "steps", "num_inference_steps", "guidance_scale", "width", "height",

@@ -15,7 +15,8 @@ from starlette.testclient import TestClient
 
 from t2i_core.api import request_log
 from t2i_core.common.config import Settings
-from t2i_core.api.frontend import Frontend, LocalEngineClient
+from t2i_core.api.engine_client import LocalEngineClient
+from t2i_core.api.frontend import Frontend
 from t2i_core.common.registry import TINY_SD_ID
 from t2i_core.common.schemas import EngineRequest, GenerateRequest
 

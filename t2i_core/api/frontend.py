@@ -19,14 +19,14 @@ from pydantic import BaseModel, ValidationError
 from t2i_core.common import metrics
 
 from t2i_core.api import request_log
+from t2i_core.api.engine_client import EngineClient
 from t2i_core.common.config import Settings
 from t2i_core.api.images.encode_pool import EncoderPool, default_processes
-from t2i_core.common.errors import ClientClosed, InvalidRequest, RequestTimeout, T2IError, describe_validation_errors
-from t2i_core.api.images.codecs import MEDIA_TYPES, decode_image, output_size, timed_encode, to_rgb_pixels
-from t2i_core.common.registry import Registry
-from t2i_core.common.schemas import EditRequest, EngineRequest, EngineResult, GenerateRequest, to_engine
-
-Kind = Literal["generate", "edit"]
+from t2i_core.common.errors import ClientClosed, DefaultModelChanged, InvalidRequest, RequestTimeout, T2IError, describe_validation_errors
+from t2i_core.api.images.codecs import MEDIA_TYPES, decode_image, output_size, timed_encode
+from t2i_core.common.pixels import to_rgb_pixels
+from t2i_core.common.registry import ModelEntry, Registry
+from t2i_core.common.schemas import EditRequest, EngineRequest, EngineResult, GenerateRequest, Kind, to_engine
 
 #: Without encoder processes (``T2I_ENCODE_PROCESSES=0``, or one CPU), a request's images are encoded
 #: on the event loop when they have this many pixels or fewer in all
@@ -36,19 +36,6 @@ Kind = Literal["generate", "edit"]
 #: and the answers came out later, the threads waiting for the GIL held by the busy event loop
 #: (docs/performance.md).
 INLINE_ENCODE_MAX_PIXELS = 2 * 64 * 64
-
-
-class EngineClient(Protocol):
-    """How the frontend reaches the engine: over BentoML in the server, in process in tests.
-
-    Model operations answer ``{"ok": ...}`` or ``{"error": {...}}`` (errors cross process
-    boundaries as data: BentoML hides the body of a 5xx)."""
-
-    async def run(self, kind: Kind, requests: list[EngineRequest]) -> list[EngineResult]: ...
-    async def model_states(self) -> list[dict[str, Any]]: ...
-    async def model_action(self, action: str, model_id: str) -> dict[str, Any]: ...
-    async def cancel(self, request_ids: list[str]) -> None: ...
-    async def progress(self, request_ids: list[str]) -> dict[str, dict[str, Any]]: ...
 
 
 #: Returns once the client has disconnected (``until_disconnected`` over the request's ASGI receive),
@@ -61,28 +48,6 @@ async def until_disconnected(receive: Callable[[], Awaitable[dict[str, Any]]]) -
     message is ``http.disconnect``). Costs nothing while waiting, unlike polling."""
     while (await receive())["type"] != "http.disconnect":
         pass
-
-
-class LocalEngineClient:
-    """An ``EngineClient`` over an in-process ``Engine`` (tests, notebooks, the benchmark's raw mode)."""
-
-    def __init__(self, engine: Any):
-        self.engine = engine
-
-    async def run(self, kind: Kind, requests: list[EngineRequest]) -> list[EngineResult]:
-        return await asyncio.to_thread(self.engine.run, requests)
-
-    async def model_states(self) -> list[dict[str, Any]]:
-        return self.engine.models.states()
-
-    async def model_action(self, action: str, model_id: str) -> dict[str, Any]:
-        return await asyncio.to_thread(self.engine.model_action, action, model_id)
-
-    async def cancel(self, request_ids: list[str]) -> None:
-        self.engine.cancel(request_ids)
-
-    async def progress(self, request_ids: list[str]) -> dict[str, dict[str, Any]]:
-        return self.engine.progress(request_ids)
 
 
 @dataclass(frozen=True)
@@ -141,9 +106,10 @@ class Frontend:
         """``n`` images for ``req`` (seeds seed, seed+1, ... when a seed is given), batched together.
         ``request_id`` names the work in the engine (for ``progress`` and cancellation); default: a new one."""
         self._note_prompt(req)
-        entry = self.registry.get(req.model)
-        items = [to_engine(req, entry, seed_offset=k) for k in range(n)]
-        return await self._run("generate", items, req.format, disconnected, request_id)
+        return await self._resolved_run(
+            "generate", req, lambda entry: [to_engine(req, entry, seed_offset=k) for k in range(n)],
+            disconnected, request_id,
+        )
 
     async def edit(
         self, req: EditRequest, image: bytes, n: int = 1, disconnected: Disconnected | None = None,
@@ -151,10 +117,32 @@ class Frontend:
     ) -> list[RenderedImage]:
         """Edit the PNG/JPEG/WebP ``image`` (bytes) as ``req`` says."""
         self._note_prompt(req)
-        entry = self.registry.get(req.model)
+        self.registry.get(req.model)  # an unknown model is refused before the image is decoded
         pixels, size = await asyncio.to_thread(self._prepare_input, req, image)
-        items = [to_engine(req, entry, image=pixels, image_size=size, seed_offset=k) for k in range(n)]
-        return await self._run("edit", items, req.format, disconnected, request_id)
+        return await self._resolved_run(
+            "edit", req,
+            lambda entry: [to_engine(req, entry, image=pixels, image_size=size, seed_offset=k) for k in range(n)],
+            disconnected, request_id,
+        )
+
+    async def _resolved_run(
+        self, kind: Kind, req: GenerateRequest, make_items: Callable[[ModelEntry], list[EngineRequest]],
+        disconnected: Disconnected | None, request_id: str | None,
+    ) -> list[RenderedImage]:
+        """Run ``req`` on its model, or on the default model when it names none. The engine owns the
+        default: this worker's copy is a cache, corrected (and the request resolved again, once) when
+        the engine answers that the default has changed, e.g. through another API worker."""
+        for attempt in range(2):
+            items = make_items(self.registry.get(req.model))
+            if req.model is None:
+                items = [item.model_copy(update={"model_defaulted": True}) for item in items]
+            try:
+                return await self._run(kind, items, req.format, disconnected, request_id)
+            except DefaultModelChanged as changed:
+                if attempt or changed.model is None:
+                    raise
+                self.registry.set_default(changed.model)
+        raise AssertionError("unreachable")
 
     async def progress(self, request_id: str) -> dict[str, Any]:
         """Where the engine is with ``request_id``'s work: state, step k of steps."""
@@ -173,6 +161,9 @@ class Frontend:
     async def model_states(self) -> list[dict[str, Any]]:
         """Each registry model with its metadata and state (loaded, loading, available, unavailable)."""
         states = {row["id"]: row for row in await self.engine.model_states()}
+        for row in states.values():
+            if row.get("default"):  # the engine owns the default; this worker's copy follows it
+                self.registry.set_default(row["id"])
         rows = []
         for entry in self.registry.entries():
             row = {**entry.metadata(), **states.get(entry.id, {"state": "available", "reason": None})}
@@ -240,7 +231,10 @@ class Frontend:
                          **{f"{stage}_s": seconds for stage, seconds in results[0].stages.items()})
         for result in results:
             if result.error is not None:
-                raise T2IError.from_dict(result.error)
+                err = T2IError.from_dict(result.error)
+                if isinstance(err, DefaultModelChanged):
+                    err.model = result.model  # the engine's default now
+                raise err
         encoded = await self._encode(results, fmt)
         encode_s = [seconds for _, seconds in encoded]
         for seconds in encode_s:

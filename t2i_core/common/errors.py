@@ -138,6 +138,17 @@ class TooManyRequests(T2IError):
     type = "rate_limit_error"
 
 
+class DefaultModelChanged(T2IError):
+    """The engine's default model is not the one the API resolved a request to (it was changed
+    through another API worker); the API re-resolves the request against the engine's default."""
+
+    #: the engine's default model (set by the API from the engine's result)
+    model: str | None = None
+    status = 503
+    code = "default_model_changed"
+    type = "server_error"
+
+
 class EngineFailure(T2IError):
     status = 500
     code = "engine_failure"
@@ -145,7 +156,7 @@ class EngineFailure(T2IError):
 
 
 _BY_CODE: dict[str, type[T2IError]] = {
-    c.code: c for c in (T2IError, InvalidRequest, NotFound, UnknownModel, Gone, Conflict, ModelBusy, Unauthorized, Forbidden, OutOfMemory, RequestTimeout, ClientClosed, TaskCanceled, TooManyRequests, PayloadTooLarge, ModelUnavailable, EngineFailure)
+    c.code: c for c in (T2IError, InvalidRequest, NotFound, UnknownModel, Gone, Conflict, ModelBusy, Unauthorized, Forbidden, OutOfMemory, RequestTimeout, ClientClosed, TaskCanceled, TooManyRequests, PayloadTooLarge, ModelUnavailable, EngineFailure, DefaultModelChanged)
 }
 
 

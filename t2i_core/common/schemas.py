@@ -28,9 +28,14 @@ from t2i_core.common.registry import ModelEntry
 from t2i_core.common.schedulers import check_scheduler
 
 DEFAULT_STRENGTH = 0.6
+#: what a request makes: text to image, or image to image
+Kind = Literal["generate", "edit"]
 
 
-class GenerateRequest(BaseModel):
+class PromptSettings(BaseModel):
+    """The generation settings every surface takes under these names (native, OpenAI extension
+    fields, seed routes). Declared once here; each surface's model adds its own fields."""
+
     model_config = ConfigDict(populate_by_name=True)
 
     prompt: Prompt
@@ -39,24 +44,42 @@ class GenerateRequest(BaseModel):
         default=None, validation_alias=AliasChoices("num_inference_steps", "steps")
     )
     guidance_scale: Guidance = None
-    width: Side = None
-    height: Side = None
     seed: Seed = None
     model: ModelId = None
     scheduler: SchedulerName = None
+
+
+class GenerateRequest(PromptSettings):
+    """The native ``/generate`` request (also the task route's and the seed routes')."""
+
+    width: Side = None
+    height: Side = None
     format: ImageFormat = "png"
 
 
 class EditRequest(GenerateRequest):
-    """An edit: ``image`` is the decoded, resized RGB pixels (the route decodes the upload)."""
+    """The native ``/edit`` request without its image (each route reads the upload its own way)."""
 
     strength: Strength = None
+
+
+def accepted_names(model: type[BaseModel]) -> frozenset[str]:
+    """Every JSON key ``model`` accepts: field names and their validation aliases (``steps``)."""
+    names: set[str] = set()
+    for name, field in model.model_fields.items():
+        names.add(name)
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices):
+            names.update(a for a in alias.choices if isinstance(a, str))
+        elif isinstance(alias, str):
+            names.add(alias)
+    return frozenset(names)
 
 
 class EngineRequest(BaseModel):
     """One image to make, with every setting resolved; what the API sends the engine."""
 
-    kind: Literal["generate", "edit"] = "generate"
+    kind: Kind = "generate"
     model: str
     prompt: str
     negative_prompt: str = ""
@@ -69,6 +92,9 @@ class EngineRequest(BaseModel):
     scheduler: str | None = None
     #: edit only: raw RGB bytes, width * height * 3, row-major
     image: bytes | None = None
+    #: the API chose ``model`` as the default (the request named none): the engine, which owns the
+    #: default, answers ``default_model_changed`` if its default is another one now
+    model_defaulted: bool = False
     #: who asked (for cancellation) and until when the answer is wanted (unix time)
     request_id: str = ""
     deadline: float | None = None

@@ -20,7 +20,7 @@ from typing import Any, Callable, TypeVar
 from t2i_core.common import metrics
 from t2i_core.common.config import Settings
 from t2i_core.engine.devices import pick_device
-from t2i_core.common.errors import ClientClosed, EngineFailure, InvalidRequest, OutOfMemory, RequestTimeout, T2IError
+from t2i_core.common.errors import ClientClosed, DefaultModelChanged, EngineFailure, InvalidRequest, OutOfMemory, RequestTimeout, T2IError
 from t2i_core.engine.model_manager import LoadedModel, ModelManager
 from t2i_core.common.registry import Registry
 from t2i_core.common.schemas import EngineRequest, EngineResult
@@ -186,7 +186,12 @@ class Engine:
     def _run(self, requests: list[EngineRequest]) -> list[EngineResult]:
         results: list[EngineResult | None] = [None] * len(requests)
         groups: dict[tuple[Any, ...], list[int]] = {}
+        default = self.registry.default_id
         for index, req in enumerate(requests):
+            if req.model_defaulted and req.model != default:  # the API's copy of the default is stale
+                results[index] = EngineResult(model=default, error=DefaultModelChanged(
+                    f"the default model is now {default!r}, not {req.model!r}", param="model").to_dict())
+                continue
             groups.setdefault(req.batch_key(), []).append(index)
         self._counts["engine_calls"] += 1
         for indices in groups.values():
@@ -317,7 +322,7 @@ class Engine:
             callback_on_step_end=self._stop_when_all_cancelled(items),
         )
         if first.kind == "edit":
-            from t2i_core.api.images.codecs import from_rgb_pixels
+            from t2i_core.common.pixels import from_rgb_pixels
 
             kwargs["image"] = [from_rgb_pixels(r.image or b"", r.width, r.height) for r in items]
             kwargs["strength"] = first.strength

@@ -18,6 +18,7 @@ from PIL import Image
 from t2i_core.common.errors import InvalidRequest
 from t2i_core.common.fields import MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE
 from t2i_core.api.images.png import encode_png
+from t2i_core.common.pixels import from_rgb_pixels
 
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
@@ -89,17 +90,6 @@ def output_size(width: int, height: int) -> tuple[int, int]:
         side = int(side * scale / SIDE_MULTIPLE + 0.5) * SIDE_MULTIPLE
         return max(MIN_SIDE, min(MAX_SIDE, side))
     return snap(width), snap(height)
-
-
-def to_rgb_pixels(img: Image.Image, width: int, height: int) -> bytes:
-    """Raw RGB bytes of ``img`` resized to width x height."""
-    if img.size != (width, height):
-        img = img.resize((width, height), Image.Resampling.LANCZOS)
-    return img.convert("RGB").tobytes()
-
-
-def from_rgb_pixels(pixels: bytes, width: int, height: int) -> Image.Image:
-    return Image.frombytes("RGB", (width, height), pixels)
 
 
 def encode_image(pixels: bytes, width: int, height: int, fmt: str) -> bytes:

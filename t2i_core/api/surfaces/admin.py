@@ -42,7 +42,8 @@ def admin_routes(get_frontend: Callable[[], Frontend]) -> list[Route]:
     @guarded
     async def list_models(request: Request) -> Response:
         front = authorized(request)
-        return JSONResponse({"default": front.registry.default_id, "models": await front.model_states()})
+        rows = await front.model_states()  # the engine's states and default
+        return JSONResponse({"default": front.registry.default_id, "models": rows})
 
     @guarded
     async def load(request: Request) -> Response:

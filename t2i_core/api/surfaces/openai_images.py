@@ -12,31 +12,18 @@ import logging
 import time
 from typing import Any, Callable
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from t2i_core.common.errors import Gone, InvalidRequest, NotFound, UnknownModel
-from t2i_core.common.fields import (
-    N,
-    Guidance,
-    ModelId,
-    NegativePrompt,
-    OptionalImageFormat,
-    Prompt,
-    ResponseFormat,
-    SchedulerName,
-    Seed,
-    Size,
-    Steps,
-    Strength,
-)
+from t2i_core.common.fields import N, OptionalImageFormat, ResponseFormat, Size, Strength
 from t2i_core.api.frontend import Frontend, RenderedImage, parse, until_disconnected
 from t2i_core.api.responses import guarded
 from t2i_core.api.image_store import ImageStore
 from t2i_core.api.images.codecs import MEDIA_TYPES
-from t2i_core.common.schemas import EditRequest, GenerateRequest
+from t2i_core.common.schemas import EditRequest, GenerateRequest, PromptSettings
 from t2i_core.api.surfaces.reading import image_bytes_from_json, read_form, read_json_object, refuse_mask
 
 log = logging.getLogger("t2i.openai")
@@ -44,29 +31,21 @@ FILES_PATH = "/v1/images/files"
 _EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 
 
-class OpenAIImageRequest(BaseModel):
+class OpenAIImageRequest(PromptSettings):
+    """OpenAI's fields; this server's own settings (``PromptSettings``) are accepted as extensions."""
+
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
-    prompt: Prompt
-    model: ModelId = None
     n: N = 1
     size: Size = None
     response_format: ResponseFormat = None
     output_format: OptionalImageFormat = None
     user: str | None = Field(default=None, max_length=256)
-    negative_prompt: NegativePrompt = None
-    seed: Seed = None
-    num_inference_steps: Steps = Field(default=None, validation_alias=AliasChoices("num_inference_steps", "steps"))
-    guidance_scale: Guidance = None
-    scheduler: SchedulerName = None
 
     def native(self) -> GenerateRequest:
         width, height = (int(s) for s in self.size.split("x")) if self.size else (None, None)
-        return GenerateRequest(
-            prompt=self.prompt, negative_prompt=self.negative_prompt, num_inference_steps=self.num_inference_steps,
-            guidance_scale=self.guidance_scale, width=width, height=height, seed=self.seed, model=self.model,
-            scheduler=self.scheduler, format=self.output_format or "png",
-        )
+        settings = self.model_dump(include=set(PromptSettings.model_fields))
+        return GenerateRequest(**settings, width=width, height=height, format=self.output_format or "png")
 
 
 class OpenAIEditRequest(OpenAIImageRequest):

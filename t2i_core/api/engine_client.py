@@ -1,0 +1,83 @@
+"""How the API reaches the engine: ``RemoteEngine`` over BentoML's inter-service client in the
+server, ``LocalEngineClient`` (the engine in this process) in tests, notebooks and the benchmark.
+
+Model operations answer ``{"ok": ...}`` or ``{"error": {...}}``: errors cross the process boundary as
+data (BentoML hides the body of a 5xx).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Protocol
+
+from t2i_core.api.coalesce import Coalescer
+from t2i_core.api.retry import retry_dropped
+from t2i_core.common.config import Settings
+from t2i_core.common.schemas import EngineRequest, EngineResult, Kind
+
+
+class EngineClient(Protocol):
+    """What the frontend asks of the engine."""
+
+    async def run(self, kind: Kind, requests: list[EngineRequest]) -> list[EngineResult]: ...
+    async def model_states(self) -> list[dict[str, Any]]: ...
+    async def model_action(self, action: str, model_id: str) -> dict[str, Any]: ...
+    async def cancel(self, request_ids: list[str]) -> None: ...
+    async def progress(self, request_ids: list[str]) -> dict[str, dict[str, Any]]: ...
+
+
+class LocalEngineClient:
+    """An ``EngineClient`` over an in-process ``Engine`` (tests, notebooks, the benchmark's raw mode)."""
+
+    def __init__(self, engine: Any):
+        self.engine = engine
+
+    async def run(self, kind: Kind, requests: list[EngineRequest]) -> list[EngineResult]:
+        return await asyncio.to_thread(self.engine.run, requests)
+
+    async def model_states(self) -> list[dict[str, Any]]:
+        return self.engine.models.states()
+
+    async def model_action(self, action: str, model_id: str) -> dict[str, Any]:
+        return await asyncio.to_thread(self.engine.model_action, action, model_id)
+
+    async def cancel(self, request_ids: list[str]) -> None:
+        self.engine.cancel(request_ids)
+
+    async def progress(self, request_ids: list[str]) -> dict[str, dict[str, Any]]:
+        return self.engine.progress(request_ids)
+
+
+
+class RemoteEngine:
+    """The frontend's ``EngineClient`` over BentoML's inter-service client; concurrent requests are
+    merged into fewer engine calls (``T2I_COALESCE``, see t2i_core/api/coalesce.py)."""
+
+    def __init__(self, engine: Any, settings: Settings):
+        self.engine = engine
+        self.coalescer = (
+            Coalescer(self._send, settings.max_batch_size, max_outstanding=settings.coalesce,
+                      linger_s=settings.coalesce_linger_ms / 1000)
+            if settings.coalesce > 0 else None
+        )
+
+    async def run(self, kind: Kind, requests: list[EngineRequest]) -> list[EngineResult]:
+        if self.coalescer is not None:
+            return await self.coalescer.run(kind, requests)
+        return await self._send(kind, requests)
+
+    async def _send(self, kind: Kind, requests: list[EngineRequest]) -> list[EngineResult]:
+        method = self.engine.to_async.generate if kind == "generate" else self.engine.to_async.edit
+        return await retry_dropped(lambda: method(requests))
+
+    async def model_states(self) -> list[dict[str, Any]]:
+        return await retry_dropped(self.engine.to_async.model_states)
+
+    async def model_action(self, action: str, model_id: str) -> dict[str, Any]:
+        return await retry_dropped(lambda: self.engine.to_async.model_action(action=action, model_id=model_id))
+
+    async def cancel(self, request_ids: list[str]) -> None:
+        await retry_dropped(lambda: self.engine.to_async.cancel(request_ids=request_ids))
+
+    async def progress(self, request_ids: list[str]) -> dict[str, dict[str, Any]]:
+        return await retry_dropped(lambda: self.engine.to_async.progress(request_ids=request_ids))

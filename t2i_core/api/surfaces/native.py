@@ -1,0 +1,40 @@
+"""What the native BentoML routes (``/generate``, ``/edit``, the task route, defined in service.py)
+need beyond the shared request models: the edit upload's input model and the answer of a route.
+
+The request fields are the shared ``GenerateRequest`` / ``EditRequest`` (``input_spec``), so the
+native routes, the task route and the other surfaces cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Awaitable
+
+from pydantic import BeforeValidator
+from starlette.responses import Response
+
+from t2i_core.api.frontend import RenderedImage
+from t2i_core.api.responses import base64_image, error_response_for, image_response
+from t2i_core.common.errors import T2IError
+from t2i_core.common.schemas import EditRequest
+
+#: a multipart file, or base64 text in JSON (decoded to bytes before validation)
+ImageUpload = Annotated[Path, BeforeValidator(base64_image)]
+
+
+class EditUpload(EditRequest):
+    """``/edit``'s input: the edit's fields and the image (a multipart file or base64 in JSON)."""
+
+    image: ImageUpload
+
+
+async def answer(ctx: Any, work: Awaitable[list[RenderedImage]]) -> Response:
+    """The route's image, or its error through ``error_response_for``. BentoML applies
+    ``ctx.response.status_code`` to whatever a route that takes ``ctx`` returns, so it is set here."""
+    try:
+        (image,) = await work
+        response = image_response(image)
+    except T2IError as err:
+        response = error_response_for(ctx.request.url.path, err)
+    ctx.response.status_code = response.status_code
+    return response
