@@ -1,23 +1,28 @@
-"""Command line.
+"""The t2i-server command line (one function per command below; ``build_parser`` has the options).
 
     python -m t2i_core tiny --family sd|sdxl|sd3 --out DIR   write a tiny pipeline any diffusers user can load
     python -m t2i_core pull MODEL_ID                          download a hub model into the local cache
     python -m t2i_core pull MODEL_ID --from-folder DIR        import a diffusers folder into the BentoML model store
+    python -m t2i_core bench --preset tiny                    the benchmark (raw, served, no batching)
+    python -m t2i_core bench-pair | bench-vae | bench-prompts focused measurements (see docs/performance.md)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from t2i_core.patches.openmp import shorten_openmp_spin
 
 shorten_openmp_spin()  # before torch loads: the benchmark's raw engine runs as the server's does
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m t2i_core", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     tiny = sub.add_parser("tiny", help="write a tiny random-weight pipeline that diffusers loads offline")
@@ -61,73 +66,87 @@ def main(argv: list[str] | None = None) -> int:
     pair.add_argument("--requests", type=int, default=2000)
     pair.add_argument("--concurrency", type=int, default=16)
     pair.add_argument("--out", type=Path, help="write the figures as JSON")
-    args = parser.parse_args(argv)
+    return parser
 
-    if args.command == "bench-pair":
-        import json
 
-        from t2i_core.devtools.bench.pair import compare, table
-        from t2i_core.devtools.bench.presets import PRESETS
+def run_bench_pair(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from t2i_core.devtools.bench.pair import compare, table
+    from t2i_core.devtools.bench.presets import PRESETS
 
-        servers = dict(s.split("=", 1) for s in args.servers if "=" in s)
-        if len(servers) != len(args.servers) or args.preset not in PRESETS or args.rounds < 1:
-            parser.error("servers are NAME=URL (distinct names), --preset one of " + ", ".join(PRESETS) + ", --rounds >= 1")
-        report = compare({n: u.rstrip("/") for n, u in servers.items()}, PRESETS[args.preset], args.rounds,
-                         args.requests, args.concurrency)
-        print(table(report))
-        if args.out:
-            args.out.write_text(json.dumps(report, indent=2))
-        return 0
-
-    if args.command == "bench-vae":
-        from t2i_core.devtools.bench.vae import main as run_vae_bench
-
-        run_vae_bench(args.size, args.repeats, args.dtype)
-        return 0
-
-    if args.command == "bench-prompts":
-        from t2i_core.devtools.bench.prompts import main as run_prompts_bench
-
-        if not 1 <= args.distinct <= args.batch:
-            parser.error(f"--distinct must be 1 to --batch ({args.batch}); got {args.distinct}")
-        run_prompts_bench(args.encoder, args.batch, args.distinct, not args.no_guidance, args.repeats, args.dtype)
-        return 0
-
-    if args.command == "bench":
-        from t2i_core.devtools.bench.presets import PRESETS
-        from t2i_core.devtools.bench.run import main as run_bench
-
-        if args.preset not in PRESETS:
-            parser.error(f"--preset must be one of {', '.join(PRESETS)}; got {args.preset!r}")
-        levels = tuple(int(c) for c in args.concurrency.split(",") if c) or None
-        import dataclasses
-
-        if args.distinct_prompts < 0 or not 0 <= args.guidance <= 30:
-            parser.error(f"--distinct-prompts must be >= 0 and --guidance 0 to 30; got {args.distinct_prompts}, {args.guidance}")
-        preset = dataclasses.replace(PRESETS[args.preset], distinct_prompts=1 if args.same_prompt else args.distinct_prompts,
-                                     guidance_scale=args.guidance)
-        run_bench(preset, args.out, args.repeats, args.requests, levels, args.max_batch_size, args.raw_only)
-        return 0
-
-    if args.command == "pull":
-        from t2i_core.common.errors import T2IError
-        from t2i_core.devtools.pull import PullError, pull as do_pull
-
-        try:
-            print(do_pull(args.model_id, args.from_folder, to_store=args.to_store))
-        except (PullError, T2IError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        return 0
-
-    if args.command == "tiny":
-        from t2i_core.devtools.tiny import build_tiny_pipeline
-
-        started = time.perf_counter()
-        out = build_tiny_pipeline(args.family, args.out)
-        print(f"wrote tiny {args.family} pipeline to {out} in {time.perf_counter() - started:.2f}s")
-        print(f"load it with: DiffusionPipeline.from_pretrained({str(out)!r}, local_files_only=True)")
+    servers = dict(s.split("=", 1) for s in args.servers if "=" in s)
+    if len(servers) != len(args.servers) or args.preset not in PRESETS or args.rounds < 1:
+        parser.error("servers are NAME=URL (distinct names), --preset one of " + ", ".join(PRESETS) + ", --rounds >= 1")
+    report = compare({n: u.rstrip("/") for n, u in servers.items()}, PRESETS[args.preset], args.rounds,
+                     args.requests, args.concurrency)
+    print(table(report))
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2))
     return 0
+
+
+def run_bench_vae(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from t2i_core.devtools.bench.vae import main as run_vae_bench
+
+    run_vae_bench(args.size, args.repeats, args.dtype)
+    return 0
+
+
+def run_bench_prompts(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from t2i_core.devtools.bench.prompts import main as run_prompts_bench
+
+    if not 1 <= args.distinct <= args.batch:
+        parser.error(f"--distinct must be 1 to --batch ({args.batch}); got {args.distinct}")
+    run_prompts_bench(args.encoder, args.batch, args.distinct, not args.no_guidance, args.repeats, args.dtype)
+    return 0
+
+
+def run_bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from t2i_core.devtools.bench.presets import PRESETS
+    from t2i_core.devtools.bench.run import main as run_benchmark
+
+    if args.preset not in PRESETS:
+        parser.error(f"--preset must be one of {', '.join(PRESETS)}; got {args.preset!r}")
+    levels = tuple(int(c) for c in args.concurrency.split(",") if c) or None
+    if args.distinct_prompts < 0 or not 0 <= args.guidance <= 30:
+        parser.error(f"--distinct-prompts must be >= 0 and --guidance 0 to 30; got {args.distinct_prompts}, {args.guidance}")
+    preset = dataclasses.replace(PRESETS[args.preset], distinct_prompts=1 if args.same_prompt else args.distinct_prompts,
+                                 guidance_scale=args.guidance)
+    run_benchmark(preset, args.out, args.repeats, args.requests, levels, args.max_batch_size, args.raw_only)
+    return 0
+
+
+def run_pull(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from t2i_core.common.errors import T2IError
+    from t2i_core.devtools.pull import PullError, pull as do_pull
+
+    try:
+        print(do_pull(args.model_id, args.from_folder, to_store=args.to_store))
+    except (PullError, T2IError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run_tiny(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from t2i_core.devtools.tiny import build_tiny_pipeline
+
+    started = time.perf_counter()
+    out = build_tiny_pipeline(args.family, args.out)
+    print(f"wrote tiny {args.family} pipeline to {out} in {time.perf_counter() - started:.2f}s")
+    print(f"load it with: DiffusionPipeline.from_pretrained({str(out)!r}, local_files_only=True)")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.ArgumentParser, argparse.Namespace], int]] = {
+    "tiny": run_tiny, "pull": run_pull, "bench": run_bench, "bench-vae": run_bench_vae,
+    "bench-prompts": run_bench_prompts, "bench-pair": run_bench_pair,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return COMMANDS[args.command](parser, args)
 
 
 if __name__ == "__main__":

@@ -100,8 +100,3 @@ class Settings:
             readers[env] = reader
             values[f.name] = reader(env, f.default)  # type: ignore[arg-type]
         return cls(**values)  # type: ignore[arg-type]
-
-
-def env_names() -> dict[str, object]:
-    """Each setting's environment variable and default, for documentation and ``--help``."""
-    return {f"T2I_{f.name.upper()}": f.default for f in fields(Settings)}

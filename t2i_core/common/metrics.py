@@ -11,7 +11,6 @@ from typing import Any
 
 #: seconds: from a few ms (tiny model, image encoding) to minutes (SD3 at 28 steps, a model load)
 SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
-STAGES = ("text_encoding", "denoising", "vae_decoding", "image_encoding")
 
 
 @lru_cache(maxsize=None)
