@@ -23,7 +23,7 @@ from t2i_core.api.surfaces import build_compat_app  # noqa: E402
 from t2i_core.api import request_log
 from t2i_core.patches.bentoml import (
     NO_SESSION_RENEWAL, cache_local_callers, cancel_request_timers, keep_canceled_tasks_canceled, memoize_media_types,
-    trace_only_when_exported,
+    strict_multipart_files, trace_only_when_exported,
 )
 from t2i_core.common.config import Settings
 from t2i_core.patches.gc_freeze import freeze_startup_objects
@@ -179,6 +179,7 @@ keep_canceled_tasks_canceled()
 trace_only_when_exported()
 cache_local_callers()
 cancel_request_timers()
+strict_multipart_files()
 
 # Outermost first: the request log (id, one line per request), CORS (when configured), then keys /
 # body cap / in-flight cap / strict fields, task cancellation, then the rewrite of BentoML's own

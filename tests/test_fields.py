@@ -68,3 +68,18 @@ def test_edit_keeps_one_denoising_step():
     with pytest.raises(InvalidRequest) as info:
         to_engine(parse(EditRequest, {"prompt": "x", "strength": 0.3, "steps": 2}), entry, image=b"", image_size=(64, 64))
     assert "2 * 0.3" in info.value.message
+
+
+@pytest.mark.parametrize("strength", [1e-8, 1e-300, 5e-324, 0.0099])
+def test_a_tiny_strength_is_refused_instead_of_running_unbounded_steps(strength):
+    """strength 1e-8 used to lay out 10^8 timesteps (7 s and +2.3 GB for one 64 px edit); 5e-324 overflowed."""
+    entry = Registry().get("builtin/tiny-sd")
+    with pytest.raises(InvalidRequest) as info:
+        to_engine(parse(EditRequest, {"prompt": "x", "strength": strength}), entry, image=b"", image_size=(64, 64))
+    assert info.value.param == "strength" and "0.01" in info.value.message and repr(strength) in info.value.message
+
+
+def test_the_smallest_strength_runs_one_step_within_the_step_limit():
+    entry = Registry().get("builtin/tiny-sd")
+    eng = to_engine(parse(EditRequest, {"prompt": "x", "strength": 0.01}), entry, image=b"", image_size=(64, 64))
+    assert eng.steps == 100 and int(eng.steps * eng.strength) == 1

@@ -130,6 +130,10 @@ def test_cors_allows_only_the_configured_origin(guarded):
                    headers={"Origin": ORIGIN, "Authorization": f"Bearer {KEYS[0]}"})
     exposed = r.headers["access-control-expose-headers"].lower()
     assert r.status_code == 200 and "x-request-id" in exposed and "x-seed" in exposed
+    # a page on the allowed origin may cancel a task (PUT)
+    put = httpx.options(f"{guarded.url}/tasks/generate/cancel?task_id=x", timeout=30, headers={
+        "Origin": ORIGIN, "Access-Control-Request-Method": "PUT", "Access-Control-Request-Headers": "authorization"})
+    assert put.status_code == 200 and "PUT" in put.headers["access-control-allow-methods"]
 
 
 def test_body_cap_413_before_reading_and_for_chunked_bodies(guarded):

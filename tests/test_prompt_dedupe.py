@@ -36,28 +36,49 @@ def _rows_seen(model) -> list[int]:
     return seen
 
 
+def _tensors(output) -> list[torch.Tensor]:
+    """Every tensor of an encoder output (ModelOutput or tuple, nested hidden states included)."""
+    items = output.to_tuple() if hasattr(output, "to_tuple") else output
+    flat: list[torch.Tensor] = []
+    for item in items:
+        flat.extend(item if isinstance(item, tuple) else (item,))
+    return flat
+
+
+#: float64 outputs of the same rows in batches of different shapes differ in the last bits on some
+#: CPUs (AVX-512/AMX kernels pick other blockings per shape: ~6e-16 seen); far below what an image shows
+BATCH_SHAPE_ATOL = 1e-12
+
+
 def test_wrapped_encoder_gives_the_same_outputs_for_fewer_rows():
+    """What the computation guarantees: the deduplicated call's rows are bit for bit the plain
+    encoder's rows for the distinct prompts (the batch it really runs), and within float64 rounding
+    of the plain encoder run on every row."""
     plain, wrapped = _clip(), _clip()
     assert dedupe_text_encoders(_Holder(wrapped)) == ["text_encoder"]
     assert dedupe_text_encoders(_Holder(wrapped)) == []  # once only
     seen = _rows_seen(wrapped)
     ids = torch.tensor([[1, 5, 7, 2], [1, 9, 2, 0], [1, 5, 7, 2], [1, 5, 7, 2], [1, 9, 2, 0]])
+    first, inverse = [0, 1], torch.tensor([0, 1, 0, 0, 1])
     with torch.inference_mode():
         for kwargs in ({}, {"output_hidden_states": True}, {"return_dict": False, "output_hidden_states": True}):
-            want, got = plain(ids, **kwargs), wrapped(ids, **kwargs)
-            assert type(want) is type(got)
-            want_t = want.to_tuple() if hasattr(want, "to_tuple") else want
-            got_t = got.to_tuple() if hasattr(got, "to_tuple") else got
-            assert len(want_t) == len(got_t) and seen[-1] == 2  # 2 distinct rows of 5
-            for w, g in zip(want_t, got_t):
-                for a, b in zip(w if isinstance(w, tuple) else (w,), g if isinstance(g, tuple) else (g,)):
-                    assert a.shape == b.shape and torch.equal(a, b)
+            every_row, got = plain(ids, **kwargs), wrapped(ids, **kwargs)
+            distinct = plain(ids[first], **kwargs)
+            assert type(every_row) is type(got)
+            assert seen[-1] == 2  # 2 distinct rows of 5
+            assert len(_tensors(got)) == len(_tensors(every_row))
+            for g, d, w in zip(_tensors(got), _tensors(distinct), _tensors(every_row)):
+                assert g.shape == w.shape
+                assert torch.equal(g, d[inverse])
+                assert torch.allclose(g, w, rtol=0, atol=BATCH_SHAPE_ATOL)
         # the attention mask is part of a row: same ids with a different mask are two rows
         mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 1, 0]])
         seen.clear()
         got = wrapped(ids, attention_mask=mask)
         assert seen == [3]
-        assert torch.equal(got.text_embeds, plain(ids, attention_mask=mask).text_embeds)
+        rows, inverse = [0, 1, 2], torch.tensor([0, 1, 2, 0, 1])
+        assert torch.equal(got.text_embeds, plain(ids[rows], attention_mask=mask[rows]).text_embeds[inverse])
+        assert torch.allclose(got.text_embeds, plain(ids, attention_mask=mask).text_embeds, rtol=0, atol=BATCH_SHAPE_ATOL)
 
 
 def test_calls_without_repeats_or_in_other_forms_pass_through():

@@ -58,3 +58,18 @@ def test_unknown_model_names_the_known_ones():
     assert info.value.status == 404 and info.value.code == "model_not_found"
     with pytest.raises(UnknownModel):
         Registry(default="nope/model")
+
+
+def test_benchmark_architectures_are_not_served_to_clients(tmp_path, monkeypatch):
+    """A client naming a full-size random architecture would make the engine build it (minutes, GBs)."""
+    from t2i_core.common.errors import UnknownModel
+    from t2i_core.devtools.bench.registry import bench_registry_file
+
+    served = Registry()
+    assert not [e.id for e in served.entries() if e.source.startswith("random:")]
+    with pytest.raises(UnknownModel):
+        served.get("random/sdxl-turbo-arch")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    bench = Registry(path=bench_registry_file())
+    assert {"random/sd-turbo-arch", "random/sdxl-turbo-arch"} <= {e.id for e in bench.entries()}
+    assert {e.id for e in served.entries()} <= {e.id for e in bench.entries()}

@@ -5,19 +5,24 @@
 - Body cap (``T2I_MAX_BODY_BYTES``): 413 from ``Content-Length`` before the body is read, or as soon
   as a chunked body passes the cap.
 - Bounded work (``T2I_MAX_IN_FLIGHT``): beyond that many generation requests in flight, new ones
-  get 429 with ``Retry-After`` at once instead of queueing without limit.
-- Strict fields on the native JSON routes: an unknown field is a 400 naming it.
+  get 429 with ``Retry-After`` at once instead of queueing without limit. A generation request counts
+  once its whole body has arrived, which must happen within ``T2I_BODY_TIMEOUT_S`` (else 408): slow
+  uploads cannot lock everyone out.
+- Strict fields on the native routes' JSON bodies (every body BentoML parses as JSON, whatever its
+  Content-Type): an unknown field is a 400 naming it; a task's input is validated at submit.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from typing import Any
 
+from t2i_core.api import request_log
 from t2i_core.common import metrics
 from t2i_core.common.config import Settings
-from t2i_core.common.errors import InvalidRequest, PayloadTooLarge, T2IError, TooManyRequests, Unauthorized
+from t2i_core.common.errors import BodyTimeout, InvalidRequest, PayloadTooLarge, T2IError, TooManyRequests, Unauthorized
 from t2i_core.api.frontend import parse
 from t2i_core.api.responses import error_response_for
 from t2i_core.common.paths import GENERATION_PATHS
@@ -28,6 +33,17 @@ OPEN_PREFIXES = ("/livez", "/readyz", "/healthz", "/metrics", "/docs.json", "/sc
 
 class _TooLarge(Exception):
     pass
+
+
+class _Disconnected(Exception):
+    """The client left before its body had arrived."""
+
+
+def _parsed_as_json(headers: dict[bytes, bytes]) -> bool:
+    """BentoML parses every body that is not a form as JSON, whatever its Content-Type says
+    (``text/plain``, ``APPLICATION/JSON``, none): the field checks must cover the same bodies."""
+    content_type = headers.get(b"content-type", b"").decode("latin-1").strip().lower()
+    return not content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded"))
 
 
 class GuardMiddleware:
@@ -64,24 +80,51 @@ class GuardMiddleware:
         except T2IError as err:
             await self._reject(scope, send, path, err)
             return
-        if counted:
-            self.in_flight += 1
-            metrics.set_in_flight(self.in_flight)
+        if not counted:
+            await self._run_uncounted(scope, receive, send, path, limit)
+            return
+        # A generation request takes an in-flight slot only once its whole body has arrived (read here,
+        # bounded in size and time): slow uploads cannot hold the slots of the requests that can run.
         try:
-            if path in self.strict_fields and headers.get(b"content-type", b"").startswith(b"application/json"):
-                body = await self._read_body(receive, limit)
+            body = await self._read_whole_body(receive, limit)
+            if path in self.strict_fields and _parsed_as_json(headers):
                 self._check_fields(path, body)
-                receive = _replay(body, receive)
+            if self.in_flight >= self.settings.max_in_flight:
+                raise TooManyRequests(
+                    f"the server is busy: {self.in_flight} requests in flight, the limit is "
+                    f"{self.settings.max_in_flight} (T2I_MAX_IN_FLIGHT); retry after {self.settings.retry_after_s}s"
+                )
+        except _Disconnected:
+            request_log.note(error="client_closed", error_message="the client left while sending its body")
+            return  # nobody to answer
+        except T2IError as err:
+            await self._reject(scope, send, path, err)
+            return
+        self.in_flight += 1
+        metrics.set_in_flight(self.in_flight)
+        try:
+            await self.app(scope, _replay(body, receive), send)
+        finally:
+            self.in_flight -= 1
+            metrics.set_in_flight(self.in_flight)
+
+    async def _run_uncounted(self, scope: dict[str, Any], receive: Any, send: Any, path: str, limit: int) -> None:
+        try:
             await self._run_limited(scope, receive, send, limit)
         except _TooLarge:
             await self._reject(scope, send, path, PayloadTooLarge(
                 f"request body is more than {limit} bytes; the limit is {limit} (T2I_MAX_BODY_BYTES)"))
-        except T2IError as err:
-            await self._reject(scope, send, path, err)
-        finally:
-            if counted:
-                self.in_flight -= 1
-                metrics.set_in_flight(self.in_flight)
+
+    async def _read_whole_body(self, receive: Any, limit: int) -> bytes:
+        timeout = self.settings.body_timeout_s
+        try:
+            return await asyncio.wait_for(self._read_body(receive, limit), timeout)
+        except asyncio.TimeoutError:
+            raise BodyTimeout(
+                f"the request body did not arrive within {timeout}s (T2I_BODY_TIMEOUT_S)", code="body_timeout"
+            ) from None
+        except _TooLarge:
+            raise PayloadTooLarge(f"request body is more than {limit} bytes; the limit is {limit} (T2I_MAX_BODY_BYTES)") from None
 
     # ---- checks --------------------------------------------------------------------------------
     def _check_key(self, headers: dict[bytes, bytes], path: str) -> None:
@@ -115,11 +158,19 @@ class GuardMiddleware:
             return None
 
     def _check_fields(self, path: str, body: bytes) -> None:
+        submit = path in self.validate_at_submit
         try:
             data = json.loads(body or b"{}")
-        except ValueError:
-            return  # the route answers invalid JSON itself
-        if isinstance(data, dict) and path in self.validate_at_submit:
+        except RecursionError:  # BentoML's own parse would fail the same way, with a 500
+            raise InvalidRequest("request body is not valid JSON: nested too deeply", code="invalid_json") from None
+        except ValueError as exc:
+            if not submit:
+                return  # the route answers invalid JSON itself
+            # a task's input is otherwise parsed only when it runs: a failed task instead of a 400
+            raise InvalidRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from None
+        if submit and not isinstance(data, dict):
+            raise InvalidRequest(f"request body must be a JSON object; got {type(data).__name__}", code="invalid_json")
+        if isinstance(data, dict) and submit:
             parse(self.validate_at_submit[path], data)  # InvalidRequest naming the field and the value
         if isinstance(data, dict):
             unknown = sorted(set(data) - self.strict_fields[path])
@@ -136,6 +187,8 @@ class GuardMiddleware:
         chunks, size = [], 0
         while True:
             message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Disconnected()
             if message["type"] != "http.request":
                 break
             chunk = message.get("body", b"")
@@ -203,6 +256,10 @@ async def _no_receive() -> dict[str, Any]:
     return {"type": "http.disconnect"}
 
 
+#: the HTTP methods of the API's routes (tests check every route's method is here)
+CORS_METHODS = ("GET", "POST", "PUT", "OPTIONS")
+
+
 def cors_options(settings: Settings) -> dict[str, Any] | None:
     """Starlette CORSMiddleware options, or None when CORS is off. Never "*" with credentials."""
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
@@ -211,7 +268,8 @@ def cors_options(settings: Settings) -> dict[str, Any] | None:
     return {
         "allow_origins": origins,
         "allow_credentials": "*" not in origins,
-        "allow_methods": ["GET", "POST", "OPTIONS"],
+        # every method a route uses: PUT cancels a task (a browser app must be able to)
+        "allow_methods": list(CORS_METHODS),
         "allow_headers": ["Authorization", "Content-Type", "X-Request-ID"],
         "expose_headers": ["X-Seed", "X-Model", "X-Image-Size", "X-Batch-Size", "X-Inference-Time", "X-Total-Time",
                            "X-Request-ID"],

@@ -24,6 +24,8 @@ from t2i_core.common import metrics
 from t2i_core.common.paths import KNOWN_ROUTES
 
 log = logging.getLogger("t2i.requests")
+#: failures of the layers below (not request lines)
+failures = logging.getLogger("t2i.api")
 HEADER = b"x-request-id"
 _VALID_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 #: probes (a 503 while starting is normal), metrics and the playground's files: no line
@@ -123,11 +125,12 @@ class RequestLogMiddleware:
         token = _current.set(record)
         quiet = path.startswith(QUIET_PREFIXES) or path == "/ui"
         status = 500
-        logged = False
+        logged = started = False
 
         async def send_with_id(message: dict[str, Any]) -> None:
-            nonlocal status, logged
+            nonlocal status, logged, started
             if message["type"] == "http.response.start":
+                started = True
                 status = message["status"]
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != HEADER]
                 message = {**message, "headers": [*headers, (HEADER, record.request_id.encode())]}
@@ -139,6 +142,15 @@ class RequestLogMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:  # noqa: BLE001 - an error escaped a layer below: answer now, not at a timeout
+            if started:
+                raise
+            failures.exception("%s %s failed before answering", record.method, path)
+            from t2i_core.api.responses import error_response_for
+            from t2i_core.common.errors import T2IError
+
+            response = error_response_for(path, T2IError("internal error; the server log has the details"))
+            await response(scope, receive, send_with_id)
         finally:
             if not logged and not quiet:
                 emit(record, status)

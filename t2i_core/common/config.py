@@ -64,6 +64,9 @@ class Settings:
     encode_processes: int = -1
     #: Largest request body in bytes (413 beyond; checked from Content-Length before reading).
     max_body_bytes: int = 50 * 1024 * 1024
+    #: Seconds a generation request's body may take to arrive (408 beyond); it counts against
+    #: ``max_in_flight`` only once it has arrived.
+    body_timeout_s: int = 60
     #: Generation requests in flight beyond which new ones are refused at once (429 + Retry-After).
     max_in_flight: int = 256
     #: Seconds a refused client is told to wait (Retry-After).

@@ -61,6 +61,14 @@ class Gone(T2IError):
     type = "invalid_request_error"
 
 
+class BodyTimeout(T2IError):
+    """The request body did not arrive in time."""
+
+    status = 408
+    code = "body_timeout"
+    type = "invalid_request_error"
+
+
 class PayloadTooLarge(T2IError):
     status = 413
     code = "payload_too_large"
@@ -156,7 +164,7 @@ class EngineFailure(T2IError):
 
 
 _BY_CODE: dict[str, type[T2IError]] = {
-    c.code: c for c in (T2IError, InvalidRequest, NotFound, UnknownModel, Gone, Conflict, ModelBusy, Unauthorized, Forbidden, OutOfMemory, RequestTimeout, ClientClosed, TaskCanceled, TooManyRequests, PayloadTooLarge, ModelUnavailable, EngineFailure, DefaultModelChanged)
+    c.code: c for c in (T2IError, InvalidRequest, NotFound, UnknownModel, Gone, Conflict, ModelBusy, Unauthorized, Forbidden, OutOfMemory, RequestTimeout, ClientClosed, TaskCanceled, TooManyRequests, PayloadTooLarge, ModelUnavailable, EngineFailure, DefaultModelChanged, BodyTimeout)
 }
 
 

@@ -101,6 +101,12 @@ def _prompt(required: bool):
             raise ValueError(
                 f"{name} must be at most {MAX_PROMPT_CHARS} characters; got {len(value)} characters"
             )
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate (JSON "\ud800"): no tokenizer takes it
+            raise ValueError(
+                f"{name} must be valid Unicode text; got a lone surrogate {value[exc.start]!r} at character {exc.start}"
+            ) from None
         return value
 
     return check

@@ -13,6 +13,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from t2i_core.common.errors import InvalidRequest
 from t2i_core.common.fields import (
+    MAX_STEPS,
     Guidance,
     ImageFormat,
     ModelId,
@@ -152,6 +153,14 @@ def to_engine(
                     f"num_inference_steps * strength must be at least 1 so that one denoising step runs; "
                     f"got {steps} * {strength} = {steps * strength:g}",
                     param="num_inference_steps",
+                )
+            if strength * MAX_STEPS < 1:
+                # the scheduler lays out ``steps`` timesteps to run int(steps * strength) of them: a tiny
+                # strength would ask for millions (memory and time without bound)
+                raise InvalidRequest(
+                    f"strength must be at least {1 / MAX_STEPS:g} (1 / {MAX_STEPS}, the most steps a request "
+                    f"may run) for one denoising step to remain; got {strength!r}",
+                    param="strength",
                 )
             steps = math.ceil(1 / strength)
     scheduler = req.scheduler or d.scheduler

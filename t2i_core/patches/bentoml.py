@@ -21,7 +21,11 @@
 - ``cancel_request_timers``: BentoML's ``TimeoutMiddleware`` keeps each request's timer (and a future)
   alive for the whole ``traffic.timeout`` (150 s here) after the answer was sent: ~54,000 live timers
   at 360 requests/s, API memory +12 MB and full collections of 70-115 ms. The timer is cancelled once
-  the answer starts; a slow request still gets its 504. Paired at 16 clients: 1.085x images/s.
+  the answer starts; a slow request still gets its 504. Paired at 16 clients: 1.085x images/s. An
+  app that ends without answering (an error escaped it) gets a 500 at once instead of at the timer
+  (a client waited the whole 150 s).
+- ``strict_multipart_files``: multipart file fields never fetch a client-given URL, take one part,
+  and a damaged body is a 400 (see its docstring).
 
 Upstream: task cancellation in the local server is bentoml/BentoML#5141 (cancel hung) and #5695 (the
 cancel route marks the task and answers 400); none of the others has an upstream issue we know of.
@@ -145,6 +149,15 @@ def cancel_request_timers() -> None:
 
         fut = asyncio.ensure_future(self.app(scope, receive, _send), loop=loop)
         try:
+            # the app may also end without answering (an error escaped it): then do not wait for the timer
+            await asyncio.wait({waiter, fut}, return_when=asyncio.FIRST_COMPLETED)
+            if not waiter.done():
+                timer.cancel()
+                if fut.exception() is not None:
+                    resp = JSONResponse({"error": "internal error; the server log has the details"}, status_code=500)
+                    await resp(scope, receive, send)
+                await fut  # re-raises the app's error for the server's log
+                return
             await waiter
         except asyncio.TimeoutError:
             if fut.cancel():
@@ -158,3 +171,62 @@ def cancel_request_timers() -> None:
 
     __call__._t2i_patched = True  # type: ignore[attr-defined]
     TimeoutMiddleware.__call__ = __call__  # type: ignore[method-assign]
+
+
+def strict_multipart_files() -> None:
+    """BentoML 1.4.39's multipart parsing (``MultipartSerde.parse_request``), made safe for a public API:
+
+    - a text value where a file field is expected was fetched as a URL by the server (``ensure_file``):
+      a client could make the server request any address (127.0.0.1 was refused by BentoML's own
+      check, ``file://`` and paths answered 500). An image is bytes (a file part) or base64: text for a
+      file field is refused with a 400 naming the field;
+    - two parts for one file field: the first was used silently; now a 400 naming the field;
+    - a damaged multipart body raised ``MultiPartException`` (500); a text part holding a
+      5000-digit number raised ``ValueError`` from ``json.loads`` (500): both are 400s now.
+    """
+    if not written_for("bentoml", WRITTEN_FOR, "strict_multipart_files"):
+        return
+    import json
+
+    from _bentoml_impl.serde import MultipartSerde
+    from _bentoml_sdk.typing_utils import is_list_type, is_union_type
+    from bentoml.exceptions import BadInput
+    from typing_extensions import get_args
+    from starlette.datastructures import UploadFile
+    from starlette.formparsers import MultiPartException
+
+    if getattr(MultipartSerde.parse_request, "_t2i_patched", False):
+        return
+
+    async def parse_request(self: Any, request: Any, cls: Any) -> Any:
+        try:
+            form = await request.form()
+        except (MultiPartException, ValueError) as exc:
+            raise BadInput(f"the multipart/form-data body cannot be read: {exc}") from None
+        data: dict[str, Any] = {}
+        for key in form:
+            values = form.getlist(key)
+            if key in cls.multipart_fields:
+                if not all(isinstance(v, UploadFile) for v in values):
+                    raise BadInput(f"{key} must be an uploaded file (a file part); got a text value")
+                annotation = cls.model_fields[key].annotation
+                if is_union_type(annotation):
+                    annotation = get_args(annotation)[0]
+                if is_list_type(annotation):
+                    data[key] = values
+                elif len(values) == 1:
+                    data[key] = values[0]
+                else:
+                    raise BadInput(f"{key} must be exactly one file; got {len(values)} files")
+                continue
+            value = form[key]
+            if isinstance(value, UploadFile):
+                value = await value.read()
+            try:
+                data[key] = json.loads(value)
+            except ValueError:  # not JSON (plain text), or a number past Python's digit limit
+                data[key] = value
+        return cls.model_validate(data)
+
+    parse_request._t2i_patched = True  # type: ignore[attr-defined]
+    MultipartSerde.parse_request = parse_request  # type: ignore[method-assign]

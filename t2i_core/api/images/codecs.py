@@ -13,7 +13,7 @@ import io
 import re
 import time
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 from t2i_core.common.errors import InvalidRequest
 from t2i_core.common.fields import MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE
@@ -74,6 +74,8 @@ def decode_image(data: bytes, *, max_pixels: int, field: str = "image") -> Image
         )
     try:
         img.load()
+        # as the user's viewer shows it: a phone's JPEG is stored sideways with an EXIF orientation
+        img = ImageOps.exif_transpose(img)
     except Exception as exc:  # noqa: BLE001 - truncated or corrupt data
         raise InvalidRequest(f"{field} is a damaged {fmt} image: {exc}", param=field) from None
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
 from t2i_core.common.errors import InvalidRequest
@@ -18,7 +19,9 @@ async def read_json_object(request: Request) -> dict[str, Any]:
     body = await request.body()
     try:
         data = json.loads(body or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except RecursionError:
+        raise InvalidRequest("request body is not valid JSON: nested too deeply", code="invalid_json") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer past Python's digit limit
         where = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
         raise InvalidRequest(
             f"request body is not valid JSON{where}: {getattr(exc, 'msg', exc)} "
@@ -32,7 +35,10 @@ async def read_json_object(request: Request) -> dict[str, Any]:
 
 async def read_form(request: Request) -> tuple[dict[str, Any], dict[str, list[UploadFile]]]:
     """Multipart fields (text values) and files, by name; ``image[]`` is read as ``image``."""
-    form = await request.form()
+    try:
+        form = await request.form()
+    except (MultiPartException, ValueError) as exc:
+        raise InvalidRequest(f"the form body cannot be read: {exc}", code="invalid_form") from None
     values: dict[str, Any] = {}
     files: dict[str, list[UploadFile]] = {}
     for key, value in form.multi_items():

@@ -16,6 +16,7 @@ from typing import Any
 from t2i_core.devtools.bench.cpu import server_cpu
 from t2i_core.devtools.bench.load import run_load
 from t2i_core.devtools.bench.presets import Preset
+from t2i_core.devtools.bench.registry import bench_registry_file
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -36,7 +37,10 @@ def raw_engine(preset: Preset) -> Any:
     from t2i_core.common.config import Settings
     from t2i_core.engine.core import Engine
 
-    return Engine(dataclasses.replace(Settings.from_env(), dtype=preset.dtype))
+    from t2i_core.common.registry import Registry
+
+    settings = dataclasses.replace(Settings.from_env(), dtype=preset.dtype)
+    return Engine(settings, Registry(default=settings.model, path=bench_registry_file()))
 
 
 def raw(preset: Preset, repeats: int, engine: Any = None) -> list[dict[str, Any]]:
@@ -85,7 +89,7 @@ def served(preset: Preset, max_batch_size: int, requests_per_level: int, concurr
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "T2I_MAX_BATCH_SIZE": str(max_batch_size), "T2I_DTYPE": preset.dtype,
-           "T2I_MODEL": preset.model, "T2I_MAX_IN_FLIGHT": "100000",
+           "T2I_MODEL": preset.model, "T2I_MAX_IN_FLIGHT": "100000", "T2I_REGISTRY": str(bench_registry_file()),
            "BENTOML_CONFIG": str(ROOT / "configuration.yaml")}
     bentoml = Path(sys.executable).with_name("bentoml")
     log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"t2i-bench-{port}.log", "wb")
