@@ -71,3 +71,34 @@ def test_fp32_pixels_unchanged_by_split(engine):
     a = faulty.run([req(seed=i) for i in range(3)])
     b = [engine.run([req(seed=i)])[0] for i in range(3)]
     assert all(np.array_equal(np.frombuffer(x.pixels, np.uint8), np.frombuffer(y.pixels, np.uint8)) for x, y in zip(a, b))
+
+
+def test_the_retry_runs_after_the_failed_calls_frames_are_released(engine, monkeypatch):
+    """An out-of-memory retry inside the ``except`` block kept the failed call's frames (and on a GPU
+    their activations) alive through the traceback while the halves ran and the cache was freed."""
+    import weakref
+
+    import torch
+
+    class Activation:  # stands for a tensor held by a frame of the failed call
+        pass
+
+    faulty = Engine(Settings(), registry=engine.registry)
+    real = faulty._call_pipeline
+    alive_at_retry: list[bool] = []
+    failed: list[weakref.ref] = []
+
+    def call_pipeline(items, seeds):
+        if failed:
+            alive_at_retry.append(failed[-1]() is not None)
+        if len(items) > 1:
+            activation = Activation()  # a local of the failing frame
+            failed.append(weakref.ref(activation))
+            raise torch.OutOfMemoryError("injected")
+        return real(items, seeds)
+
+    monkeypatch.setattr(faulty, "_call_pipeline", call_pipeline)
+    monkeypatch.setattr(faulty.models, "free_cache", lambda: alive_at_retry.append(failed[-1]() is not None))
+    out = faulty.run([req(seed=i) for i in range(2)])
+    assert all(r.error is None for r in out)
+    assert alive_at_retry and not any(alive_at_retry), alive_at_retry

@@ -230,33 +230,26 @@ class Engine:
         return [results[i] for i in range(len(items))]
 
     def _attempt(self, items: list[EngineRequest], seeds: list[int]) -> list[EngineResult]:
+        # Every retry runs after the ``except`` block has been left: a live exception keeps its
+        # traceback, whose frames hold the failed call's tensors (activations on the GPU), alive.
+        cancelled, failure = False, None  # failure: (out of memory, "Type: message")
         try:
             started = time.perf_counter()
             pixels, stages = self._call_pipeline(items, seeds)
             elapsed = time.perf_counter() - started
         except Cancelled:
-            return self._run_split(items, seeds)  # every item is cancelled now: each gets its reason
+            cancelled = True
         except T2IError as err:  # the same for every item (e.g. the model is unavailable)
             return [self._failed(r, s, err) for r, s in zip(items, seeds)]
         except Exception as exc:  # noqa: BLE001 - split, or reported to the one item
             oom = is_out_of_memory(exc)
-            if oom:
-                self._counts["oom_retries"] += 1
-                metrics.record_oom_retry()
-                self.models.free_cache()
-            if len(items) > 1:
-                log.warning("batch of %d failed (%s); retrying in halves", len(items), type(exc).__name__)
-                half = len(items) // 2
-                return self._run_split(items[:half], seeds[:half]) + self._run_split(items[half:], seeds[half:])
-            if oom:
-                err: T2IError = OutOfMemory(
-                    f"out of memory generating one {items[0].width}x{items[0].height} image on {self.device}; "
-                    "try a smaller size or fewer steps"
-                )
-            else:
+            if not oom and len(items) == 1:
                 log.exception("generation failed for one image (%s)", items[0].model)
-                err = EngineFailure(f"generation failed: {type(exc).__name__}: {exc}")
-            return [self._failed(items[0], seeds[0], err)]
+            failure = (oom, f"{type(exc).__name__}: {exc}")
+        if cancelled:
+            return self._run_split(items, seeds)  # every item is cancelled now: each gets its reason
+        if failure is not None:
+            return self._recover(items, seeds, *failure)
         self._batch_sizes.append(len(items))
         self._counts["images"] += len(items)
         self._busy_s += elapsed
@@ -268,6 +261,25 @@ class Engine:
             )
             for r, s, p in zip(items, seeds, pixels)
         ]
+
+    def _recover(self, items: list[EngineRequest], seeds: list[int], oom: bool, what: str) -> list[EngineResult]:
+        """After a failed batch: free the cache, run each half alone, down to the one item that fails."""
+        if oom:
+            self._counts["oom_retries"] += 1
+            metrics.record_oom_retry()
+            self.models.free_cache()
+        if len(items) > 1:
+            log.warning("batch of %d failed (%s); retrying in halves", len(items), what.partition(":")[0])
+            half = len(items) // 2
+            return self._run_split(items[:half], seeds[:half]) + self._run_split(items[half:], seeds[half:])
+        if oom:
+            err: T2IError = OutOfMemory(
+                f"out of memory generating one {items[0].width}x{items[0].height} image on {self.device}; "
+                "try a smaller size or fewer steps"
+            )
+        else:
+            err = EngineFailure(f"generation failed: {what}")
+        return [self._failed(items[0], seeds[0], err)]
 
     def _failed(self, req: EngineRequest, seed: int, err: T2IError) -> EngineResult:
         self._counts["errors"] += 1
