@@ -26,6 +26,7 @@ from t2i_core.common.registry import Registry
 from t2i_core.common.schemas import EngineRequest, EngineResult
 from t2i_core.engine.speedups import Speedups
 from t2i_core.engine.stage_timer import StageTimer, device_sync
+from t2i_core.engine.stop_points import Cancelled, StopPoints
 
 log = logging.getLogger("t2i.engine")
 
@@ -56,10 +57,6 @@ def prompt_arguments(items: list[EngineRequest]) -> dict[str, Any]:
     ):
         return {"prompt": [first.prompt], "negative_prompt": [first.negative_prompt], "num_images_per_prompt": len(items)}
     return {"prompt": [r.prompt for r in items], "negative_prompt": [r.negative_prompt for r in items]}
-
-
-class Cancelled(Exception):
-    """Raised from the step callback to abandon a batch nobody waits for any more."""
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -100,6 +97,7 @@ class Engine:
         #: request id -> {"state": running|done, "step": k, "steps": n}, the most recent PROGRESS_KEPT
         self._progress: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.stage_timer = StageTimer(device_sync(self.device))
+        self.stop_points = StopPoints()
 
     def _init_torch_thread(self) -> threading.Thread:
         if self.settings.torch_threads > 0:
@@ -343,14 +341,18 @@ class Engine:
         for req in items:
             self._set_progress(req.request_id, state="running", step=0, steps=None)
         self.stage_timer.attach(pipe)
+        self.stop_points.attach(pipe, denoiser_compiled=self.models.speedups.compile)
         self.stage_timer.start()
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), self.stop_points.watching(lambda: self._all_unwanted(items)):
                 images = pipe(**kwargs).images
         finally:
             stages = self.stage_timer.stop()
         array = (np.asarray(images) * 255.0).round().clip(0, 255).astype(np.uint8)
         return [np.ascontiguousarray(a).tobytes() for a in array], stages
+
+    def _all_unwanted(self, items: list[EngineRequest]) -> bool:
+        return all(self._cancel_reason(r) is not None for r in items)
 
     def _stop_when_all_cancelled(self, items: list[EngineRequest]) -> Any:
         """A diffusers step callback that aborts the batch once no item of it is wanted any more."""
@@ -359,7 +361,7 @@ class Engine:
             steps = getattr(pipe, "num_timesteps", None)
             for req in items:
                 self._set_progress(req.request_id, step=step + 1, steps=steps)
-            if all(self._cancel_reason(r) is not None for r in items):
+            if self._all_unwanted(items):
                 raise Cancelled()
             return tensors
 
