@@ -43,6 +43,12 @@ class InvalidRequest(T2IError, ValueError):
     type = "invalid_request_error"
 
 
+class ContentFiltered(InvalidRequest):
+    """The model's safety checker flagged the image (OpenAI answers such a request 400 with this code)."""
+
+    code = "content_policy_violation"
+
+
 class NotFound(T2IError):
     status = 404
     code = "not_found"
@@ -164,7 +170,7 @@ class EngineFailure(T2IError):
 
 
 _BY_CODE: dict[str, type[T2IError]] = {
-    c.code: c for c in (T2IError, InvalidRequest, NotFound, UnknownModel, Gone, Conflict, ModelBusy, Unauthorized, Forbidden, OutOfMemory, RequestTimeout, ClientClosed, TaskCanceled, TooManyRequests, PayloadTooLarge, ModelUnavailable, EngineFailure, DefaultModelChanged, BodyTimeout)
+    c.code: c for c in (T2IError, InvalidRequest, NotFound, UnknownModel, Gone, Conflict, ModelBusy, Unauthorized, Forbidden, OutOfMemory, RequestTimeout, ClientClosed, TaskCanceled, TooManyRequests, PayloadTooLarge, ModelUnavailable, EngineFailure, DefaultModelChanged, BodyTimeout, ContentFiltered)
 }
 
 

@@ -20,7 +20,7 @@ from typing import Any, Callable, TypeVar
 from t2i_core.common import metrics
 from t2i_core.common.config import Settings
 from t2i_core.engine.devices import pick_device
-from t2i_core.common.errors import ClientClosed, DefaultModelChanged, EngineFailure, InvalidRequest, OutOfMemory, RequestTimeout, T2IError
+from t2i_core.common.errors import ClientClosed, ContentFiltered, DefaultModelChanged, EngineFailure, InvalidRequest, OutOfMemory, RequestTimeout, T2IError
 from t2i_core.engine.model_manager import LoadedModel, ModelManager
 from t2i_core.common.registry import Registry
 from t2i_core.common.schemas import EngineRequest, EngineResult
@@ -233,7 +233,7 @@ class Engine:
         cancelled, failure = False, None  # failure: (out of memory, "Type: message")
         try:
             started = time.perf_counter()
-            pixels, stages = self._call_pipeline(items, seeds)
+            pixels, stages, flagged = self._call_pipeline(items, seeds)
             elapsed = time.perf_counter() - started
         except Cancelled:
             cancelled = True
@@ -253,11 +253,15 @@ class Engine:
         self._busy_s += elapsed
         metrics.record_batch(items[0].model, items[0].kind, len(items), stages)
         return [
-            EngineResult(
+            self._failed(r, s, ContentFiltered(
+                f"the safety checker of model {r.model!r} flagged the image of seed {s} as possibly not safe "
+                "for work; it is not returned (try another prompt or seed)",
+                param="prompt",
+            )) if bad else EngineResult(
                 model=r.model, seed=s, width=r.width, height=r.height, pixels=p,
                 batch_size=len(items), inference_s=elapsed, stages=stages,
             )
-            for r, s, p in zip(items, seeds, pixels)
+            for r, s, p, bad in zip(items, seeds, pixels, flagged)
         ]
 
     def _recover(self, items: list[EngineRequest], seeds: list[int], oom: bool, what: str) -> list[EngineResult]:
@@ -305,7 +309,7 @@ class Engine:
             return ClientClosed("the client closed the request; its work was stopped")
         return None
 
-    def _call_pipeline(self, items: list[EngineRequest], seeds: list[int]) -> tuple[list[bytes], dict[str, float]]:
+    def _call_pipeline(self, items: list[EngineRequest], seeds: list[int]) -> tuple[list[bytes], dict[str, float], list[bool]]:
         first = items[0]
         if 0 <= self.settings.fault_oom_above < len(items):
             import torch
@@ -314,7 +318,10 @@ class Engine:
         with self.models.use(first.model) as loaded:
             return self._denoise(loaded.pipeline(first.kind, first.scheduler), items, seeds)
 
-    def _denoise(self, pipe: Any, items: list[EngineRequest], seeds: list[int]) -> tuple[list[bytes], dict[str, float]]:
+    def _denoise(
+        self, pipe: Any, items: list[EngineRequest], seeds: list[int]
+    ) -> tuple[list[bytes], dict[str, float], list[bool]]:
+        """Pixels per image, the stage split, and per image whether the model's safety checker flagged it."""
         import inspect
 
         import numpy as np
@@ -345,11 +352,13 @@ class Engine:
         self.stage_timer.start()
         try:
             with torch.inference_mode(), self.stop_points.watching(lambda: self._all_unwanted(items)):
-                images = pipe(**kwargs).images
+                output = pipe(**kwargs)
         finally:
             stages = self.stage_timer.stop()
-        array = (np.asarray(images) * 255.0).round().clip(0, 255).astype(np.uint8)
-        return [np.ascontiguousarray(a).tobytes() for a in array], stages
+        array = (np.asarray(output.images) * 255.0).round().clip(0, 255).astype(np.uint8)
+        # diffusers' safety checker blacks out a flagged image and says so here (None: no checker)
+        flagged = [bool(f) for f in (getattr(output, "nsfw_content_detected", None) or [False] * len(items))]
+        return [np.ascontiguousarray(a).tobytes() for a in array], stages, flagged
 
     def _all_unwanted(self, items: list[EngineRequest]) -> bool:
         return all(self._cancel_reason(r) is not None for r in items)
