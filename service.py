@@ -30,11 +30,11 @@ from t2i_core.patches.gc_freeze import freeze_startup_objects
 from t2i_core.api.engine_client import RemoteEngine
 from t2i_core.api.frontend import Frontend, read_upload, until_disconnected
 from t2i_core.api.responses import ErrorBodyMiddleware
-from t2i_core.api.guards import GuardMiddleware, cors_options
+from t2i_core.api.guards import IN_FLIGHT, GuardMiddleware, cors_options
 from t2i_core.api.image_store import ImageStore
 from t2i_core.common.registry import RegistryError, load_registry_file
 from t2i_core.api.retry import retry_dropped
-from t2i_core.engine.shutdown import drain_on_sigterm
+from t2i_core.common.shutdown import drain_on_sigterm
 from t2i_core.api.surfaces.native import EditUpload, answer
 from t2i_core.common.schemas import EditRequest, EngineRequest, EngineResult, GenerateRequest, accepted_names
 from t2i_core.api.surfaces.tasks.cancel import TaskCancelMiddleware
@@ -127,6 +127,8 @@ class API:
 
     def __init__(self) -> None:
         self.front = Frontend(RemoteEngine(self.engine, SETTINGS), SETTINGS)
+        # On SIGTERM, finish the requests in flight while answering new ones 503 (see t2i_core/common/shutdown.py).
+        drain_on_sigterm(IN_FLIGHT.idle_since, max_s=SETTINGS.request_timeout_s, who="the API")
         freeze_startup_objects()  # see t2i_core/patches/gc_freeze.py
 
     @bentoml.api(route="/generate", input_spec=GenerateRequest)

@@ -1,9 +1,10 @@
 """Encoder processes: the same bytes as encoding in process, each request its own image, and no
-request lost when a worker dies."""
+request lost when a worker dies or hangs."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 
@@ -79,6 +80,64 @@ def test_a_dead_worker_loses_no_image_and_is_replaced(monkeypatch):
     assert after == encode_image(images[1], 64, 64, "png")
     assert replaced == [True]  # one new, live worker
     assert fallbacks >= 1  # the images the dead worker held were encoded in this process
+
+
+def test_a_hung_worker_is_killed_and_replaced_and_its_image_encoded_in_time(monkeypatch, caplog):
+    monkeypatch.setattr(encode_pool, "RESTART_DELAY_S", 0.0)
+    pixels, later = noise(64, 64, seed=7), noise(64, 64, seed=8)
+    bound = 0.5
+
+    async def main():
+        pool = EncoderPool(1)
+        first = None
+        try:
+            await pool.encode(pixels, 64, 64, "png")  # a started, warm worker
+            (first,) = pool._workers
+            pid = first.transport.get_pid()
+            monkeypatch.setattr(encode_pool, "ENCODE_BASE_S", bound)
+            monkeypatch.setattr(encode_pool, "ENCODE_S_PER_MEGAPIXEL", 0.0)
+            os.kill(pid, signal.SIGSTOP)
+            started = asyncio.get_running_loop().time()
+            # bounded, so that a pool that never notices fails here instead of hanging the test
+            data, _ = await asyncio.wait_for(pool.encode(pixels, 64, 64, "png"), timeout=10)
+            waited = asyncio.get_running_loop().time() - started
+            fallbacks = pool.fallbacks
+            for _ in range(500):  # the kill is reaped
+                if first.transport.get_returncode() is not None:
+                    break
+                await asyncio.sleep(0.01)
+            code = first.transport.get_returncode()
+            # the replacement's first job includes its start (Python, Pillow): back to the default bound
+            monkeypatch.undo()
+            monkeypatch.setattr(encode_pool, "RESTART_DELAY_S", 0.0)
+            after, _ = await asyncio.wait_for(pool.encode(later, 64, 64, "png"), timeout=30)
+            replaced = [w is not first and w.alive for w in pool._workers]
+            return data, waited, fallbacks, code, after, replaced, pool.fallbacks
+        finally:
+            if first is not None and first.transport.get_returncode() is None:
+                for sig in (signal.SIGCONT, signal.SIGKILL):
+                    try:
+                        os.kill(first.transport.get_pid(), sig)
+                    except ProcessLookupError:
+                        pass
+            pool.close()
+
+    with caplog.at_level(logging.WARNING, logger="t2i"):
+        data, waited, fallbacks, code, after, replaced, fallbacks_after = asyncio.run(main())
+    assert data == encode_image(pixels, 64, 64, "png")
+    assert bound <= waited < bound + 3.0  # the bound, then a 64x64 encode in this process
+    assert fallbacks == 1
+    assert code == -signal.SIGKILL  # killed although stopped
+    hung = [r for r in caplog.records if r.levelno == logging.WARNING and "hung" in r.getMessage()]
+    assert len(hung) == 1
+    assert after == encode_image(later, 64, 64, "png")
+    assert replaced == [True] and fallbacks_after == fallbacks  # a new worker process answered
+
+
+def test_the_bound_covers_the_largest_image_with_room():
+    # 2048x2048 measured at most 1.37 s (WebP of noise) in process on a busy 2-core machine
+    assert encode_pool.encode_deadline_s(2048, 2048) >= 10 * 1.37
+    assert encode_pool.encode_deadline_s(64, 64) >= encode_pool.ENCODE_BASE_S
 
 
 def test_an_unknown_format_is_the_same_error_as_in_process():

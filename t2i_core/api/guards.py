@@ -17,18 +17,48 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import time
 from typing import Any
 
 from t2i_core.api import request_log
 from t2i_core.common import metrics
 from t2i_core.common.config import Settings
-from t2i_core.common.errors import BodyTimeout, InvalidRequest, PayloadTooLarge, T2IError, TooManyRequests, Unauthorized
+from t2i_core.common.errors import (
+    BodyTimeout, InvalidRequest, PayloadTooLarge, ShuttingDown, T2IError, TooManyRequests, Unauthorized,
+)
+from t2i_core.common.shutdown import DRAINING
 from t2i_core.api.frontend import parse
 from t2i_core.api.responses import error_response_for
 from t2i_core.common.paths import GENERATION_PATHS
 
 OPEN_PREFIXES = ("/livez", "/readyz", "/healthz", "/metrics", "/docs.json", "/schema.json", "/static",
                  "/v1/images/files/", "/admin/", "/ui", "/playground")
+
+
+class InFlight:
+    """Generation requests in flight in this process, and since when it has had none (for the drain)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle_since: float | None = time.monotonic()
+
+    def enter(self) -> None:
+        self.count += 1
+        self._idle_since = None
+        metrics.set_in_flight(self.count)
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._idle_since = time.monotonic()
+        metrics.set_in_flight(self.count)
+
+    def idle_since(self) -> float | None:
+        return self._idle_since
+
+
+#: one per API process: the guard counts here, the SIGTERM drain waits on it
+IN_FLIGHT = InFlight()
 
 
 class _TooLarge(Exception):
@@ -56,7 +86,7 @@ class GuardMiddleware:
         #: task submit paths -> the task's input model: BentoML validates a task's input only when the
         #: task runs (a bad field became a failed task); checked here, it is a 400 at submit
         self.validate_at_submit = validate_at_submit or {}
-        self.in_flight = 0
+        self.in_flight = IN_FLIGHT
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -72,11 +102,10 @@ class GuardMiddleware:
             if length is not None and length > limit:
                 raise PayloadTooLarge(f"request body is {length} bytes; the limit is {limit} (T2I_MAX_BODY_BYTES)")
             counted = path in GENERATION_PATHS and scope.get("method") == "POST"
-            if counted and self.in_flight >= self.settings.max_in_flight:
-                raise TooManyRequests(
-                    f"the server is busy: {self.in_flight} requests in flight, the limit is "
-                    f"{self.settings.max_in_flight} (T2I_MAX_IN_FLIGHT); retry after {self.settings.retry_after_s}s"
-                )
+            if DRAINING.is_set() and (counted or path.startswith("/readyz")):
+                raise ShuttingDown("the server is shutting down; send the request to another replica or retry")
+            if counted:
+                self._check_capacity()  # refused before its body is read when full already
         except T2IError as err:
             await self._reject(scope, send, path, err)
             return
@@ -89,24 +118,18 @@ class GuardMiddleware:
             body = await self._read_whole_body(receive, limit)
             if path in self.strict_fields and _parsed_as_json(headers):
                 self._check_fields(path, body)
-            if self.in_flight >= self.settings.max_in_flight:
-                raise TooManyRequests(
-                    f"the server is busy: {self.in_flight} requests in flight, the limit is "
-                    f"{self.settings.max_in_flight} (T2I_MAX_IN_FLIGHT); retry after {self.settings.retry_after_s}s"
-                )
+            self._check_capacity()
         except _Disconnected:
             request_log.note(error="client_closed", error_message="the client left while sending its body")
             return  # nobody to answer
         except T2IError as err:
             await self._reject(scope, send, path, err)
             return
-        self.in_flight += 1
-        metrics.set_in_flight(self.in_flight)
+        self.in_flight.enter()
         try:
             await self.app(scope, _replay(body, receive), send)
         finally:
-            self.in_flight -= 1
-            metrics.set_in_flight(self.in_flight)
+            self.in_flight.leave()
 
     async def _run_uncounted(self, scope: dict[str, Any], receive: Any, send: Any, path: str, limit: int) -> None:
         try:
@@ -127,6 +150,13 @@ class GuardMiddleware:
             raise PayloadTooLarge(f"request body is more than {limit} bytes; the limit is {limit} (T2I_MAX_BODY_BYTES)") from None
 
     # ---- checks --------------------------------------------------------------------------------
+    def _check_capacity(self) -> None:
+        if self.in_flight.count >= self.settings.max_in_flight:
+            raise TooManyRequests(
+                f"the server is busy: {self.in_flight.count} requests in flight, the limit is "
+                f"{self.settings.max_in_flight} (T2I_MAX_IN_FLIGHT); retry after {self.settings.retry_after_s}s"
+            )
+
     def _check_key(self, headers: dict[bytes, bytes], path: str) -> None:
         if not self.keys or path == "/" or path.startswith(OPEN_PREFIXES):
             return
@@ -234,6 +264,8 @@ class GuardMiddleware:
         headers = {"Retry-After": str(self.settings.retry_after_s)} if isinstance(err, TooManyRequests) else {}
         if isinstance(err, Unauthorized):
             headers["WWW-Authenticate"] = "Bearer"
+        if isinstance(err, ShuttingDown):
+            headers["Connection"] = "close"
         response = error_response_for(path, err, headers)
         await response(scope, _no_receive, send)
 

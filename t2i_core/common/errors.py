@@ -117,6 +117,14 @@ class ModelUnavailable(T2IError):
     type = "server_error"
 
 
+class ShuttingDown(T2IError):
+    """The server is draining before it exits: new work goes elsewhere."""
+
+    status = 503
+    code = "shutting_down"
+    type = "server_error"
+
+
 class OutOfMemory(T2IError):
     """This image does not fit in accelerator memory, even alone."""
 
@@ -170,7 +178,7 @@ class EngineFailure(T2IError):
 
 
 _BY_CODE: dict[str, type[T2IError]] = {
-    c.code: c for c in (T2IError, InvalidRequest, NotFound, UnknownModel, Gone, Conflict, ModelBusy, Unauthorized, Forbidden, OutOfMemory, RequestTimeout, ClientClosed, TaskCanceled, TooManyRequests, PayloadTooLarge, ModelUnavailable, EngineFailure, DefaultModelChanged, BodyTimeout, ContentFiltered)
+    c.code: c for c in (T2IError, InvalidRequest, NotFound, UnknownModel, Gone, Conflict, ModelBusy, Unauthorized, Forbidden, OutOfMemory, RequestTimeout, ClientClosed, TaskCanceled, TooManyRequests, PayloadTooLarge, ModelUnavailable, EngineFailure, DefaultModelChanged, BodyTimeout, ContentFiltered, ShuttingDown)
 }
 
 

@@ -14,6 +14,11 @@ arrives, so a batch's first answers leave while its last images are still being 
 
 A worker that dies, or cannot start, costs no request: its images are encoded in a thread of this
 process instead, and a new worker is started at the next use (at most every ``RESTART_DELAY_S``).
+A worker that hangs (stopped, deadlocked, swapped out) is treated the same way once it has spent
+longer than ``encode_deadline_s`` on the image it is working on without a byte of reply: it is
+killed (SIGKILL, which also ends a stopped process), one WARNING is logged, and its images are
+encoded in this process. So no request waits on a hung worker for more than that bound (plus the
+encodes queued ahead of it on that worker, which are bounded the same way) and its own encode here.
 Pools are per event loop: a pool used from another loop (tests) starts workers of its own there.
 """
 
@@ -34,6 +39,15 @@ log = logging.getLogger("t2i")
 
 #: Seconds between attempts to start a worker after one died or failed to start.
 RESTART_DELAY_S = 5.0
+#: Seconds any one image may take in a worker before the worker counts as hung, on top of
+#: ``ENCODE_S_PER_MEGAPIXEL`` (see ``encode_deadline_s``): covers the pipe transfer, a worker's start
+#: (Python and Pillow's import before its first job) and a busy machine.
+ENCODE_BASE_S = 5.0
+#: Seconds per million pixels on top of ``ENCODE_BASE_S``. Measured in process with
+#: ``codecs.timed_encode`` on a 2048x2048 image (4.2 Mpx, the largest) on a 2-core machine under a
+#: load of 2: random noise 1.37 s as WebP (the slowest), 0.26 s as PNG, 0.07 s as JPEG; a smooth
+#: gradient 0.93 s as WebP. The bound for 2048x2048 is 5 + 2.5 * 4.19 = 15.5 s, over 10x the slowest.
+ENCODE_S_PER_MEGAPIXEL = 2.5
 #: The folder that holds this t2i_core package: the workers run ``-m t2i_core.api.images.encode_worker`` there
 #: (first on their path, so that they run this very package).
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[3])
@@ -52,12 +66,23 @@ def default_processes(setting: int) -> int:
     return min(8, available_cpus() - 1) if setting < 0 else setting
 
 
+def encode_deadline_s(width: int, height: int) -> float:
+    """Seconds a worker may spend on one ``width`` x ``height`` image before it counts as hung."""
+    return ENCODE_BASE_S + ENCODE_S_PER_MEGAPIXEL * width * height / 1e6
+
+
 class EncoderGone(Exception):
     """The worker holding the job exited before it answered."""
 
 
 class _Worker(asyncio.SubprocessProtocol):
-    """One encoder process: writes jobs to its stdin, parses replies from its stdout."""
+    """One encoder process: writes jobs to its stdin, parses replies from its stdout.
+
+    The process encodes its jobs one after the other, in the order they were sent, so the oldest
+    pending job is the one it is working on. A timer watches that job: it must be answered within
+    ``encode_deadline_s`` of the last sign of progress (a reply's bytes arriving, or the job being
+    sent to an idle worker), or the worker is killed as hung and its jobs fail with ``EncoderGone``.
+    """
 
     def __init__(self) -> None:
         self.transport: asyncio.SubprocessTransport | None = None
@@ -66,6 +91,10 @@ class _Worker(asyncio.SubprocessProtocol):
         self.alive = True
         self.stopping = False  # ended by the pool (not a crash)
         self._buffer = bytearray()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._deadlines: dict[int, float] = {}  # job -> its encode_deadline_s
+        self._progress = 0.0  # loop time of the last sign of progress
+        self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -76,12 +105,44 @@ class _Worker(asyncio.SubprocessProtocol):
         if not self.alive or self.stdin is None or self.stdin.is_closing():
             future.set_exception(EncoderGone("the encoder process is not running"))
             return future
+        self._loop = asyncio.get_running_loop()
+        if not self.pending:  # idle: the worker starts on this job now
+            self._progress = self._loop.time()
         self.pending[job] = future
+        self._deadlines[job] = encode_deadline_s(width, height)
         self.stdin.write(JOB.pack(job, width, height, code, len(pixels)))
         self.stdin.write(pixels)
+        if self._timer is None:
+            self._watch()
         return future
 
+    def _watch(self) -> None:
+        """Arm the timer for the job the worker is on (the oldest pending one), if any."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.alive and self.pending and self._loop is not None and not self._loop.is_closed():
+            deadline = self._progress + self._deadlines[next(iter(self.pending))]
+            self._timer = self._loop.call_at(deadline, self._check)
+
+    def _check(self) -> None:
+        """The timer: kill the worker if it made no progress on its current job in time."""
+        self._timer = None
+        if not self.alive or not self.pending or self._loop is None:
+            return
+        waited = self._loop.time() - self._progress
+        if waited < self._deadlines[next(iter(self.pending))]:  # bytes arrived meanwhile
+            self._watch()
+            return
+        pid = self.transport.get_pid() if self.transport is not None else None
+        log.warning("an image encoder process (pid %s) did not answer in %.1f s and is killed as hung; %d of its "
+                    "images are encoded in the API process, and a new encoder starts at the next use",
+                    pid, waited, len(self.pending))
+        self.stop(signal.SIGKILL)
+
     def pipe_data_received(self, fd: int, data: bytes) -> None:
+        if self._loop is not None:
+            self._progress = self._loop.time()  # the worker is running (a large reply comes in pieces)
         buffer = self._buffer
         buffer += data
         while len(buffer) >= REPLY.size:
@@ -92,6 +153,8 @@ class _Worker(asyncio.SubprocessProtocol):
             payload = bytes(buffer[REPLY.size:end])
             del buffer[:end]
             future = self.pending.pop(job, None)
+            self._deadlines.pop(job, None)
+            self._watch()  # the next job, from now
             if future is None or future.done():  # the request was canceled meanwhile
                 continue
             if ok:
@@ -114,12 +177,15 @@ class _Worker(asyncio.SubprocessProtocol):
             code = self.transport.get_returncode() if self.transport is not None else None
             log.warning("an image encoder process exited (code %s); %d of its images are encoded in the API "
                         "process, and a new encoder starts at the next use", code, len(self.pending))
-        pending, self.pending = self.pending, {}
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        pending, self.pending, self._deadlines = self.pending, {}, {}
         for future in pending.values():
             if not future.done():
                 future.set_exception(EncoderGone("the encoder process exited"))
 
-    def stop(self) -> None:
+    def stop(self, sig: int = signal.SIGTERM) -> None:
         """End the process (also from another event loop, or after its loop closed)."""
         self.stopping = True
         self.lost()
@@ -127,8 +193,10 @@ class _Worker(asyncio.SubprocessProtocol):
             return
         pid = self.transport.get_pid()
         try:
-            if pid is not None:
-                os.kill(pid, signal.SIGTERM)
+            if pid is not None and self.transport.get_returncode() is None:
+                os.kill(pid, sig)
+                if sig != signal.SIGKILL:
+                    os.kill(pid, signal.SIGCONT)  # a stopped process acts on SIGTERM only once continued
         except ProcessLookupError:
             pass
         try:
