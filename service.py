@@ -27,6 +27,7 @@ from t2i_core.patches.bentoml import (
 )
 from t2i_core.common.config import Settings
 from t2i_core.patches.gc_freeze import freeze_startup_objects
+from t2i_core.patches.uvicorn import bound_request_headers
 from t2i_core.api.engine_client import RemoteEngine
 from t2i_core.api.frontend import Frontend, read_upload, until_disconnected
 from t2i_core.api.responses import ErrorBodyMiddleware
@@ -182,6 +183,7 @@ trace_only_when_exported()
 cache_local_callers()
 cancel_request_timers()
 strict_multipart_files()
+bound_request_headers(SETTINGS.max_header_bytes, SETTINGS.header_timeout_s)
 
 # Outermost first: the request log (id, one line per request), CORS (when configured), then keys /
 # body cap / in-flight cap / strict fields, task cancellation, then the rewrite of BentoML's own

@@ -150,7 +150,7 @@ def test_a_tiny_strength_is_a_400(server, strength):
 # ---- slow uploads do not lock everyone out ----------------------------------------------------
 @pytest.fixture(scope="module")
 def small_server():
-    srv = Server({"T2I_MAX_IN_FLIGHT": "4", "T2I_BODY_TIMEOUT_S": "4"})
+    srv = Server({"T2I_MAX_IN_FLIGHT": "4", "T2I_BODY_TIMEOUT_S": "4", "T2I_HEADER_TIMEOUT_S": "2"})
     try:
         srv.wait_ready()
         yield srv
@@ -206,3 +206,29 @@ def test_requests_during_the_sigterm_drain_get_503_and_the_accepted_ones_finish(
         assert srv.proc.wait(timeout=120) is not None
     finally:
         srv.stop()
+
+
+# ---- headers: bounded in size and in time -----------------------------------------------------
+def test_headers_that_trickle_in_are_answered_408(small_server):
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", small_server.port), timeout=15) as s:
+        s.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        for _ in range(3):
+            time.sleep(0.5)
+            s.sendall(b"a")
+        answer = s.recv(300)
+    assert answer.startswith(b"HTTP/1.1 408") and b"T2I_HEADER_TIMEOUT_S" in answer
+    assert time.monotonic() - started < 10
+
+
+def test_a_connection_that_sends_nothing_is_closed(small_server):
+    with socket.create_connection(("127.0.0.1", small_server.port), timeout=15) as s:
+        started = time.monotonic()
+        answer = s.recv(300)
+    assert answer.startswith(b"HTTP/1.1 408") and time.monotonic() - started < 10
+
+
+def test_oversized_headers_are_answered_431(small_server):
+    r = httpx.get(f"{small_server.url}/livez", headers={"X-Big": "a" * 200_000}, timeout=30)
+    assert r.status_code == 431 and "T2I_MAX_HEADER_BYTES" in r.text
+    assert httpx.get(f"{small_server.url}/livez", timeout=30).status_code == 200

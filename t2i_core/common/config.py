@@ -67,6 +67,9 @@ class Settings:
     #: Seconds a generation request's body may take to arrive (408 beyond); it counts against
     #: ``max_in_flight`` only once it has arrived.
     body_timeout_s: int = 60
+    #: Largest request line + headers in bytes (431 beyond) and seconds for them to arrive (408 beyond).
+    max_header_bytes: int = 64 * 1024
+    header_timeout_s: int = 10
     #: Generation requests in flight beyond which new ones are refused at once (429 + Retry-After).
     max_in_flight: int = 256
     #: Seconds a refused client is told to wait (Retry-After).

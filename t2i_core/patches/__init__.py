@@ -3,6 +3,7 @@
 - ``bentoml``: BentoML 1.4.39 costs and bugs (session renewal, media types, canceled tasks, tracing
   middleware, per-access method wrappers, request timers);
 - ``diffusers``: diffusers 0.42's group-offloading lookup on every pipeline call;
+- ``uvicorn``: uvicorn 0.54's httptools protocol reads request headers without a size or time bound;
 - ``openmp``: libgomp's spin after each parallel region (an environment variable, set before torch loads);
 - ``gc_freeze``: the API process's start-up objects kept out of full garbage collections.
 
