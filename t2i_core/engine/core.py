@@ -302,12 +302,11 @@ class Engine:
         return len(request_ids)
 
     def _cancel_reason(self, req: EngineRequest) -> T2IError | None:
-        # a client that left is reported as such even when its deadline has passed since
-        if req.request_id and req.request_id in self._cancelled:
-            return ClientClosed("the client closed the request; its work was stopped")
         if req.deadline is not None and time.time() > req.deadline:  # a timed-out request is cancelled too
             limit = self.settings.request_timeout_s
             return RequestTimeout(f"the request took longer than the {limit}s limit (T2I_REQUEST_TIMEOUT_S); its work was stopped")
+        if req.request_id and req.request_id in self._cancelled:
+            return ClientClosed("the client closed the request; its work was stopped")
         return None
 
     def _call_pipeline(self, items: list[EngineRequest], seeds: list[int]) -> tuple[list[bytes], dict[str, float], list[bool]]:
