@@ -232,3 +232,21 @@ def test_oversized_headers_are_answered_431(small_server):
     r = httpx.get(f"{small_server.url}/livez", headers={"X-Big": "a" * 200_000}, timeout=30)
     assert r.status_code == 431 and "T2I_MAX_HEADER_BYTES" in r.text
     assert httpx.get(f"{small_server.url}/livez", timeout=30).status_code == 200
+
+
+# ---- expected client faults do not flood the log ----------------------------------------------
+def test_oversized_chunked_bodies_and_aborted_uploads_log_no_traceback(small_server):
+    before = small_server.log().count("Traceback")
+
+    def chunks():
+        for _ in range(60):
+            yield b"x" * 1_000_000  # past the 50 MB body cap
+
+    r = httpx.post(f"{small_server.url}/generate", content=chunks(), timeout=60,
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    with socket.create_connection(("127.0.0.1", small_server.port), timeout=10) as s:  # leaves mid-body
+        s.sendall(b"POST /edit HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"pro")
+    time.sleep(1.0)
+    assert httpx.get(f"{small_server.url}/livez", timeout=30).status_code == 200
+    assert small_server.log().count("Traceback") == before, small_server.log()[-3000:]
