@@ -86,6 +86,7 @@ def test_a_hung_worker_is_killed_and_replaced_and_its_image_encoded_in_time(monk
     monkeypatch.setattr(encode_pool, "RESTART_DELAY_S", 0.0)
     pixels, later = noise(64, 64, seed=7), noise(64, 64, seed=8)
     bound = 0.5
+    base, per_megapixel = encode_pool.ENCODE_BASE_S, encode_pool.ENCODE_S_PER_MEGAPIXEL
 
     async def main():
         pool = EncoderPool(1)
@@ -108,8 +109,8 @@ def test_a_hung_worker_is_killed_and_replaced_and_its_image_encoded_in_time(monk
                 await asyncio.sleep(0.01)
             code = first.transport.get_returncode()
             # the replacement's first job includes its start (Python, Pillow): back to the default bound
-            monkeypatch.undo()
-            monkeypatch.setattr(encode_pool, "RESTART_DELAY_S", 0.0)
+            monkeypatch.setattr(encode_pool, "ENCODE_BASE_S", base)
+            monkeypatch.setattr(encode_pool, "ENCODE_S_PER_MEGAPIXEL", per_megapixel)
             after, _ = await asyncio.wait_for(pool.encode(later, 64, 64, "png"), timeout=30)
             replaced = [w is not first and w.alive for w in pool._workers]
             return data, waited, fallbacks, code, after, replaced, pool.fallbacks

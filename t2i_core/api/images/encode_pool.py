@@ -72,7 +72,7 @@ def encode_deadline_s(width: int, height: int) -> float:
 
 
 class EncoderGone(Exception):
-    """The worker holding the job exited before it answered."""
+    """The worker holding the job exited, or was killed as hung, before it answered."""
 
 
 class _Worker(asyncio.SubprocessProtocol):
