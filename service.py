@@ -39,6 +39,7 @@ from t2i_core.common.shutdown import drain_on_sigterm
 from t2i_core.api.surfaces.native import EditUpload, answer
 from t2i_core.common.schemas import EditRequest, EngineRequest, EngineResult, GenerateRequest, accepted_names
 from t2i_core.api.surfaces.tasks.cancel import TaskCancelMiddleware
+from t2i_core.api.surfaces.tasks.retention import cap_task_store
 from t2i_core.api.surfaces.tasks.store import engine_request_id, until_cancelled
 from t2i_core.common.paths import TASK_ROUTE
 
@@ -179,6 +180,7 @@ class API:
 
 memoize_media_types(Engine, API)
 keep_canceled_tasks_canceled()
+cap_task_store(SETTINGS.task_result_ttl_s, SETTINGS.task_store_max_bytes, SETTINGS.task_store_check_s)
 trace_only_when_exported()
 cache_local_callers()
 cancel_request_timers()

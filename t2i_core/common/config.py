@@ -86,6 +86,13 @@ class Settings:
     #: ``response_format: "url"``: seconds an image stays downloadable, and the store's size in bytes.
     image_url_ttl_s: int = 3600
     image_store_max_bytes: int = 256 * 1024 * 1024
+    #: Tasks (/tasks/generate): seconds a finished task's result is kept in BentoML's task store (0: only
+    #: BentoML's own 24 h limit), the most bytes the store's data may take (the oldest finished go
+    #: first; 0: no cap), and seconds between checks in the API process (0: neither limit is applied).
+    #: See t2i_core/api/surfaces/tasks/retention.py.
+    task_result_ttl_s: int = 3600
+    task_store_max_bytes: int = 256 * 1024 * 1024
+    task_store_check_s: int = 60
     #: Put prompts and negative prompts in the per-request log lines (1); off by default (0).
     log_prompts: int = 0
     #: GPU speed options (see t2i_core/engine/speedups.py), off by default: channels-last memory format, fused
