@@ -37,7 +37,7 @@ from t2i_core.common.registry import RegistryError, load_registry_file
 from t2i_core.api.retry import retry_dropped
 from t2i_core.common.shutdown import drain_on_sigterm
 from t2i_core.api.surfaces.native import EditUpload, answer
-from t2i_core.common.schemas import EditRequest, EngineRequest, EngineResult, GenerateRequest, accepted_names
+from t2i_core.common.schemas import EditRequest, EngineRequest, EngineResult, GenerateRequest
 from t2i_core.api.surfaces.tasks.cancel import TaskCancelMiddleware
 from t2i_core.api.surfaces.tasks.retention import cap_task_store
 from t2i_core.api.surfaces.tasks.store import engine_request_id, until_cancelled
@@ -197,10 +197,12 @@ API.add_asgi_middleware(
     GuardMiddleware,
     settings=SETTINGS,
     strict_fields={
-        path: accepted_names(m.input_spec)
+        path: frozenset(m.input_spec.model_fields)
         for m in API.apis.values() for path in ([m.route, f"{m.route}/submit"] if m.is_task else [m.route])
     },
-    validate_at_submit={f"{m.route}/submit": m.input_spec for m in API.apis.values() if m.is_task},
+    # a task's input is checked at submit as /generate checks it (its input model is GenerateRequest)
+    validate_at_submit={f"{m.route}/submit": lambda data: bentoml.get_current_service().front.check(data)
+                        for m in API.apis.values() if m.is_task},
 )
 API.add_asgi_middleware(TaskCancelMiddleware)
 API.add_asgi_middleware(ErrorBodyMiddleware, paths=frozenset(m.route for m in API.apis.values()))

@@ -144,6 +144,12 @@ class Frontend:
                 self.registry.set_default(changed.model)
         raise AssertionError("unreachable")
 
+    def check(self, data: dict[str, Any]) -> None:
+        """What ``generate`` refuses before the engine is asked, for input that is not run now (a task
+        at submit): fields, an unknown model, a scheduler the model cannot use."""
+        req = parse(GenerateRequest, data)
+        to_engine(req, self.registry.get(req.model))
+
     async def progress(self, request_id: str) -> dict[str, Any]:
         """Where the engine is with ``request_id``'s work: state, step k of steps."""
         return (await self.engine.progress([request_id]))[request_id]

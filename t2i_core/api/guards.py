@@ -18,7 +18,7 @@ import asyncio
 import hmac
 import json
 import time
-from typing import Any
+from typing import Any, Callable
 
 from t2i_core.api import request_log
 from t2i_core.common import metrics
@@ -27,7 +27,6 @@ from t2i_core.common.errors import (
     BodyTimeout, InvalidRequest, PayloadTooLarge, ShuttingDown, T2IError, TooManyRequests, Unauthorized,
 )
 from t2i_core.common.shutdown import DRAINING
-from t2i_core.api.frontend import parse
 from t2i_core.api.responses import error_response_for
 from t2i_core.common.paths import GENERATION_PATHS
 
@@ -78,13 +77,14 @@ def _parsed_as_json(headers: dict[bytes, bytes]) -> bool:
 
 class GuardMiddleware:
     def __init__(self, app: Any, settings: Settings | None = None, strict_fields: dict[str, frozenset[str]] | None = None,
-                 validate_at_submit: dict[str, Any] | None = None):
+                 validate_at_submit: dict[str, Callable[[dict[str, Any]], None]] | None = None):
         self.app = app
         self.settings = settings or Settings.from_env()
         self.keys = [k.strip().encode() for k in self.settings.api_keys.split(",") if k.strip()]
         self.strict_fields = strict_fields or {}
-        #: task submit paths -> the task's input model: BentoML validates a task's input only when the
-        #: task runs (a bad field became a failed task); checked here, it is a 400 at submit
+        #: task submit paths -> a check of the task's input (raises InvalidRequest / UnknownModel): BentoML
+        #: validates a task's input only when the task runs (a bad field became a failed task); checked
+        #: here, it is a 4xx at submit
         self.validate_at_submit = validate_at_submit or {}
         self.in_flight = IN_FLIGHT
 
@@ -201,7 +201,7 @@ class GuardMiddleware:
         if submit and not isinstance(data, dict):
             raise InvalidRequest(f"request body must be a JSON object; got {type(data).__name__}", code="invalid_json")
         if isinstance(data, dict) and submit:
-            parse(self.validate_at_submit[path], data)  # InvalidRequest naming the field and the value
+            self.validate_at_submit[path](data)  # InvalidRequest naming the field and the value
         if isinstance(data, dict):
             unknown = sorted(set(data) - self.strict_fields[path])
             if unknown:

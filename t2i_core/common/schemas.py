@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from t2i_core.common.errors import InvalidRequest
 from t2i_core.common.fields import (
@@ -41,13 +41,20 @@ class PromptSettings(BaseModel):
 
     prompt: Prompt
     negative_prompt: NegativePrompt = None
-    num_inference_steps: Steps = Field(
-        default=None, validation_alias=AliasChoices("num_inference_steps", "steps")
-    )
+    num_inference_steps: Steps = None
+    #: a field of its own (not only an alias) so that clients reading the schema, such as BentoML's
+    #: Python client, may send it by name
+    steps: Steps = Field(default=None, description="Another name for num_inference_steps (which wins when both are given).")
     guidance_scale: Guidance = None
     seed: Seed = None
     model: ModelId = None
     scheduler: SchedulerName = None
+
+    @model_validator(mode="after")
+    def _steps_is_another_name(self) -> "PromptSettings":
+        if self.num_inference_steps is None and self.steps is not None:
+            self.num_inference_steps = self.steps
+        return self
 
 
 class GenerateRequest(PromptSettings):
@@ -62,19 +69,6 @@ class EditRequest(GenerateRequest):
     """The native ``/edit`` request without its image (each route reads the upload its own way)."""
 
     strength: Strength = None
-
-
-def accepted_names(model: type[BaseModel]) -> frozenset[str]:
-    """Every JSON key ``model`` accepts: field names and their validation aliases (``steps``)."""
-    names: set[str] = set()
-    for name, field in model.model_fields.items():
-        names.add(name)
-        alias = field.validation_alias
-        if isinstance(alias, AliasChoices):
-            names.update(a for a in alias.choices if isinstance(a, str))
-        elif isinstance(alias, str):
-            names.add(alias)
-    return frozenset(names)
 
 
 class EngineRequest(BaseModel):
