@@ -19,7 +19,7 @@ from t2i_core.patches.openmp import shorten_openmp_spin
 
 shorten_openmp_spin()  # before the engine's __init__ loads torch: see t2i_core/patches/openmp.py
 
-from t2i_core.api.surfaces import build_compat_app  # noqa: E402
+from t2i_core.api.surfaces import build_surfaces_app  # noqa: E402
 from t2i_core.api import request_log
 from t2i_core.patches.bentoml import (
     NO_SESSION_RENEWAL, cache_local_callers, cancel_request_timers, keep_canceled_tasks_canceled, memoize_media_types,
@@ -209,7 +209,7 @@ API.add_asgi_middleware(ErrorBodyMiddleware, paths=frozenset(m.route for m in AP
 # OpenAI-compatible /v1, the seed servers' routes, task progress and the playground (/ui): adapters
 # over the same frontend.
 API.mount_asgi_app(
-    build_compat_app(
+    build_surfaces_app(
         lambda: bentoml.get_current_service().front,
         ImageStore(SETTINGS.image_url_ttl_s, SETTINGS.image_store_max_bytes),
     ),

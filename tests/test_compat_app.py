@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from starlette.testclient import TestClient
 
-from t2i_core.api.surfaces import build_compat_app
+from t2i_core.api.surfaces import build_surfaces_app
 from t2i_core.api.engine_client import LocalEngineClient
 from t2i_core.api.frontend import Frontend
 from t2i_core.api.image_store import ImageStore
@@ -23,7 +23,7 @@ def app_and_clock(engine):
     front = Frontend(LocalEngineClient(engine), registry=engine.registry)
     clock = Clock()
     store = ImageStore(ttl_s=60, max_bytes=10_000_000, clock=clock)
-    return TestClient(build_compat_app(lambda: front, store)), clock
+    return TestClient(build_surfaces_app(lambda: front, store)), clock
 
 
 def test_url_link_expires_with_410(app_and_clock):

@@ -7,11 +7,11 @@ from t2i_core.common.config import Settings
 
 
 def test_every_route_method_is_allowed():
-    from t2i_core.api.surfaces import build_compat_app
+    from t2i_core.api.surfaces import build_surfaces_app
 
     methods = {"POST", "GET", "PUT"}  # BentoML's routes: the APIs, task submit/status/get, task cancel (PUT)
 
-    app = build_compat_app(lambda: None, None)  # type: ignore[arg-type]
+    app = build_surfaces_app(lambda: None, None)  # type: ignore[arg-type]
     for route in app.routes:
         methods |= set(getattr(route, "methods", None) or ())
     allowed = set(cors_options(Settings(cors_origins="https://app.example"))["allow_methods"])

@@ -1,7 +1,7 @@
 """Client compatibility: the OpenAI Images API under /v1 and the routes of the seed servers.
 
 Every route is a thin adapter over ``Frontend`` (the same validation, engine calls and encoding as
-the native routes). ``build_compat_app`` returns one Starlette app that service.py mounts.
+the native routes). ``build_surfaces_app`` returns one Starlette app that service.py mounts.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from t2i_core.api.surfaces.seeds import seed_routes
 from t2i_core.api.surfaces.playground.routes import ui_routes
 
 
-def build_compat_app(get_frontend: Callable[[], Frontend], store: ImageStore) -> Starlette:
-    """The compatibility routes, the task progress route and the playground page (/ui)."""
+def build_surfaces_app(get_frontend: Callable[[], Frontend], store: ImageStore) -> Starlette:
+    """The OpenAI, seed, admin and task progress routes and the playground page (/ui)."""
     return Starlette(
         routes=[*openai_routes(get_frontend, store), *seed_routes(get_frontend), *admin_routes(get_frontend),
                 *task_routes(get_frontend), *ui_routes()]
