@@ -64,6 +64,10 @@ class _TooLarge(Exception):
     pass
 
 
+def _body_over(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"request body is more than {limit} bytes; the limit is {limit} (T2I_MAX_BODY_BYTES)")
+
+
 class _Disconnected(Exception):
     """The client left before its body had arrived."""
 
@@ -135,8 +139,7 @@ class GuardMiddleware:
         try:
             await self._run_limited(scope, receive, send, limit)
         except _TooLarge:
-            await self._reject(scope, send, path, PayloadTooLarge(
-                f"request body is more than {limit} bytes; the limit is {limit} (T2I_MAX_BODY_BYTES)"))
+            await self._reject(scope, send, path, _body_over(limit))
 
     async def _read_whole_body(self, receive: Any, limit: int) -> bytes:
         timeout = self.settings.body_timeout_s
@@ -147,7 +150,7 @@ class GuardMiddleware:
                 f"the request body did not arrive within {timeout}s (T2I_BODY_TIMEOUT_S)", code="body_timeout"
             ) from None
         except _TooLarge:
-            raise PayloadTooLarge(f"request body is more than {limit} bytes; the limit is {limit} (T2I_MAX_BODY_BYTES)") from None
+            raise _body_over(limit) from None
 
     # ---- checks --------------------------------------------------------------------------------
     def _check_capacity(self) -> None:
