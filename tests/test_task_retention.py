@@ -23,6 +23,13 @@ from starlette.responses import Response
 from t2i_core.api.surfaces.tasks import retention
 from t2i_core.api.surfaces.tasks.retention import TaskStoreRetention, _utc_text, cap_task_store
 
+
+@pytest.fixture(autouse=True)
+def no_background_retention(monkeypatch):
+    """When service.py has been imported in this process (other tests do), every Sqlite3Store runs the
+    server's retention in the background: these tests run their checks themselves, so that one is off."""
+    monkeypatch.setattr(retention, "_limits", {"ttl_s": 0, "max_bytes": 0, "interval_s": 1e9})
+
 pytestmark = pytest.mark.timeout(120)
 KB = 1024
 
