@@ -4,7 +4,7 @@
     python -m t2i_core pull MODEL_ID                          download a hub model into the local cache
     python -m t2i_core pull MODEL_ID --from-folder DIR        import a diffusers folder into the BentoML model store
     python -m t2i_core bench --preset tiny                    the benchmark (raw, served, no batching)
-    python -m t2i_core bench-pair | bench-vae | bench-prompts focused measurements (see docs/performance.md)
+    python -m t2i_core bench-pair | bench-vae | bench-prompts | bench-stop   focused measurements (docs/performance.md)
 """
 
 from __future__ import annotations
@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     text.add_argument("--no-guidance", action="store_true", help="no negative prompts (guidance 1 or less)")
     text.add_argument("--repeats", type=int, default=5)
     text.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    stop = sub.add_parser("bench-stop", help="engine time left after a running batch is cancelled, with and without stop points")
+    stop.add_argument("--size", type=int, default=1024)
+    stop.add_argument("--images", type=int, default=4)
+    stop.add_argument("--steps", type=int, default=2)
+    stop.add_argument("--repeats", type=int, default=3)
     pair = sub.add_parser("bench-pair", help="the same load against servers running side by side, alternating")
     pair.add_argument("servers", nargs="+", metavar="NAME=URL", help="e.g. before=http://127.0.0.1:3001 (the first is the reference)")
     pair.add_argument("--preset", default="tiny")
@@ -115,6 +120,13 @@ def run_bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     return 0
 
 
+def run_bench_stop(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from t2i_core.devtools.bench.stop import main as run_stop_bench
+
+    run_stop_bench(args.size, args.images, args.steps, args.repeats)
+    return 0
+
+
 def run_pull(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from t2i_core.common.errors import T2IError
     from t2i_core.devtools.pull import PullError, pull as do_pull
@@ -139,7 +151,7 @@ def run_tiny(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.ArgumentParser, argparse.Namespace], int]] = {
     "tiny": run_tiny, "pull": run_pull, "bench": run_bench, "bench-vae": run_bench_vae,
-    "bench-prompts": run_bench_prompts, "bench-pair": run_bench_pair,
+    "bench-prompts": run_bench_prompts, "bench-pair": run_bench_pair, "bench-stop": run_bench_stop,
 }
 
 

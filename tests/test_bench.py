@@ -111,3 +111,12 @@ def test_bench_pair_compares_servers_round_by_round(server, tmp_path):
     assert [len(report["images_per_s"][n]) for n in ("a", "b")] == [2, 2]
     assert all(v > 0 for n in ("a", "b") for v in report["images_per_s"][n])
     assert set(report["ratio_to_first"]) == {"b"} and report["ratio_to_first"]["b"] > 0
+
+
+def test_bench_stop_reports_both_ways_of_stopping(capsys):
+    from t2i_core.__main__ import main
+
+    assert main(["bench-stop", "--size", "64", "--images", "2", "--steps", "2", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("stop points: engine busy") == 2 and out.count("step callback only: engine busy") == 2
+    assert "outcome: client_closed" in out
