@@ -12,13 +12,12 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Literal, Protocol, TypeVar
+from typing import Any, Awaitable, Callable, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from t2i_core.common import metrics
-
 from t2i_core.api import request_log
+from t2i_core.common import metrics
 from t2i_core.api.engine_client import EngineClient
 from t2i_core.common.config import Settings
 from t2i_core.api.images.encode_pool import EncoderPool, default_processes
@@ -134,8 +133,6 @@ class Frontend:
         the engine answers that the default has changed, e.g. through another API worker."""
         for attempt in range(2):
             items = make_items(self.registry.get(req.model))
-            if req.model is None:
-                items = [item.model_copy(update={"model_defaulted": True}) for item in items]
             try:
                 return await self._run(kind, items, req.format, disconnected, request_id)
             except DefaultModelChanged as changed:

@@ -161,6 +161,7 @@ def to_engine(
     if scheduler is not None:
         check_scheduler(scheduler, entry.pipeline)
     return EngineRequest(
+        model_defaulted=req.model is None,
         scheduler=scheduler,
         kind="edit" if isinstance(req, EditRequest) else "generate",
         model=entry.id,
