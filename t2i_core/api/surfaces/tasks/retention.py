@@ -50,7 +50,7 @@ on an empty table, 0.15-0.26 s on a full 289 MB one) makes the age query, the ol
 ``min(completed_at)`` index lookups: without it each of them walked every result's overflow pages to
 reach ``completed_at`` (the column after the image): 289 ms on a 289 MB store, 0.4-1 ms with it.
 
-Cost, measured with ``/tmp/retention_bench.py`` (2,600 results of 100 KB, 289 MB, on a busy 2-core
+Cost, measured on a store of 2,600 results of 100 KB (289 MB; a busy 2-core
 machine): a check with nothing to do is two ``stat`` calls and no SQL, 0.01-0.03 ms (the age query
 runs only once the oldest finished result can have expired: ``_next_expiry``); deleting the oldest
 1,306 results (135 MB) for the cap took 1.8-2.5 s in all, and 647 expired results 0.9-1.2 s, in
