@@ -98,7 +98,22 @@ def test_the_retry_runs_after_the_failed_calls_frames_are_released(engine, monke
         return real(items, seeds)
 
     monkeypatch.setattr(faulty, "_call_pipeline", call_pipeline)
-    monkeypatch.setattr(faulty.models, "free_cache", lambda: alive_at_retry.append(failed[-1]() is not None))
+    monkeypatch.setattr(faulty.models, "free_cache", lambda **_: alive_at_retry.append(failed[-1]() is not None))
     out = faulty.run([req(seed=i) for i in range(2)])
     assert all(r.error is None for r in out)
     assert alive_at_retry and not any(alive_at_retry), alive_at_retry
+
+
+def test_one_garbage_collection_per_engine_call_however_many_splits(engine, monkeypatch):
+    """Each out-of-memory split emptied the cache with a full garbage collection (0.4 s in a loaded
+    engine): 12 images split down to pairs met 7 errors and took 3.6 s instead of 1.2 s."""
+    import gc
+
+    faulty = Engine(Settings(fault_oom_above=2), registry=engine.registry)
+    collections = []
+    monkeypatch.setattr(gc, "collect", lambda *a: collections.append(1) or 0)
+    out = faulty.run([req(seed=i) for i in range(12)])
+    assert all(r.error is None for r in out) and faulty.stats()["oom_retries"] == 7
+    assert len(collections) == 1
+    faulty.run([req(seed=i) for i in range(4)])  # the next engine call collects once again
+    assert len(collections) == 2

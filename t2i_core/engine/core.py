@@ -98,6 +98,7 @@ class Engine:
         self._progress: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.stage_timer = StageTimer(device_sync(self.device))
         self.stop_points = StopPoints()
+        self._collected_this_call = False
 
     def _init_torch_thread(self) -> threading.Thread:
         if self.settings.torch_threads > 0:
@@ -182,6 +183,7 @@ class Engine:
         return self._idle_since
 
     def _run(self, requests: list[EngineRequest]) -> list[EngineResult]:
+        self._collected_this_call = False
         results: list[EngineResult | None] = [None] * len(requests)
         groups: dict[tuple[Any, ...], list[int]] = {}
         default = self.registry.default_id
@@ -269,7 +271,10 @@ class Engine:
         if oom:
             self._counts["oom_retries"] += 1
             metrics.record_oom_retry()
-            self.models.free_cache()
+            # one garbage collection per engine call: each took 0.4 s, and 12 images split down to pairs
+            # meet 7 out-of-memory errors (3.6 s instead of 1.2 s); the cache is emptied every time
+            self.models.free_cache(collect=not self._collected_this_call)
+            self._collected_this_call = True
         if len(items) > 1:
             log.warning("batch of %d failed (%s); retrying in halves", len(items), what.partition(":")[0])
             half = len(items) // 2
