@@ -21,6 +21,7 @@ from t2i_core.common import metrics
 from t2i_core.api.engine_client import EngineClient
 from t2i_core.common.config import Settings
 from t2i_core.api.images.encode_pool import EncoderPool, default_processes
+from t2i_core.api.images.parameters import parameters_text
 from t2i_core.common.errors import ClientClosed, DefaultModelChanged, InvalidRequest, RequestTimeout, T2IError, describe_validation_errors
 from t2i_core.api.images.codecs import MEDIA_TYPES, decode_image, output_size, timed_encode
 from t2i_core.common.pixels import to_rgb_pixels
@@ -238,7 +239,9 @@ class Frontend:
                 if isinstance(err, DefaultModelChanged):
                     err.model = result.model  # the engine's default now
                 raise err
-        encoded = await self._encode(results, fmt)
+        texts = ([parameters_text(item, int(r.seed or 0)) for item, r in zip(items, results)]
+                 if self.settings.image_parameters else [""] * len(results))
+        encoded = await self._encode(results, fmt, texts)
         encode_s = [seconds for _, seconds in encoded]
         for seconds in encode_s:
             metrics.record_image_encoding(seconds)
@@ -254,17 +257,18 @@ class Frontend:
             for r, (data, _) in zip(results, encoded)
         ]
 
-    async def _encode(self, results: list[EngineResult], fmt: str) -> list[tuple[bytes, float]]:
-        """Each result's image in ``fmt`` and the seconds its encoding took."""
+    async def _encode(self, results: list[EngineResult], fmt: str, texts: list[str]) -> list[tuple[bytes, float]]:
+        """Each result's image in ``fmt`` (with its generation parameters, ``texts``) and the seconds
+        its encoding took."""
+        jobs = [(r.pixels or b"", r.width, r.height, fmt, text) for r, text in zip(results, texts)]
         if self.encoder is not None:
             encoder = self.encoder
-            if len(results) == 1:
-                return [await encoder.encode(results[0].pixels or b"", results[0].width, results[0].height, fmt)]
-            return list(await asyncio.gather(*(encoder.encode(r.pixels or b"", r.width, r.height, fmt) for r in results)))
+            if len(jobs) == 1:
+                return [await encoder.encode(*jobs[0])]
+            return list(await asyncio.gather(*(encoder.encode(*job) for job in jobs)))
         if sum(r.width * r.height for r in results) <= INLINE_ENCODE_MAX_PIXELS:
-            return [timed_encode(r.pixels or b"", r.width, r.height, fmt) for r in results]
-        return list(await asyncio.gather(
-            *(asyncio.to_thread(timed_encode, r.pixels or b"", r.width, r.height, fmt) for r in results)))
+            return [timed_encode(*job) for job in jobs]
+        return list(await asyncio.gather(*(asyncio.to_thread(timed_encode, *job) for job in jobs)))
 
 
 def read_upload(image: Path | bytes) -> bytes:

@@ -64,6 +64,9 @@ class Settings:
     encode_processes: int = -1
     #: Largest request body in bytes (413 beyond; checked from Content-Length before reading).
     max_body_bytes: int = 50 * 1024 * 1024
+    #: Write the generation parameters (prompt, negative prompt, steps, sampler, guidance, seed, size,
+    #: model) into each output image, as the A1111 web UI does (0: leave them out; the prompt is in the file).
+    image_parameters: int = 1
     #: Seconds a generation request's body may take to arrive (408 beyond); it counts against
     #: ``max_in_flight`` only once it has arrived.
     body_timeout_s: int = 60

@@ -17,6 +17,7 @@ from PIL import Image, ImageOps
 
 from t2i_core.common.errors import InvalidRequest
 from t2i_core.common.fields import MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE
+from t2i_core.api.images.parameters import exif_user_comment, png_text_chunk
 from t2i_core.api.images.png import encode_png
 from t2i_core.common.pixels import from_rgb_pixels
 
@@ -94,23 +95,25 @@ def output_size(width: int, height: int) -> tuple[int, int]:
     return snap(width), snap(height)
 
 
-def encode_image(pixels: bytes, width: int, height: int, fmt: str) -> bytes:
-    """Encode raw RGB pixels as png (``t2i_core/api/images/png.py``: 2.5-4x faster than Pillow's), jpeg or webp."""
+def encode_image(pixels: bytes, width: int, height: int, fmt: str, parameters: str = "") -> bytes:
+    """Encode raw RGB pixels as png (``t2i_core/api/images/png.py``: 2.5-4x faster than Pillow's), jpeg or
+    webp, with the generation ``parameters`` in the file when given (``parameters.py``)."""
     if fmt == "png":
-        return encode_png(pixels, width, height)
+        return encode_png(pixels, width, height, text=png_text_chunk(parameters) if parameters else None)
     img = from_rgb_pixels(pixels, width, height)
     buf = io.BytesIO()
+    extra = {"exif": exif_user_comment(parameters)} if parameters else {}
     if fmt == "jpeg":
-        img.save(buf, format="JPEG", quality=JPEG_QUALITY)
+        img.save(buf, format="JPEG", quality=JPEG_QUALITY, **extra)
     elif fmt == "webp":
-        img.save(buf, format="WEBP", quality=WEBP_QUALITY)
+        img.save(buf, format="WEBP", quality=WEBP_QUALITY, **extra)
     else:
         raise InvalidRequest(f"format must be one of png, jpeg, webp; got {fmt!r}", param="format")
     return buf.getvalue()
 
 
-def timed_encode(pixels: bytes, width: int, height: int, fmt: str) -> tuple[bytes, float]:
+def timed_encode(pixels: bytes, width: int, height: int, fmt: str, parameters: str = "") -> tuple[bytes, float]:
     """``encode_image`` and the seconds it took (the ``image_encoding`` stage)."""
     started = time.perf_counter()
-    data = encode_image(pixels, width, height, fmt)
+    data = encode_image(pixels, width, height, fmt, parameters)
     return data, time.perf_counter() - started

@@ -100,7 +100,9 @@ class _Worker(asyncio.SubprocessProtocol):
         self.transport = transport  # type: ignore[assignment]
         self.stdin = self.transport.get_pipe_transport(0)  # type: ignore[union-attr,assignment]
 
-    def submit(self, job: int, pixels: bytes, width: int, height: int, code: int) -> asyncio.Future[tuple[bytes, float]]:
+    def submit(
+        self, job: int, pixels: bytes, width: int, height: int, code: int, parameters: str = ""
+    ) -> asyncio.Future[tuple[bytes, float]]:
         future: asyncio.Future[tuple[bytes, float]] = asyncio.get_running_loop().create_future()
         if not self.alive or self.stdin is None or self.stdin.is_closing():
             future.set_exception(EncoderGone("the encoder process is not running"))
@@ -110,8 +112,11 @@ class _Worker(asyncio.SubprocessProtocol):
             self._progress = self._loop.time()
         self.pending[job] = future
         self._deadlines[job] = encode_deadline_s(width, height)
-        self.stdin.write(JOB.pack(job, width, height, code, len(pixels)))
+        text = parameters.encode("utf-8")
+        self.stdin.write(JOB.pack(job, width, height, code, len(pixels), len(text)))
         self.stdin.write(pixels)
+        if text:
+            self.stdin.write(text)
         if self._timer is None:
             self._watch()
         return future
@@ -218,15 +223,15 @@ class EncoderPool:
         #: images encoded in this process because no worker could (for tests and the log)
         self.fallbacks = 0
 
-    async def encode(self, pixels: bytes, width: int, height: int, fmt: str) -> tuple[bytes, float]:
+    async def encode(self, pixels: bytes, width: int, height: int, fmt: str, parameters: str = "") -> tuple[bytes, float]:
         worker = await self._worker() if fmt in FORMATS else None
         if worker is not None:
             try:
-                return await worker.submit(next(self._jobs), pixels, width, height, FORMATS.index(fmt))
+                return await worker.submit(next(self._jobs), pixels, width, height, FORMATS.index(fmt), parameters)
             except EncoderGone:
                 pass
         self.fallbacks += 1
-        return await asyncio.to_thread(timed_encode, pixels, width, height, fmt)
+        return await asyncio.to_thread(timed_encode, pixels, width, height, fmt, parameters)
 
     async def _worker(self) -> _Worker | None:
         """The live worker with the fewest jobs (starting missing ones), or None."""

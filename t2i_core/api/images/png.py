@@ -10,7 +10,8 @@ checks the sizes against Pillow's).
 Both numpy's arithmetic and the deflate release the GIL, so big images encode in parallel threads.
 Without ``isal`` (a platform it has no wheel for) zlib's level 1 deflates instead.
 
-The file is the minimum a PNG needs: signature, IHDR (8-bit RGB, not interlaced), one IDAT, IEND.
+The file is the minimum a PNG needs: signature, IHDR (8-bit RGB, not interlaced), one IDAT, IEND (and a
+text chunk with the generation parameters when asked).
 """
 
 from __future__ import annotations
@@ -72,8 +73,9 @@ def paeth_filtered(pixels: bytes, width: int, height: int) -> np.ndarray:
     return out
 
 
-def encode_png(pixels: bytes, width: int, height: int, level: int = 1) -> bytes:
-    """A PNG file of ``width`` x ``height`` raw RGB ``pixels`` (row-major, 3 bytes per pixel)."""
+def encode_png(pixels: bytes, width: int, height: int, level: int = 1, text: tuple[bytes, bytes] | None = None) -> bytes:
+    """A PNG file of ``width`` x ``height`` raw RGB ``pixels`` (row-major, 3 bytes per pixel); ``text``:
+    a text chunk (type, data) written before the image data."""
     if width < 1 or height < 1:
         raise ValueError(f"a PNG needs a width and height of at least 1; got {width}x{height}")
     if len(pixels) != width * height * CHANNELS:
@@ -82,4 +84,5 @@ def encode_png(pixels: bytes, width: int, height: int, level: int = 1) -> bytes:
         )
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8 bits, RGB, deflate, filters, no interlace
     idat = deflater().compress(paeth_filtered(pixels, width, height).data, level)
-    return SIGNATURE + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    extra = chunk(*text) if text is not None else b""
+    return SIGNATURE + chunk(b"IHDR", header) + extra + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
