@@ -107,3 +107,39 @@ def test_concurrent_n2_calls_are_batched_and_seed_only(server, client):
     for i, base in ((0, 100), (1, 200)):
         got = [decode(d.b64_json) for d in results[i].data]
         assert np.array_equal(got[0], solo[base]) and np.array_equal(got[1], solo[base + 1])
+
+
+# ---- streaming with partial images ------------------------------------------------------------
+def test_stream_generate_yields_partial_images_then_the_image(client):
+    body = {"seed": 21, "num_inference_steps": 6}
+    events = list(client.images.generate(model="builtin/tiny-sd", prompt="a red kite", size="64x64",
+                                         stream=True, partial_images=2, extra_body=body))
+    kinds = [e.type for e in events]
+    assert kinds == ["image_generation.partial_image"] * 2 + ["image_generation.completed"], kinds
+    assert [e.partial_image_index for e in events[:2]] == [0, 1]
+    first, second, final = (decode(e.b64_json) for e in events)
+    assert first.shape == second.shape == final.shape == (64, 64, 3)
+    # real intermediate decodes: different from the final image, and coming closer to it
+    assert np.abs(second.astype(int) - final).mean() < np.abs(first.astype(int) - final).mean()
+    plain = client.images.generate(model="builtin/tiny-sd", prompt="a red kite", size="64x64", extra_body=body)
+    assert np.array_equal(final, decode(plain.data[0].b64_json))  # the streamed image is the image
+
+
+def test_stream_edit_yields_edit_events(client):
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (10, 120, 200)).save(buf, format="PNG")
+    events = list(client.images.edit(image=("in.png", buf.getvalue(), "image/png"), prompt="at night", stream=True,
+                                     partial_images=1, extra_body={"num_inference_steps": 6, "strength": 1.0, "seed": 2}))
+    assert [e.type for e in events] == ["image_edit.partial_image", "image_edit.completed"]
+
+
+def test_stream_options_that_cannot_be_served_are_400s(client):
+    with pytest.raises(openai.BadRequestError) as n:
+        list(client.images.generate(model="builtin/tiny-sd", prompt="x", n=2, stream=True, partial_images=1))
+    assert n.value.body["param"] == "n"
+    with pytest.raises(openai.BadRequestError) as bg:
+        client.images.generate(model="builtin/tiny-sd", prompt="x", background="transparent")
+    assert bg.value.body["param"] == "background"
+    with pytest.raises(openai.BadRequestError) as partial:
+        list(client.images.generate(model="builtin/tiny-sd", prompt="x", stream=True, partial_images=4))
+    assert partial.value.body["param"] == "partial_images"

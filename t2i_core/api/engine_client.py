@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from t2i_core.api.coalesce import Coalescer
 from t2i_core.api.retry import retry_dropped
 from t2i_core.common.config import Settings
-from t2i_core.common.schemas import EngineRequest, EngineResult, Kind
+from t2i_core.common.schemas import EngineRequest, EngineResult, Kind, Preview
 
 
 class EngineClient(Protocol):
@@ -24,6 +24,7 @@ class EngineClient(Protocol):
     async def model_action(self, action: str, model_id: str) -> dict[str, Any]: ...
     async def cancel(self, request_ids: list[str]) -> None: ...
     async def progress(self, request_ids: list[str]) -> dict[str, dict[str, Any]]: ...
+    async def previews(self, request_id: str, since: int) -> list[Preview]: ...
 
 
 class LocalEngineClient:
@@ -46,6 +47,9 @@ class LocalEngineClient:
 
     async def progress(self, request_ids: list[str]) -> dict[str, dict[str, Any]]:
         return self.engine.progress(request_ids)
+
+    async def previews(self, request_id: str, since: int) -> list[Preview]:
+        return self.engine.take_previews(request_id, since)
 
 
 
@@ -81,3 +85,6 @@ class RemoteEngine:
 
     async def progress(self, request_ids: list[str]) -> dict[str, dict[str, Any]]:
         return await retry_dropped(lambda: self.engine.to_async.progress(request_ids=request_ids))
+
+    async def previews(self, request_id: str, since: int) -> list[Preview]:
+        return await retry_dropped(lambda: self.engine.to_async.previews(request_id=request_id, since=since))

@@ -26,7 +26,7 @@ from t2i_core.common.errors import ClientClosed, DefaultModelChanged, InvalidReq
 from t2i_core.api.images.codecs import MEDIA_TYPES, decode_image, output_size, timed_encode
 from t2i_core.common.pixels import to_rgb_pixels
 from t2i_core.common.registry import ModelEntry, Registry
-from t2i_core.common.schemas import EditRequest, EngineRequest, EngineResult, GenerateRequest, Kind, to_engine
+from t2i_core.common.schemas import EditRequest, EngineRequest, EngineResult, GenerateRequest, Kind, Preview, to_engine
 
 #: Without encoder processes (``T2I_ENCODE_PROCESSES=0``, or one CPU), a request's images are encoded
 #: on the event loop when they have this many pixels or fewer in all
@@ -101,19 +101,21 @@ class Frontend:
         self.encoder = EncoderPool(processes) if processes > 0 else None
 
     async def generate(
-        self, req: GenerateRequest, n: int = 1, disconnected: Disconnected | None = None, request_id: str | None = None
+        self, req: GenerateRequest, n: int = 1, disconnected: Disconnected | None = None, request_id: str | None = None,
+        partial_images: int = 0,
     ) -> list[RenderedImage]:
         """``n`` images for ``req`` (seeds seed, seed+1, ... when a seed is given), batched together.
-        ``request_id`` names the work in the engine (for ``progress`` and cancellation); default: a new one."""
+        ``request_id`` names the work in the engine (for ``progress``, ``previews`` and cancellation);
+        default: a new one. ``partial_images``: intermediate decodes to keep for ``previews``."""
         self._note_prompt(req)
         return await self._resolved_run(
             "generate", req, lambda entry: [to_engine(req, entry, seed_offset=k) for k in range(n)],
-            disconnected, request_id,
+            disconnected, request_id, partial_images,
         )
 
     async def edit(
         self, req: EditRequest, image: bytes, n: int = 1, disconnected: Disconnected | None = None,
-        request_id: str | None = None,
+        request_id: str | None = None, partial_images: int = 0,
     ) -> list[RenderedImage]:
         """Edit the PNG/JPEG/WebP ``image`` (bytes) as ``req`` says."""
         self._note_prompt(req)
@@ -122,18 +124,20 @@ class Frontend:
         return await self._resolved_run(
             "edit", req,
             lambda entry: [to_engine(req, entry, image=pixels, image_size=size, seed_offset=k) for k in range(n)],
-            disconnected, request_id,
+            disconnected, request_id, partial_images,
         )
 
     async def _resolved_run(
         self, kind: Kind, req: GenerateRequest, make_items: Callable[[ModelEntry], list[EngineRequest]],
-        disconnected: Disconnected | None, request_id: str | None,
+        disconnected: Disconnected | None, request_id: str | None, partial_images: int = 0,
     ) -> list[RenderedImage]:
         """Run ``req`` on its model, or on the default model when it names none. The engine owns the
         default: this worker's copy is a cache, corrected (and the request resolved again, once) when
         the engine answers that the default has changed, e.g. through another API worker."""
         for attempt in range(2):
             items = make_items(self.registry.get(req.model))
+            if partial_images:
+                items = [item.model_copy(update={"partial_images": partial_images}) for item in items]
             try:
                 return await self._run(kind, items, req.format, disconnected, request_id)
             except DefaultModelChanged as changed:
@@ -147,6 +151,13 @@ class Frontend:
         at submit): fields, an unknown model, a scheduler the model cannot use."""
         req = parse(GenerateRequest, data)
         to_engine(req, self.registry.get(req.model))
+
+    async def previews(self, request_id: str, since: int, fmt: str) -> list[tuple[Preview, bytes]]:
+        """The partial images of ``request_id`` from index ``since`` on, each encoded in ``fmt``."""
+        found = await self.engine.previews(request_id, since)
+        encoded = await self._encode([EngineResult(model="", pixels=p.pixels, width=p.width, height=p.height)
+                                      for p in found], fmt, [""] * len(found))
+        return [(preview, data) for preview, (data, _) in zip(found, encoded)]
 
     async def progress(self, request_id: str) -> dict[str, Any]:
         """Where the engine is with ``request_id``'s work: state, step k of steps."""

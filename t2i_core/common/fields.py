@@ -209,6 +209,12 @@ N = Annotated[
     BeforeValidator(_int_in(1, MAX_N)),
     Field(description="How many images.", json_schema_extra={"minimum": 1, "maximum": MAX_N}),
 ]
+PartialImages = Annotated[
+    int,
+    BeforeValidator(_int_in(0, 3)),
+    Field(description="Partial images to stream while the image is made (with stream).",
+          json_schema_extra={"minimum": 0, "maximum": 3}),
+]
 Size = Annotated[str | None, BeforeValidator(parse_size), Field(description="'WIDTHxHEIGHT' or 'auto'.")]
 ResponseFormat = Annotated[str | None, BeforeValidator(_choice(*RESPONSE_FORMATS))]
 OptionalImageFormat = Annotated[

@@ -85,6 +85,9 @@ class EngineRequest(BaseModel):
     seed: int | None = None
     strength: float | None = None
     scheduler: str | None = None
+    #: intermediate decodes wanted while it denoises (0-3; ``engine/previews.py``); not part of the
+    #: batch key: a previewing request shares its batch with the others
+    partial_images: int = 0
     #: edit only: raw RGB bytes, width * height * 3, row-major
     image: bytes | None = None
     #: the API chose ``model`` as the default (the request named none): the engine, which owns the
@@ -117,6 +120,17 @@ class EngineResult(BaseModel):
     #: seconds per engine stage of its batch: text_encoding, denoising, vae_decoding
     stages: dict[str, float] = {}
     error: dict[str, Any] | None = None
+
+
+class Preview(BaseModel):
+    """A partial image of a request: its latents decoded after ``step`` of ``steps`` (raw RGB pixels)."""
+
+    index: int = 0
+    step: int
+    steps: int
+    width: int
+    height: int
+    pixels: bytes
 
 
 def to_engine(

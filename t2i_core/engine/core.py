@@ -23,9 +23,10 @@ from t2i_core.engine.devices import pick_device
 from t2i_core.common.errors import ClientClosed, ContentFiltered, DefaultModelChanged, EngineFailure, InvalidRequest, OutOfMemory, RequestTimeout, T2IError
 from t2i_core.engine.model_manager import LoadedModel, ModelManager
 from t2i_core.common.registry import Registry
-from t2i_core.common.schemas import EngineRequest, EngineResult
+from t2i_core.common.schemas import EngineRequest, EngineResult, Preview
 from t2i_core.engine.speedups import Speedups
 from t2i_core.engine.stage_timer import StageTimer, device_sync
+from t2i_core.engine.previews import PreviewStore, decode_rows, preview_steps
 from t2i_core.engine.stop_points import Cancelled, StopPoints
 
 log = logging.getLogger("t2i.engine")
@@ -98,6 +99,7 @@ class Engine:
         self._progress: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.stage_timer = StageTimer(device_sync(self.device))
         self.stop_points = StopPoints()
+        self.previews = PreviewStore()
         self._collected_this_call = False
 
     def _init_torch_thread(self) -> threading.Thread:
@@ -377,9 +379,26 @@ class Engine:
                 self._set_progress(req.request_id, step=step + 1, steps=steps)
             if self._all_unwanted(items):
                 raise Cancelled()
+            self._store_previews(pipe, items, step + 1, steps, tensors)
             return tensors
 
         return on_step_end
+
+    def _store_previews(self, pipe: Any, items: list[EngineRequest], step: int, steps: int | None,
+                        tensors: dict[str, Any]) -> None:
+        """Decode the rows of the requests that asked for a partial image at this step."""
+        if steps is None or "latents" not in tensors:
+            return
+        rows = [i for i, r in enumerate(items) if r.partial_images and r.request_id and self._cancel_reason(r) is None
+                and step in preview_steps(r.partial_images, steps)]
+        if not rows:
+            return
+        for i, (pixels, width, height) in zip(rows, decode_rows(pipe, tensors["latents"], rows)):
+            self.previews.add(items[i].request_id, Preview(step=step, steps=steps, pixels=pixels, width=width, height=height))
+
+    def take_previews(self, request_id: str, since: int = 0) -> list[Preview]:
+        """The partial images of ``request_id`` made so far, from index ``since`` on."""
+        return self.previews.take(request_id, since)
 
     # ---- progress -----------------------------------------------------------------------------
     def _set_progress(self, request_id: str, **fields: Any) -> None:

@@ -2,8 +2,10 @@
 
 Works with the official OpenAI SDK unchanged (base_url pointed here). Extensions are accepted as
 extra fields: ``negative_prompt``, ``seed``, ``num_inference_steps``, ``guidance_scale`` and, for
-edits, ``strength``. OpenAI fields that do not apply to diffusion models (``quality``, ``style``,
-``background``, ``moderation``, ``output_compression``) are accepted and ignored.
+edits, ``strength``. ``stream`` with ``partial_images`` answers server-sent events (openai_stream.py);
+``quality`` sets the steps when none are given (``steps_for``); ``background: transparent`` is a 400
+(the models draw opaque images); ``style``, ``moderation`` and ``output_compression`` are accepted and
+ignored.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from t2i_core.common.errors import Gone, InvalidRequest, NotFound, UnknownModel
-from t2i_core.common.fields import N, OptionalImageFormat, ResponseFormat, Size, Strength
+from t2i_core.common.fields import N, OptionalImageFormat, PartialImages, ResponseFormat, Size, Strength
 from t2i_core.api.frontend import Frontend, RenderedImage, parse, until_disconnected
 from t2i_core.api.responses import guarded
 from t2i_core.api.image_store import ImageStore
 from t2i_core.api.images.codecs import MEDIA_TYPES
 from t2i_core.common.schemas import EditRequest, GenerateRequest, PromptSettings
+from t2i_core.api.surfaces.openai_stream import check_stream, stream_images
 from t2i_core.api.surfaces.reading import image_bytes_from_json, read_form, read_json_object, refuse_mask
 
 log = logging.getLogger("t2i.openai")
@@ -41,6 +44,26 @@ class OpenAIImageRequest(PromptSettings):
     response_format: ResponseFormat = None
     output_format: OptionalImageFormat = None
     user: str | None = Field(default=None, max_length=256)
+    stream: bool = False
+    partial_images: PartialImages = 0
+    #: "low" / "medium" / "high" (and "standard" / "hd", "auto"): steps when none are given, see ``steps_for``
+    quality: str | None = Field(default=None, max_length=20)
+    background: str | None = Field(default=None, max_length=20)
+
+    def checked(self, front: Frontend) -> "OpenAIImageRequest":
+        """OpenAI's options that need the server: n's limit, stream, background, quality."""
+        limit = front.settings.max_images_per_request
+        if self.n > limit:
+            raise InvalidRequest(f"n must be between 1 and {limit} on this server; got {self.n}", param="n")
+        if self.stream:
+            check_stream(self.n)
+        if self.background == "transparent":
+            raise InvalidRequest("background transparent is not supported: these models draw opaque images; "
+                                 "send background opaque or auto", param="background", code="unsupported_parameter")
+        if self.quality is not None and self.num_inference_steps is None:
+            steps = steps_for(self.quality, front.registry.get(self.model).defaults.steps)
+            return self.model_copy(update={"num_inference_steps": steps})
+        return self
 
     def native(self) -> GenerateRequest:
         width, height = (int(s) for s in self.size.split("x")) if self.size else (None, None)
@@ -55,10 +78,18 @@ class OpenAIEditRequest(OpenAIImageRequest):
         return EditRequest(**super().native().model_dump(), strength=self.strength)
 
 
-def _check_n(req: OpenAIImageRequest, front: Frontend) -> None:
-    limit = front.settings.max_images_per_request
-    if req.n > limit:
-        raise InvalidRequest(f"n must be between 1 and {limit} on this server; got {req.n}", param="n")
+def steps_for(quality: str, default_steps: int) -> int:
+    """OpenAI's ``quality`` as denoising steps of the model: low = half its default steps (at least 1),
+    medium / standard / auto = its default, high / hd = twice its default (at most 100)."""
+    key = quality.strip().lower()
+    if key == "low":
+        return max(1, round(default_steps / 2))
+    if key in ("high", "hd"):
+        return min(100, default_steps * 2)
+    if key in ("medium", "standard", "auto"):
+        return default_steps
+    raise InvalidRequest(f"quality must be one of low, medium, high, auto (or standard, hd); got {quality!r}",
+                         param="quality")
 
 
 def _images_body(
@@ -104,9 +135,13 @@ def openai_routes(get_frontend: Callable[[], Frontend], store: ImageStore) -> li
     @guarded
     async def generations(request: Request) -> Response:
         front = get_frontend()
-        req = parse(OpenAIImageRequest, await read_json_object(request))
-        _check_n(req, front)
-        images = await front.generate(req.native(), n=req.n, disconnected=lambda: until_disconnected(request.receive))
+        req = parse(OpenAIImageRequest, await read_json_object(request)).checked(front)
+        native = req.native()
+        watch = lambda: until_disconnected(request.receive)  # noqa: E731
+        if req.stream:
+            return stream_images(front, "image_generation", native.format, req.quality or "auto", lambda rid: front.generate(
+                native, disconnected=watch, request_id=rid, partial_images=req.partial_images))
+        images = await front.generate(native, n=req.n, disconnected=watch)
         return JSONResponse(_images_body(images, req, request, store))
 
     @guarded
@@ -128,8 +163,13 @@ def openai_routes(get_frontend: Callable[[], Frontend], store: ImageStore) -> li
             refuse_mask(data.get("mask") is not None)
             image = image_bytes_from_json(data)
         req = parse(OpenAIEditRequest, data)
-        _check_n(req, front)
-        images = await front.edit(req.native(), image, n=req.n, disconnected=lambda: until_disconnected(request.receive))
+        req = req.checked(front)
+        native = req.native()
+        watch = lambda: until_disconnected(request.receive)  # noqa: E731
+        if req.stream:
+            return stream_images(front, "image_edit", native.format, req.quality or "auto", lambda rid: front.edit(
+                native, image, disconnected=watch, request_id=rid, partial_images=req.partial_images))
+        images = await front.edit(native, image, n=req.n, disconnected=watch)
         return JSONResponse(_images_body(images, req, request, store))
 
     @guarded

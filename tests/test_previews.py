@@ -1,0 +1,38 @@
+"""Partial images: real intermediate decodes of the latents of the requests that ask, at steps spread
+over the run; the other images of the batch are unchanged."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from t2i_core.common.registry import TINY_SD_ID
+from t2i_core.common.schemas import EngineRequest
+from t2i_core.engine.previews import preview_steps
+
+
+def req(request_id: str, seed: int, partial_images: int = 0, steps: int = 6) -> EngineRequest:
+    return EngineRequest(model=TINY_SD_ID, prompt="a kite", steps=steps, guidance_scale=0.0, width=64, height=64,
+                         seed=seed, request_id=request_id, partial_images=partial_images)
+
+
+def test_preview_steps_spread_over_the_run():
+    assert preview_steps(2, 6) == [2, 4]
+    assert preview_steps(3, 28) == [7, 14, 21]
+    assert preview_steps(1, 1) == []  # one step: the final image is the only one
+    assert preview_steps(3, 2) == [1]  # fewer steps than partial images: fewer partial images
+    assert preview_steps(0, 10) == []
+
+
+def test_partial_images_are_intermediate_decodes_and_change_nothing_else(engine):
+    alone = engine.run([req("quiet-alone", 2)])[0]
+    asked, quiet = engine.run([req("asks", 1, partial_images=2), req("quiet", 2)])
+    previews = engine.take_previews("asks")
+    assert [(p.index, p.step, p.steps) for p in previews] == [(0, 2, 6), (1, 4, 6)]
+    assert all(p.width == 64 and p.height == 64 and len(p.pixels) == 64 * 64 * 3 for p in previews)
+    final = np.frombuffer(asked.pixels, np.uint8).astype(int)
+    first, second = (np.frombuffer(p.pixels, np.uint8).astype(int) for p in previews)
+    # real decodes of the latents on their way: different from each other, closer to the final image as they go
+    assert not np.array_equal(first, second)
+    assert np.abs(second - final).mean() < np.abs(first - final).mean()
+    assert engine.take_previews("quiet") == [] and engine.take_previews("asks", since=1) == previews[1:]
+    assert quiet.pixels == alone.pixels  # a previewing batch-mate changes no other image
