@@ -37,7 +37,7 @@ from t2i_core.common.registry import RegistryError, load_registry_file
 from t2i_core.api.retry import retry_dropped
 from t2i_core.common.shutdown import drain_on_sigterm
 from t2i_core.api.surfaces.native import EditUpload, answer
-from t2i_core.common.schemas import EditRequest, EngineRequest, EngineResult, GenerateRequest
+from t2i_core.common.schemas import EditRequest, EngineRequest, EngineResult, GenerateRequest, Preview
 from t2i_core.api.surfaces.tasks.cancel import TaskCancelMiddleware
 from t2i_core.api.surfaces.tasks.retention import cap_task_store
 from t2i_core.api.surfaces.tasks.store import engine_request_id, until_cancelled
@@ -114,6 +114,14 @@ class Engine:
     async def progress(self, request_ids: list[str]) -> dict[str, dict[str, Any]]:
         """Where these requests are: queued, running (step k of n) or done."""
         return self.core.progress(request_ids)
+
+    @bentoml.api
+    async def previews(self, request_id: str, since: int = 0, want_next: bool = False) -> list[Preview]:
+        """The partial images of ``request_id`` made so far, from index ``since`` on; ``want_next``: also
+        decode its latents after its next step (a live preview)."""
+        if want_next:
+            self.core.want_preview(request_id)
+        return self.core.take_previews(request_id, since)
 
     @bentoml.api
     def model_action(self, action: str, model_id: str) -> dict[str, Any]:

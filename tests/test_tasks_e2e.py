@@ -178,3 +178,23 @@ def test_cancels_mixed_with_submits_and_reads_never_lock_the_store(server):
     # and the store still takes new tasks, which complete
     task_id = submit(server, {"prompt": "after the storm", "steps": 1})
     wait_for(lambda: progress(server, task_id)["status"] == "completed", timeout=120)
+
+
+def test_progress_with_preview_shows_the_image_while_it_is_made(server):
+    import base64
+    import io
+
+    from PIL import Image
+
+    task_id = submit(server, {"prompt": "a preview", "seed": 4, "steps": 60, "width": 256, "height": 256})
+
+    def preview():
+        r = httpx.get(f"{server.url}/tasks/generate/progress", params={"task_id": task_id, "preview": "1"}, timeout=30)
+        body = r.json()
+        return body if body.get("current_image") else None
+
+    body = wait_for(preview, timeout=120, every=0.2)
+    image = Image.open(io.BytesIO(base64.b64decode(body["current_image"])))
+    assert image.size == (256, 256) and 1 <= body["current_image_step"] <= 60
+    assert "current_image" not in progress(server, task_id)  # only when asked
+    httpx.put(f"{server.url}/tasks/generate/cancel", params={"task_id": task_id}, timeout=30)

@@ -24,7 +24,7 @@ class EngineClient(Protocol):
     async def model_action(self, action: str, model_id: str) -> dict[str, Any]: ...
     async def cancel(self, request_ids: list[str]) -> None: ...
     async def progress(self, request_ids: list[str]) -> dict[str, dict[str, Any]]: ...
-    async def previews(self, request_id: str, since: int) -> list[Preview]: ...
+    async def previews(self, request_id: str, since: int, want_next: bool = False) -> list[Preview]: ...
 
 
 class LocalEngineClient:
@@ -48,7 +48,9 @@ class LocalEngineClient:
     async def progress(self, request_ids: list[str]) -> dict[str, dict[str, Any]]:
         return self.engine.progress(request_ids)
 
-    async def previews(self, request_id: str, since: int) -> list[Preview]:
+    async def previews(self, request_id: str, since: int, want_next: bool = False) -> list[Preview]:
+        if want_next:
+            self.engine.want_preview(request_id)
         return self.engine.take_previews(request_id, since)
 
 
@@ -86,5 +88,6 @@ class RemoteEngine:
     async def progress(self, request_ids: list[str]) -> dict[str, dict[str, Any]]:
         return await retry_dropped(lambda: self.engine.to_async.progress(request_ids=request_ids))
 
-    async def previews(self, request_id: str, since: int) -> list[Preview]:
-        return await retry_dropped(lambda: self.engine.to_async.previews(request_id=request_id, since=since))
+    async def previews(self, request_id: str, since: int, want_next: bool = False) -> list[Preview]:
+        return await retry_dropped(
+            lambda: self.engine.to_async.previews(request_id=request_id, since=since, want_next=want_next))

@@ -100,6 +100,8 @@ class Engine:
         self.stage_timer = StageTimer(device_sync(self.device))
         self.stop_points = StopPoints()
         self.previews = PreviewStore()
+        #: request ids whose latents are decoded after their next step (``want_preview``)
+        self._preview_wanted: set[str] = set()
         self._collected_this_call = False
 
     def _init_torch_thread(self) -> threading.Thread:
@@ -389,16 +391,24 @@ class Engine:
         """Decode the rows of the requests that asked for a partial image at this step."""
         if steps is None or "latents" not in tensors:
             return
-        rows = [i for i, r in enumerate(items) if r.partial_images and r.request_id and self._cancel_reason(r) is None
-                and step in preview_steps(r.partial_images, steps)]
+        wanted = self._preview_wanted
+        rows = [i for i, r in enumerate(items) if r.request_id and self._cancel_reason(r) is None and (
+            r.request_id in wanted or (r.partial_images and step in preview_steps(r.partial_images, steps)))]
         if not rows:
             return
+        for i in rows:
+            wanted.discard(items[i].request_id)
         for i, (pixels, width, height) in zip(rows, decode_rows(pipe, tensors["latents"], rows)):
             self.previews.add(items[i].request_id, Preview(step=step, steps=steps, pixels=pixels, width=width, height=height))
 
     def take_previews(self, request_id: str, since: int = 0) -> list[Preview]:
         """The partial images of ``request_id`` made so far, from index ``since`` on."""
         return self.previews.take(request_id, since)
+
+    def want_preview(self, request_id: str) -> None:
+        """Decode ``request_id``'s latents after its next step (a live preview asked for while it runs)."""
+        if len(self._preview_wanted) < PROGRESS_KEPT:
+            self._preview_wanted.add(request_id)
 
     # ---- progress -----------------------------------------------------------------------------
     def _set_progress(self, request_id: str, **fields: Any) -> None:

@@ -5,17 +5,18 @@ Only the rows of the requests that asked are decoded, with the model's own VAE (
 registry entry names a ``tiny_vae`` decodes with it: the fast way), at steps spread evenly over the
 run: ``partial_images`` P over S steps gives the steps round(k * S / (P + 1)) for k = 1..P (fewer
 when there are fewer steps than that, as OpenAI allows). The batch-mates of a previewing request wait
-for those decodes; their images do not change. Previews are kept per request id until read
-(``take``), the most recent ``KEPT`` requests.
+for those decodes; their images do not change. A running request's latents can also be decoded on
+demand after its next step (``Engine.want_preview``: the task progress route's ``preview=1``).
 """
 
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any
 
-KEPT = 1000
+KEPT = 64
+PER_REQUEST = 4
 
 
 def preview_steps(partial_images: int, steps: int) -> list[int]:
@@ -44,25 +45,24 @@ def decode_rows(pipe: Any, latents: Any, rows: list[int]) -> list[tuple[bytes, i
 
 
 class PreviewStore:
-    """``Preview``s by request id, numbered in the order they were made."""
+    """``Preview``s by request id, numbered in the order they were made. Bounded: the latest
+    ``PER_REQUEST`` of a request (a stream asks for at most 3 and reads each at once; a live preview
+    wants the latest) and the latest ``KEPT`` requests (a 512x512 preview is 0.8 MB)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._by_request: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+        self._by_request: OrderedDict[str, tuple[int, deque[Any]]] = OrderedDict()
 
     def add(self, request_id: str, preview: Any) -> None:
         with self._lock:
-            kept = self._by_request.pop(request_id, [])
-            kept.append(preview.model_copy(update={"index": len(kept)}))
-            self._by_request[request_id] = kept
+            made, kept = self._by_request.pop(request_id, (0, deque(maxlen=PER_REQUEST)))
+            kept.append(preview.model_copy(update={"index": made}))
+            self._by_request[request_id] = (made + 1, kept)
             while len(self._by_request) > KEPT:
                 self._by_request.popitem(last=False)
 
     def take(self, request_id: str, since: int = 0) -> list[Any]:
-        """The previews of ``request_id`` from index ``since`` on."""
+        """The kept previews of ``request_id`` with an index of ``since`` or more."""
         with self._lock:
-            return list(self._by_request.get(request_id, [])[since:])
-
-    def forget(self, request_id: str) -> None:
-        with self._lock:
-            self._by_request.pop(request_id, None)
+            _, kept = self._by_request.get(request_id, (0, ()))
+            return [p for p in kept if p.index >= since]

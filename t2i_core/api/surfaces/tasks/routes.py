@@ -6,6 +6,7 @@ progress is ours: status from BentoML's store, step k of steps from the engine.
 
 from __future__ import annotations
 
+import base64
 from typing import Any, Callable
 
 from starlette.requests import Request
@@ -21,18 +22,28 @@ from t2i_core.common.paths import TASK_ROUTE
 def task_routes(get_frontend: Callable[[], Any]) -> list[Route]:
     async def progress(request: Request) -> Response:
         """``{"task_id", "status", "state", "step", "steps", "fraction"}``: status from BentoML's
-        store, step k of steps from the engine (``steps`` is null until the pipeline starts)."""
+        store, step k of steps from the engine (``steps`` is null until the pipeline starts). With
+        ``preview=1``: ``current_image`` (base64 PNG of the latents decoded at ``current_image_step``)."""
         try:
             task_id, status = await existing_task(request)
         except T2IError as err:
             return error_response_for(request.url.path, err)
-        engine = await get_frontend().progress(engine_request_id(task_id))
+        front = get_frontend()
+        work_id = engine_request_id(task_id)
+        engine = await front.progress(work_id)
         if status == "completed":
             engine = {**engine, "state": "done"}
         steps = engine.get("steps")
         step = engine.get("step", 0)
         fraction = 1.0 if status == "completed" else round(step / steps, 4) if steps else 0.0
-        return JSONResponse({"task_id": task_id, "status": status, **engine, "fraction": fraction})
+        body = {"task_id": task_id, "status": status, **engine, "fraction": fraction}
+        if request.query_params.get("preview", "").lower() in ("1", "true", "yes"):
+            # the latest decode of the latents (null until one is made: the engine decodes after the next step)
+            previews = await front.previews(work_id, 0, "png", want_next=engine.get("state") in ("queued", "running"))
+            latest = previews[-1] if previews else None
+            body["current_image"] = base64.b64encode(latest[1]).decode("ascii") if latest else None
+            body["current_image_step"] = latest[0].step if latest else None
+        return JSONResponse(body)
 
     return [Route(f"{TASK_ROUTE}/progress", progress, methods=["GET"])]
 
