@@ -63,6 +63,8 @@ class RenderedImage:
     batch_size: int
     inference_s: float
     total_s: float
+    #: the generation parameters written into the file (A1111's text; empty when turned off)
+    parameters: str = ""
 
     @property
     def media_type(self) -> str:
@@ -266,9 +268,9 @@ class Frontend:
         return [
             RenderedImage(
                 data=data, format=fmt, seed=int(r.seed or 0), model=r.model, width=r.width,
-                height=r.height, batch_size=r.batch_size, inference_s=r.inference_s, total_s=total,
+                height=r.height, batch_size=r.batch_size, inference_s=r.inference_s, total_s=total, parameters=text,
             )
-            for r, (data, _) in zip(results, encoded)
+            for r, (data, _), text in zip(results, encoded, texts)
         ]
 
     async def _encode(self, results: list[EngineResult], fmt: str, texts: list[str]) -> list[tuple[bytes, float]]:

@@ -24,19 +24,21 @@ from t2i_core.api import request_log
 from t2i_core.common.errors import InvalidRequest, T2IError, describe_validation_errors, http_status
 from t2i_core.api.frontend import RenderedImage
 from t2i_core.api.images.codecs import decode_base64
-from t2i_core.common.paths import SEED_PATHS
+from t2i_core.common.paths import A1111_PREFIX, SEED_PATHS
 
 log = logging.getLogger("t2i.api")
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-Surface = Literal["native", "openai", "seed"]
+Surface = Literal["native", "openai", "seed", "a1111"]
 
 
 def surface_of(path: str) -> Surface:
     """Which API surface a path belongs to, for the shape of its error bodies."""
     if path.startswith(("/v1/", "/admin/")):
         return "openai"
+    if path.startswith(A1111_PREFIX):
+        return "a1111"
     if path in SEED_PATHS:
         return "seed"
     return "native"
@@ -44,11 +46,14 @@ def surface_of(path: str) -> Surface:
 
 def error_body(err: T2IError, surface: Surface = "native") -> dict[str, Any]:
     """native ``{"error": message, "param", "code"}``; OpenAI ``{"error": {"message", "type", "param",
-    "code"}}``; the seed servers' ``{"error": message}``."""
+    "code"}}``; the seed servers' ``{"error": message}``; A1111's ``{"error", "detail", "body", "errors"}``."""
     if surface == "openai":
         return {"error": err.to_dict()}
     if surface == "seed":
         return {"error": err.message}
+    if surface == "a1111":  # A1111's own error body (its clients print detail / errors)
+        return {"error": type(err).__name__, "detail": err.message, "body": "", "errors": err.message,
+                "param": err.param, "code": err.code}
     return {"error": err.message, "param": err.param, "code": err.code}
 
 

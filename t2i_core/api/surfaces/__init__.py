@@ -13,6 +13,7 @@ from starlette.applications import Starlette
 from t2i_core.api.frontend import Frontend
 from t2i_core.api.image_store import ImageStore
 from t2i_core.api.surfaces.tasks.routes import task_routes
+from t2i_core.api.surfaces.a1111.routes import a1111_routes
 from t2i_core.api.surfaces.admin import admin_routes
 from t2i_core.api.surfaces.openai_images import openai_routes
 from t2i_core.api.surfaces.seeds import seed_routes
@@ -23,5 +24,5 @@ def build_surfaces_app(get_frontend: Callable[[], Frontend], store: ImageStore) 
     """The OpenAI, seed, admin and task progress routes and the playground page (/ui)."""
     return Starlette(
         routes=[*openai_routes(get_frontend, store), *seed_routes(get_frontend), *admin_routes(get_frontend),
-                *task_routes(get_frontend), *ui_routes()]
+                *task_routes(get_frontend), *a1111_routes(get_frontend), *ui_routes()]
     )

@@ -1,0 +1,174 @@
+"""AUTOMATIC1111 web UI API routes (``/sdapi/v1/...``) over the same frontend as every other surface:
+its requests share engine batches with the rest.
+
+``progress``, ``interrupt`` and ``skip`` act on the caller's own work (its API key, else its address):
+a shared server must not let one client stop another's image. ``POST options`` changes only
+``sd_model_checkpoint`` (the default model), and only with the admin key.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import OrderedDict
+from typing import Any, Callable
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from t2i_core.api.frontend import Frontend, parse, until_disconnected
+from t2i_core.api.responses import guarded
+from t2i_core.api.surfaces.a1111.protocol import Img2Img, Txt2Img, answer, sampler_rows, schedule_rows, scheduler_for
+from t2i_core.api.surfaces.admin import check_admin_key
+from t2i_core.api.surfaces.reading import read_json_object
+from t2i_core.common.errors import InvalidRequest
+from t2i_core.api.images.codecs import decode_base64
+from t2i_core.common.schemas import EditRequest, GenerateRequest
+
+PREFIX = "/sdapi/v1"
+#: the callers whose latest request is remembered (for progress / interrupt)
+CALLERS_KEPT = 1024
+
+
+def caller_of(request: Request) -> str:
+    auth = request.headers.get("authorization")
+    return f"key:{auth}" if auth else f"addr:{request.client.host if request.client else ''}"
+
+
+def a1111_routes(get_frontend: Callable[[], Frontend]) -> list[Route]:
+    current: OrderedDict[str, tuple[str, float]] = OrderedDict()  # caller -> (engine request id, started)
+
+    def remember(request: Request) -> str:
+        request_id = f"a1111-{uuid.uuid4().hex}"
+        caller = caller_of(request)
+        current.pop(caller, None)
+        current[caller] = (request_id, time.monotonic())
+        while len(current) > CALLERS_KEPT:
+            current.popitem(last=False)
+        return request_id
+
+    def model_for(front: Frontend, req: Txt2Img) -> str | None:
+        title = req.override_settings.get("sd_model_checkpoint")
+        if title is None:
+            return None
+        model_id = str(title).split(" [", 1)[0]  # A1111 titles may carry " [hash]"
+        front.registry.get(model_id)  # 404 naming the known models
+        return model_id
+
+    def native_fields(front: Frontend, req: Txt2Img) -> dict[str, Any]:
+        model = model_for(front, req)
+        entry = front.registry.get(model)
+        return {"prompt": req.prompt, "negative_prompt": req.negative_prompt, "num_inference_steps": req.steps,
+                "guidance_scale": req.cfg_scale, "width": req.width, "height": req.height,
+                "seed": req.seed if 0 <= req.seed else None, "model": model,
+                "scheduler": scheduler_for(req, entry.pipeline)}
+
+    def images_count(front: Frontend, req: Txt2Img) -> int:
+        n, limit = req.batch_size * req.n_iter, front.settings.max_images_per_request
+        if n > limit:
+            raise InvalidRequest(f"batch_size * n_iter must be at most {limit} on this server; got {n}", param="batch_size")
+        return n
+
+    @guarded
+    async def txt2img(request: Request) -> Response:
+        front = get_frontend()
+        req = parse(Txt2Img, await read_json_object(request))
+        native = parse(GenerateRequest, native_fields(front, req))
+        images = await front.generate(native, n=images_count(front, req), request_id=remember(request),
+                                      disconnected=lambda: until_disconnected(request.receive))
+        return JSONResponse(answer(images, req, req.sampler_name or "default"))
+
+    @guarded
+    async def img2img(request: Request) -> Response:
+        front = get_frontend()
+        req = parse(Img2Img, await read_json_object(request))
+        if req.mask:
+            raise InvalidRequest("mask (inpainting) is not supported yet: send img2img without mask", param="mask",
+                                 code="unsupported_parameter")
+        if not req.init_images:
+            raise InvalidRequest("init_images must hold one base64 image", param="init_images")
+        native = parse(EditRequest, {**native_fields(front, req), "strength": req.denoising_strength})
+        source = decode_base64(req.init_images[0], field="init_images")
+        images = await front.edit(native, source, n=images_count(front, req), request_id=remember(request),
+                                  disconnected=lambda: until_disconnected(request.receive))
+        return JSONResponse(answer(images, req, req.sampler_name or "default"))
+
+    @guarded
+    async def progress(request: Request) -> Response:
+        front = get_frontend()
+        found = current.get(caller_of(request))
+        state = {"skipped": False, "interrupted": False, "job": "", "job_count": 0, "job_timestamp": "", "job_no": 0,
+                 "sampling_step": 0, "sampling_steps": 0}
+        body: dict[str, Any] = {"progress": 0.0, "eta_relative": 0.0, "state": state, "current_image": None,
+                                "textinfo": None}
+        if found is None:
+            return JSONResponse(body)
+        request_id, started = found
+        engine = await front.progress(request_id)
+        step, steps = engine.get("step", 0), engine.get("steps") or 0
+        running = engine.get("state") in ("queued", "running")
+        fraction = 1.0 if engine.get("state") == "done" else (step / steps if steps else 0.0)
+        state.update(job=request_id if running else "", job_count=1 if running else 0, sampling_step=step,
+                     sampling_steps=steps)
+        elapsed = time.monotonic() - started
+        body.update(progress=round(fraction, 4),
+                    eta_relative=round(elapsed / fraction - elapsed, 3) if 0 < fraction < 1 else 0.0)
+        if running and request.query_params.get("skip_current_image", "false").lower() != "true":
+            previews = await front.previews(request_id, 0, "png", want_next=True)
+            if previews:
+                import base64
+
+                body["current_image"] = base64.b64encode(previews[-1][1]).decode("ascii")
+        return JSONResponse(body)
+
+    @guarded
+    async def interrupt(request: Request) -> Response:
+        found = current.get(caller_of(request))
+        if found is not None:
+            await get_frontend().engine.cancel([found[0]])
+        return JSONResponse({})
+
+    @guarded
+    async def sd_models(request: Request) -> Response:
+        rows = await get_frontend().model_states()
+        return JSONResponse([{"title": r["id"], "model_name": r["id"], "hash": None, "sha256": None,
+                              "filename": r["id"], "config": None, "state": r["state"]} for r in rows])
+
+    @guarded
+    async def options(request: Request) -> Response:
+        front = get_frontend()
+        if request.method == "POST":
+            data = await read_json_object(request)
+            check_admin_key(request, front.settings.admin_key)  # one client must not switch everyone's model
+            unknown = sorted(set(data) - {"sd_model_checkpoint"})
+            if unknown:
+                raise InvalidRequest(f"only sd_model_checkpoint can be set here; got {', '.join(unknown)}",
+                                     param=unknown[0])
+            if "sd_model_checkpoint" in data:
+                await front.model_action("set_default", str(data["sd_model_checkpoint"]).split(" [", 1)[0])
+            return JSONResponse({})
+        await front.model_states()  # the engine's default
+        return JSONResponse({"sd_model_checkpoint": front.registry.default_id, "samples_format": "png",
+                             "sd_checkpoint_hash": None})
+
+    def constant(body: Any) -> Callable[[Request], Any]:
+        async def handler(request: Request) -> Response:
+            return JSONResponse(body)
+
+        return handler
+
+    return [
+        Route(f"{PREFIX}/txt2img", txt2img, methods=["POST"]),
+        Route(f"{PREFIX}/img2img", img2img, methods=["POST"]),
+        Route(f"{PREFIX}/progress", progress, methods=["GET"]),
+        Route(f"{PREFIX}/interrupt", interrupt, methods=["POST"]),
+        Route(f"{PREFIX}/skip", interrupt, methods=["POST"]),
+        Route(f"{PREFIX}/sd-models", sd_models, methods=["GET"]),
+        Route(f"{PREFIX}/options", options, methods=["GET", "POST"]),
+        Route(f"{PREFIX}/samplers", constant(sampler_rows()), methods=["GET"]),
+        Route(f"{PREFIX}/schedulers", constant(schedule_rows()), methods=["GET"]),
+        Route(f"{PREFIX}/loras", constant([]), methods=["GET"]),
+        Route(f"{PREFIX}/refresh-checkpoints", constant({}), methods=["POST"]),
+        Route(f"{PREFIX}/scripts", constant({"txt2img": [], "img2img": []}), methods=["GET"]),
+    ]
