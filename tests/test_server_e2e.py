@@ -187,4 +187,6 @@ def test_output_images_are_encoded_in_encoder_processes(server):
                if "t2i_core.api.images.encode_worker" in " ".join(p.cmdline())]
     assert len(workers) >= 1
     image = Image.open(io.BytesIO(responses[0].content))
-    assert responses[0].content == encode_image(image.convert("RGB").tobytes(), *image.size, "png")
+    parameters = image.text["parameters"]  # the generation parameters written into the file
+    assert "Seed: 0," in parameters
+    assert responses[0].content == encode_image(image.convert("RGB").tobytes(), *image.size, "png", parameters)
