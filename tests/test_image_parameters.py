@@ -81,3 +81,22 @@ def test_served_images_carry_their_own_parameters_unless_turned_off(engine, on):
     assert first.startswith("a red kite\nNegative prompt: fog\nSteps: 1, ") and "Seed: 11," in first
     assert "Seed: 12," in second and f"Model: {made[0].model}" in second and "Size: 64x64" in second
     assert "Denoising strength: 0.5" in read_parameters(edited.data) and "Seed: 3," in read_parameters(edited.data)
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "webp"])
+def test_output_quality_sets_the_jpeg_and_webp_quality_in_process_and_in_the_encoders(fmt):
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, 64 * 64 * 3, dtype=np.uint8).tobytes()
+    low, default = encode_image(pixels, 64, 64, fmt, quality=20), encode_image(pixels, 64, 64, fmt)
+    assert len(low) < len(default)
+
+    async def encode() -> bytes:
+        pool = EncoderPool(1)
+        try:
+            data, _ = await pool.encode(pixels, 64, 64, fmt, "", 20)
+            assert pool.fallbacks == 0
+            return data
+        finally:
+            pool.close()
+
+    assert asyncio.run(encode()) == low

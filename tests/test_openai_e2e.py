@@ -143,3 +143,12 @@ def test_stream_options_that_cannot_be_served_are_400s(client):
     with pytest.raises(openai.BadRequestError) as partial:
         list(client.images.generate(model="builtin/tiny-sd", prompt="x", stream=True, partial_images=4))
     assert partial.value.body["param"] == "partial_images"
+
+
+def test_output_compression_is_the_jpeg_quality(client):
+    sizes = []
+    for compression in (10, 95):
+        result = client.images.generate(model="builtin/tiny-sd", prompt="a red kite", size="128x128", output_format="jpeg",
+                                        output_compression=compression, extra_body={"seed": 4})
+        sizes.append(len(base64.b64decode(result.data[0].b64_json)))
+    assert sizes[0] < sizes[1]

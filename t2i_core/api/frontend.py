@@ -141,7 +141,7 @@ class Frontend:
             if partial_images:
                 items = [item.model_copy(update={"partial_images": partial_images}) for item in items]
             try:
-                return await self._run(kind, items, req.format, disconnected, request_id)
+                return await self._run(kind, items, req.format, disconnected, request_id, req.output_quality or 0)
             except DefaultModelChanged as changed:
                 if attempt or changed.model is None:
                     raise
@@ -236,7 +236,7 @@ class Frontend:
 
     async def _run(
         self, kind: Kind, items: list[EngineRequest], fmt: str, disconnected: Disconnected | None = None,
-        request_id: str | None = None,
+        request_id: str | None = None, quality: int = 0,
     ) -> list[RenderedImage]:
         started = time.perf_counter()
         first = items[0]
@@ -257,7 +257,7 @@ class Frontend:
                 raise err
         texts = ([parameters_text(item, int(r.seed or 0)) for item, r in zip(items, results)]
                  if self.settings.image_parameters else [""] * len(results))
-        encoded = await self._encode(results, fmt, texts)
+        encoded = await self._encode(results, fmt, texts, quality)
         encode_s = [seconds for _, seconds in encoded]
         for seconds in encode_s:
             metrics.record_image_encoding(seconds)
@@ -273,10 +273,12 @@ class Frontend:
             for r, (data, _), text in zip(results, encoded, texts)
         ]
 
-    async def _encode(self, results: list[EngineResult], fmt: str, texts: list[str]) -> list[tuple[bytes, float]]:
-        """Each result's image in ``fmt`` (with its generation parameters, ``texts``) and the seconds
-        its encoding took."""
-        jobs = [(r.pixels or b"", r.width, r.height, fmt, text) for r, text in zip(results, texts)]
+    async def _encode(
+        self, results: list[EngineResult], fmt: str, texts: list[str], quality: int = 0
+    ) -> list[tuple[bytes, float]]:
+        """Each result's image in ``fmt`` (with its generation parameters, ``texts``; JPEG/WebP ``quality``,
+        0: the default) and the seconds its encoding took."""
+        jobs = [(r.pixels or b"", r.width, r.height, fmt, text, quality) for r, text in zip(results, texts)]
         if self.encoder is not None:
             encoder = self.encoder
             if len(jobs) == 1:

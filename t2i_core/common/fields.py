@@ -209,6 +209,12 @@ N = Annotated[
     BeforeValidator(_int_in(1, MAX_N)),
     Field(description="How many images.", json_schema_extra={"minimum": 1, "maximum": MAX_N}),
 ]
+OutputQuality = Annotated[
+    int | None,
+    BeforeValidator(_int_in(1, 100)),
+    Field(description="JPEG / WebP quality, 1 to 100 (90 when unset); no effect on PNG.",
+          json_schema_extra={"minimum": 1, "maximum": 100}),
+]
 PartialImages = Annotated[
     int,
     BeforeValidator(_int_in(0, 3)),

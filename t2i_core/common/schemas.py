@@ -17,6 +17,7 @@ from t2i_core.common.fields import (
     Guidance,
     ImageFormat,
     ModelId,
+    OutputQuality,
     NegativePrompt,
     Prompt,
     SchedulerName,
@@ -63,6 +64,7 @@ class GenerateRequest(PromptSettings):
     width: Side = None
     height: Side = None
     format: ImageFormat = "png"
+    output_quality: OutputQuality = None
 
 
 class EditRequest(GenerateRequest):

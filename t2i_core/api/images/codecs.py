@@ -95,25 +95,28 @@ def output_size(width: int, height: int) -> tuple[int, int]:
     return snap(width), snap(height)
 
 
-def encode_image(pixels: bytes, width: int, height: int, fmt: str, parameters: str = "") -> bytes:
+def encode_image(pixels: bytes, width: int, height: int, fmt: str, parameters: str = "", quality: int = 0) -> bytes:
     """Encode raw RGB pixels as png (``t2i_core/api/images/png.py``: 2.5-4x faster than Pillow's), jpeg or
-    webp, with the generation ``parameters`` in the file when given (``parameters.py``)."""
+    webp, with the generation ``parameters`` in the file when given (``parameters.py``). ``quality``:
+    JPEG/WebP quality 1-100 (0: the defaults, 90)."""
     if fmt == "png":
         return encode_png(pixels, width, height, text=png_text_chunk(parameters) if parameters else None)
     img = from_rgb_pixels(pixels, width, height)
     buf = io.BytesIO()
     extra = {"exif": exif_user_comment(parameters)} if parameters else {}
     if fmt == "jpeg":
-        img.save(buf, format="JPEG", quality=JPEG_QUALITY, **extra)
+        img.save(buf, format="JPEG", quality=quality or JPEG_QUALITY, **extra)
     elif fmt == "webp":
-        img.save(buf, format="WEBP", quality=WEBP_QUALITY, **extra)
+        img.save(buf, format="WEBP", quality=quality or WEBP_QUALITY, **extra)
     else:
         raise InvalidRequest(f"format must be one of png, jpeg, webp; got {fmt!r}", param="format")
     return buf.getvalue()
 
 
-def timed_encode(pixels: bytes, width: int, height: int, fmt: str, parameters: str = "") -> tuple[bytes, float]:
+def timed_encode(
+    pixels: bytes, width: int, height: int, fmt: str, parameters: str = "", quality: int = 0
+) -> tuple[bytes, float]:
     """``encode_image`` and the seconds it took (the ``image_encoding`` stage)."""
     started = time.perf_counter()
-    data = encode_image(pixels, width, height, fmt, parameters)
+    data = encode_image(pixels, width, height, fmt, parameters, quality)
     return data, time.perf_counter() - started

@@ -101,7 +101,7 @@ class _Worker(asyncio.SubprocessProtocol):
         self.stdin = self.transport.get_pipe_transport(0)  # type: ignore[union-attr,assignment]
 
     def submit(
-        self, job: int, pixels: bytes, width: int, height: int, code: int, parameters: str = ""
+        self, job: int, pixels: bytes, width: int, height: int, code: int, parameters: str = "", quality: int = 0
     ) -> asyncio.Future[tuple[bytes, float]]:
         future: asyncio.Future[tuple[bytes, float]] = asyncio.get_running_loop().create_future()
         if not self.alive or self.stdin is None or self.stdin.is_closing():
@@ -113,7 +113,7 @@ class _Worker(asyncio.SubprocessProtocol):
         self.pending[job] = future
         self._deadlines[job] = encode_deadline_s(width, height)
         text = parameters.encode("utf-8")
-        self.stdin.write(JOB.pack(job, width, height, code, len(pixels), len(text)))
+        self.stdin.write(JOB.pack(job, width, height, code, quality, len(pixels), len(text)))
         self.stdin.write(pixels)
         if text:
             self.stdin.write(text)
@@ -223,15 +223,17 @@ class EncoderPool:
         #: images encoded in this process because no worker could (for tests and the log)
         self.fallbacks = 0
 
-    async def encode(self, pixels: bytes, width: int, height: int, fmt: str, parameters: str = "") -> tuple[bytes, float]:
+    async def encode(
+        self, pixels: bytes, width: int, height: int, fmt: str, parameters: str = "", quality: int = 0
+    ) -> tuple[bytes, float]:
         worker = await self._worker() if fmt in FORMATS else None
         if worker is not None:
             try:
-                return await worker.submit(next(self._jobs), pixels, width, height, FORMATS.index(fmt), parameters)
+                return await worker.submit(next(self._jobs), pixels, width, height, FORMATS.index(fmt), parameters, quality)
             except EncoderGone:
                 pass
         self.fallbacks += 1
-        return await asyncio.to_thread(timed_encode, pixels, width, height, fmt, parameters)
+        return await asyncio.to_thread(timed_encode, pixels, width, height, fmt, parameters, quality)
 
     async def _worker(self) -> _Worker | None:
         """The live worker with the fewest jobs (starting missing ones), or None."""

@@ -3,7 +3,8 @@
 Run as ``python -m t2i_core.api.images.encode_worker`` by ``encode_pool.EncoderPool``. It imports Pillow and
 nothing heavy. Frames (little-endian):
 
-- job:   ``<QIIBII`` job id, width, height, format code, pixel bytes, parameters bytes; then the pixels,
+- job:   ``<QIIBBII`` job id, width, height, format code, JPEG/WebP quality (0: default), pixel bytes,
+  parameters bytes; then the pixels,
   then the generation parameters to write into the file (UTF-8; empty: none)
 - reply: ``<QBdI`` job id, ok (1) or failed (0), seconds encoding took, data bytes; then the encoded
   image, or the error message (UTF-8) when it failed
@@ -22,7 +23,7 @@ from typing import BinaryIO
 
 from t2i_core.api.images.codecs import MEDIA_TYPES
 
-JOB = struct.Struct("<QIIBII")
+JOB = struct.Struct("<QIIBBII")
 REPLY = struct.Struct("<QBdI")
 FORMATS = tuple(MEDIA_TYPES)  # a format travels as its index here
 
@@ -43,13 +44,13 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
     from t2i_core.api.images.codecs import timed_encode
 
     while (header := read_exact(inp, JOB.size)) is not None:
-        job, width, height, code, size, text_size = JOB.unpack(header)
+        job, width, height, code, quality, size, text_size = JOB.unpack(header)
         pixels = read_exact(inp, size)
         text = read_exact(inp, text_size) if text_size else b""
         if pixels is None or text is None:
             return
         try:
-            (data, seconds), ok = timed_encode(pixels, width, height, FORMATS[code], text.decode("utf-8")), 1
+            (data, seconds), ok = timed_encode(pixels, width, height, FORMATS[code], text.decode("utf-8"), quality), 1
         except Exception as exc:  # noqa: BLE001 - the API process raises it for the request
             data, seconds, ok = f"{type(exc).__name__}: {exc}".encode(), 0.0, 0
         out.write(REPLY.pack(job, ok, seconds, len(data)))

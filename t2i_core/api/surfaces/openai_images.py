@@ -3,9 +3,9 @@
 Works with the official OpenAI SDK unchanged (base_url pointed here). Extensions are accepted as
 extra fields: ``negative_prompt``, ``seed``, ``num_inference_steps``, ``guidance_scale`` and, for
 edits, ``strength``. ``stream`` with ``partial_images`` answers server-sent events (openai_stream.py);
-``quality`` sets the steps when none are given (``steps_for``); ``background: transparent`` is a 400
-(the models draw opaque images); ``style``, ``moderation`` and ``output_compression`` are accepted and
-ignored.
+``quality`` sets the steps when none are given (``steps_for``); ``output_compression`` is the JPEG /
+WebP quality; ``background: transparent`` is a 400 (the models draw opaque images); ``style`` and
+``moderation`` are accepted and ignored.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ class OpenAIImageRequest(PromptSettings):
     output_format: OptionalImageFormat = None
     user: str | None = Field(default=None, max_length=256)
     stream: bool = False
+    output_compression: int | None = Field(default=None, ge=0, le=100)
     partial_images: PartialImages = 0
     #: "low" / "medium" / "high" (and "standard" / "hd", "auto"): steps when none are given, see ``steps_for``
     quality: str | None = Field(default=None, max_length=20)
@@ -68,7 +69,10 @@ class OpenAIImageRequest(PromptSettings):
     def native(self) -> GenerateRequest:
         width, height = (int(s) for s in self.size.split("x")) if self.size else (None, None)
         settings = self.model_dump(include=set(PromptSettings.model_fields))
-        return GenerateRequest(**settings, width=width, height=height, format=self.output_format or "png")
+        # OpenAI's output_compression (0-100) is the JPEG / WebP quality here (0 is taken as 1)
+        quality = None if self.output_compression is None else max(1, self.output_compression)
+        return GenerateRequest(**settings, width=width, height=height, format=self.output_format or "png",
+                               output_quality=quality)
 
 
 class OpenAIEditRequest(OpenAIImageRequest):
