@@ -228,6 +228,8 @@ def test_out_of_memory_splits_and_keeps_serving(faults):
 
 # ---- graceful shutdown ------------------------------------------------------------------------
 def test_sigterm_finishes_in_flight_requests_then_exits():
+    """Accepted requests finish; requests sent during the drain get 503 shutting_down with
+    ``Connection: close`` and /readyz 503 (they used to be reset); then the server exits."""
     srv = Server()
     try:
         srv.wait_ready()
@@ -236,8 +238,16 @@ def test_sigterm_finishes_in_flight_requests_then_exits():
             futures = [pool.submit(httpx.post, f"{srv.url}/generate", json=body, timeout=120) for _ in range(6)]
             time.sleep(0.5)
             os.kill(srv.proc.pid, signal.SIGTERM)
+            time.sleep(0.5)
+            started = time.monotonic()
+            late = httpx.post(f"{srv.url}/generate", json={"prompt": "too late"}, timeout=30)
+            ready = httpx.get(f"{srv.url}/readyz", timeout=30)
+            answered_in = time.monotonic() - started
             codes = [f.result().status_code for f in futures]
         assert codes == [200] * 6
+        assert late.status_code == 503 and late.json()["code"] == "shutting_down"
+        assert late.headers.get("connection") == "close"
+        assert ready.status_code == 503 and answered_in < 10
         assert srv.proc.wait(timeout=120) is not None
         with pytest.raises(httpx.ConnectError):
             httpx.post(f"{srv.url}/generate", json={"prompt": "too late"}, timeout=5)
