@@ -49,6 +49,18 @@ class ContentFiltered(InvalidRequest):
     code = "content_policy_violation"
 
 
+class UnknownAdapter(InvalidRequest):
+    """A request names a LoRA adapter the registry does not have, or one that does not fit its model."""
+
+    code = "unknown_adapter"
+
+
+class UnknownControlNet(InvalidRequest):
+    """A request names a ControlNet the registry does not have, or one that does not fit its model."""
+
+    code = "unknown_controlnet"
+
+
 class NotFound(T2IError):
     status = 404
     code = "not_found"
@@ -178,7 +190,8 @@ class EngineFailure(T2IError):
 
 
 _BY_CODE: dict[str, type[T2IError]] = {
-    c.code: c for c in (T2IError, InvalidRequest, NotFound, UnknownModel, Gone, Conflict, ModelBusy, Unauthorized, Forbidden, OutOfMemory, RequestTimeout, ClientClosed, TaskCanceled, TooManyRequests, PayloadTooLarge, ModelUnavailable, EngineFailure, DefaultModelChanged, BodyTimeout, ContentFiltered, ShuttingDown)
+    c.code: c for c in (T2IError, InvalidRequest, NotFound, UnknownModel, Gone, Conflict, ModelBusy, Unauthorized, Forbidden, OutOfMemory, RequestTimeout, ClientClosed, TaskCanceled, TooManyRequests, PayloadTooLarge, ModelUnavailable, EngineFailure, DefaultModelChanged, BodyTimeout, ContentFiltered, ShuttingDown,
+              UnknownAdapter, UnknownControlNet)
 }
 
 

@@ -24,6 +24,14 @@ def _metrics() -> dict[str, Any]:
         "engine_images": bentoml.metrics.Counter(
             name="t2i_engine_images_total", documentation="Images the engine made, by model and kind (generate, edit)",
             labelnames=["model", "kind"]),
+        "batches": bentoml.metrics.Counter(
+            name="t2i_engine_calls_total",
+            documentation="Engine pipeline calls by kind (generate, edit, inpaint) and control (none, adapters, "
+                          "controlnet, adapters+controlnet); with t2i_engine_call_images_total, images per call",
+            labelnames=["kind", "control"]),
+        "batch_images": bentoml.metrics.Counter(
+            name="t2i_engine_call_images_total", documentation="Images made by engine pipeline calls, by kind and control",
+            labelnames=["kind", "control"]),
         "batch_items": bentoml.metrics.Histogram(
             name="t2i_engine_batch_images", documentation="Images per engine pipeline call (not HTTP requests)",
             buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)),
@@ -52,9 +60,11 @@ def _metrics() -> dict[str, Any]:
     }
 
 
-def record_batch(model: str, kind: str, size: int, stages: dict[str, float]) -> None:
+def record_batch(model: str, kind: str, size: int, stages: dict[str, float], control: str = "none") -> None:
     m = _metrics()
     m["engine_images"].labels(model=model, kind=kind).inc(size)
+    m["batches"].labels(kind=kind, control=control).inc()
+    m["batch_images"].labels(kind=kind, control=control).inc(size)
     m["batch_items"].observe(size)
     for stage, seconds in stages.items():
         m["stage"].labels(stage=stage).observe(seconds)

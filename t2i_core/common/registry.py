@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from t2i_core.common.errors import ModelUnavailable, UnknownModel, describe_validation_errors
+from t2i_core.common.controls import AdapterEntry, ControlNetEntry
+from t2i_core.common.errors import ModelUnavailable, T2IError, UnknownAdapter, UnknownControlNet, UnknownModel, describe_validation_errors
 from t2i_core.common.fields import MAX_GUIDANCE, MAX_SIDE, MAX_STEPS, MIN_SIDE, SIDE_MULTIPLE
 from t2i_core.common.schedulers import SCHEDULERS, check_scheduler
 
@@ -69,6 +70,9 @@ class ModelEntry(BaseModel):
     #: an AutoencoderTiny (e.g. "hub:madebyollin/taesd") to decode with instead of the model's VAE
     #: (faster, some detail lost; see t2i_core/engine/tiny_vae.py); null: the model's own VAE
     tiny_vae: str | None = None
+    #: a dedicated inpainting checkpoint (another entry's id) that runs this model's masked edits;
+    #: null: the inpainting pipeline is built from this model's own components
+    inpainting: str | None = None
     description: str = ""
 
     @field_validator("tiny_vae")
@@ -180,14 +184,24 @@ class RegistryFile(BaseModel):
 
     default: str = "auto"
     models: list[ModelEntry] = Field(min_length=1)
+    adapters: list[AdapterEntry] = []
+    controlnets: list[ControlNetEntry] = []
 
     @model_validator(mode="after")
     def _unique_ids(self) -> "RegistryFile":
-        seen: set[str] = set()
-        for index, entry in enumerate(self.models):
-            if entry.id in seen:
-                raise ValueError(f"entry {index} ({entry.id!r}): id {entry.id!r} appears twice")
-            seen.add(entry.id)
+        for kind, entries in (("models", self.models), ("adapters", self.adapters), ("controlnets", self.controlnets)):
+            seen: set[str] = set()
+            for index, entry in enumerate(entries):
+                if entry.id in seen:
+                    raise ValueError(f"{kind} entry {index} ({entry.id!r}): id {entry.id!r} appears twice")
+                seen.add(entry.id)
+        by_id = {e.id: e for e in self.models}
+        for entry in self.models:
+            if entry.inpainting is not None:
+                target = by_id.get(entry.inpainting)
+                if target is None or target.pipeline != entry.pipeline:
+                    raise ValueError(f"entry {entry.id!r}: field inpainting must name a model of the same pipeline "
+                                     f"family ({entry.pipeline}) in this file; got {entry.inpainting!r}")
         return self
 
 
@@ -228,13 +242,18 @@ def load_registry_file(path: Path | None = None) -> RegistryFile:
 class Registry:
     """Model entries by id, plus the default model (changeable at runtime)."""
 
-    def __init__(self, entries: list[ModelEntry] | None = None, default: str | None = None, path: Path | None = None):
+    def __init__(self, entries: list[ModelEntry] | None = None, default: str | None = None, path: Path | None = None,
+                 adapters: list[AdapterEntry] | None = None, controlnets: list[ControlNetEntry] | None = None):
         if entries is None:
             file = load_registry_file(path)
             entries, file_default = file.models, file.default
+            adapters = file.adapters if adapters is None else adapters
+            controlnets = file.controlnets if controlnets is None else controlnets
         else:
             file_default = "auto"
         self._entries = {e.id: e for e in entries}
+        self._adapters = {a.id: a for a in adapters or []}
+        self._controlnets = {c.id: c for c in controlnets or []}
         self.auto = (default or file_default) == "auto"
         self.default_id = self._resolve_default(default or file_default)
 
@@ -271,6 +290,34 @@ class Registry:
             raise UnknownModel(
                 f"model {key!r} is not in the registry; known models: {known}", param="model"
             ) from None
+
+    def adapters(self) -> list[AdapterEntry]:
+        return list(self._adapters.values())
+
+    def controlnets(self) -> list[ControlNetEntry]:
+        return list(self._controlnets.values())
+
+    def adapter(self, adapter_id: str, model: ModelEntry) -> AdapterEntry:
+        """The adapter ``adapter_id`` for ``model``; UnknownAdapter (400) when it is not registered or
+        fits another pipeline family, naming the adapters that fit."""
+        return _fitting(self._adapters, "adapter", adapter_id, model, UnknownAdapter, "adapters")
+
+    def controlnet(self, controlnet_id: str, model: ModelEntry) -> ControlNetEntry:
+        """The ControlNet ``controlnet_id`` for ``model``; UnknownControlNet (400) as for adapters."""
+        return _fitting(self._controlnets, "controlnet", controlnet_id, model, UnknownControlNet, "controlnet")
+
+
+E = TypeVar("E", AdapterEntry, ControlNetEntry)
+
+
+def _fitting(table: dict[str, E], what: str, wanted: str, model: ModelEntry, error: type[T2IError], param: str) -> E:
+    entry = table.get(wanted)
+    if entry is not None and entry.family == model.pipeline:
+        return entry
+    fits = sorted(e.id for e in table.values() if e.family == model.pipeline)
+    why = "is not in the registry" if entry is None else f"is for {entry.family} models"
+    raise error(f"{what} {wanted!r} {why}; model {model.id!r} ({model.pipeline}) takes: "
+                f"{', '.join(fits) or 'none registered'}", param=param)
 
 
 __all__ = ["Registry", "ModelEntry", "ModelDefaults", "MemoryOptions", "RegistryError", "SCHEDULERS"]

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from t2i_core.common.control_fields import Adapters, ConditioningScale, ControlImageText, ControlNetId, GuidanceFraction
 from t2i_core.common.errors import InvalidRequest
 from t2i_core.common.fields import (
     MAX_STEPS,
@@ -26,7 +27,7 @@ from t2i_core.common.fields import (
     Steps,
     Strength,
 )
-from t2i_core.common.registry import ModelEntry
+from t2i_core.common.registry import ModelEntry, Registry
 from t2i_core.common.schedulers import check_scheduler
 
 DEFAULT_STRENGTH = 0.6
@@ -50,6 +51,7 @@ class PromptSettings(BaseModel):
     seed: Seed = None
     model: ModelId = None
     scheduler: SchedulerName = None
+    adapters: Adapters = None
 
     @model_validator(mode="after")
     def _steps_is_another_name(self) -> "PromptSettings":
@@ -65,6 +67,24 @@ class GenerateRequest(PromptSettings):
     height: Side = None
     format: ImageFormat = "png"
     output_quality: OutputQuality = None
+    controlnet: ControlNetId = None
+    #: base64 text here; a file upload on /edit (``EditUpload``)
+    control_image: ControlImageText = None
+    controlnet_conditioning_scale: ConditioningScale = None
+    control_guidance_start: GuidanceFraction = None
+    control_guidance_end: GuidanceFraction = None
+
+    @model_validator(mode="after")
+    def _control_fields_together(self) -> "GenerateRequest":
+        if (self.controlnet is None) != (self.control_image is None):
+            given, missing = ("controlnet", "control_image") if self.controlnet is not None else ("control_image", "controlnet")
+            raise InvalidRequest(f"{given} needs {missing}: a ControlNet is steered by a control image", param=missing)
+        start = 0.0 if self.control_guidance_start is None else self.control_guidance_start
+        end = 1.0 if self.control_guidance_end is None else self.control_guidance_end
+        if start >= end:
+            raise InvalidRequest(f"control_guidance_start must be below control_guidance_end; got {start:g} and {end:g}",
+                                 param="control_guidance_start")
+        return self
 
 
 class EditRequest(GenerateRequest):
@@ -92,6 +112,16 @@ class EngineRequest(BaseModel):
     partial_images: int = 0
     #: edit only: raw RGB bytes, width * height * 3, row-major
     image: bytes | None = None
+    #: edit only, inpainting: raw 8-bit mask bytes, width * height (255 = repaint)
+    mask: bytes | None = None
+    #: LoRA adapters (registry id, weight), as the request listed them
+    adapters: list[tuple[str, float]] = []
+    #: ControlNet id and its control image (raw RGB, width * height * 3), scale, start and end
+    controlnet: str | None = None
+    control_image: bytes | None = None
+    control_scale: float = 1.0
+    control_start: float = 0.0
+    control_end: float = 1.0
     #: the API chose ``model`` as the default (the request named none): the engine, which owns the
     #: default, answers ``default_model_changed`` if its default is another one now
     model_defaulted: bool = False
@@ -104,7 +134,28 @@ class EngineRequest(BaseModel):
     def batch_key(self) -> tuple[Any, ...]:
         """Requests with equal keys can run in one pipeline call."""
         return (self.kind, self.model, self.width, self.height, self.steps, self.guidance_scale,
-                self.strength, self.scheduler)
+                self.strength, self.scheduler, self.mask is not None, tuple(self.adapters),
+                self.controlnet, self.control_scale, self.control_start, self.control_end)
+
+    @property
+    def mode(self) -> str:
+        """generate, edit or inpaint (an edit with a mask)."""
+        return "inpaint" if self.mask is not None else self.kind
+
+    def control_label(self) -> str:
+        """none, adapters, controlnet or adapters+controlnet (a metrics label of few values)."""
+        parts = [name for name, used in (("adapters", bool(self.adapters)), ("controlnet", self.controlnet is not None)) if used]
+        return "+".join(parts) or "none"
+
+    def label(self) -> str:
+        """What kind of work this is, for the engine's per-kind batch statistics:
+        ``generate``, ``inpaint+adapters:a,b``, ``edit+controlnet:c``..."""
+        parts = [self.mode]
+        if self.controlnet:
+            parts.append(f"controlnet:{self.controlnet}")
+        if self.adapters:
+            parts.append("adapters:" + ",".join(name for name, _ in self.adapters))
+        return "+".join(parts)
 
 
 class EngineResult(BaseModel):
@@ -142,11 +193,16 @@ def to_engine(
     image: bytes | None = None,
     image_size: tuple[int, int] | None = None,
     seed_offset: int = 0,
+    registry: Registry | None = None,
+    mask: bytes | None = None,
+    control_image: bytes | None = None,
 ) -> EngineRequest:
     """Resolve ``req`` against the model's defaults into an ``EngineRequest``.
 
-    For an edit, ``image`` is RGB pixels of ``image_size`` (already resized to the output size).
-    ``seed_offset`` gives the k-th of n images of one request the seed ``seed + k``.
+    For an edit, ``image`` is RGB pixels of ``image_size`` (already resized to the output size), and
+    ``mask`` (inpainting) 8-bit pixels of the same size; ``control_image``: RGB pixels of the output
+    size. ``seed_offset`` gives the k-th of n images of one request the seed ``seed + k``. Adapters and
+    ControlNets are looked up in ``registry`` (400 when unknown or of another family).
     """
     d = entry.defaults
     steps = req.num_inference_steps if req.num_inference_steps is not None else d.steps
@@ -155,7 +211,9 @@ def to_engine(
     seed = None if req.seed is None else (req.seed + seed_offset) % 2**64
     strength = None
     if isinstance(req, EditRequest):
-        strength = req.strength if req.strength is not None else DEFAULT_STRENGTH
+        # inpainting repaints the masked area from noise unless told otherwise
+        default_strength = 1.0 if mask is not None else DEFAULT_STRENGTH
+        strength = req.strength if req.strength is not None else default_strength
         # img2img runs int(steps * strength) denoising steps: at least one must remain.
         if steps * strength < 1:
             if req.num_inference_steps is not None:
@@ -177,6 +235,8 @@ def to_engine(
     if scheduler is not None:
         check_scheduler(scheduler, entry.pipeline)
     return EngineRequest(
+        **resolve_controls(req, entry, registry, control_image),
+        mask=mask,
         model_defaulted=req.model is None,
         scheduler=scheduler,
         kind="edit" if isinstance(req, EditRequest) else "generate",
@@ -191,3 +251,25 @@ def to_engine(
         strength=strength,
         image=image,
     )
+
+
+def resolve_controls(
+    req: GenerateRequest, entry: ModelEntry, registry: Registry | None, control_image: bytes | None
+) -> dict[str, Any]:
+    """The ``EngineRequest`` fields of ``req``'s adapters and ControlNet, with the registry's defaults."""
+    out: dict[str, Any] = {}
+    if (req.adapters or req.controlnet) and registry is None:
+        raise InvalidRequest("adapters and controlnet are not taken on this route", param="adapters")
+    if req.adapters:
+        found = [(use, registry.adapter(use.id, entry)) for use in req.adapters]
+        out["adapters"] = [(use.id, use.weight if use.weight is not None else adapter.weight) for use, adapter in found]
+    if req.controlnet:
+        controlnet = registry.controlnet(req.controlnet, entry)
+        out.update(
+            controlnet=controlnet.id, control_image=control_image,
+            control_scale=(req.controlnet_conditioning_scale if req.controlnet_conditioning_scale is not None
+                           else controlnet.conditioning_scale),
+            control_start=req.control_guidance_start or 0.0,
+            control_end=req.control_guidance_end if req.control_guidance_end is not None else 1.0,
+        )
+    return out

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-TINY_FAMILIES = ("sd", "sdxl", "sd3")
+TINY_FAMILIES = ("sd", "sdxl", "sd3", "sd-inpaint")
 # Bump when the architecture or the weights change: it names the cache folder.
 BUILDER_VERSION = "2"
 WEIGHT_SEED = 20261121
@@ -162,8 +162,9 @@ def _tiny_unet(**extra: Any) -> Any:
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(WEIGHT_SEED)
+    extra.setdefault("in_channels", 4)
     return UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), norm_num_groups=8, **extra,
     )
@@ -177,6 +178,20 @@ def _build_sd(folder: Path, scratch: Path) -> None:
     unet = _tiny_unet(cross_attention_dim=32, attention_head_dim=8)
     StableDiffusionPipeline(
         unet=unet, vae=_vae(WEIGHT_SEED + 1),
+        text_encoder=_clip_encoder(CLIPTextModel, tokenizer, vocab_size, WEIGHT_SEED + 2),
+        tokenizer=tokenizer, scheduler=_euler(),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    ).save_pretrained(folder)
+
+
+def _build_sd_inpaint(folder: Path, scratch: Path) -> None:
+    """A dedicated SD inpainting checkpoint: the UNet takes 9 channels (latents, mask, masked image)."""
+    from diffusers import StableDiffusionInpaintPipeline
+    from transformers import CLIPTextModel
+
+    tokenizer, vocab_size = _clip_tokenizer(scratch / "clip")
+    StableDiffusionInpaintPipeline(
+        unet=_tiny_unet(cross_attention_dim=32, attention_head_dim=8, in_channels=9), vae=_vae(WEIGHT_SEED + 1),
         text_encoder=_clip_encoder(CLIPTextModel, tokenizer, vocab_size, WEIGHT_SEED + 2),
         tokenizer=tokenizer, scheduler=_euler(),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
@@ -237,7 +252,7 @@ def _build_sd3(folder: Path, scratch: Path) -> None:
     ).save_pretrained(folder)
 
 
-_BUILDERS = {"sd": _build_sd, "sdxl": _build_sdxl, "sd3": _build_sd3}
+_BUILDERS = {"sd": _build_sd, "sdxl": _build_sdxl, "sd3": _build_sd3, "sd-inpaint": _build_sd_inpaint}
 
 
 def write_folder(out: Path, build: Callable[[Path], None]) -> Path:

@@ -53,11 +53,34 @@ def prompt_arguments(items: list[EngineRequest]) -> dict[str, Any]:
     same prompt and negative prompt (``n`` images of one request), the prompt is encoded once and
     repeated (``num_images_per_prompt``) instead of once per image; each image keeps its own generator."""
     first = items[0]
-    if len(items) > 1 and first.kind == "generate" and all(
+    if len(items) > 1 and first.mode == "generate" and first.controlnet is None and all(
         r.prompt == first.prompt and r.negative_prompt == first.negative_prompt for r in items
     ):
         return {"prompt": [first.prompt], "negative_prompt": [first.negative_prompt], "num_images_per_prompt": len(items)}
     return {"prompt": [r.prompt for r in items], "negative_prompt": [r.negative_prompt for r in items]}
+
+
+def control_arguments(items: list[EngineRequest]) -> dict[str, Any]:
+    """The pipeline arguments of the input images: the image to edit, the inpainting mask, the
+    ControlNet's control image and settings (one per item; the settings are the batch's, equal by key)."""
+    from PIL import Image
+
+    from t2i_core.common.pixels import from_rgb_pixels
+
+    first = items[0]
+    out: dict[str, Any] = {}
+    if first.kind == "edit":
+        out["image"] = [from_rgb_pixels(r.image or b"", r.width, r.height) for r in items]
+        out["strength"] = first.strength
+    if first.mask is not None:
+        out["mask_image"] = [Image.frombytes("L", (r.width, r.height), r.mask or b"") for r in items]
+    if first.controlnet is not None:
+        controls = [from_rgb_pixels(r.control_image or b"", r.width, r.height) for r in items]
+        # text to image takes the control image as ``image``; image to image and inpainting as ``control_image``
+        out["control_image" if first.kind == "edit" else "image"] = controls
+        out.update(controlnet_conditioning_scale=first.control_scale, control_guidance_start=first.control_start,
+                   control_guidance_end=first.control_end)
+    return out
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -89,6 +112,8 @@ class Engine:
             speedups=Speedups.from_settings(self.settings),
         )
         self._batch_sizes: deque[int] = deque(maxlen=10_000)
+        #: batch sizes per kind of work (``EngineRequest.label``): generate, inpaint, +adapters, +controlnet
+        self._batch_sizes_by_kind: dict[str, deque[int]] = {}
         self._counts: Counter[str] = Counter()
         self._busy_s = 0.0  # seconds spent in pipeline calls that produced images
         self._active = 0  # run() calls in progress
@@ -255,9 +280,12 @@ class Engine:
         if failure is not None:
             return self._recover(items, seeds, *failure)
         self._batch_sizes.append(len(items))
+        label = items[0].label()
+        if label in self._batch_sizes_by_kind or len(self._batch_sizes_by_kind) < 256:
+            self._batch_sizes_by_kind.setdefault(label, deque(maxlen=1000)).append(len(items))
         self._counts["images"] += len(items)
         self._busy_s += elapsed
-        metrics.record_batch(items[0].model, items[0].kind, len(items), stages)
+        metrics.record_batch(items[0].model, items[0].mode, len(items), stages, items[0].control_label())
         return [
             self._failed(r, s, ContentFiltered(
                 f"the safety checker of model {r.model!r} flagged the image of seed {s} as possibly not safe "
@@ -324,8 +352,13 @@ class Engine:
             import torch
 
             raise torch.OutOfMemoryError(f"injected: batch of {len(items)} > T2I_FAULT_OOM_ABOVE={self.settings.fault_oom_above}")
-        with self.models.use(first.model) as loaded:
-            return self._denoise(loaded.pipeline(first.kind, first.scheduler), items, seeds)
+        model_id = first.model
+        if first.mode == "inpaint":  # the registry may name a dedicated inpainting checkpoint
+            model_id = self.registry.get(first.model).inpainting or model_id
+        with self.models.use(model_id) as loaded, self.models.use_controlnet(first.controlnet, loaded) as controlnet:
+            self.models.activate_adapters(loaded, first.adapters)
+            pipe = loaded.pipeline(first.mode, first.scheduler, first.controlnet, controlnet)
+            return self._denoise(pipe, items, seeds)
 
     def _denoise(
         self, pipe: Any, items: list[EngineRequest], seeds: list[int]
@@ -347,11 +380,7 @@ class Engine:
             output_type="np",
             callback_on_step_end=self._stop_when_all_cancelled(items),
         )
-        if first.kind == "edit":
-            from t2i_core.common.pixels import from_rgb_pixels
-
-            kwargs["image"] = [from_rgb_pixels(r.image or b"", r.width, r.height) for r in items]
-            kwargs["strength"] = first.strength
+        kwargs.update(control_arguments(items))
         if first.kind == "generate" or "height" in inspect.signature(pipe.__call__).parameters:
             kwargs["width"], kwargs["height"] = first.width, first.height  # SD3's edit needs them too
         for req in items:
@@ -450,4 +479,10 @@ class Engine:
             "max_batch_size_seen": max(sizes, default=0),
             "batch_size_histogram": {str(k): v for k, v in sorted(Counter(sizes).items())},
             "recent_batch_sizes": sizes[-64:],
+            "batch_sizes_by_kind": {
+                label: {"batches": len(b), "images": sum(b), "max": max(b), "mean": round(sum(b) / len(b), 2)}
+                for label, b in sorted(self._batch_sizes_by_kind.items())
+            },
+            "loaded_controlnets": self.models.controlnet_ids(),
+            **self.models.adapter_switches(),
         }

@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from t2i_core.common import metrics
-from t2i_core.common.errors import ModelBusy, ModelUnavailable, T2IError
+from t2i_core.common.controls import AdapterEntry, ControlNetEntry
+from t2i_core.common.errors import InvalidRequest, ModelBusy, ModelUnavailable, T2IError
 from t2i_core.common.registry import ModelEntry, Registry
+from t2i_core.engine.controls import AdapterSlots, assemble, pipeline_class
 from t2i_core.engine.prompt_dedupe import dedupe_text_encoders
 from t2i_core.engine.speedups import Speedups, apply as apply_speedups
 
@@ -36,37 +38,50 @@ class LoadedModel:
     bytes: int
     last_used: float = field(default_factory=time.monotonic)
     in_flight: int = 0
-    _variants: dict[tuple[str, str | None], Any] = field(default_factory=dict)
+    adapters: AdapterSlots = field(default_factory=AdapterSlots)
+    _variants: dict[tuple[str, str | None, str | None], Any] = field(default_factory=dict)
 
-    def pipeline(self, kind: str, scheduler: str | None) -> Any:
-        """The pipeline for ``kind`` with ``scheduler`` (a shallow copy sharing every weight)."""
-        base = self.text2image if kind == "generate" else self.image2image
-        if scheduler is None:
-            return base
-        key = (kind, scheduler)
+    @property
+    def inpainting_checkpoint(self) -> bool:
+        """A dedicated inpainting checkpoint: its denoiser also takes the mask and the masked image."""
+        config = getattr(getattr(self.text2image, "unet", None), "config", None)
+        return getattr(config, "in_channels", 4) == 9
+
+    def pipeline(self, mode: str, scheduler: str | None, controlnet: str | None = None,
+                 controlnet_module: Any = None) -> Any:
+        """The pipeline for ``mode`` (generate, edit, inpaint), with ``scheduler`` and a ControlNet
+        when given: built once over the same module objects (no weight is copied)."""
+        if mode != "inpaint" and self.inpainting_checkpoint:
+            raise InvalidRequest(f"model {self.entry.id!r} is an inpainting checkpoint: send an image with a mask",
+                                 param="model")
+        if mode in ("generate", "edit") and scheduler is None and controlnet is None:
+            return self.text2image if mode == "generate" else self.image2image
+        key = (mode, scheduler, controlnet)
         if key not in self._variants:
-            from t2i_core.common.schedulers import build_scheduler
+            base = self.text2image if mode == "generate" else self.image2image
+            cls = type(base) if mode != "inpaint" and controlnet is None else pipeline_class(
+                self.entry.pipeline, mode, controlnet is not None)
+            extra: dict[str, Any] = {"controlnet": controlnet_module} if controlnet is not None else {}
+            if scheduler is not None:
+                from t2i_core.common.schedulers import build_scheduler
 
-            self._variants[key] = with_scheduler(base, build_scheduler(scheduler, base.scheduler.config))
+                extra["scheduler"] = build_scheduler(scheduler, base.scheduler.config)
+            self._variants[key] = assemble(cls, self.text2image, **extra)
         return self._variants[key]
 
+    def forget_controlnet(self, controlnet: str) -> None:
+        for key in [k for k in self._variants if k[2] == controlnet]:
+            del self._variants[key]
 
-def with_scheduler(pipe: Any, scheduler: Any) -> Any:
-    """A pipeline of the same class over the same module objects, with another scheduler.
 
-    Built directly rather than with ``Pipeline.from_pipe``, which casts every shared module to its
-    ``dtype`` argument (float32 by default): that would silently change the model under the other
-    pipelines (and undo the modules a model keeps in float32).
-    """
-    import inspect
-
-    params = inspect.signature(type(pipe).__init__).parameters
-    kwargs = {k: v for k, v in pipe.components.items() if k in params}
-    kwargs.update({k: v for k, v in pipe.config.items() if k in params and k not in kwargs and not k.startswith("_")})
-    kwargs["scheduler"] = scheduler
-    variant = type(pipe)(**kwargs)
-    variant.set_progress_bar_config(disable=True)
-    return variant
+@dataclass
+class LoadedControlNet:
+    id: str
+    module: Any
+    bytes: int
+    load_s: float
+    last_used: float = field(default_factory=time.monotonic)
+    in_flight: int = 0
 
 
 def module_bytes(pipe: Any) -> int:
@@ -79,6 +94,31 @@ def module_bytes(pipe: Any) -> int:
             total += sum(t.numel() * t.element_size() for t in component.parameters())
             total += sum(t.numel() * t.element_size() for t in component.buffers())
     return total
+
+
+def module_bytes_of(module: Any) -> int:
+    return sum(t.numel() * t.element_size() for t in module.parameters()) + sum(
+        t.numel() * t.element_size() for t in module.buffers())
+
+
+def _weights_bytes(path: Path) -> int:
+    """Size of the weight files at ``path`` (a file, or a folder's top level)."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.iterdir() if f.is_file() and f.name.endswith(_WEIGHT_SUFFIXES))
+
+
+def _control_state(entry: AdapterEntry | ControlNetEntry, loaded: dict[str, int]) -> dict[str, Any]:
+    row: dict[str, Any] = {**entry.listing(), "state": "loaded" if loaded else "available", "reason": None}
+    if loaded:
+        row["bytes"] = sum(loaded.values())
+        if isinstance(entry, AdapterEntry):
+            row["loaded_in"] = sorted(loaded)
+    else:
+        reason = entry.unavailable_reason() if entry.source_kind != "tiny" else None
+        if reason:
+            row.update(state="unavailable", reason=reason)
+    return row
 
 
 def estimate_bytes(folder: Path, dtype_size: int) -> int:
@@ -110,8 +150,11 @@ class ModelManager:
         self._loading: set[str] = set()
         self._failures: dict[str, str] = {}
         self._cond = threading.Condition()
-        self.evicted: list[str] = []  # in order, for stats and tests
+        self.evicted: list[str] = []  # in order, for stats and tests ("adapter:<model>:<id>", "controlnet:<id>")
         self.loads = 0
+        self._controlnets: OrderedDict[str, LoadedControlNet] = OrderedDict()
+        #: what the request being prepared uses: never evicted to make room for itself
+        self._keep: tuple[str | None, frozenset[str], str | None] = (None, frozenset(), None)
 
     # ---- use -----------------------------------------------------------------------------------
     @contextmanager
@@ -216,26 +259,147 @@ class ModelManager:
 
     # ---- memory --------------------------------------------------------------------------------
     def used_bytes(self) -> int:
+        """Bytes of the loaded models, their adapters and the loaded ControlNets."""
         with self._cond:
-            return sum(m.bytes for m in self._loaded.values())
+            return (sum(m.bytes + m.adapters.bytes() for m in self._loaded.values())
+                    + sum(c.bytes for c in self._controlnets.values()))
 
     def _make_room(self, need: int, exclude: str | None = None) -> None:
-        """Unload least recently used idle models until ``need`` more bytes fit the budget."""
+        """Unload the least recently used idle models, adapters and ControlNets until ``need`` more
+        bytes fit the budget (never what the request being prepared uses)."""
         if not self.budget_bytes:
             return
         freed = False
         with self._cond:
-            while sum(m.bytes for m in self._loaded.values()) + need > self.budget_bytes:
-                victim = next((mid for mid, m in self._loaded.items() if m.in_flight == 0 and mid != exclude), None)
+            while sum(m.bytes + m.adapters.bytes() for m in self._loaded.values()) + sum(
+                    c.bytes for c in self._controlnets.values()) + need > self.budget_bytes:
+                victim = self._least_recently_used(exclude)
                 if victim is None:
                     log.warning("memory budget %d exceeded, but every loaded model is in use", self.budget_bytes)
                     break
-                del self._loaded[victim]
-                self.evicted.append(victim)
-                log.info("unloaded %s (least recently used) to stay within %d bytes", victim, self.budget_bytes)
+                self._evict(*victim)
                 freed = True
         if freed:
             self._free()
+
+    def _least_recently_used(self, exclude: str | None) -> tuple[str, str, str | None] | None:
+        keep_model, keep_adapters, keep_controlnet = self._keep
+        candidates: list[tuple[float, str, str, str | None]] = []
+        for mid, model in self._loaded.items():
+            if model.in_flight == 0 and mid not in (exclude, keep_model):
+                candidates.append((model.last_used, "model", mid, None))
+            for aid, adapter in model.adapters.loaded.items():
+                if not (mid == keep_model and aid in keep_adapters):
+                    candidates.append((adapter.last_used, "adapter", mid, aid))
+        for cid, controlnet in self._controlnets.items():
+            if controlnet.in_flight == 0 and cid != keep_controlnet:
+                candidates.append((controlnet.last_used, "controlnet", cid, None))
+        return min(candidates)[1:] if candidates else None
+
+    def _evict(self, kind: str, key: str, adapter_id: str | None) -> None:
+        if kind == "model":
+            del self._loaded[key]
+            self.evicted.append(key)
+        elif kind == "adapter":
+            model = self._loaded[key]
+            model.adapters.delete(model.text2image, adapter_id or "")
+            self.evicted.append(f"adapter:{key}:{adapter_id}")
+        else:
+            del self._controlnets[key]
+            for model in self._loaded.values():
+                model.forget_controlnet(key)
+            self.evicted.append(f"controlnet:{key}")
+        log.info("unloaded %s %s%s (least recently used) to stay within %d bytes", kind, key,
+                 f":{adapter_id}" if adapter_id else "", self.budget_bytes)
+
+    # ---- adapters and ControlNets ------------------------------------------------------------
+    def activate_adapters(self, model: LoadedModel, adapters: list[tuple[str, float]]) -> None:
+        """Load what ``adapters`` needs into ``model`` (accounted in the budget) and make exactly
+        that set active. Call on the torch thread, inside ``use``."""
+        keep = (model.entry.id, frozenset(a for a, _ in adapters), self._keep[2])
+        for adapter_id, _ in adapters:
+            if adapter_id in model.adapters.loaded:
+                continue
+            entry = self.registry.adapter(adapter_id, model.entry)
+            path = entry.local_path()
+            self._keep = keep
+            try:
+                self._make_room(_weights_bytes(Path(path)))
+                model.adapters.load(model.text2image, adapter_id, path, entry.weight_name)
+                self._make_room(0)
+            except T2IError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a bad file: the request's error, not the engine's
+                raise ModelUnavailable(f"adapter {adapter_id!r} failed to load: {type(exc).__name__}: {exc}",
+                                       param="adapters") from exc
+            finally:
+                self._keep = (None, frozenset(), None)
+        model.adapters.activate(model.text2image, adapters)
+
+    @contextmanager
+    def use_controlnet(self, controlnet_id: str | None, model: LoadedModel) -> Iterator[Any]:
+        """The ControlNet module (None for none), loaded on first use and pinned during the block."""
+        if controlnet_id is None:
+            yield None
+            return
+        loaded = self._controlnets.get(controlnet_id)
+        if loaded is None:
+            loaded = self._load_controlnet(self.registry.controlnet(controlnet_id, model.entry), model)
+        with self._cond:
+            loaded.in_flight += 1
+            self._controlnets.move_to_end(controlnet_id)
+        try:
+            yield loaded.module
+        finally:
+            with self._cond:
+                loaded.in_flight -= 1
+                loaded.last_used = time.monotonic()
+
+    def _load_controlnet(self, entry: ControlNetEntry, model: LoadedModel) -> LoadedControlNet:
+        from diffusers import ControlNetModel
+
+        path = Path(entry.local_path())
+        dtype = model.text2image.unet.dtype
+        self._keep = (model.entry.id, frozenset(a for a, _ in model.adapters.active), entry.id)
+        try:
+            self._make_room(_weights_bytes(path) * dtype.itemsize // 4)
+            started = time.perf_counter()
+            try:
+                module = ControlNetModel.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
+            except Exception as exc:  # noqa: BLE001 - a bad folder: the request's error, not the engine's
+                raise ModelUnavailable(f"controlnet {entry.id!r} failed to load: {type(exc).__name__}: {exc}",
+                                       param="controlnet") from exc
+            module.to(model.text2image.unet.device)
+            loaded = LoadedControlNet(entry.id, module, module_bytes_of(module), time.perf_counter() - started)
+            with self._cond:
+                self._controlnets[entry.id] = loaded
+            log.info("loaded controlnet %s in %.2fs (%d bytes)", entry.id, loaded.load_s, loaded.bytes)
+            self._make_room(0)
+        finally:
+            self._keep = (None, frozenset(), None)
+        return loaded
+
+    def adapter_states(self) -> list[dict[str, Any]]:
+        """Each registered adapter: its listing, and per model where it is loaded (bytes)."""
+        with self._cond:
+            where = {aid: {mid: a.bytes for mid, m in self._loaded.items() for aid2, a in m.adapters.loaded.items()
+                           if aid2 == aid} for aid in (e.id for e in self.registry.adapters())}
+        return [_control_state(e, where[e.id]) for e in self.registry.adapters()]
+
+    def controlnet_states(self) -> list[dict[str, Any]]:
+        with self._cond:
+            loaded = {cid: c.bytes for cid, c in self._controlnets.items()}
+        return [_control_state(e, {} if e.id not in loaded else {"": loaded[e.id]}) for e in self.registry.controlnets()]
+
+    def controlnet_ids(self) -> list[str]:
+        with self._cond:
+            return list(self._controlnets)
+
+    def adapter_switches(self) -> dict[str, Any]:
+        with self._cond:
+            switches = sum(m.adapters.switches for m in self._loaded.values())
+            seconds = sum(m.adapters.switch_s for m in self._loaded.values())
+        return {"adapter_switches": switches, "adapter_switch_s": round(seconds, 4)}
 
     def unload(self, model_id: str) -> bool:
         """Unload ``model_id``; False when it was not loaded; ModelBusy while requests use it."""

@@ -55,8 +55,9 @@ def decode_base64(text: str, *, field: str = "image") -> bytes:
         ) from None
 
 
-def decode_image(data: bytes, *, max_pixels: int, field: str = "image") -> Image.Image:
-    """An RGB image from PNG/JPEG/WebP bytes; InvalidRequest for anything else or too many pixels."""
+def open_image(data: bytes, *, max_pixels: int, field: str = "image") -> Image.Image:
+    """A decoded PNG/JPEG/WebP image in its own mode, upright (EXIF orientation applied); InvalidRequest
+    (naming ``field``) for anything else or too many pixels."""
     fmt = sniff_format(data)
     if fmt is None:
         raise InvalidRequest(
@@ -76,10 +77,19 @@ def decode_image(data: bytes, *, max_pixels: int, field: str = "image") -> Image
     try:
         img.load()
         # as the user's viewer shows it: a phone's JPEG is stored sideways with an EXIF orientation
-        img = ImageOps.exif_transpose(img)
+        return ImageOps.exif_transpose(img)
     except Exception as exc:  # noqa: BLE001 - truncated or corrupt data
         raise InvalidRequest(f"{field} is a damaged {fmt} image: {exc}", param=field) from None
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+
+
+def has_alpha(img: Image.Image) -> bool:
+    return img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+
+
+def decode_image(data: bytes, *, max_pixels: int, field: str = "image") -> Image.Image:
+    """An RGB image from PNG/JPEG/WebP bytes (transparency flattened over white)."""
+    img = open_image(data, max_pixels=max_pixels, field=field)
+    if has_alpha(img):
         background = Image.new("RGB", img.size, (255, 255, 255))
         background.paste(img.convert("RGBA"), mask=img.convert("RGBA").getchannel("A"))
         return background

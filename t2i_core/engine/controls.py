@@ -1,0 +1,150 @@
+"""The engine's side of the creative controls: pipelines for inpainting and ControlNet built over a
+loaded model's modules, and the LoRA adapters loaded into a model.
+
+No weights are copied: an inpainting or ControlNet pipeline is a new pipeline object over the same
+module objects as the model's text-to-image pipeline (plus the ControlNet module). Adapters are loaded
+with diffusers' ``load_lora_weights`` (PEFT layers beside the base weights) and switched with
+``set_adapters`` / ``disable_lora``: the base weights are never changed (no fusing), so an image made
+without adapters, or with adapter A, is the same whatever other adapters are loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("t2i.controls")
+
+#: pipeline class per (family, mode, with a ControlNet)
+PIPELINE_CLASSES: dict[tuple[str, str, bool], str] = {
+    ("sd", "inpaint", False): "StableDiffusionInpaintPipeline",
+    ("sdxl", "inpaint", False): "StableDiffusionXLInpaintPipeline",
+    ("sd3", "inpaint", False): "StableDiffusion3InpaintPipeline",
+    ("sd", "generate", True): "StableDiffusionControlNetPipeline",
+    ("sd", "edit", True): "StableDiffusionControlNetImg2ImgPipeline",
+    ("sd", "inpaint", True): "StableDiffusionControlNetInpaintPipeline",
+    ("sdxl", "generate", True): "StableDiffusionXLControlNetPipeline",
+    ("sdxl", "edit", True): "StableDiffusionXLControlNetImg2ImgPipeline",
+    ("sdxl", "inpaint", True): "StableDiffusionXLControlNetInpaintPipeline",
+}
+
+
+def assemble(cls: type, pipe: Any, **overrides: Any) -> Any:
+    """A pipeline of class ``cls`` over ``pipe``'s module objects (and ``overrides``).
+
+    Built directly rather than with ``Pipeline.from_pipe``, which casts every shared module to its
+    ``dtype`` argument (float32 by default): that would silently change the model under the other
+    pipelines (and undo the modules a model keeps in float32).
+    """
+    params = inspect.signature(cls.__init__).parameters
+    kwargs = {k: v for k, v in pipe.components.items() if k in params}
+    kwargs.update({k: v for k, v in pipe.config.items() if k in params and k not in kwargs and not k.startswith("_")})
+    kwargs.update(overrides)
+    for name, param in params.items():  # optional components the base pipeline lacks (image_encoder...)
+        if name not in kwargs and name != "self" and param.default is inspect.Parameter.empty:
+            kwargs[name] = None
+    variant = cls(**kwargs)
+    variant.set_progress_bar_config(disable=True)
+    return variant
+
+
+def pipeline_class(family: str, mode: str, controlnet: bool) -> type:
+    import diffusers
+
+    name = PIPELINE_CLASSES.get((family, mode, controlnet))
+    if name is None:
+        from t2i_core.common.errors import InvalidRequest
+
+        raise InvalidRequest(f"ControlNet is not available for {family} models", param="controlnet")
+    return getattr(diffusers, name)
+
+
+def peft_name(adapter_id: str) -> str:
+    """The adapter's name inside the model: PEFT names become module attributes, so no dots or slashes."""
+    return "lora_" + hashlib.sha1(adapter_id.encode("utf-8")).hexdigest()[:12]
+
+
+@dataclass
+class LoadedAdapter:
+    id: str
+    bytes: int
+    load_s: float
+    last_used: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class AdapterSlots:
+    """The adapters loaded into one model, and which set (with weights) is active now."""
+
+    loaded: dict[str, LoadedAdapter] = field(default_factory=dict)
+    active: tuple[tuple[str, float], ...] = ()
+    switches: int = 0
+    switch_s: float = 0.0
+
+    def bytes(self) -> int:
+        return sum(a.bytes for a in self.loaded.values())
+
+    def load(self, pipe: Any, adapter_id: str, path: str, weight_name: str | None) -> LoadedAdapter:
+        """Load the adapter's weights into ``pipe``'s modules (not active until ``activate``)."""
+        started = time.perf_counter()
+        name = peft_name(adapter_id)
+        kwargs = {"weight_name": weight_name} if weight_name else {}
+        if path.endswith(".safetensors"):
+            import os
+
+            path, kwargs = os.path.dirname(path) or ".", {"weight_name": os.path.basename(path)}
+        pipe.load_lora_weights(path, adapter_name=name, local_files_only=True, **kwargs)
+        adapter = LoadedAdapter(adapter_id, adapter_bytes(pipe, name), time.perf_counter() - started)
+        self.loaded[adapter_id] = adapter
+        if self.active:  # loading activates the new adapter alone: put the active set back
+            self._apply(pipe, self.active)
+        else:
+            pipe.disable_lora()
+        log.info("loaded adapter %s in %.3fs (%d bytes)", adapter_id, adapter.load_s, adapter.bytes)
+        return adapter
+
+    def activate(self, pipe: Any, adapters: list[tuple[str, float]]) -> None:
+        """Make exactly ``adapters`` (id, weight) active; nothing to do when they already are."""
+        wanted = tuple(adapters)
+        now = time.monotonic()
+        for adapter_id, _ in wanted:
+            self.loaded[adapter_id].last_used = now
+        if wanted == self.active or not self.loaded:
+            return
+        started = time.perf_counter()
+        self._apply(pipe, wanted)
+        self.active = wanted
+        self.switches += 1
+        self.switch_s += time.perf_counter() - started
+
+    @staticmethod
+    def _apply(pipe: Any, adapters: tuple[tuple[str, float], ...]) -> None:
+        if adapters:
+            pipe.enable_lora()
+            pipe.set_adapters([peft_name(a) for a, _ in adapters], adapter_weights=[w for _, w in adapters])
+        else:
+            pipe.disable_lora()
+
+    def delete(self, pipe: Any, adapter_id: str) -> None:
+        pipe.delete_adapters([peft_name(adapter_id)])
+        del self.loaded[adapter_id]
+        if any(a == adapter_id for a, _ in self.active):
+            self.active = ()
+            if self.loaded:
+                pipe.disable_lora()
+
+
+def adapter_bytes(pipe: Any, name: str) -> int:
+    """Bytes of the adapter ``name``'s parameters in all of the pipeline's modules."""
+    import torch
+
+    marker = f".{name}."
+    total = 0
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            total += sum(p.numel() * p.element_size() for n, p in component.named_parameters() if marker in n)
+    return total
