@@ -29,14 +29,14 @@ from t2i_core.common.config import Settings
 from t2i_core.patches.gc_freeze import freeze_startup_objects
 from t2i_core.patches.uvicorn import bound_request_headers
 from t2i_core.api.engine_client import RemoteEngine
-from t2i_core.api.frontend import Frontend, read_upload, until_disconnected
+from t2i_core.api.frontend import Frontend, until_disconnected
 from t2i_core.api.responses import ErrorBodyMiddleware
 from t2i_core.api.guards import IN_FLIGHT, GuardMiddleware, cors_options
 from t2i_core.api.image_store import ImageStore
 from t2i_core.common.registry import RegistryError, load_registry_file
 from t2i_core.api.retry import retry_dropped
 from t2i_core.common.shutdown import drain_on_sigterm
-from t2i_core.api.surfaces.native import EditUpload, answer
+from t2i_core.api.surfaces.native import EditUpload, answer, upload_bytes
 from t2i_core.common.schemas import EditRequest, EngineRequest, EngineResult, GenerateRequest, Preview
 from t2i_core.api.surfaces.tasks.cancel import TaskCancelMiddleware
 from t2i_core.api.surfaces.tasks.retention import cap_task_store
@@ -106,6 +106,11 @@ class Engine:
         return self.core.models.states()
 
     @bentoml.api
+    async def control_states(self) -> dict[str, list[dict[str, Any]]]:
+        """The registered LoRA adapters and ControlNets, with where they are loaded."""
+        return {"adapters": self.core.models.adapter_states(), "controlnets": self.core.models.controlnet_states()}
+
+    @bentoml.api
     async def cancel(self, request_ids: list[str]) -> int:
         """Stop work for these requests (timed out, or their client left); runs beside the batch."""
         return self.core.cancel(request_ids)
@@ -149,9 +154,9 @@ class API:
     @bentoml.api(route="/edit", input_spec=EditUpload)
     async def edit(self, ctx: bentoml.Context, **fields: Any) -> Image:
         """Image to image: a file upload (multipart) or base64 in JSON. Answers the image bytes."""
-        upload = fields.pop("image")
+        image, mask, control = (upload_bytes(fields.pop(name, None)) for name in ("image", "mask", "control_image"))
         return await answer(ctx, self.front.edit(
-            EditRequest.model_construct(**fields), read_upload(upload),
+            EditRequest.model_construct(**fields), image or b"", mask=mask, control_image=control,
             disconnected=lambda: until_disconnected(ctx.request.receive),
         ))
 

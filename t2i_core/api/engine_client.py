@@ -21,6 +21,7 @@ class EngineClient(Protocol):
 
     async def run(self, kind: Kind, requests: list[EngineRequest]) -> list[EngineResult]: ...
     async def model_states(self) -> list[dict[str, Any]]: ...
+    async def control_states(self) -> dict[str, list[dict[str, Any]]]: ...
     async def model_action(self, action: str, model_id: str) -> dict[str, Any]: ...
     async def cancel(self, request_ids: list[str]) -> None: ...
     async def progress(self, request_ids: list[str]) -> dict[str, dict[str, Any]]: ...
@@ -38,6 +39,9 @@ class LocalEngineClient:
 
     async def model_states(self) -> list[dict[str, Any]]:
         return self.engine.models.states()
+
+    async def control_states(self) -> dict[str, list[dict[str, Any]]]:
+        return {"adapters": self.engine.models.adapter_states(), "controlnets": self.engine.models.controlnet_states()}
 
     async def model_action(self, action: str, model_id: str) -> dict[str, Any]:
         return await asyncio.to_thread(self.engine.model_action, action, model_id)
@@ -78,6 +82,9 @@ class RemoteEngine:
 
     async def model_states(self) -> list[dict[str, Any]]:
         return await retry_dropped(self.engine.to_async.model_states)
+
+    async def control_states(self) -> dict[str, list[dict[str, Any]]]:
+        return await retry_dropped(self.engine.to_async.control_states)
 
     async def model_action(self, action: str, model_id: str) -> dict[str, Any]:
         return await retry_dropped(lambda: self.engine.to_async.model_action(action=action, model_id=model_id))

@@ -23,7 +23,8 @@ from t2i_core.common.config import Settings
 from t2i_core.api.images.encode_pool import EncoderPool, default_processes
 from t2i_core.api.images.parameters import parameters_text
 from t2i_core.common.errors import ClientClosed, DefaultModelChanged, InvalidRequest, RequestTimeout, T2IError, describe_validation_errors
-from t2i_core.api.images.codecs import MEDIA_TYPES, decode_image, output_size, timed_encode
+from t2i_core.api.images.codecs import MEDIA_TYPES, decode_base64, decode_image, output_size, timed_encode
+from t2i_core.api.images.masks import decode_mask
 from t2i_core.common.pixels import to_rgb_pixels
 from t2i_core.common.registry import ModelEntry, Registry
 from t2i_core.common.schemas import EditRequest, EngineRequest, EngineResult, GenerateRequest, Kind, Preview, to_engine
@@ -104,30 +105,67 @@ class Frontend:
 
     async def generate(
         self, req: GenerateRequest, n: int = 1, disconnected: Disconnected | None = None, request_id: str | None = None,
-        partial_images: int = 0,
+        partial_images: int = 0, control_image: bytes | None = None,
     ) -> list[RenderedImage]:
         """``n`` images for ``req`` (seeds seed, seed+1, ... when a seed is given), batched together.
         ``request_id`` names the work in the engine (for ``progress``, ``previews`` and cancellation);
-        default: a new one. ``partial_images``: intermediate decodes to keep for ``previews``."""
+        default: a new one. ``partial_images``: intermediate decodes to keep for ``previews``.
+        ``control_image``: the ControlNet's image (bytes; default: ``req.control_image``, base64)."""
         self._note_prompt(req)
-        return await self._resolved_run(
-            "generate", req, lambda entry: [to_engine(req, entry, seed_offset=k) for k in range(n)],
-            disconnected, request_id, partial_images,
-        )
+        entry = self.registry.get(req.model)
+        self._check_controls(req, entry)  # refused before any image is decoded
+        if control_image is None and req.control_image is not None:
+            control_image = decode_base64(req.control_image, field="control_image")
+        size = (req.width or entry.defaults.width, req.height or entry.defaults.height)
+        control = None
+        if control_image is not None:
+            control = await asyncio.to_thread(self._decode_rgb, control_image, size, "control_image")
+
+        def items(entry: ModelEntry) -> list[EngineRequest]:
+            # the default model may have changed since: its size decides, the control image follows
+            own = (req.width or entry.defaults.width, req.height or entry.defaults.height)
+            pixels = control if own == size or control is None else self._decode_rgb(control_image or b"", own, "control_image")
+            return [to_engine(req, entry, seed_offset=k, registry=self.registry, control_image=pixels) for k in range(n)]
+
+        return await self._resolved_run("generate", req, items, disconnected, request_id, partial_images)
 
     async def edit(
         self, req: EditRequest, image: bytes, n: int = 1, disconnected: Disconnected | None = None,
-        request_id: str | None = None, partial_images: int = 0,
+        request_id: str | None = None, partial_images: int = 0, mask: bytes | None = None,
+        control_image: bytes | None = None, transparent_repaints: bool = False,
     ) -> list[RenderedImage]:
-        """Edit the PNG/JPEG/WebP ``image`` (bytes) as ``req`` says."""
+        """Edit the PNG/JPEG/WebP ``image`` (bytes) as ``req`` says; with ``mask``, only where the mask
+        is white (or, with ``transparent_repaints``, where a mask with alpha is transparent)."""
         self._note_prompt(req)
-        self.registry.get(req.model)  # an unknown model is refused before the image is decoded
-        pixels, size = await asyncio.to_thread(self._prepare_input, req, image)
+        self._check_controls(req, self.registry.get(req.model))  # refused before the image is decoded
+        if control_image is None and isinstance(req.control_image, str):
+            control_image = decode_base64(req.control_image, field="control_image")
+        inputs = await asyncio.to_thread(self._prepare_inputs, req, image, mask, control_image, transparent_repaints)
+        pixels, size, mask_pixels, control = inputs
         return await self._resolved_run(
             "edit", req,
-            lambda entry: [to_engine(req, entry, image=pixels, image_size=size, seed_offset=k) for k in range(n)],
+            lambda entry: [to_engine(req, entry, image=pixels, image_size=size, seed_offset=k, registry=self.registry,
+                                     mask=mask_pixels, control_image=control) for k in range(n)],
             disconnected, request_id, partial_images,
         )
+
+    def _check_controls(self, req: GenerateRequest, entry: ModelEntry) -> None:
+        for use in req.adapters or []:
+            self.registry.adapter(use.id, entry)
+        if req.controlnet is not None:
+            self.registry.controlnet(req.controlnet, entry)
+
+    def _decode_rgb(self, data: bytes, size: tuple[int, int], field: str) -> bytes:
+        return to_rgb_pixels(decode_image(data, max_pixels=self.settings.max_input_pixels, field=field), *size)
+
+    def _prepare_inputs(
+        self, req: EditRequest, image: bytes, mask: bytes | None, control_image: bytes | None, transparent_repaints: bool,
+    ) -> tuple[bytes, tuple[int, int], bytes | None, bytes | None]:
+        pixels, size = self._prepare_input(req, image)
+        mask_pixels = None if mask is None else decode_mask(
+            mask, *size, max_pixels=self.settings.max_input_pixels, transparent_repaints=transparent_repaints)
+        control = None if control_image is None else self._decode_rgb(control_image, size, "control_image")
+        return pixels, size, mask_pixels, control
 
     async def _resolved_run(
         self, kind: Kind, req: GenerateRequest, make_items: Callable[[ModelEntry], list[EngineRequest]],
@@ -152,7 +190,7 @@ class Frontend:
         """What ``generate`` refuses before the engine is asked, for input that is not run now (a task
         at submit): fields, an unknown model, a scheduler the model cannot use."""
         req = parse(GenerateRequest, data)
-        to_engine(req, self.registry.get(req.model))
+        to_engine(req, self.registry.get(req.model), registry=self.registry)
 
     async def previews(
         self, request_id: str, since: int, fmt: str, want_next: bool = False
@@ -190,6 +228,10 @@ class Frontend:
             row["default"] = entry.id == self.registry.default_id
             rows.append(row)
         return rows
+
+    async def control_states(self) -> dict[str, list[dict[str, Any]]]:
+        """The registered LoRA adapters and ControlNets: what each fits, and whether it is loaded."""
+        return await self.engine.control_states()
 
     async def model_action(self, action: Literal["load", "unload", "set_default"], model_id: str) -> dict[str, Any]:
         """Load, unload or make default ``model_id`` (the admin API)."""
@@ -242,7 +284,10 @@ class Frontend:
         first = items[0]
         request_log.note(kind=kind, model=first.model, width=first.width, height=first.height, steps=first.steps,
                          guidance_scale=first.guidance_scale, n=len(items), format=fmt,
-                         **({"strength": first.strength} if kind == "edit" else {}))
+                         **({"strength": first.strength} if kind == "edit" else {}),
+                         **({"adapters": [f"{a}:{w:g}" for a, w in first.adapters]} if first.adapters else {}),
+                         **({"controlnet": first.controlnet} if first.controlnet else {}),
+                         **({"mask": True} if first.mask is not None else {}))
         results = await self._call_engine(kind, items, disconnected, request_id)
         if len(results) != len(items):
             raise T2IError(f"engine returned {len(results)} results for {len(items)} requests")
@@ -287,7 +332,3 @@ class Frontend:
         if sum(r.width * r.height for r in results) <= INLINE_ENCODE_MAX_PIXELS:
             return [timed_encode(*job) for job in jobs]
         return list(await asyncio.gather(*(asyncio.to_thread(timed_encode, *job) for job in jobs)))
-
-
-def read_upload(image: Path | bytes) -> bytes:
-    return image if isinstance(image, bytes) else Path(image).read_bytes()

@@ -85,10 +85,10 @@ def image_response(image: RenderedImage) -> Response:
     return Response(content=image.data, media_type=image.media_type, headers=image.headers())
 
 
-def base64_image(value: Any) -> Any:
+def base64_image(value: Any, info: Any = None) -> Any:
     """Before-validator for an image field: base64 text (JSON) becomes bytes; uploads pass through."""
-    if isinstance(value, str):
-        return decode_base64(value, field="image")  # InvalidRequest is a ValueError: pydantic reports it
+    if isinstance(value, str):  # InvalidRequest is a ValueError: pydantic reports it
+        return decode_base64(value, field=getattr(info, "field_name", None) or "image")
     return value
 
 

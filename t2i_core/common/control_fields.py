@@ -6,6 +6,7 @@ adapter's default weight) or ``{"ink": 0.8}``. At most ``MAX_ADAPTERS`` per requ
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo
@@ -27,10 +28,25 @@ class AdapterUse(BaseModel):
     weight: float | None = Field(default=None, json_schema_extra={"minimum": MIN_ADAPTER_WEIGHT, "maximum": MAX_ADAPTER_WEIGHT})
 
 
+def _id_weight(text: str) -> dict[str, Any]:
+    """ "ink:0.8" -> {"id": "ink", "weight": "0.8"}; "ink" -> {"id": "ink"}."""
+    name, sep, weight = text.rpartition(":")
+    return {"id": name.strip(), "weight": weight.strip()} if sep and name.strip() else {"id": text}
+
+
 def _adapter_list(value: Any, info: ValidationInfo) -> Any:
     name = info.field_name or "adapters"
     if value is None:
         return None
+    if isinstance(value, str):  # a form field: JSON, or "id[:weight],id[:weight]"
+        text = value.strip()
+        if text.startswith(("[", "{")):
+            try:
+                value = json.loads(text)
+            except ValueError:
+                raise ValueError(f"{name} is not valid JSON; got {value!r}"[:300]) from None
+        else:
+            value = [_id_weight(part.strip()) for part in text.split(",") if part.strip()]
     if isinstance(value, dict):
         value = [{"id": k, "weight": v} for k, v in value.items()]
     if not isinstance(value, list):

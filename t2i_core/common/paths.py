@@ -16,6 +16,6 @@ GENERATION_PATHS = frozenset(
      f"{A1111_PREFIX}txt2img", f"{A1111_PREFIX}img2img"}
 ) | SEED_PATHS
 #: route label values for metrics (bounded); any other path is "other"
-KNOWN_ROUTES = GENERATION_PATHS | {"/stats", "/v1/models"} | {
+KNOWN_ROUTES = GENERATION_PATHS | {"/stats", "/v1/models", "/v1/adapters", "/v1/controlnets"} | {
     f"{TASK_ROUTE}/{action}" for action in ("status", "get", "cancel", "progress", "retry")
 }

@@ -15,6 +15,7 @@ from t2i_core.api.image_store import ImageStore
 from t2i_core.api.surfaces.tasks.routes import task_routes
 from t2i_core.api.surfaces.a1111.routes import a1111_routes
 from t2i_core.api.surfaces.admin import admin_routes
+from t2i_core.api.surfaces.controls import control_routes
 from t2i_core.api.surfaces.openai_images import openai_routes
 from t2i_core.api.surfaces.seeds import seed_routes
 from t2i_core.api.surfaces.playground.routes import ui_routes
@@ -24,5 +25,6 @@ def build_surfaces_app(get_frontend: Callable[[], Frontend], store: ImageStore) 
     """The OpenAI, seed, admin and task progress routes and the playground page (/ui)."""
     return Starlette(
         routes=[*openai_routes(get_frontend, store), *seed_routes(get_frontend), *admin_routes(get_frontend),
-                *task_routes(get_frontend), *a1111_routes(get_frontend), *ui_routes()]
+                *task_routes(get_frontend), *a1111_routes(get_frontend), *control_routes(get_frontend),
+                *ui_routes()]
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Awaitable
 
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, Field
 from starlette.responses import Response
 
 from t2i_core.api.frontend import RenderedImage
@@ -23,9 +23,20 @@ ImageUpload = Annotated[Path, BeforeValidator(base64_image)]
 
 
 class EditUpload(EditRequest):
-    """``/edit``'s input: the edit's fields and the image (a multipart file or base64 in JSON)."""
+    """``/edit``'s input: the edit's fields and the image, with an inpainting mask and a ControlNet's
+    control image when wanted (each a multipart file or base64 in JSON)."""
 
     image: ImageUpload
+    mask: ImageUpload | None = Field(default=None, description="Inpainting: white where the image is repainted, "
+                                     "resized to the output size.")
+    control_image: ImageUpload | None = Field(default=None, description="The ControlNet's image, used as given.")
+
+
+def upload_bytes(value: Path | bytes | None) -> bytes | None:
+    """An upload's bytes (a multipart file's temporary path, or bytes from base64)."""
+    if value is None:
+        return None
+    return value if isinstance(value, bytes) else Path(value).read_bytes()
 
 
 async def answer(ctx: Any, work: Awaitable[list[RenderedImage]]) -> Response:
