@@ -27,9 +27,11 @@ class EditUpload(EditRequest):
     control image when wanted (each a multipart file or base64 in JSON)."""
 
     image: ImageUpload
-    mask: ImageUpload | None = Field(default=None, description="Inpainting: white where the image is repainted, "
+    # ``ImageUpload | None`` would be the honest type, but BentoML 1.4's file fields cannot sit in a
+    # Union (its FileSchema marker is unhashable); an unset field keeps its default, None, unvalidated
+    mask: ImageUpload = Field(default=None, description="Inpainting: white where the image is repainted, "
                                      "resized to the output size.")
-    control_image: ImageUpload | None = Field(default=None, description="The ControlNet's image, used as given.")
+    control_image: ImageUpload = Field(default=None, description="The ControlNet's image, used as given.")
 
 
 def upload_bytes(value: Path | bytes | None) -> bytes | None:
