@@ -224,7 +224,8 @@ class Frontend:
                 self.registry.set_default(row["id"])
         rows = []
         for entry in self.registry.entries():
-            row = {**entry.metadata(), **states.get(entry.id, {"state": "available", "reason": None})}
+            row = {**entry.metadata(), "pipeline": entry.pipeline,  # the family adapters and ControlNets name
+                   **states.get(entry.id, {"state": "available", "reason": None})}
             row["default"] = entry.id == self.registry.default_id
             rows.append(row)
         return rows
