@@ -204,10 +204,10 @@ def test_request_fields_of_the_controls():
         ({"adapters": ["a", "b", "c", "d", "e"]}, "at most 4 adapters; got 5"),
         ({"adapters": [{"id": INK, "weight": 9}]}, "adapters[0].weight must be between -4.0 and 4.0; got 9"),
         ({"adapters": [INK, INK]}, "names adapter 'tiny-ink' twice"),
-        ({"controlnet": CANNY}, "controlnet needs control_image"),
+        ({"controlnet": CANNY}, "control_image is required with controlnet 'tiny-canny'"),
         ({"control_image": "aGk="}, "control_image needs controlnet"),
         ({"controlnet": CANNY, "control_image": "aGk=", "control_guidance_start": 0.8, "control_guidance_end": 0.2},
-         "control_guidance_start must be below control_guidance_end"),
+         "control_guidance_end must be above control_guidance_start; got 0.2 and 0.8"),
         ({"controlnet_conditioning_scale": 5}, "controlnet_conditioning_scale must be at least 0.0 and at most 4.0; got 5"),
     ]:
         with pytest.raises(InvalidRequest) as err:

@@ -12,6 +12,8 @@ BentoML answers its own validation errors as ``{"error": "1 validation error for
 
 from __future__ import annotations
 
+from pydantic import ValidationInfo
+
 import functools
 import json
 import logging
@@ -85,10 +87,10 @@ def image_response(image: RenderedImage) -> Response:
     return Response(content=image.data, media_type=image.media_type, headers=image.headers())
 
 
-def base64_image(value: Any, info: Any = None) -> Any:
+def base64_image(value: Any, info: ValidationInfo) -> Any:
     """Before-validator for an image field: base64 text (JSON) becomes bytes; uploads pass through."""
     if isinstance(value, str):  # InvalidRequest is a ValueError: pydantic reports it
-        return decode_base64(value, field=getattr(info, "field_name", None) or "image")
+        return decode_base64(value, field=info.field_name or "image")
     return value
 
 

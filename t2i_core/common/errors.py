@@ -208,7 +208,9 @@ def describe_validation_errors(errors: list[dict[str, Any]]) -> tuple[str, str |
     parts: list[str] = []
     first: str | None = None
     for err in errors:
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "request"
+        # a whole-model check names its field through the InvalidRequest it raised
+        named = getattr((err.get("ctx") or {}).get("error"), "param", None)
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or named or "request"
         first = first or loc
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         if err.get("type") == "missing":

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from t2i_core.common.control_fields import Adapters, ConditioningScale, ControlImageText, ControlNetId, GuidanceFraction
 from t2i_core.common.errors import InvalidRequest
@@ -69,22 +69,31 @@ class GenerateRequest(PromptSettings):
     output_quality: OutputQuality = None
     controlnet: ControlNetId = None
     #: base64 text here; a file upload on /edit (``EditUpload``)
-    control_image: ControlImageText = None
+    control_image: ControlImageText = Field(default=None, validate_default=True)
     controlnet_conditioning_scale: ConditioningScale = None
     control_guidance_start: GuidanceFraction = None
     control_guidance_end: GuidanceFraction = None
 
-    @model_validator(mode="after")
-    def _control_fields_together(self) -> "GenerateRequest":
-        if (self.controlnet is None) != (self.control_image is None):
-            given, missing = ("controlnet", "control_image") if self.controlnet is not None else ("control_image", "controlnet")
-            raise InvalidRequest(f"{given} needs {missing}: a ControlNet is steered by a control image", param=missing)
-        start = 0.0 if self.control_guidance_start is None else self.control_guidance_start
-        end = 1.0 if self.control_guidance_end is None else self.control_guidance_end
-        if start >= end:
-            raise InvalidRequest(f"control_guidance_start must be below control_guidance_end; got {start:g} and {end:g}",
-                                 param="control_guidance_start")
-        return self
+    # Checked per field (with validate_default), so that the error names the field on every route.
+    @field_validator("control_image", mode="wrap")
+    @classmethod
+    def _control_image_with_controlnet(cls, value: Any, handler: Any, info: ValidationInfo) -> Any:
+        controlnet = info.data.get("controlnet")
+        if value is None and controlnet is not None:
+            raise InvalidRequest(f"control_image is required with controlnet {controlnet!r}: the image that steers it",
+                                 param="control_image")
+        if value is not None and "controlnet" in info.data and controlnet is None:  # (absent: itself invalid)
+            raise InvalidRequest("control_image needs controlnet: name the ControlNet it steers", param="control_image")
+        return None if value is None else handler(value)
+
+    @field_validator("control_guidance_end")
+    @classmethod
+    def _end_after_start(cls, value: float | None, info: ValidationInfo) -> float | None:
+        start = info.data.get("control_guidance_start")
+        if value is not None and start is not None and start >= value:
+            raise InvalidRequest(f"control_guidance_end must be above control_guidance_start; got {value:g} and {start:g}",
+                                 param="control_guidance_end")
+        return value
 
 
 class EditRequest(GenerateRequest):

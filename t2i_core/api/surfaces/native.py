@@ -31,7 +31,7 @@ class EditUpload(EditRequest):
     # Union (its FileSchema marker is unhashable); an unset field keeps its default, None, unvalidated
     mask: ImageUpload = Field(default=None, description="Inpainting: white where the image is repainted, "
                                      "resized to the output size.")
-    control_image: ImageUpload = Field(default=None, description="The ControlNet's image, used as given.")
+    control_image: ImageUpload = Field(default=None, validate_default=True, description="The ControlNet's image, used as given.")
 
 
 def upload_bytes(value: Path | bytes | None) -> bytes | None:
