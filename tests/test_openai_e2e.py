@@ -60,12 +60,15 @@ def test_edit_over_multipart(client, tmp_path):
     assert decode(result.data[0].b64_json).shape == (64, 64, 3)
 
 
-def test_edit_with_mask_is_refused(client, tmp_path):
-    src = tmp_path / "in.png"
-    Image.new("RGB", (64, 64)).save(src)
-    with src.open("rb") as f, src.open("rb") as m, pytest.raises(openai.BadRequestError) as info:
-        client.images.edit(model="builtin/tiny-sd", image=f, mask=m, prompt="x")
-    assert info.value.body["param"] == "mask" and "mask is not supported" in info.value.body["message"]
+def test_edit_with_mask(client, tmp_path):
+    """OpenAI's mask: its fully transparent pixels are repainted (tests/test_controls_compat_e2e.py
+    checks the pixels against the native route)."""
+    src, mask = tmp_path / "in.png", tmp_path / "mask.png"
+    Image.new("RGB", (64, 64), (10, 120, 240)).save(src)
+    Image.new("RGBA", (64, 64), (0, 0, 0, 0)).save(mask)
+    with src.open("rb") as f, mask.open("rb") as m:
+        result = client.images.edit(model="builtin/tiny-sd", image=f, mask=m, prompt="add a sun", extra_body={"seed": 2})
+    assert decode(result.data[0].b64_json).shape == (64, 64, 3)
 
 
 def test_edit_json_base64(server):

@@ -1,15 +1,19 @@
 """The OpenAI Images API: /v1/images/generations, /v1/images/edits, /v1/models, image links.
 
 Works with the official OpenAI SDK unchanged (base_url pointed here). Extensions are accepted as
-extra fields: ``negative_prompt``, ``seed``, ``num_inference_steps``, ``guidance_scale`` and, for
-edits, ``strength``. ``stream`` with ``partial_images`` answers server-sent events (openai_stream.py);
-``quality`` sets the steps when none are given (``steps_for``); ``output_compression`` is the JPEG /
-WebP quality; ``background: transparent`` is a 400 (the models draw opaque images); ``style`` and
-``moderation`` are accepted and ignored.
+extra fields: ``negative_prompt``, ``seed``, ``num_inference_steps``, ``guidance_scale``, the creative
+controls (``adapters``, ``controlnet`` with ``control_image``, ``controlnet_conditioning_scale``,
+``control_guidance_start`` / ``end``) and, for edits, ``strength``. Edits take OpenAI's ``mask``
+(inpainting): a mask with an alpha channel repaints its fully transparent pixels, as OpenAI's does; a
+mask without one repaints its white pixels. ``stream`` with ``partial_images`` answers server-sent
+events (openai_stream.py); ``quality`` sets the steps when none are given (``steps_for``);
+``output_compression`` is the JPEG / WebP quality; ``background: transparent`` is a 400 (the models
+draw opaque images); ``style`` and ``moderation`` are accepted and ignored.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 import time
 from typing import Any, Callable
@@ -20,6 +24,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from t2i_core.common.errors import Gone, InvalidRequest, NotFound, UnknownModel
+from t2i_core.common.control_fields import ConditioningScale, ControlImageText, ControlNetId, GuidanceFraction
 from t2i_core.common.fields import N, OptionalImageFormat, PartialImages, ResponseFormat, Size, Strength
 from t2i_core.api.frontend import Frontend, RenderedImage, parse, until_disconnected
 from t2i_core.api.responses import guarded
@@ -27,7 +32,9 @@ from t2i_core.api.image_store import ImageStore
 from t2i_core.api.images.codecs import MEDIA_TYPES
 from t2i_core.common.schemas import EditRequest, GenerateRequest, PromptSettings
 from t2i_core.api.surfaces.openai_stream import check_stream, stream_images
-from t2i_core.api.surfaces.reading import image_bytes_from_json, read_form, read_json_object, refuse_mask
+from t2i_core.api.surfaces.reading import (
+    image_bytes_from_json, optional_form_image, optional_image_from_json, read_form, read_json_object,
+)
 
 log = logging.getLogger("t2i.openai")
 FILES_PATH = "/v1/images/files"
@@ -50,6 +57,12 @@ class OpenAIImageRequest(PromptSettings):
     #: "low" / "medium" / "high" (and "standard" / "hd", "auto"): steps when none are given, see ``steps_for``
     quality: str | None = Field(default=None, max_length=20)
     background: str | None = Field(default=None, max_length=20)
+    # the creative controls as extension fields (``adapters`` comes with PromptSettings)
+    controlnet: ControlNetId = None
+    control_image: ControlImageText = None
+    controlnet_conditioning_scale: ConditioningScale = None
+    control_guidance_start: GuidanceFraction = None
+    control_guidance_end: GuidanceFraction = None
 
     def checked(self, front: Frontend) -> "OpenAIImageRequest":
         """OpenAI's options that need the server: n's limit, stream, background, quality."""
@@ -71,8 +84,14 @@ class OpenAIImageRequest(PromptSettings):
         settings = self.model_dump(include=set(PromptSettings.model_fields))
         # OpenAI's output_compression (0-100) is the JPEG / WebP quality here (0 is taken as 1)
         quality = None if self.output_compression is None else max(1, self.output_compression)
-        return GenerateRequest(**settings, width=width, height=height, format=self.output_format or "png",
-                               output_quality=quality)
+        controls = self.model_dump(include=set(_CONTROL_FIELDS))
+        # parse: the native model's checks across fields (a ControlNet needs its image) answer 400s
+        return parse(GenerateRequest, {**settings, **controls, "width": width, "height": height,
+                                       "format": self.output_format or "png", "output_quality": quality})
+
+
+_CONTROL_FIELDS = ("controlnet", "control_image", "controlnet_conditioning_scale", "control_guidance_start",
+                   "control_guidance_end")
 
 
 class OpenAIEditRequest(OpenAIImageRequest):
@@ -107,8 +126,6 @@ def _images_body(
             base = str(request.base_url).rstrip("/")
             item["url"] = f"{base}{FILES_PATH}/{token}.{_EXTENSIONS[image.format]}"
         else:
-            import base64
-
             item["b64_json"] = base64.b64encode(image.data).decode("ascii")
         data.append(item)
     first = images[0]
@@ -154,7 +171,6 @@ def openai_routes(get_frontend: Callable[[], Frontend], store: ImageStore) -> li
         content_type = request.headers.get("content-type", "")
         if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
             data, files = await read_form(request)
-            refuse_mask("mask" in files or bool(data.get("mask")))
             uploads = files.get("image", [])
             if len(uploads) != 1:
                 raise InvalidRequest(
@@ -162,18 +178,25 @@ def openai_routes(get_frontend: Callable[[], Frontend], store: ImageStore) -> li
                     param="image",
                 )
             image = await uploads[0].read()
+            mask = await optional_form_image(data, files, "mask")
+            control = await optional_form_image(data, files, "control_image")
+            if control is not None:  # the field's text for validation; the bytes go to the engine as they are
+                data["control_image"] = base64.b64encode(control).decode("ascii")
         else:
             data = await read_json_object(request)
-            refuse_mask(data.get("mask") is not None)
             image = image_bytes_from_json(data)
+            mask = optional_image_from_json(data, "mask")
+            control = None
         req = parse(OpenAIEditRequest, data)
         req = req.checked(front)
         native = req.native()
         watch = lambda: until_disconnected(request.receive)  # noqa: E731
         if req.stream:
             return stream_images(front, "image_edit", native.format, req.quality or "auto", lambda rid: front.edit(
-                native, image, disconnected=watch, request_id=rid, partial_images=req.partial_images))
-        images = await front.edit(native, image, n=req.n, disconnected=watch)
+                native, image, disconnected=watch, request_id=rid, partial_images=req.partial_images, mask=mask,
+                control_image=control, transparent_repaints=True))
+        images = await front.edit(native, image, n=req.n, disconnected=watch, mask=mask, control_image=control,
+                                  transparent_repaints=True)
         return JSONResponse(_images_body(images, req, request, store))
 
     @guarded

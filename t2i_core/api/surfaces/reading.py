@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from starlette.datastructures import UploadFile
@@ -34,7 +35,10 @@ async def read_json_object(request: Request) -> dict[str, Any]:
 
 
 async def read_form(request: Request) -> tuple[dict[str, Any], dict[str, list[UploadFile]]]:
-    """Multipart fields (text values) and files, by name; ``image[]`` is read as ``image``."""
+    """Multipart fields (text values) and files, by name; ``image[]`` is read as ``image``. Text fields
+    in the bracket notation the OpenAI SDK writes lists and objects in are read back into them:
+    ``a[]=x`` (repeated) is a list, ``a[k]=v`` an object, ``a[][k]=v`` a list of objects (a new one
+    each time a key repeats)."""
     try:
         form = await request.form()
     except (MultiPartException, ValueError) as exc:
@@ -42,12 +46,32 @@ async def read_form(request: Request) -> tuple[dict[str, Any], dict[str, list[Up
     values: dict[str, Any] = {}
     files: dict[str, list[UploadFile]] = {}
     for key, value in form.multi_items():
-        name = key[:-2] if key.endswith("[]") else key
         if isinstance(value, UploadFile):
-            files.setdefault(name, []).append(value)
-        else:
-            values[name] = value
+            files.setdefault(key[:-2] if key.endswith("[]") else key, []).append(value)
+            continue
+        match = _BRACKETS.fullmatch(key)
+        name, listed, sub = match.group("name", "list", "sub") if match else (key, None, None)
+        if not listed and sub is None:  # a plain field (or one this notation does not cover)
+            values[key] = value
+            continue
+        if listed and sub is None:  # a[]=x
+            found = values.get(name)
+            values[name] = [*found, value] if isinstance(found, list) else [value]
+        elif listed:  # a[][k]=v
+            found = values.get(name)
+            rows = found if isinstance(found, list) and all(isinstance(r, dict) for r in found) else []
+            if not rows or sub in rows[-1]:
+                rows.append({})
+            rows[-1][sub] = value
+            values[name] = rows
+        else:  # a[k]=v
+            found = values.get(name)
+            values[name] = {**(found if isinstance(found, dict) else {}), sub: value}
     return values, files
+
+
+#: ``name[]``, ``name[key]``, ``name[][key]``
+_BRACKETS = re.compile(r"(?P<name>[^\[\]]+)(?P<list>\[\])?(?:\[(?P<sub>[^\[\]]+)\])?")
 
 
 def image_bytes_from_json(data: dict[str, Any], field: str = "image") -> bytes:
@@ -57,10 +81,29 @@ def image_bytes_from_json(data: dict[str, Any], field: str = "image") -> bytes:
     return decode_base64(value, field=field)
 
 
-def refuse_mask(present: bool) -> None:
-    if present:
-        raise InvalidRequest(
-            "mask is not supported: this server edits the whole image (image to image) and cannot "
-            "restrict the edit to a masked area; send the request without mask",
-            param="mask", code="unsupported_parameter",
-        )
+def optional_image_from_json(data: dict[str, Any], field: str) -> bytes | None:
+    """An optional image in a JSON body: base64 text (a data URL too), or OpenAI's ``{"image_url":
+    "data:..."}``; None when absent. The field is taken out of ``data``."""
+    value = data.pop(field, None)
+    if value is None:
+        return None
+    if isinstance(value, dict) and isinstance(value.get("image_url"), str):
+        value = value["image_url"]
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{field} must be a base64 PNG, JPEG or WebP image; got {type(value).__name__}",
+                             param=field)
+    return decode_base64(value, field=field)
+
+
+async def optional_form_image(data: dict[str, Any], files: dict[str, list[UploadFile]], field: str) -> bytes | None:
+    """An optional image in a form: one uploaded file, or base64 text; None when absent. The field is
+    taken out of ``data``."""
+    uploads = files.get(field, [])
+    text = data.pop(field, None)
+    if len(uploads) > 1:
+        raise InvalidRequest(f"{field} must be one file; got {len(uploads)} files", param=field)
+    if uploads:
+        return await uploads[0].read()
+    if text is None or text == "":
+        return None
+    return decode_base64(text, field=field)

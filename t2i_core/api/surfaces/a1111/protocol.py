@@ -4,15 +4,23 @@ Samplers map to this server's schedulers (``SAMPLERS``); A1111's ``scheduler`` (
 is accepted as ``automatic`` / ``uniform`` (what the schedulers here do) and refused otherwise. Fields
 A1111 has and this server has no use for (``save_images``, ``subseed``, ``restore_faces``, ``styles``,
 ...) are accepted and ignored, as A1111 ignores unknown ones.
+
+The creative controls come as A1111 spells them: ``<lora:name:weight>`` in the prompt (``split_loras``),
+img2img's ``mask`` with ``inpainting_mask_invert`` and ``mask_blur`` (``a1111_mask``), and one unit of
+the ControlNet extension in ``alwayson_scripts`` (``controlnet_fields``).
 """
 
 from __future__ import annotations
 
+import io
 import json
+import re
 from typing import Any
 
+from PIL import Image, ImageFilter, ImageOps
 from pydantic import BaseModel, ConfigDict, Field
 
+from t2i_core.api.images.codecs import open_image
 from t2i_core.common.errors import InvalidRequest
 from t2i_core.common.fields import NegativePrompt, Prompt
 
@@ -27,6 +35,12 @@ SAMPLERS: dict[str, tuple[dict[str, str], list[str]]] = {
 #: A1111 schedule types that need no change to the schedulers here
 SCHEDULES = {"automatic": "Automatic", "uniform": "Uniform"}
 MAX_SEED = 2**32 - 1
+#: A1111's extra-network syntax in prompts, ``<kind:arg:arg...>`` (its ``re_extra_net``)
+EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")
+#: the extra-network kinds that name a LoRA adapter (``lyco`` is the LyCORIS extension's older name)
+LORA_KINDS = ("lora", "lyco")
+#: A1111's default ``mask_blur``
+DEFAULT_MASK_BLUR = 4
 
 
 class Txt2Img(BaseModel):
@@ -46,12 +60,119 @@ class Txt2Img(BaseModel):
     n_iter: int = Field(default=1, ge=1, le=8)
     send_images: bool = True
     override_settings: dict[str, Any] = Field(default_factory=dict)
+    #: scripts that run on every request; the ControlNet extension's units are read (``controlnet_fields``)
+    alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
 
 
 class Img2Img(Txt2Img):
     init_images: list[str] = Field(default_factory=list, max_length=8)
     denoising_strength: float = Field(default=0.75, gt=0, le=1)
+    #: inpainting: white (or, in an image with transparency, opaque) where the image is repainted
     mask: str | None = None
+    #: 1: repaint where the mask is black instead
+    inpainting_mask_invert: int = Field(default=0, ge=0, le=1)
+    #: the mask's Gaussian blur (standard deviation in pixels) before it is binarized at one half
+    mask_blur: float | None = Field(default=None, ge=0, le=64)
+    mask_blur_x: float | None = Field(default=None, ge=0, le=64)
+    mask_blur_y: float | None = Field(default=None, ge=0, le=64)
+    #: A1111's fill of the masked area (0 fill, 1 original, 2 latent noise, 3 latent nothing): accepted;
+    #: here the masked area always starts from the image noised to ``denoising_strength`` (1, original)
+    inpainting_fill: int = Field(default=0, ge=0, le=3)
+    #: A1111's "only masked" inpainting: accepted and ignored (the whole image is worked at its size)
+    inpaint_full_res: bool | int = True
+    inpaint_full_res_padding: int = 0
+
+
+def split_loras(prompt: str) -> tuple[str, list[dict[str, Any]]]:
+    """A1111's prompt syntax for adapters: the prompt without its ``<kind:...>`` tags (A1111 removes
+    every extra-network tag from the text the model reads, and ignores kinds it has no network for) and
+    the adapters of its ``<lora:name>`` / ``<lora:name:weight>`` tags (weight 1 when omitted; a
+    second weight, A1111's separate UNet weight, is ignored: an adapter here has one weight)."""
+    adapters: list[dict[str, Any]] = []
+
+    def take(match: re.Match[str]) -> str:
+        kind, args = match.group(1).lower(), [a.strip() for a in match.group(2).split(":")]
+        if kind not in LORA_KINDS:
+            return ""
+        positional = [a for a in args[1:] if "=" not in a]
+        named = dict(a.split("=", 1) for a in args[1:] if "=" in a)
+        weight_text = named.get("te", positional[0] if positional else "1")
+        try:
+            weight = float(weight_text)
+        except ValueError:
+            raise InvalidRequest(f"the weight of {match.group(0)} in the prompt must be a number; got {weight_text!r}",
+                                 param="prompt") from None
+        if not args[0]:
+            raise InvalidRequest(f"{match.group(0)} in the prompt names no adapter", param="prompt")
+        adapters.append({"id": args[0], "weight": weight})
+        return ""
+
+    return EXTRA_NETWORK.sub(take, prompt).strip(), adapters
+
+
+def a1111_mask(data: bytes, req: Img2Img, max_pixels: int) -> bytes:
+    """The img2img mask as A1111 prepares it, as a PNG white where the image is repainted: an image with
+    transparency gives its alpha (opaque = repaint), else its gray levels, binarized at one half; then
+    inverted when ``inpainting_mask_invert`` is 1, then blurred by ``mask_blur`` (Gaussian, as A1111;
+    the model repaints where the blurred mask is at least half white)."""
+    img = open_image(data, max_pixels=max_pixels, field="mask")
+    if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+        img = img.convert("RGBA")
+        alpha = img.getchannel("A")
+        mask = alpha if alpha.getextrema() != (255, 255) else img.convert("L")
+    else:
+        mask = img.convert("L")
+    mask = mask.point(lambda v: 255 if v > 128 else 0)
+    if req.inpainting_mask_invert:
+        mask = ImageOps.invert(mask)
+    blur = DEFAULT_MASK_BLUR if req.mask_blur is None else req.mask_blur
+    blur_x = blur if req.mask_blur_x is None else req.mask_blur_x
+    blur_y = blur if req.mask_blur_y is None else req.mask_blur_y
+    if blur_x > 0 or blur_y > 0:
+        mask = mask.filter(ImageFilter.GaussianBlur((blur_x, blur_y)))
+    out = io.BytesIO()
+    mask.save(out, format="PNG", compress_level=1)
+    return out.getvalue()
+
+
+def controlnet_fields(req: Txt2Img) -> dict[str, Any]:
+    """The native request's ControlNet fields from the ControlNet extension's units in
+    ``alwayson_scripts`` (``{"controlnet": {"args": [unit, ...]}}``, the script's name in any case):
+    the one enabled unit's ``model`` (an A1111 title's `` [hash]`` dropped), ``image`` (or
+    ``input_image``; None: none given), ``weight``, ``guidance_start`` / ``guidance_end``. The control
+    image is used as given, whatever the unit's ``module`` (no preprocessing); more than one enabled
+    unit is a 400. Empty when no unit is enabled."""
+    scripts = {str(k).lower(): v for k, v in req.alwayson_scripts.items()}
+    script = scripts.get("controlnet")
+    if script is None:
+        return {}
+    args = script.get("args", []) if isinstance(script, dict) else script
+    if not isinstance(args, list):
+        raise InvalidRequest("alwayson_scripts.controlnet.args must be a list of ControlNet units",
+                             param="alwayson_scripts")
+    units = []
+    for index, unit in enumerate(args):
+        if not isinstance(unit, dict):
+            raise InvalidRequest(f"alwayson_scripts.controlnet.args[{index}] must be a ControlNet unit object; "
+                                 f"got {type(unit).__name__}", param="alwayson_scripts")
+        if unit.get("enabled", True) not in (False, 0, "false", "False"):
+            units.append(unit)
+    if not units:
+        return {}
+    if len(units) > 1:
+        raise InvalidRequest(f"only one ControlNet unit per request is supported here; got {len(units)} enabled units",
+                             param="alwayson_scripts")
+    unit = units[0]
+    image = unit.get("image", unit.get("input_image"))
+    if isinstance(image, dict):  # the extension's {"image": b64, "mask": b64}
+        image = image.get("image")
+    if image is not None and not isinstance(image, str):
+        raise InvalidRequest(f"the ControlNet unit's image must be base64 text; got {type(image).__name__}",
+                             param="alwayson_scripts")
+    model = str(unit.get("model") or "None").split(" [", 1)[0].strip()
+    return {"controlnet": model, "control_image": image or None,
+            "controlnet_conditioning_scale": unit.get("weight"),
+            "control_guidance_start": unit.get("guidance_start"), "control_guidance_end": unit.get("guidance_end")}
 
 
 def scheduler_for(req: Txt2Img, pipeline: str) -> str | None:
@@ -96,6 +217,6 @@ def answer(images: list[Any], req: Txt2Img, sampler: str) -> dict[str, Any]:
     }
     return {
         "images": [base64.b64encode(i.data).decode("ascii") for i in images] if req.send_images else [],
-        "parameters": req.model_dump(exclude={"init_images", "mask"}),
+        "parameters": req.model_dump(exclude={"init_images", "mask", "alwayson_scripts"}),
         "info": json.dumps(info),
     }

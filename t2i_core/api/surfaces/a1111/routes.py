@@ -1,6 +1,10 @@
 """AUTOMATIC1111 web UI API routes (``/sdapi/v1/...``) over the same frontend as every other surface:
 its requests share engine batches with the rest.
 
+LoRA adapters come from the prompt (``<lora:name:weight>``), inpainting from img2img's ``mask``, a
+ControlNet from the ControlNet extension's unit in ``alwayson_scripts``; ``loras`` lists the registry's
+adapters and ``/controlnet/model_list`` its ControlNets (the extension's own route).
+
 ``progress``, ``interrupt`` and ``skip`` act on the caller's own work (its API key, else its address):
 a shared server must not let one client stop another's image. ``POST options`` changes only
 ``sd_model_checkpoint`` (the default model), and only with the admin key.
@@ -8,6 +12,7 @@ a shared server must not let one client stop another's image. ``POST options`` c
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections import OrderedDict
@@ -19,10 +24,12 @@ from starlette.routing import Route
 
 from t2i_core.api.frontend import Frontend, parse, until_disconnected
 from t2i_core.api.responses import guarded
-from t2i_core.api.surfaces.a1111.protocol import Img2Img, Txt2Img, answer, sampler_rows, schedule_rows, scheduler_for
+from t2i_core.api.surfaces.a1111.protocol import (
+    Img2Img, Txt2Img, a1111_mask, answer, controlnet_fields, sampler_rows, schedule_rows, scheduler_for, split_loras,
+)
 from t2i_core.api.surfaces.admin import check_admin_key
 from t2i_core.api.surfaces.reading import read_json_object
-from t2i_core.common.errors import InvalidRequest
+from t2i_core.common.errors import InvalidRequest, UnknownAdapter
 from t2i_core.api.images.codecs import decode_base64
 from t2i_core.common.schemas import EditRequest, GenerateRequest
 
@@ -59,10 +66,17 @@ def a1111_routes(get_frontend: Callable[[], Frontend]) -> list[Route]:
     def native_fields(front: Frontend, req: Txt2Img) -> dict[str, Any]:
         model = model_for(front, req)
         entry = front.registry.get(model)
-        return {"prompt": req.prompt, "negative_prompt": req.negative_prompt, "num_inference_steps": req.steps,
+        prompt, adapters = split_loras(req.prompt)
+        for use in adapters:  # named as the prompt names it
+            try:
+                front.registry.adapter(use["id"], entry)
+            except UnknownAdapter as err:
+                raise UnknownAdapter(f"<lora:{use['id']}> in the prompt: {err.message}", param="prompt") from None
+        return {"prompt": prompt, "negative_prompt": req.negative_prompt, "num_inference_steps": req.steps,
                 "guidance_scale": req.cfg_scale, "width": req.width, "height": req.height,
                 "seed": req.seed if 0 <= req.seed else None, "model": model,
-                "scheduler": scheduler_for(req, entry.pipeline)}
+                "scheduler": scheduler_for(req, entry.pipeline), "adapters": adapters or None,
+                **controlnet_fields(req)}
 
     def images_count(front: Frontend, req: Txt2Img) -> int:
         n, limit = req.batch_size * req.n_iter, front.settings.max_images_per_request
@@ -74,7 +88,11 @@ def a1111_routes(get_frontend: Callable[[], Frontend]) -> list[Route]:
     async def txt2img(request: Request) -> Response:
         front = get_frontend()
         req = parse(Txt2Img, await read_json_object(request))
-        native = parse(GenerateRequest, native_fields(front, req))
+        fields = native_fields(front, req)
+        if fields.get("controlnet") is not None and fields.get("control_image") is None:
+            raise InvalidRequest("the ControlNet unit needs an image (txt2img has no init image to fall back on)",
+                                 param="alwayson_scripts")
+        native = parse(GenerateRequest, fields)
         images = await front.generate(native, n=images_count(front, req), request_id=remember(request),
                                       disconnected=lambda: until_disconnected(request.receive))
         return JSONResponse(answer(images, req, req.sampler_name or "default"))
@@ -83,15 +101,19 @@ def a1111_routes(get_frontend: Callable[[], Frontend]) -> list[Route]:
     async def img2img(request: Request) -> Response:
         front = get_frontend()
         req = parse(Img2Img, await read_json_object(request))
-        if req.mask:
-            raise InvalidRequest("mask (inpainting) is not supported yet: send img2img without mask", param="mask",
-                                 code="unsupported_parameter")
         if not req.init_images:
             raise InvalidRequest("init_images must hold one base64 image", param="init_images")
-        native = parse(EditRequest, {**native_fields(front, req), "strength": req.denoising_strength})
+        fields = native_fields(front, req)
+        if fields.get("controlnet") is not None and fields.get("control_image") is None:
+            fields["control_image"] = req.init_images[0]  # as the ControlNet extension does in img2img
+        native = parse(EditRequest, {**fields, "strength": req.denoising_strength})
         source = decode_base64(req.init_images[0], field="init_images")
+        mask = None
+        if req.mask:
+            mask = await asyncio.to_thread(a1111_mask, decode_base64(req.mask, field="mask"), req,
+                                           front.settings.max_input_pixels)
         images = await front.edit(native, source, n=images_count(front, req), request_id=remember(request),
-                                  disconnected=lambda: until_disconnected(request.receive))
+                                  disconnected=lambda: until_disconnected(request.receive), mask=mask)
         return JSONResponse(answer(images, req, req.sampler_name or "default"))
 
     @guarded
@@ -152,6 +174,20 @@ def a1111_routes(get_frontend: Callable[[], Frontend]) -> list[Route]:
         return JSONResponse({"sd_model_checkpoint": front.registry.default_id, "samples_format": "png",
                              "sd_checkpoint_hash": None})
 
+    @guarded
+    async def loras(request: Request) -> Response:
+        """A1111's LoRA list (``name``, ``alias``, ``path``, ``metadata``): the registry's adapters."""
+        return JSONResponse([
+            {"name": a.id, "alias": a.id, "path": a.source,
+             "metadata": {"family": a.family, "weight": a.weight, "trigger_words": list(a.trigger_words),
+                          "description": a.description}}
+            for a in get_frontend().registry.adapters()])
+
+    @guarded
+    async def controlnet_models(request: Request) -> Response:
+        """The ControlNet extension's model list: the registry's ControlNets."""
+        return JSONResponse({"model_list": [c.id for c in get_frontend().registry.controlnets()]})
+
     def constant(body: Any) -> Callable[[Request], Any]:
         async def handler(request: Request) -> Response:
             return JSONResponse(body)
@@ -168,7 +204,11 @@ def a1111_routes(get_frontend: Callable[[], Frontend]) -> list[Route]:
         Route(f"{PREFIX}/options", options, methods=["GET", "POST"]),
         Route(f"{PREFIX}/samplers", constant(sampler_rows()), methods=["GET"]),
         Route(f"{PREFIX}/schedulers", constant(schedule_rows()), methods=["GET"]),
-        Route(f"{PREFIX}/loras", constant([]), methods=["GET"]),
+        Route(f"{PREFIX}/loras", loras, methods=["GET"]),
+        Route(f"{PREFIX}/refresh-loras", constant({}), methods=["POST"]),
+        Route("/controlnet/model_list", controlnet_models, methods=["GET"]),
+        Route("/controlnet/module_list", constant({"module_list": ["none"]}), methods=["GET"]),
+        Route("/controlnet/version", constant({"version": 2}), methods=["GET"]),
         Route(f"{PREFIX}/refresh-checkpoints", constant({}), methods=["POST"]),
         Route(f"{PREFIX}/scripts", constant({"txt2img": [], "img2img": []}), methods=["GET"]),
     ]
