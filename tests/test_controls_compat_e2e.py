@@ -94,6 +94,12 @@ def test_openai_edit_with_a_mask_repaints_the_transparent_area(server, client, t
     with source.open("rb") as f, mask.open("rb") as m:
         small = client.images.edit(model="builtin/tiny-sd", image=f, mask=m, prompt="a lighthouse", extra_body=settings)
     assert np.array_equal(pixels(base64.b64decode(small.data[0].b64_json)), want)
+    # streamed, the mask applies the same way
+    with source.open("rb") as f, mask.open("rb") as m:
+        events = list(client.images.edit(model="builtin/tiny-sd", image=f, mask=m, prompt="a lighthouse", stream=True,
+                                         partial_images=1, extra_body=settings))
+    assert events[-1].type == "image_edit.completed"
+    assert np.array_equal(pixels(base64.b64decode(events[-1].b64_json)), want)
 
 
 def test_openai_adapters_as_an_extension_field(server, client, tmp_path):
@@ -115,6 +121,11 @@ def test_openai_adapters_as_an_extension_field(server, client, tmp_path):
                                     extra_body={**edit_settings, "adapters": adapters})
     want = native(server, "/edit", {"prompt": "a kite", "image": b64(png(GRADIENT)), "adapters": adapters, **edit_settings})
     assert np.array_equal(pixels(base64.b64decode(edited.data[0].b64_json)), want)
+    two = [{"id": INK, "weight": 0.8}, {"id": "tiny-pastel", "weight": 0.5}]  # the SDK's adapters[][id] fields
+    with source.open("rb") as f:
+        both = client.images.edit(model="builtin/tiny-sd", image=f, prompt="a kite", extra_body={**edit_settings, "adapters": two})
+    want = native(server, "/edit", {"prompt": "a kite", "image": b64(png(GRADIENT)), "adapters": two, **edit_settings})
+    assert np.array_equal(pixels(base64.b64decode(both.data[0].b64_json)), want)
     with source.open("rb") as f:  # a plain list of ids: each at its default weight
         by_id = client.images.edit(model="builtin/tiny-sd", image=f, prompt="a kite",
                                    extra_body={**edit_settings, "adapters": [INK]})

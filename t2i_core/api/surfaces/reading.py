@@ -37,8 +37,9 @@ async def read_json_object(request: Request) -> dict[str, Any]:
 async def read_form(request: Request) -> tuple[dict[str, Any], dict[str, list[UploadFile]]]:
     """Multipart fields (text values) and files, by name; ``image[]`` is read as ``image``. Text fields
     in the bracket notation the OpenAI SDK writes lists and objects in are read back into them:
-    ``a[]=x`` (repeated) is a list, ``a[k]=v`` an object, ``a[][k]=v`` a list of objects (a new one
-    each time a key repeats)."""
+    ``a[]=x`` (repeated) is a list, ``a[k]=v`` an object, ``a[][k]=v`` a list of objects, the n-th
+    value of each key in the n-th object (the SDK sends all values of one key, then the next key's, so
+    the objects of a list should all have the same keys; a JSON text field keeps any shape)."""
     try:
         form = await request.form()
     except (MultiPartException, ValueError) as exc:
@@ -57,12 +58,13 @@ async def read_form(request: Request) -> tuple[dict[str, Any], dict[str, list[Up
         if listed and sub is None:  # a[]=x
             found = values.get(name)
             values[name] = [*found, value] if isinstance(found, list) else [value]
-        elif listed:  # a[][k]=v
+        elif listed:  # a[][k]=v: the k-th value of a key goes to the k-th object
             found = values.get(name)
             rows = found if isinstance(found, list) and all(isinstance(r, dict) for r in found) else []
-            if not rows or sub in rows[-1]:
-                rows.append({})
-            rows[-1][sub] = value
+            row = next((r for r in rows if sub not in r), None)
+            if row is None:
+                rows.append(row := {})
+            row[sub] = value
             values[name] = rows
         else:  # a[k]=v
             found = values.get(name)

@@ -210,5 +210,6 @@ def a1111_routes(get_frontend: Callable[[], Frontend]) -> list[Route]:
         Route("/controlnet/module_list", constant({"module_list": ["none"]}), methods=["GET"]),
         Route("/controlnet/version", constant({"version": 2}), methods=["GET"]),
         Route(f"{PREFIX}/refresh-checkpoints", constant({}), methods=["POST"]),
-        Route(f"{PREFIX}/scripts", constant({"txt2img": [], "img2img": []}), methods=["GET"]),
+        # the ControlNet extension's always-on script (its units in alwayson_scripts); no selectable scripts
+        Route(f"{PREFIX}/scripts", constant({"txt2img": ["controlnet"], "img2img": ["controlnet"]}), methods=["GET"]),
     ]
