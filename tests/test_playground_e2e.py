@@ -110,11 +110,6 @@ def test_generate_then_edit_in_the_browser(server, browser):
     browser.find_element(By.ID, "seed-reuse").click()
     assert browser.find_element(By.ID, "seed").get_attribute("value") == "1234"
 
-    browser.execute_script("window.scrollTo(0, 0)")
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    browser.save_screenshot(str(SCREENSHOT))
-    assert SCREENSHOT.stat().st_size > 10_000
-    print(f"playground screenshot: {SCREENSHOT}")
 
 
 def test_errors_are_shown_on_the_page(server, browser):
@@ -248,7 +243,9 @@ def test_paint_or_upload_a_mask_and_inpaint(server, browser, tmp_path):
 
     _open_page(browser, server)
     source = tmp_path / "source.png"
-    source.write_bytes(_png((40, 120, 200)))
+    from PIL import Image
+
+    source.write_bytes(_png(Image.linear_gradient("L").resize((64, 64)).convert("RGB")))
     browser.find_element(By.ID, "edit-upload").send_keys(str(source))
     canvas = _wait(browser, lambda d: d.find_element(By.ID, "mask-canvas"))
     assert browser.find_element(By.ID, "edit-panel").is_displayed()
@@ -258,8 +255,6 @@ def test_paint_or_upload_a_mask_and_inpaint(server, browser, tmp_path):
 
     # an uploaded mask (white = repaint) is shown over the image and sent as it was
     top_half = tmp_path / "mask.png"
-    from PIL import Image
-
     m = Image.new("L", (64, 64), 0)
     m.paste(255, (0, 0, 64, 32))
     top_half.write_bytes(_png(m.convert("RGB")))
@@ -298,6 +293,15 @@ def test_paint_or_upload_a_mask_and_inpaint(server, browser, tmp_path):
     page = _pixels(_card_png(card))
     assert page == _pixels(_native(server, "/edit", {**body, "mask": mask_b64}))
     assert page != _pixels(_native(server, "/edit", body))
+
+    # the picture in the README: the painted mask over the image being edited, and the results
+    browser.execute_script("window.scrollTo(0, 0)")
+    browser.set_window_size(1200, 1400)
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(SCREENSHOT))
+    browser.set_window_size(1200, 900)
+    assert SCREENSHOT.stat().st_size > 10_000
+    print(f"playground screenshot: {SCREENSHOT}")
     browser.find_element(By.ID, "edit-clear").click()
 
 
@@ -340,16 +344,16 @@ def test_controlnet_with_a_control_image(server, browser, tmp_path):
 
 
 def test_live_preview_while_a_slow_request_runs_then_cancel(server, browser):
-    """Many steps at 512 px on the tiny model: the pending card shows the task's preview (progress
-    with preview=1) and the step it is at; cancel stops the task."""
+    """The most steps (100) at 256 px on the tiny model (seconds on a CPU): the pending card shows the
+    task's preview (progress with preview=1) and the step it is at; cancel stops the task."""
     import httpx
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
     _open_page(browser, server)
     _type(browser, "prompt", "a slow sunrise")
-    _type(browser, "steps", "60")
-    Select(browser.find_element(By.ID, "size")).select_by_visible_text("512x512")
+    _type(browser, "steps", "100")
+    Select(browser.find_element(By.ID, "size")).select_by_visible_text("256x256")
     browser.find_element(By.ID, "generate").click()
     card = _wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, "#results .card.pending"))
     preview = card.find_element(By.CSS_SELECTOR, "img.preview")
@@ -357,8 +361,8 @@ def test_live_preview_while_a_slow_request_runs_then_cancel(server, browser):
     _wait(browser, lambda d: d.execute_script(
         "return arguments[0].src.startsWith('data:image/png') && arguments[0].complete && arguments[0].naturalWidth", preview), 90)
     step = int(card.get_attribute("data-preview-step"))
-    assert 1 <= step < 60
-    assert "of 60" in card.find_element(By.CLASS_NAME, "meta").text
+    assert 1 <= step < 100
+    assert "of 100" in card.find_element(By.CLASS_NAME, "meta").text
     assert browser.find_element(By.ID, "cancel").is_displayed()
     task_id = card.get_attribute("data-task")
 
