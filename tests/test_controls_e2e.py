@@ -144,3 +144,22 @@ def test_adapter_and_controlnet_listings_show_their_state(server):
     assert set(controlnets) == {"tiny-canny", "tiny-xl-canny"}
     assert controlnets["tiny-canny"]["conditioning_scale"] == 1.0
     json.dumps(controlnets)  # plain JSON all the way
+
+
+def test_bentoml_python_client_sends_the_controls(server, tmp_path):
+    import bentoml
+
+    (tmp_path / "in.png").write_bytes(SOURCE)
+    (tmp_path / "mask.png").write_bytes(MASK)
+    with bentoml.SyncHTTPClient(server.url) as client:
+        styled = client.generate(prompt="a lighthouse", adapters=[{"id": "tiny-ink", "weight": 0.8}], seed=7)
+        inpainted = client.edit(image=tmp_path / "in.png", mask=tmp_path / "mask.png", prompt="sea", seed=3)
+        steered = client.generate(prompt="a house", controlnet="tiny-canny", control_image=b64(CONTROL), seed=2)
+    raw = {
+        "styled": post(server, "/generate", json={"prompt": "a lighthouse", "adapters": ["tiny-ink:0.8"], "seed": 7}),
+        "inpainted": post(server, "/edit", json={"prompt": "sea", "image": b64(SOURCE), "mask": b64(MASK), "seed": 3}),
+        "steered": post(server, "/generate", json={"prompt": "a house", "controlnet": "tiny-canny",
+                                                   "control_image": b64(CONTROL), "seed": 2}),
+    }
+    for name, image in (("styled", styled), ("inpainted", inpainted), ("steered", steered)):
+        assert np.array_equal(np.asarray(image.convert("RGB")), pixels(raw[name].content)), name

@@ -1,7 +1,7 @@
 """Request fields of the creative controls (LoRA adapters, ControlNet), with their limits in the type.
 
-``adapters`` takes what clients naturally send: ``[{"id": "ink", "weight": 0.8}]``, ``["ink"]`` (the
-adapter's default weight) or ``{"ink": 0.8}``. At most ``MAX_ADAPTERS`` per request, each once.
+``adapters`` takes what clients naturally send: ``[{"id": "ink", "weight": 0.8}]``, ``["ink:0.8", "pastel"]``
+(no weight: the adapter's default), ``{"ink": 0.8}``, or in a form field ``ink:0.8,pastel`` or JSON text. At most ``MAX_ADAPTERS`` per request, each once.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def _adapter_list(value: Any, info: ValidationInfo) -> Any:
         raise ValueError(f"{name} must name at most {MAX_ADAPTERS} adapters; got {len(value)}")
     out: list[dict[str, Any]] = []
     for index, item in enumerate(value):
-        item = {"id": item} if isinstance(item, str) else item
+        item = _id_weight(item.strip()) if isinstance(item, str) else item  # "id" or "id:weight"
         if not isinstance(item, dict) or not isinstance(item.get("id", item.get("name")), str):
             raise ValueError(f"{name}[{index}] must be an adapter id or {{\"id\", \"weight\"}}; got {item!r}"[:300])
         item = {"id": item.get("id", item.get("name")), **{k: v for k, v in item.items() if k not in ("id", "name")}}

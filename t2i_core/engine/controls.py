@@ -84,6 +84,8 @@ class AdapterSlots:
     active: tuple[tuple[str, float], ...] = ()
     switches: int = 0
     switch_s: float = 0.0
+    #: the pipeline's PEFT LoRA layers (found again after an adapter is loaded or deleted)
+    _layers: list[Any] | None = None
 
     def bytes(self) -> int:
         return sum(a.bytes for a in self.loaded.values())
@@ -98,12 +100,10 @@ class AdapterSlots:
 
             path, kwargs = os.path.dirname(path) or ".", {"weight_name": os.path.basename(path)}
         pipe.load_lora_weights(path, adapter_name=name, local_files_only=True, **kwargs)
+        self._layers = None
         adapter = LoadedAdapter(adapter_id, adapter_bytes(pipe, name), time.perf_counter() - started)
         self.loaded[adapter_id] = adapter
-        if self.active:  # loading activates the new adapter alone: put the active set back
-            self._apply(pipe, self.active)
-        else:
-            pipe.disable_lora()
+        self._apply(pipe, self.active)  # loading activates the new adapter alone: put the active set back
         log.info("loaded adapter %s in %.3fs (%d bytes)", adapter_id, adapter.load_s, adapter.bytes)
         return adapter
 
@@ -121,21 +121,42 @@ class AdapterSlots:
         self.switches += 1
         self.switch_s += time.perf_counter() - started
 
-    @staticmethod
-    def _apply(pipe: Any, adapters: tuple[tuple[str, float], ...]) -> None:
-        if adapters:
-            pipe.enable_lora()
-            pipe.set_adapters([peft_name(a) for a, _ in adapters], adapter_weights=[w for _, w in adapters])
-        else:
-            pipe.disable_lora()
+    def _apply(self, pipe: Any, adapters: tuple[tuple[str, float], ...]) -> None:
+        """Set the active adapters and their weights on each LoRA layer: what diffusers' ``set_adapters`` /
+        ``disable_lora`` do, minus the walk over every module of the pipeline and PEFT's ``requires_grad``
+        bookkeeping on every adapter weight, which inference never reads (the measured cost of both is in
+        docs/performance.md). PEFT's own attributes are written, as its ``set_adapter`` and
+        ``enable_adapters`` do last; a PEFT without them gets its public calls."""
+        names = [peft_name(a) for a, _ in adapters]
+        for layer in self._lora_layers(pipe):
+            if hasattr(layer, "_active_adapter") and hasattr(layer, "_disable_adapters"):
+                layer._disable_adapters = not names
+                if names:
+                    layer._active_adapter = names
+            else:  # pragma: no cover - another PEFT version
+                layer.enable_adapters(bool(names))
+                if names:
+                    layer.set_adapter(names)
+            for name, (_, weight) in zip(names, adapters):
+                layer.set_scale(name, weight)
+
+    def _lora_layers(self, pipe: Any) -> list[Any]:
+        if self._layers is None:
+            import torch
+            from peft.tuners.tuners_utils import BaseTunerLayer
+
+            self._layers = [m for c in pipe.components.values() if isinstance(c, torch.nn.Module)
+                            for m in c.modules() if isinstance(m, BaseTunerLayer)]
+        return self._layers
 
     def delete(self, pipe: Any, adapter_id: str) -> None:
         pipe.delete_adapters([peft_name(adapter_id)])
+        self._layers = None
         del self.loaded[adapter_id]
         if any(a == adapter_id for a, _ in self.active):
             self.active = ()
-            if self.loaded:
-                pipe.disable_lora()
+        if self.loaded:
+            self._apply(pipe, self.active)
 
 
 def adapter_bytes(pipe: Any, name: str) -> int:
