@@ -277,6 +277,8 @@ def test_a1111_bad_controls_are_400s_in_a1111_shape(server, api):
     assert "no-such-lora" in body["detail"] and body["code"] == "unknown_adapter"
     body = refused(lambda: api.txt2img(prompt="a kite <lora:tiny-ink:lots>", **a1111_settings(1)))
     assert body["param"] == "prompt" and "lots" in body["detail"]
+    body = refused(lambda: api.txt2img(prompt="<lora:tiny-ink:0.5>", **a1111_settings(1)))
+    assert body["param"] == "prompt" and "nothing to draw" in body["detail"]
     unknown = webuiapi.ControlNetUnit(image=CHECKER, model="control_v11p_sd15_canny [d14c016b]")
     body = refused(lambda: api.txt2img(prompt="a kite", controlnet_units=[unknown], **a1111_settings(1)))
     assert "control_v11p_sd15_canny" in body["detail"] and body["code"] == "unknown_controlnet"

@@ -67,6 +67,8 @@ def a1111_routes(get_frontend: Callable[[], Frontend]) -> list[Route]:
         model = model_for(front, req)
         entry = front.registry.get(model)
         prompt, adapters = split_loras(req.prompt)
+        if not prompt:
+            raise InvalidRequest(f"prompt holds nothing to draw besides its tags; got {req.prompt!r}"[:300], param="prompt")
         for use in adapters:  # named as the prompt names it
             try:
                 front.registry.adapter(use["id"], entry)
