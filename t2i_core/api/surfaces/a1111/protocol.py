@@ -17,7 +17,7 @@ import json
 import re
 from typing import Any
 
-from PIL import Image, ImageFilter, ImageOps
+from PIL import ImageFilter, ImageOps
 from pydantic import BaseModel, ConfigDict, Field
 
 from t2i_core.api.images.codecs import open_image
