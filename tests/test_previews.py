@@ -36,3 +36,26 @@ def test_partial_images_are_intermediate_decodes_and_change_nothing_else(engine)
     assert np.abs(second - final).mean() < np.abs(first - final).mean()
     assert engine.take_previews("quiet") == [] and engine.take_previews("asks", since=1) == previews[1:]
     assert quiet.pixels == alone.pixels  # a previewing batch-mate changes no other image
+
+
+def test_a_previewing_neighbour_adds_only_its_own_one_row_decodes(engine):
+    """The cost a batch-mate pays for a neighbour's partial images, counted rather than timed: the same
+    denoiser calls, and VAE decodes of the asking row only (one row per partial image), never of the
+    other rows. (Timed: docs/performance.md, "Partial images".)"""
+    calls: list[tuple[str, int]] = []
+    with engine.models.use(TINY_SD_ID) as loaded:
+        pipe = loaded.pipeline("generate", None)
+    hooks = [pipe.unet.register_forward_pre_hook(lambda m, args, kw: calls.append(("unet", args[0].shape[0])) and None,
+                                                 with_kwargs=True),
+             pipe.vae.decoder.register_forward_pre_hook(lambda m, args: calls.append(("decode", args[0].shape[0])) and None)]
+    try:
+        engine.run([req(f"plain-{i}", 10 + i) for i in range(4)])
+        plain, calls[:] = list(calls), []
+        engine.run([req("previewing", 9, partial_images=2)] + [req(f"mate-{i}", 10 + i) for i in range(3)])
+        mixed = list(calls)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert [c for c in mixed if c[0] == "unet"] == [c for c in plain if c[0] == "unet"]
+    assert [c for c in plain if c[0] == "decode"] == [("decode", 4)]
+    assert sorted(c for c in mixed if c[0] == "decode") == [("decode", 1), ("decode", 1), ("decode", 4)]
