@@ -60,13 +60,10 @@ class PromptSettings(BaseModel):
         return self
 
 
-class GenerateRequest(PromptSettings):
-    """The native ``/generate`` request (also the task route's and the seed routes')."""
+class ControlSettings(BaseModel):
+    """The ControlNet fields, taken under these names on every surface that has them (native, OpenAI
+    extension fields)."""
 
-    width: Side = None
-    height: Side = None
-    format: ImageFormat = "png"
-    output_quality: OutputQuality = None
     controlnet: ControlNetId = None
     #: base64 text here; a file upload on /edit (``EditUpload``)
     control_image: ControlImageText = Field(default=None, validate_default=True)
@@ -94,6 +91,15 @@ class GenerateRequest(PromptSettings):
             raise InvalidRequest(f"control_guidance_end must be above control_guidance_start; got {value:g} and {start:g}",
                                  param="control_guidance_end")
         return value
+
+
+class GenerateRequest(PromptSettings, ControlSettings):
+    """The native ``/generate`` request (also the task route's and the seed routes')."""
+
+    width: Side = None
+    height: Side = None
+    format: ImageFormat = "png"
+    output_quality: OutputQuality = None
 
 
 class EditRequest(GenerateRequest):

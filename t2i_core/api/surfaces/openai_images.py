@@ -24,13 +24,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from t2i_core.common.errors import Gone, InvalidRequest, NotFound, UnknownModel
-from t2i_core.common.control_fields import ConditioningScale, ControlImageText, ControlNetId, GuidanceFraction
 from t2i_core.common.fields import N, OptionalImageFormat, PartialImages, ResponseFormat, Size, Strength
 from t2i_core.api.frontend import Frontend, RenderedImage, parse, until_disconnected
 from t2i_core.api.responses import guarded
 from t2i_core.api.image_store import ImageStore
 from t2i_core.api.images.codecs import MEDIA_TYPES
-from t2i_core.common.schemas import EditRequest, GenerateRequest, PromptSettings
+from t2i_core.common.schemas import ControlSettings, EditRequest, GenerateRequest, PromptSettings
 from t2i_core.api.surfaces.openai_stream import check_stream, stream_images
 from t2i_core.api.surfaces.reading import (
     image_bytes_from_json, optional_form_image, optional_image_from_json, read_form, read_json_object,
@@ -41,7 +40,7 @@ FILES_PATH = "/v1/images/files"
 _EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 
 
-class OpenAIImageRequest(PromptSettings):
+class OpenAIImageRequest(PromptSettings, ControlSettings):
     """OpenAI's fields; this server's own settings (``PromptSettings``) are accepted as extensions."""
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
@@ -57,12 +56,6 @@ class OpenAIImageRequest(PromptSettings):
     #: "low" / "medium" / "high" (and "standard" / "hd", "auto"): steps when none are given, see ``steps_for``
     quality: str | None = Field(default=None, max_length=20)
     background: str | None = Field(default=None, max_length=20)
-    # the creative controls as extension fields (``adapters`` comes with PromptSettings)
-    controlnet: ControlNetId = None
-    control_image: ControlImageText = None
-    controlnet_conditioning_scale: ConditioningScale = None
-    control_guidance_start: GuidanceFraction = None
-    control_guidance_end: GuidanceFraction = None
 
     def checked(self, front: Frontend) -> "OpenAIImageRequest":
         """OpenAI's options that need the server: n's limit, stream, background, quality."""
@@ -84,14 +77,10 @@ class OpenAIImageRequest(PromptSettings):
         settings = self.model_dump(include=set(PromptSettings.model_fields))
         # OpenAI's output_compression (0-100) is the JPEG / WebP quality here (0 is taken as 1)
         quality = None if self.output_compression is None else max(1, self.output_compression)
-        controls = self.model_dump(include=set(_CONTROL_FIELDS))
+        controls = self.model_dump(include=set(ControlSettings.model_fields))
         # parse: the native model's checks across fields (a ControlNet needs its image) answer 400s
         return parse(GenerateRequest, {**settings, **controls, "width": width, "height": height,
                                        "format": self.output_format or "png", "output_quality": quality})
-
-
-_CONTROL_FIELDS = ("controlnet", "control_image", "controlnet_conditioning_scale", "control_guidance_start",
-                   "control_guidance_end")
 
 
 class OpenAIEditRequest(OpenAIImageRequest):
