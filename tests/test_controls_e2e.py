@@ -78,6 +78,7 @@ def test_mixed_load_of_16_clients_is_batched_per_kind_and_each_image_is_its_own(
         calls = after[kind]["batches"] - before.get(kind, {}).get("batches", 0)
         per_call[kind] = images / calls
         assert images == sum(1 for k, _, _ in load if k == kind), (kind, images)
+    print("images per engine call, by kind:", {k: round(v, 2) for k, v in per_call.items()})
     assert all(ratio > 1 for ratio in per_call.values()), per_call
     for kind, body, response in answers:
         if body["seed"] == 4242:
