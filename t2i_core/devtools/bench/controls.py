@@ -100,11 +100,17 @@ def main(arch: str, size: int, rank: int, repeats: int) -> None:
         with torch.inference_mode():
             pipe.unet(latents, t, encoder_hidden_states=text)
 
-    for active, label in (([], "no adapter"), ([("a", 1.0)], "one adapter"), ([("a", 1.0), ("b", 0.5)], "two adapters")):
-        switch_to(active)
-        step()  # warm-up
-        seconds = _time(step, repeats)
-        print(f"UNet step at {size}x{size}, {label}: median {statistics.median(seconds):.3f} s")
+    settings = (([], "no adapter"), ([("a", 1.0)], "one adapter"), ([("a", 1.0), ("b", 0.5)], "two adapters"))
+    step()  # warm-up
+    seconds: dict[str, list[float]] = {label: [] for _, label in settings}
+    for _ in range(repeats):  # interleaved: each setting sees the same machine load
+        for active, label in settings:
+            switch_to(active)
+            seconds[label] += _time(step, 1)
+    base = statistics.median(seconds["no adapter"])
+    for _, label in settings:
+        median = statistics.median(seconds[label])
+        print(f"UNet step at {size}x{size}, {label}: median {median:.3f} s ({median / base:.3f}x)")
     if scratch is not None:
         scratch.cleanup()
 
