@@ -32,7 +32,7 @@ from t2i_core.api.engine_client import RemoteEngine
 from t2i_core.api.frontend import Frontend, until_disconnected
 from t2i_core.api.responses import ErrorBodyMiddleware
 from t2i_core.api.guards import IN_FLIGHT, GuardMiddleware, cors_options
-from t2i_core.api.image_store import ImageStore
+from t2i_core.api.image_store import open_image_store
 from t2i_core.common.registry import RegistryError, load_registry_file
 from t2i_core.api.retry import retry_dropped
 from t2i_core.common.shutdown import drain_on_sigterm
@@ -224,7 +224,7 @@ API.add_asgi_middleware(ErrorBodyMiddleware, paths=frozenset(m.route for m in AP
 API.mount_asgi_app(
     build_surfaces_app(
         lambda: bentoml.get_current_service().front,
-        ImageStore(SETTINGS.image_url_ttl_s, SETTINGS.image_store_max_bytes),
+        open_image_store(SETTINGS.image_store, SETTINGS.image_url_ttl_s, SETTINGS.image_store_max_bytes),
     ),
     path="/",
 )

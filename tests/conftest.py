@@ -103,11 +103,13 @@ class Server:
 
 
 ADMIN_KEY = "test-admin-key"
+SHARED_IMAGES = TMP / "shared-images"
 
 
 @pytest.fixture(scope="session")
 def server() -> Iterator[Server]:
-    srv = Server({"T2I_ADMIN_KEY": ADMIN_KEY})
+    # image links in a folder: the test that starts a second server on the same folder reads them there
+    srv = Server({"T2I_ADMIN_KEY": ADMIN_KEY, "T2I_IMAGE_STORE": f"dir:{SHARED_IMAGES}"})
     try:
         srv.wait_ready()
         yield srv

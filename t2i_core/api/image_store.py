@@ -1,15 +1,21 @@
 """Images kept for a while and served from a link (OpenAI's ``response_format: "url"``).
 
-In memory, in the API process: bounded in bytes (oldest dropped first) and in time. A link past its
-time answers 410 Gone for as long as its tombstone is remembered, an unknown link 404.
+``ImageStore`` keeps them in memory, in the API process; ``DirectoryImageStore`` in a folder that several
+API workers, server processes or replicas share (a shared volume), so that a link made by one is
+served by any other (``T2I_IMAGE_STORE=dir:/path``). Both are bounded in bytes (oldest dropped first)
+and in time. A link past its time answers 410 Gone for as long as its tombstone is remembered, an
+unknown link 404.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import secrets
 import threading
 import time
 from collections import OrderedDict
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable, Literal
 
@@ -64,3 +70,94 @@ class ImageStore:
         self._gone[token] = None
         while len(self._gone) > 100_000:
             self._gone.popitem(last=False)
+
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+
+
+class DirectoryImageStore:
+    """The same store in a folder shared by processes: one file per image (its media type on the first
+    line), written under a temporary name and renamed into place, so a reader never sees half an
+    image. Expiry uses the file's modification time and the wall clock (the same on every process of
+    a machine; keep replicas' clocks in sync). Tombstones are empty files in ``.gone/``. The size cap is
+    checked at most once a second, by whichever process writes."""
+
+    def __init__(self, folder: str | os.PathLike[str], ttl_s: float, max_bytes: int,
+                 clock: Callable[[], float] = time.time):
+        self.folder = Path(folder)
+        self.gone_folder = self.folder / ".gone"
+        self.gone_folder.mkdir(parents=True, exist_ok=True)
+        self.ttl_s = ttl_s
+        self.max_bytes = max_bytes
+        self._clock = clock
+        self._last_sweep = 0.0
+        self._lock = threading.Lock()
+
+    def put(self, data: bytes, media_type: str) -> str:
+        token = secrets.token_urlsafe(24)
+        staging = self.folder / f".{token}.tmp"
+        staging.write_bytes(media_type.encode("ascii") + b"\n" + data)
+        now = self._clock()
+        os.utime(staging, (now, now))
+        os.replace(staging, self.folder / token)
+        self._sweep(now)
+        return token
+
+    def get(self, token: str) -> StoredImage | Literal["gone"] | None:
+        if not _TOKEN.match(token):
+            return None
+        path = self.folder / token
+        try:
+            written = path.stat().st_mtime
+            if written + self.ttl_s <= self._clock():
+                self._drop(path)
+                return "gone"
+            head, _, data = path.read_bytes().partition(b"\n")
+        except FileNotFoundError:
+            return "gone" if (self.gone_folder / token).exists() else None
+        return StoredImage(data, head.decode("ascii", "replace"), written + self.ttl_s)
+
+    def _drop(self, path: Path) -> None:
+        tombstone = self.gone_folder / path.name
+        tombstone.touch()
+        now = self._clock()
+        os.utime(tombstone, (now, now))
+        path.unlink(missing_ok=True)
+
+    def _sweep(self, now: float) -> None:
+        """Expired images and the oldest beyond the size cap become tombstones; old tombstones go."""
+        with self._lock:
+            if now - self._last_sweep < 1.0:
+                return
+            self._last_sweep = now
+        files = []
+        for entry in os.scandir(self.folder):
+            if entry.is_file() and _TOKEN.match(entry.name):
+                try:
+                    info = entry.stat()
+                except FileNotFoundError:
+                    continue
+                files.append((info.st_mtime, info.st_size, Path(entry.path)))
+        files.sort()
+        total = sum(size for _, size, _ in files)
+        for written, size, path in files[:-1]:  # the newest image stays whatever its size
+            if written + self.ttl_s > now and total <= self.max_bytes:
+                break
+            self._drop(path)
+            total -= size
+        for entry in os.scandir(self.gone_folder):  # tombstones are kept as long as the images were
+            try:
+                if entry.stat().st_mtime + self.ttl_s < now:
+                    os.unlink(entry.path)
+            except FileNotFoundError:
+                continue
+
+
+def open_image_store(spec: str, ttl_s: float, max_bytes: int) -> ImageStore | DirectoryImageStore:
+    """``memory`` (the default: this process only) or ``dir:<folder>`` (shared by processes)."""
+    kind, _, where = spec.partition(":")
+    if kind == "memory" and not where:
+        return ImageStore(ttl_s, max_bytes)
+    if kind == "dir" and where:
+        return DirectoryImageStore(where, ttl_s, max_bytes)
+    raise ValueError(f"T2I_IMAGE_STORE must be memory or dir:<folder>; got {spec!r}")

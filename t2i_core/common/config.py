@@ -89,6 +89,9 @@ class Settings:
     #: ``response_format: "url"``: seconds an image stays downloadable, and the store's size in bytes.
     image_url_ttl_s: int = 3600
     image_store_max_bytes: int = 256 * 1024 * 1024
+    #: Where those images are kept: "memory" (this API process only) or "dir:<folder>", a folder shared by
+    #: API workers, server processes or replicas (a shared volume): a link made by one is served by all.
+    image_store: str = "memory"
     #: Tasks (/tasks/generate): seconds a finished task's result is kept in BentoML's task store (0: only
     #: BentoML's own 24 h limit), the most bytes the store's data may take (the oldest finished go
     #: first; 0: no cap), and seconds between checks in the API process (0: neither limit is applied).
