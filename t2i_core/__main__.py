@@ -35,13 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("--from-folder", type=Path, help="import this diffusers folder into the BentoML model store")
     pull.add_argument("--to-store", action="store_true", help="also copy a downloaded hub model into the BentoML model store")
     bench = sub.add_parser("bench", help="benchmark: raw engine, served, and served without batching")
-    bench.add_argument("--preset", default="tiny", help="tiny (CPU), sd-turbo-arch, sdxl-turbo-arch (GPU)")
+    bench.add_argument("--preset", default="tiny",
+                       help="tiny, sd-turbo-arch-cpu, sd-turbo-arch-taesd-cpu (CPU), sd-turbo-arch, sdxl-turbo-arch (GPU)")
     bench.add_argument("--out", type=Path, default=Path("bench-results.json"))
-    bench.add_argument("--repeats", type=int, default=7, help="timed runs per raw batch size (median)")
-    bench.add_argument("--requests", type=int, default=1000,
-                       help="requests per served concurrency level (at least 4 per client)")
+    bench.add_argument("--repeats", type=int, help="timed runs per raw batch size (median; default: the preset's, 7 for tiny)")
+    bench.add_argument("--requests", type=int,
+                       help="requests per served concurrency level (default: the preset's, 1000 for tiny; "
+                            "at least 4 per client for tiny and the GPU presets)")
     bench.add_argument("--concurrency", default="", help="comma-separated client counts (default: the preset's)")
-    bench.add_argument("--max-batch-size", type=int, default=16)
+    bench.add_argument("--max-batch-size", type=int, help="default: the preset's (16; 4 for the CPU presets)")
     bench.add_argument("--same-prompt", action="store_true", help="every image with one prompt (--distinct-prompts 1)")
     bench.add_argument("--distinct-prompts", type=int, default=0, metavar="K",
                        help="only K distinct prompts, repeating (default: a prompt per image)")

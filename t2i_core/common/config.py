@@ -33,9 +33,15 @@ class Settings:
     model: str = ""
     #: "auto" (cuda, then mps, then cpu) or a torch device string such as "cuda:1".
     device: str = "auto"
-    #: "auto" (cuda: bfloat16 where supported else float16; mps: float16; cpu: the model's cpu dtype,
-    #: float32 unless the registry says otherwise) or one of float32, float16, bfloat16, float64.
+    #: "auto" (cuda: bfloat16 where supported else float16; mps: float16; cpu: the registry entry's
+    #: ``cpu_dtype``, and for "auto" there the CPU fast path below) or one of float32, float16, bfloat16, float64.
     dtype: str = "auto"
+    #: The CPU fast path, for models whose registry entry leaves the CPU dtype to the server
+    #: (``cpu_dtype: "auto"``) when ``T2I_DTYPE`` is auto: "auto" runs them in bfloat16 where the CPU
+    #: computes bfloat16 natively (x86 AMX or AVX512-BF16, Arm BF16; read from /proc/cpuinfo) and in
+    #: float32 elsewhere (bfloat16 without those instructions is slower than float32); "on": bfloat16
+    #: always; "off": float32 always. See t2i_core/engine/devices.py.
+    cpu_bf16: str = "auto"
     #: Most images the engine runs in one batch, and the batching deadline (BentoML answers 503 when it
     #: predicts a queued request cannot start within it, so keep it generous).
     max_batch_size: int = 16

@@ -20,6 +20,16 @@ class Preset:
     distinct_prompts: int = 0
     #: > 1 turns on classifier-free guidance: the (empty) negative prompt is encoded and denoised too
     guidance_scale: float = 0.0
+    #: defaults of the command line's --max-batch-size, --requests and --repeats
+    max_batch_size: int = 16
+    requests: int = 1000
+    repeats: int = 7
+    #: each served level sends at least this many requests per client; the served warm-up sends this
+    #: many per client of the largest level
+    min_requests_per_client: int = 4
+    warmup_per_client: int = 2
+    #: also measure a server with T2I_MAX_BATCH_SIZE=1 (the "no batching" columns)
+    no_batching: bool = True
 
     def prompt(self, i: int) -> str:
         return f"benchmark image {i % self.distinct_prompts if self.distinct_prompts > 0 else i}"
@@ -52,4 +62,13 @@ PRESETS = {
                                   batch_sizes=(1, 2, 4, 8, 16, 32), concurrency=(1, 4, 16, 32, 64)),
     "sdxl-turbo-arch": Preset("sdxl-turbo-arch", "random/sdxl-turbo-arch", 512, 512, 1, "bfloat16",
                               batch_sizes=(1, 2, 4, 8, 16), concurrency=(1, 4, 16, 32, 64)),
+    # CPU: the SD-Turbo architecture at 512 px, 1 step, in the CPU's dtype ("auto": bfloat16 where the CPU
+    # has it natively, else float32; T2I_CPU_BF16 decides as in the server). Seconds per image: short runs,
+    # batches of at most 4 (a CPU gains nothing from waiting to fill 16), no "no batching" server.
+    "sd-turbo-arch-cpu": Preset("sd-turbo-arch-cpu", "random/sd-turbo-arch", 512, 512, 1, "auto",
+                                batch_sizes=(1, 2), concurrency=(1, 4), max_batch_size=4, requests=4, repeats=2,
+                                min_requests_per_client=1, warmup_per_client=0, no_batching=False),
+    "sd-turbo-arch-taesd-cpu": Preset("sd-turbo-arch-taesd-cpu", "random/sd-turbo-arch-taesd", 512, 512, 1, "auto",
+                                      batch_sizes=(1, 2), concurrency=(1, 4), max_batch_size=4, requests=8, repeats=3,
+                                      min_requests_per_client=2, warmup_per_client=0, no_batching=False),
 }

@@ -1,10 +1,15 @@
-"""Run the benchmark: raw, served, no batching; print a table and write JSON."""
+"""Run the benchmark: raw, served, no batching; print a table and write JSON.
+
+Each raw batch size and served level also reports its stage split: text encoding, denoising and VAE
+decoding per engine batch, and image encoding per image (raw: the server's PNG encoder timed in
+process; served: the server's own ``t2i_stage_seconds`` histograms on ``/metrics``)."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import re
 import socket
 import statistics
 import subprocess
@@ -29,6 +34,22 @@ def _device_name() -> str:
     return f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 
+STAGES = ("text_encoding", "denoising", "vae_decoding")
+
+
+def engine_dtype(preset: Preset) -> str:
+    """The T2I_DTYPE the benchmark runs with: the preset's, with "auto" resolved as the server resolves
+    a model whose CPU dtype is left to it (on CPU: bfloat16 where the CPU has it natively or
+    T2I_CPU_BF16=on, else float32), so that the table says which one was measured."""
+    if preset.dtype != "auto":
+        return preset.dtype
+    import torch
+
+    from t2i_core.engine.devices import pick_device, pick_dtype
+
+    return str(pick_dtype("auto", pick_device(os.environ.get("T2I_DEVICE") or "auto"), "auto")).removeprefix("torch.")
+
+
 def raw_engine(preset: Preset) -> Any:
     """The engine in process, with the T2I_* settings of the environment (e.g. T2I_COMPILE=1) and the
     preset's dtype."""
@@ -39,8 +60,20 @@ def raw_engine(preset: Preset) -> Any:
 
     from t2i_core.common.registry import Registry
 
-    settings = dataclasses.replace(Settings.from_env(), dtype=preset.dtype)
+    settings = dataclasses.replace(Settings.from_env(), dtype=engine_dtype(preset))
     return Engine(settings, Registry(default=settings.model, path=bench_registry_file()))
+
+
+def _median_stages(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in runs) for k in STAGES if runs and all(k in r for r in runs)}
+
+
+def png_seconds(preset: Preset, pixels: bytes, repeats: int = 3) -> float:
+    """Median seconds the server's encoder takes for one of these images as PNG, parameters included."""
+    from t2i_core.api.images.codecs import timed_encode
+
+    text = f"{preset.prompt(0)}\nSteps: {preset.steps}, Seed: 0, Size: {preset.width}x{preset.height}"
+    return statistics.median(timed_encode(pixels, preset.width, preset.height, "png", text)[1] for _ in range(repeats))
 
 
 def raw(preset: Preset, repeats: int, engine: Any = None) -> list[dict[str, Any]]:
@@ -54,14 +87,17 @@ def raw(preset: Preset, repeats: int, engine: Any = None) -> list[dict[str, Any]
     rows = []
     for batch in preset.batch_sizes:
         engine.run([request(i) for i in range(batch)])  # warm-up (and first load)
-        times = []
+        times, stages = [], []
         for _ in range(repeats):
             started = time.perf_counter()
             results = engine.run([request(i) for i in range(batch)])
             times.append(time.perf_counter() - started)
             assert all(r.error is None for r in results), results[0].error
+            stages.append(results[0].stages)
         median = statistics.median(times)
-        rows.append({"batch": batch, "images_per_s": batch / median, "batch_latency_s": median})
+        rows.append({"batch": batch, "images_per_s": batch / median, "batch_latency_s": median,
+                     # per batch, median of the timed runs; image encoding per image
+                     "stages_s": {**_median_stages(stages), "image_encoding": png_seconds(preset, results[0].pixels)}})
     return rows
 
 
@@ -82,13 +118,35 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+_STAGE_LINE = re.compile(r'^t2i_stage_seconds_(sum|count)\{[^}]*stage="(\w+)"[^}]*\}\s+(\S+)', re.M)
+
+
+def stage_totals(metrics_text: str) -> dict[str, tuple[float, float]]:
+    """(seconds, observations) per stage from a Prometheus ``/metrics`` page, summed over label sets."""
+    totals: dict[str, list[float]] = {}
+    for kind, stage, value in _STAGE_LINE.findall(metrics_text):
+        totals.setdefault(stage, [0.0, 0.0])[0 if kind == "sum" else 1] += float(value)
+    return {k: (v[0], v[1]) for k, v in totals.items()}
+
+
+def stage_split(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """Mean seconds per observation (an engine batch; an image for image_encoding) between two pages."""
+    split = {}
+    for stage in (*STAGES, "image_encoding"):
+        seconds = after.get(stage, (0.0, 0.0))[0] - before.get(stage, (0.0, 0.0))[0]
+        count = after.get(stage, (0.0, 0.0))[1] - before.get(stage, (0.0, 0.0))[1]
+        if count > 0:
+            split[stage] = seconds / count
+    return split
+
+
 def served(preset: Preset, max_batch_size: int, requests_per_level: int, concurrency: tuple[int, ...]) -> list[dict[str, Any]]:
     """Start ``bentoml serve`` with ``max_batch_size`` and load it at each concurrency level."""
     import httpx
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "T2I_MAX_BATCH_SIZE": str(max_batch_size), "T2I_DTYPE": preset.dtype,
+    env = {**os.environ, "T2I_MAX_BATCH_SIZE": str(max_batch_size), "T2I_DTYPE": engine_dtype(preset),
            "T2I_MODEL": preset.model, "T2I_MAX_IN_FLIGHT": "100000", "T2I_REGISTRY": str(bench_registry_file()),
            "BENTOML_CONFIG": str(ROOT / "configuration.yaml")}
     bentoml = Path(sys.executable).with_name("bentoml")
@@ -106,13 +164,16 @@ def served(preset: Preset, max_batch_size: int, requests_per_level: int, concurr
             if proc.poll() is not None:
                 raise RuntimeError(f"server exited; see {log.name}")
             time.sleep(0.5)
-        run_load(f"{url}/generate", preset.body, max(concurrency), max(concurrency) * 2)  # warm-up
+        if preset.warmup_per_client:
+            run_load(f"{url}/generate", preset.body, max(concurrency), max(concurrency) * preset.warmup_per_client)
         for c in concurrency:
             before = httpx.post(f"{url}/stats", json={}, timeout=60).json()
+            stages_before = stage_totals(httpx.get(f"{url}/metrics", timeout=60).text)
             cpu_before = server_cpu(proc.pid)
-            result = run_load(f"{url}/generate", preset.body, c, max(requests_per_level, c * 4))
+            result = run_load(f"{url}/generate", preset.body, c, max(requests_per_level, c * preset.min_requests_per_client))
             cpu_after = server_cpu(proc.pid)
             after = httpx.post(f"{url}/stats", json={}, timeout=60).json()
+            stages = stage_split(stages_before, stage_totals(httpx.get(f"{url}/metrics", timeout=60).text))
             batches = after["batches"] - before["batches"]
             rows.append({
                 "concurrency": c, "requests": result.requests, "ok": result.ok, "statuses": result.statuses,
@@ -123,6 +184,8 @@ def served(preset: Preset, max_batch_size: int, requests_per_level: int, concurr
                 # CPU per answered request in the API worker(s), per image in the engine worker
                 "api_cpu_ms_per_request": 1000 * (cpu_after.api_s - cpu_before.api_s) / max(result.ok, 1),
                 "engine_cpu_ms_per_image": 1000 * (cpu_after.engine_s - cpu_before.engine_s) / max(result.ok, 1),
+                # mean seconds per engine batch (text encoding, denoising, VAE decoding), per image (image encoding)
+                "stages_s": stages,
             })
     finally:
         import signal
@@ -143,16 +206,17 @@ def benchmark(preset: Preset, repeats: int, requests_per_level: int, concurrency
     engine = raw_engine(preset)
     raw_rows = raw(preset, repeats, engine)
     served_rows = served(preset, max_batch_size, requests_per_level, concurrency) if concurrency else []
-    unbatched_rows = served(preset, 1, requests_per_level, concurrency) if concurrency else []
+    unbatched_rows = served(preset, 1, requests_per_level, concurrency) if concurrency and preset.no_batching else []
     if concurrency:  # measured again after the served runs; each batch size keeps its faster run
         raw_rows = best_of(raw_rows, raw(preset, repeats, engine))
     best_raw = max(r["images_per_s"] for r in raw_rows)
     ratios = []
-    for s, u in zip(served_rows, unbatched_rows):
+    for i, s in enumerate(served_rows):
+        u = unbatched_rows[i] if i < len(unbatched_rows) else None
         ratios.append({"concurrency": s["concurrency"],
                        "served_over_raw_best": s["images_per_s"] / best_raw,
-                       "served_over_no_batching": s["images_per_s"] / u["images_per_s"] if u["images_per_s"] else None})
-    return {"preset": preset.__dict__, "device": _device_name(), "max_batch_size": max_batch_size,
+                       "served_over_no_batching": s["images_per_s"] / u["images_per_s"] if u and u["images_per_s"] else None})
+    return {"preset": preset.__dict__, "device": _device_name(), "dtype": engine_dtype(preset), "max_batch_size": max_batch_size,
             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             # the raw and the served engine run with the same OpenMP spin (t2i_core/patches/openmp.py)
             "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
@@ -163,7 +227,8 @@ def benchmark(preset: Preset, repeats: int, requests_per_level: int, concurrency
 def table(report: dict[str, Any]) -> str:
     twice = bool(report["raw"]) and "images_per_s_after" in report["raw"][0]
     described = Preset(**report["preset"]).describe()
-    lines = [f"preset {report['preset']['name']} on {report['device']}  (max_batch_size {report['max_batch_size']}{described})", "",
+    dtype = f", {report['dtype']}" if "dtype" in report else ""
+    lines = [f"preset {report['preset']['name']} on {report['device']}  (max_batch_size {report['max_batch_size']}{dtype}{described})", "",
              "raw (engine in process: the faster of a run before the served runs and one after them)"
              if twice else "raw (engine in process)",
              "  batch   img/s   batch latency" + ("   img/s before   img/s after" if twice else "")]
@@ -171,6 +236,8 @@ def table(report: dict[str, Any]) -> str:
         lines.append(f"  {r['batch']:5d} {r['images_per_s']:7.1f}   {r['batch_latency_s'] * 1000:8.1f} ms"
                      + (f"   {r['images_per_s_before']:12.1f}   {r['images_per_s_after']:11.1f}" if twice else ""))
     for title, key in (("served (bentoml serve, adaptive batching)", "served"), ("no batching (max_batch_size=1)", "no_batching")):
+        if not report[key] and key == "no_batching" and not report["preset"].get("no_batching", True):
+            continue
         lines += ["", title, "  clients   img/s     p50 ms    p95 ms    p99 ms   img/batch   engine busy   non-200"
                              "   API cpu ms/req   engine cpu ms/img"]
         for r in report[key]:
@@ -182,12 +249,23 @@ def table(report: dict[str, Any]) -> str:
     for r in report["ratios"]:
         nb = r["served_over_no_batching"]
         lines.append(f"  {r['concurrency']:7d} {r['served_over_raw_best']:18.2f} {nb if nb is None else f'{nb:20.2f}'}")
+    split = [(f"raw batch {r['batch']}", r["stages_s"]) for r in report["raw"] if r.get("stages_s")]
+    split += [(f"served {r['concurrency']} client{'s' if r['concurrency'] > 1 else ''}", r["stages_s"])
+              for r in report["served"] if r.get("stages_s")]
+    if split:
+        lines += ["", "stage split (ms; text encoding, denoising, VAE decoding per engine batch; image encoding per image)",
+                  "  where                text enc    denoise    VAE dec    img enc"]
+        for where, st in split:
+            cells = "".join(f" {st[k] * 1000:10.1f}" if k in st else f" {'-':>10}" for k in (*STAGES, "image_encoding"))
+            lines.append(f"  {where:18s} {cells}")
     return "\n".join(lines)
 
 
-def main(preset: Preset, out: Path, repeats: int, requests_per_level: int, concurrency: tuple[int, ...] | None,
-         max_batch_size: int, raw_only: bool = False) -> None:
-    report = benchmark(preset, repeats, requests_per_level, concurrency, max_batch_size, raw_only)
+def main(preset: Preset, out: Path, repeats: int | None, requests_per_level: int | None, concurrency: tuple[int, ...] | None,
+         max_batch_size: int | None, raw_only: bool = False) -> None:
+    """Run and report; None for ``repeats``, ``requests_per_level`` or ``max_batch_size``: the preset's."""
+    report = benchmark(preset, repeats or preset.repeats, requests_per_level or preset.requests, concurrency,
+                       max_batch_size or preset.max_batch_size, raw_only)
     print(table(report))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
