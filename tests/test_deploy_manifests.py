@@ -13,10 +13,9 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate  # requirements-test.txt; its schemas ship in the package
 import pytest
 import yaml
-
-kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
