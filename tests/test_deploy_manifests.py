@@ -112,6 +112,9 @@ def test_startup_probe_allows_minutes_long_model_loads(path):
     # the liveness probe gives a loaded server a minute before a restart
     live = _server(DEPLOYMENTS[path])["livenessProbe"]
     assert live["periodSeconds"] * live["failureThreshold"] >= 60
+    # BentoML's /readyz asks the engine and waits up to 5 s for it (runner_probe): the probe waits longer
+    for name in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert _server(DEPLOYMENTS[path])[name]["timeoutSeconds"] > 5, name
 
 
 def _pod_specs() -> list[tuple[str, dict[str, Any]]]:
