@@ -130,8 +130,12 @@ def test_pods_run_as_bentomls_container_user_and_can_write_the_cache(path, pod):
     assert ctx["runAsNonRoot"] is True
     for c in pod.get("initContainers", []) + pod["containers"]:
         assert c["securityContext"]["allowPrivilegeEscalation"] is False
-        assert any(m["name"] == "hf-cache" and m["mountPath"] == _config()["HF_HOME"] for m in c["volumeMounts"]), \
-            f"{path}: {c['name']} must mount the cache at HF_HOME"
+        (mount,) = [m for m in c["volumeMounts"] if m["name"] == "models"]
+        # the Hugging Face cache and the url images' folder both live on the volume
+        assert Path(_config()["HF_HOME"]).is_relative_to(mount["mountPath"]), f"{path}: {c['name']}"
+        store_kind, _, folder = _config()["T2I_IMAGE_STORE"].partition(":")
+        assert store_kind == "dir" and Path(folder).is_relative_to(mount["mountPath"])
+        assert not Path(folder).is_relative_to(_config()["HF_HOME"])
 
 
 def test_shared_cache_is_read_write_many():
@@ -139,7 +143,7 @@ def test_shared_cache_is_read_write_many():
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
     for path in (MAIN, "deploy/k8s/model-pull-job.yaml"):
         doc = DEPLOYMENTS.get(path) or _one("Job")
-        (vol,) = [v for v in doc["spec"]["template"]["spec"]["volumes"] if v["name"] == "hf-cache"]
+        (vol,) = [v for v in doc["spec"]["template"]["spec"]["volumes"] if v["name"] == "models"]
         assert vol["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
 
 
@@ -149,7 +153,7 @@ def test_model_pull_commands_download_the_configured_model():
     from t2i_core.__main__ import build_parser
 
     per_pod = DEPLOYMENTS[PER_POD]["spec"]["template"]["spec"]
-    assert {v["name"]: v for v in per_pod["volumes"]}["hf-cache"].get("emptyDir") is not None
+    assert {v["name"]: v for v in per_pod["volumes"]}["models"].get("emptyDir") is not None
     (init,) = per_pod["initContainers"]
     (job,) = _one("Job")["spec"]["template"]["spec"]["containers"]
     for c in (init, job):
