@@ -112,16 +112,23 @@ def test_bf16_runs_the_engine_on_this_cpu():
 
 # ---- quality guard on the SD-Turbo architecture --------------------------------------------------
 #
-# The full-size SD-Turbo UNet (866M parameters) and SD VAE decoder, random weights (seed 0), at a
-# reduced input: an 8x8 latent (64x64 pixels) instead of 64x64 (512x512). Every layer and weight of
-# the real model runs; only the spatial size is smaller, so a forward pass takes a second, not ten.
+# The SD-Turbo UNet's and the SD VAE decoder's architectures (every block type, layer count, attention
+# layout, the 1024-wide text conditioning) with random weights (seed 0), at a fifth and a quarter of their
+# channel widths and a small input (an 8x8 latent for the UNet, 4x4 for the VAE). Without native bf16
+# (AVX2) bf16 convolutions run in a slow software path: the full-size VAE took 170-260 s per 64x64 decode
+# in bf16 on the 2-core test machine, these take a second or two.
 #
-# The bounds: bfloat16 keeps 8 bits of mantissa, a relative rounding of 2^-9 (0.2%) per stored value;
-# through the UNet's 70-odd layers the errors add up to about 1% (measured 0.4-0.6% for these seeds,
-# with float32 accumulation in the matmuls). The bound, 3%, leaves room for other CPUs' kernels (AMX
-# and AVX2 accumulate in different orders) while a real fault (a layer in the wrong dtype, a cast
-# that overflows, a kernel computing garbage) shows as 10% and more. The VAE decodes to pixels:
-# the bound is on 0-255 levels, mean 2 and the 99.9th percentile 16.
+# Measured: the UNet's bf16 noise prediction is 1.26-1.28% from float32's (relative L2); the full-size
+# UNet gave the same, 1.18-1.32% (8x8 latent, two seeds). The VAE's bf16 pixels are 1.0-1.2 levels of 255
+# from float32's on average, 7-9 at the 99.9th percentile (full size: 0.65-0.76 and 5-6, three seeds).
+# bfloat16 keeps 8 bits of mantissa (a relative rounding of 2^-9 per stored value), so ~1% after some
+# 70 layers is what it costs. The bounds, about twice the measured errors (3%; 2.5 levels mean, 16 at
+# the 99.9th percentile), leave room for other CPUs' kernels (AMX and AVX2 accumulate in different orders)
+# while a real fault (a layer in the wrong dtype, an overflowing cast, a kernel computing garbage) shows
+# as 10% and more. Tolerances, not equality: no two dtypes give the same bits.
+
+UNET_SMALL = dict(block_out_channels=(64, 128, 256, 256), attention_head_dim=(2, 4, 8, 8))
+VAE_SMALL = dict(block_out_channels=(32, 64, 128, 128))
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -135,10 +142,10 @@ def test_bf16_unet_stays_within_3_percent_of_float32():
     from t2i_core.devtools.random_arch import unet_config
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(**unet_config("sd-turbo")).eval()
+    unet = UNet2DConditionModel(**{**unet_config("sd-turbo"), **UNET_SMALL}).eval()
     generator = torch.Generator().manual_seed(1)
-    latents = torch.randn(2, 4, 8, 8, generator=generator)
-    text = torch.randn(2, 77, 1024, generator=generator)
+    latents = torch.randn(1, 4, 8, 8, generator=generator)
+    text = torch.randn(1, 77, 1024, generator=generator)
     timestep = torch.tensor([999])
     with torch.inference_mode():
         reference = unet(latents, timestep, text).sample
@@ -150,14 +157,14 @@ def test_bf16_unet_stays_within_3_percent_of_float32():
 
 
 @pytest.mark.slow
-def test_bf16_vae_decode_stays_within_2_levels_of_float32():
+def test_bf16_vae_decode_stays_within_a_few_levels_of_float32():
     from diffusers import AutoencoderKL
 
     from t2i_core.devtools.random_arch import VAE_CONFIG
 
     torch.manual_seed(0)
-    vae = AutoencoderKL(**VAE_CONFIG).eval()
-    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    vae = AutoencoderKL(**{**VAE_CONFIG, **VAE_SMALL}).eval()
+    latents = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(2))
 
     def pixels(dtype: torch.dtype) -> np.ndarray:
         with torch.inference_mode():
@@ -167,4 +174,4 @@ def test_bf16_vae_decode_stays_within_2_levels_of_float32():
     reference, fast = pixels(torch.float32), pixels(torch.bfloat16)
     assert reference.std() > 5  # not a flat image
     diff = np.abs(fast - reference)
-    assert diff.mean() < 2 and np.percentile(diff, 99.9) <= 16, (diff.mean(), np.percentile(diff, 99.9))
+    assert diff.mean() < 2.5 and np.percentile(diff, 99.9) <= 16, (diff.mean(), np.percentile(diff, 99.9))

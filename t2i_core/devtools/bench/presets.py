@@ -62,6 +62,8 @@ PRESETS = {
                                   batch_sizes=(1, 2, 4, 8, 16, 32), concurrency=(1, 4, 16, 32, 64)),
     "sdxl-turbo-arch": Preset("sdxl-turbo-arch", "random/sdxl-turbo-arch", 512, 512, 1, "bfloat16",
                               batch_sizes=(1, 2, 4, 8, 16), concurrency=(1, 4, 16, 32, 64)),
+    "sdxl-turbo-arch-taesd": Preset("sdxl-turbo-arch-taesd", "random/sdxl-turbo-arch-taesd", 512, 512, 1, "bfloat16",
+                                    batch_sizes=(1, 2, 4, 8, 16), concurrency=(1, 4, 16, 32, 64)),
     # CPU: the SD-Turbo architecture at 512 px, 1 step, in the CPU's dtype ("auto": bfloat16 where the CPU
     # has it natively, else float32; T2I_CPU_BF16 decides as in the server). Seconds per image: short runs,
     # batches of at most 4 (a CPU gains nothing from waiting to fill 16), no "no batching" server.

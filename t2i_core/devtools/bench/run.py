@@ -35,6 +35,9 @@ def _device_name() -> str:
 
 
 STAGES = ("text_encoding", "denoising", "vae_decoding")
+#: seconds a benchmark server may take to answer its first image: loading a full-size model, and with
+#: T2I_COMPILE compiling it at startup (minutes for SDXL's UNet), or one 512 px image on a small CPU
+READY_TIMEOUT_S = 900
 
 
 def engine_dtype(preset: Preset) -> str:
@@ -148,21 +151,26 @@ def served(preset: Preset, max_batch_size: int, requests_per_level: int, concurr
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "T2I_MAX_BATCH_SIZE": str(max_batch_size), "T2I_DTYPE": engine_dtype(preset),
            "T2I_MODEL": preset.model, "T2I_MAX_IN_FLIGHT": "100000", "T2I_REGISTRY": str(bench_registry_file()),
-           "BENTOML_CONFIG": str(ROOT / "configuration.yaml")}
+           "BENTOML_CONFIG": str(ROOT / "configuration.yaml"),
+           # a 512 px image on a small CPU takes tens of seconds, more than the default 120 s limit once queued
+           "T2I_REQUEST_TIMEOUT_S": os.environ.get("T2I_REQUEST_TIMEOUT_S") or str(READY_TIMEOUT_S)}
     bentoml = Path(sys.executable).with_name("bentoml")
     log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"t2i-bench-{port}.log", "wb")
     proc = subprocess.Popen([str(bentoml), "serve", "service:API", "--host", "127.0.0.1", "--port", str(port)],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     rows = []
     try:
-        for _ in range(600):
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
             try:
-                if httpx.post(f"{url}/generate", json=preset.body(0), timeout=120).status_code == 200:
+                if httpx.post(f"{url}/generate", json=preset.body(0), timeout=READY_TIMEOUT_S).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if proc.poll() is not None:
                 raise RuntimeError(f"server exited; see {log.name}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server not ready after {READY_TIMEOUT_S} s; see {log.name}")
             time.sleep(0.5)
         if preset.warmup_per_client:
             run_load(f"{url}/generate", preset.body, max(concurrency), max(concurrency) * preset.warmup_per_client)

@@ -1,0 +1,214 @@
+"""The GPU run, in one command (``bash scripts/gpu_bench.sh``): the random-weight SD-Turbo and
+SDXL-Turbo architectures at 512 px, 1 step, bfloat16, with the model's VAE and with a tiny VAE (TAESD's
+architecture), with and without ``torch.compile``; each raw (the engine in process) and served (a real
+``bentoml serve``) at 1, 8 and 32 clients. Writes one JSON and a markdown table.
+
+Sized to finish within ``--budget-s`` (default 450 s, for an H100): the runs go in the order of
+``PLAN`` (most wanted first), and a run that would start past the budget is reported as skipped rather
+than started. ``--dry-run`` does the same on the CPU with the built-in tiny model (64 px), so the
+orchestration is checked where no GPU is at hand (``tests/test_gpu_bench.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import gc
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Iterator
+
+from t2i_core.devtools.bench.presets import PRESETS, Preset
+
+#: T2I_* settings of a compiled run: torch.compile of the denoiser with its warm-up at startup, plus the
+#: channels-last format and fused QKV projections that usually come with it on a GPU
+COMPILE_ENV = {"T2I_COMPILE": "1", "T2I_CHANNELS_LAST": "1", "T2I_FUSE_QKV": "1"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    label: str
+    preset: str
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+PLAN = (
+    Run("sd-turbo, bf16", "sd-turbo-arch"),
+    Run("sd-turbo, bf16, TAESD", "sd-turbo-arch-taesd"),
+    Run("sdxl-turbo, bf16", "sdxl-turbo-arch"),
+    Run("sd-turbo, bf16, TAESD, compile", "sd-turbo-arch-taesd", COMPILE_ENV),
+    Run("sdxl-turbo, bf16, TAESD", "sdxl-turbo-arch-taesd"),
+    Run("sdxl-turbo, bf16, TAESD, compile", "sdxl-turbo-arch-taesd", COMPILE_ENV),
+    Run("sd-turbo, bf16, compile", "sd-turbo-arch", COMPILE_ENV),
+)
+#: the CPU rehearsal: the same steps on the tiny model (channels-last stands in for compile, which
+#: takes minutes on a small CPU)
+DRY_PLAN = (Run("tiny, float32", "tiny"), Run("tiny, float32, channels-last", "tiny", {"T2I_CHANNELS_LAST": "1"}))
+ARCHS = ("sd-turbo", "sdxl-turbo")
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizing:
+    batch_sizes: tuple[int, ...] = (1, 8, 32)
+    concurrency: tuple[int, ...] = (1, 8, 32)
+    max_batch_size: int = 32
+    repeats: int = 5
+    requests: int = 256  # per served level, at least 4 per client
+    warmup_per_client: int = 2
+
+
+GPU_SIZING = Sizing()
+DRY_SIZING = Sizing(batch_sizes=(1, 2), concurrency=(1, 2), max_batch_size=2, repeats=1, requests=4, warmup_per_client=1)
+
+
+@contextlib.contextmanager
+def environment(extra: dict[str, str]) -> Iterator[None]:
+    """``extra`` in os.environ for the block (the raw engine reads its settings from there, and the
+    served runs pass it on), then as before."""
+    saved = {k: os.environ.get(k) for k in extra}
+    os.environ.update(extra)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def sized(preset: Preset, sizing: Sizing) -> Preset:
+    return dataclasses.replace(preset, batch_sizes=sizing.batch_sizes, concurrency=sizing.concurrency,
+                               max_batch_size=sizing.max_batch_size, repeats=sizing.repeats, requests=sizing.requests,
+                               warmup_per_client=sizing.warmup_per_client, min_requests_per_client=4, no_batching=False)
+
+
+def build_archs(plan: tuple[Run, ...]) -> dict[str, float]:
+    """Build (or find cached) the random-weight pipelines ``plan`` needs; seconds per architecture."""
+    from t2i_core.devtools.random_arch import ensure_random_pipeline
+    from t2i_core.engine.tiny_vae import resolve
+
+    seconds = {}
+    for arch in ARCHS:
+        if any(PRESETS[r.preset].model.startswith(f"random/{arch}-arch") for r in plan):
+            started = time.perf_counter()
+            ensure_random_pipeline(arch)
+            seconds[arch] = round(time.perf_counter() - started, 1)
+    if any(PRESETS[r.preset].model.endswith("-taesd") for r in plan):
+        resolve("random:taesd")
+    return seconds
+
+
+def measure(run: Run, sizing: Sizing) -> dict[str, Any]:
+    """One run: raw per batch size, then served per client count."""
+    from t2i_core.devtools.bench.run import engine_dtype, raw, raw_engine, served
+
+    preset = sized(PRESETS[run.preset], sizing)
+    started = time.perf_counter()
+    with environment({**run.env, "T2I_MAX_BATCH_SIZE": str(sizing.max_batch_size)}):
+        engine = raw_engine(preset)
+        raw_rows = raw(preset, preset.repeats, engine)
+        del engine
+        gc.collect()
+        _empty_cuda_cache()
+        raw_s = time.perf_counter() - started
+        served_rows = served(preset, preset.max_batch_size, preset.requests, preset.concurrency)
+    best = max(r["images_per_s"] for r in raw_rows)
+    return {"label": run.label, "preset": run.preset, "model": preset.model, "dtype": engine_dtype(preset),
+            "env": run.env, "raw": raw_rows, "served": served_rows, "raw_best_images_per_s": best,
+            "served_over_raw_best": {str(r["concurrency"]): r["images_per_s"] / best for r in served_rows},
+            "seconds": {"raw": round(raw_s, 1), "total": round(time.perf_counter() - started, 1)}}
+
+
+def _empty_cuda_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The table for docs/performance.md: per run, raw img/s per batch size, served img/s and p50 per
+    client count, served / raw best, and the stage split at batch 1."""
+    sizing = report["sizing"]
+    lines = [f"GPU run on {report['device']}, {report['when']}, {report['seconds']:.0f} s "
+             f"(`{report['command']}`)", "",
+             "| run | " + " | ".join(f"raw b{b} img/s" for b in sizing["batch_sizes"]) + " | "
+             + " | ".join(f"served {c}c img/s (p50 ms)" for c in sizing["concurrency"])
+             + f" | served/raw at {max(sizing['concurrency'])}c | batch 1: text / denoise / VAE / PNG ms |",
+             "| --- " * (2 + len(sizing["batch_sizes"]) + len(sizing["concurrency"])) + "| --- |"]
+    for r in report["runs"]:
+        if "skipped" in r or "error" in r:
+            why = r.get("skipped") or f"failed: {r['error']}"
+            lines.append(f"| {r['label']} | {why} |" + " |" * (len(sizing["batch_sizes"]) + len(sizing["concurrency"]) + 1))
+            continue
+        raw_cells = [f"{row['images_per_s']:.1f}" for row in r["raw"]]
+        served_cells = [f"{row['images_per_s']:.1f} ({row['p50_s'] * 1000:.0f})" for row in r["served"]]
+        ratio = r["served_over_raw_best"].get(str(max(sizing["concurrency"])))
+        st = r["raw"][0].get("stages_s", {})
+        split = " / ".join(f"{st[k] * 1000:.1f}" if k in st else "-"
+                           for k in ("text_encoding", "denoising", "vae_decoding", "image_encoding"))
+        lines.append(f"| {r['label']} | " + " | ".join(raw_cells + served_cells)
+                     + f" | {'-' if ratio is None else f'{ratio:.2f}'} | {split} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m t2i_core.devtools.bench.gpu", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("gpu-bench"), help="folder for gpu-bench.json and gpu-bench.md")
+    parser.add_argument("--budget-s", type=float, default=450.0, help="start no run after this many seconds")
+    parser.add_argument("--only", default="", help="comma-separated run numbers of the plan (1-based) to run")
+    parser.add_argument("--dry-run", action="store_true", help="the same steps on the CPU with the tiny model")
+    args = parser.parse_args(argv)
+
+    plan, sizing = (DRY_PLAN, DRY_SIZING) if args.dry_run else (PLAN, GPU_SIZING)
+    if args.only:
+        plan = tuple(plan[int(i) - 1] for i in args.only.split(","))
+    if not args.dry_run:
+        import torch
+
+        if not torch.cuda.is_available():
+            print("no CUDA device: this run is for a GPU (use --dry-run to rehearse it on the CPU)", file=sys.stderr)
+            return 2
+    from t2i_core.devtools.bench.run import _device_name
+
+    started = time.perf_counter()
+    report: dict[str, Any] = {"device": _device_name(), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                              "command": " ".join(["scripts/gpu_bench.sh", *(argv if argv is not None else sys.argv[1:])]),
+                              "sizing": dataclasses.asdict(sizing), "budget_s": args.budget_s, "runs": []}
+    report["build_s"] = build_archs(plan)
+    print(f"architectures ready in {time.perf_counter() - started:.0f} s: {report['build_s']}", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for run in plan:
+        elapsed = time.perf_counter() - started
+        if elapsed > args.budget_s:
+            report["runs"].append({"label": run.label, "preset": run.preset, "env": run.env,
+                                   "skipped": f"not started: {elapsed:.0f} s of the {args.budget_s:.0f} s budget gone"})
+            continue
+        print(f"[{elapsed:5.0f} s] {run.label} ...", flush=True)
+        try:
+            report["runs"].append(measure(run, sizing))
+        except Exception as exc:  # noqa: BLE001 - one failing run must not lose the others
+            traceback.print_exc()
+            report["runs"].append({"label": run.label, "preset": run.preset, "env": run.env,
+                                   "error": f"{type(exc).__name__}: {exc}"[:300]})
+        report["seconds"] = time.perf_counter() - started
+        (args.out / "gpu-bench.json").write_text(json.dumps(report, indent=2))  # what was measured so far
+    report["seconds"] = time.perf_counter() - started
+    (args.out / "gpu-bench.json").write_text(json.dumps(report, indent=2))
+    table = markdown(report)
+    (args.out / "gpu-bench.md").write_text(table)
+    print(table)
+    print(f"wrote {args.out / 'gpu-bench.json'} and {args.out / 'gpu-bench.md'} in {report['seconds']:.0f} s")
+    failed = [r for r in report["runs"] if "error" in r]
+    return 1 if failed and len(failed) == len(report["runs"]) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
