@@ -137,35 +137,3 @@ def test_rocm_requirements_keep_the_same_pins():
                       if l.strip() and not l.startswith("#"))
 
     assert pins("requirements.txt") == pins("requirements-rocm.txt")
-
-
-# ---- Kubernetes -------------------------------------------------------------------------------
-def manifests() -> dict[str, dict]:
-    docs = {}
-    for path in sorted((ROOT / "deploy" / "k8s").glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            docs[doc["kind"]] = doc
-    return docs
-
-
-@pytest.mark.e2e
-def test_manifests_match_the_server(server):
-    docs = manifests()
-    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PersistentVolumeClaim"} <= set(docs)
-    pod = docs["Deployment"]["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
-    port = container["ports"][0]["containerPort"]
-    config = yaml.safe_load((ROOT / "configuration.yaml").read_text())
-    assert port == config["services"]["t2i"]["http"]["port"] == 3000
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
-    env = {e["name"]: e["value"] for e in container["env"]}
-    assert pod["terminationGracePeriodSeconds"] > int(env["T2I_REQUEST_TIMEOUT_S"])
-    for probe in ("readinessProbe", "livenessProbe"):
-        path = container[probe]["httpGet"]["path"]
-        assert httpx.get(f"{server.url}{path}", timeout=30).status_code == 200, path
-    assert docs["Service"]["spec"]["ports"][0]["targetPort"] == "http"
-    metric = docs["HorizontalPodAutoscaler"]["spec"]["metrics"][0]["pods"]["metric"]["name"]
-    httpx.post(f"{server.url}/generate", json={"prompt": "x"}, timeout=60)
-    exported = httpx.get(f"{server.url}/metrics", timeout=30).text
-    assert re.search(rf"^{metric}\b", exported, re.M), metric
-    assert docs["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]["name"] == docs["Deployment"]["metadata"]["name"]

@@ -307,3 +307,9 @@ def test_probe_routes_answer_on_a_running_server(server):
     for path in sorted(paths):
         r = httpx.get(f"{server.url}{path}", timeout=10)
         assert r.status_code == 200, (path, r.status_code, r.text[:200])
+
+
+def test_the_container_port_is_the_servers_port():
+    config = yaml.safe_load((ROOT / "configuration.yaml").read_text())
+    for dep in DEPLOYMENTS.values():
+        assert {p["containerPort"] for p in _server(dep)["ports"]} == {config["services"]["t2i"]["http"]["port"]}
