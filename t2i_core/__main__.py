@@ -4,7 +4,8 @@
     python -m t2i_core pull MODEL_ID                          download a hub model into the local cache
     python -m t2i_core pull MODEL_ID --from-folder DIR        import a diffusers folder into the BentoML model store
     python -m t2i_core bench --preset tiny                    the benchmark (raw, served, no batching)
-    python -m t2i_core bench-pair | bench-vae | bench-prompts | bench-stop   focused measurements (docs/performance.md)
+    python -m t2i_core bench-pair | bench-vae | bench-prompts | bench-stop | bench-controls | bench-previews
+                                                              focused measurements (docs/performance.md)
 """
 
 from __future__ import annotations
@@ -66,6 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
     stop.add_argument("--images", type=int, default=4)
     stop.add_argument("--steps", type=int, default=2)
     stop.add_argument("--repeats", type=int, default=3)
+    controls = sub.add_parser("bench-controls", help="LoRA adapters: load, switch between batches, step cost")
+    controls.add_argument("--arch", choices=("tiny", "sd-turbo"), default="tiny")
+    controls.add_argument("--size", type=int, default=64)
+    controls.add_argument("--rank", type=int, default=16)
+    controls.add_argument("--repeats", type=int, default=5)
+    previews = sub.add_parser("bench-previews", help="a batch's time with and without one request asking partial images")
+    previews.add_argument("--size", type=int, default=256)
+    previews.add_argument("--steps", type=int, default=8)
+    previews.add_argument("--batch", type=int, default=8)
+    previews.add_argument("--partial", type=int, default=3)
+    previews.add_argument("--repeats", type=int, default=7)
     pair = sub.add_parser("bench-pair", help="the same load against servers running side by side, alternating")
     pair.add_argument("servers", nargs="+", metavar="NAME=URL", help="e.g. before=http://127.0.0.1:3001 (the first is the reference)")
     pair.add_argument("--preset", default="tiny")
@@ -129,6 +141,20 @@ def run_bench_stop(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     return 0
 
 
+def run_bench_controls(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from t2i_core.devtools.bench.controls import main as run_controls_bench
+
+    run_controls_bench(args.arch, args.size, args.rank, args.repeats)
+    return 0
+
+
+def run_bench_previews(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from t2i_core.devtools.bench.previews import main as run_previews_bench
+
+    run_previews_bench(args.size, args.steps, args.batch, args.partial, args.repeats)
+    return 0
+
+
 def run_pull(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from t2i_core.common.errors import T2IError
     from t2i_core.devtools.pull import PullError, pull as do_pull
@@ -154,6 +180,7 @@ def run_tiny(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.ArgumentParser, argparse.Namespace], int]] = {
     "tiny": run_tiny, "pull": run_pull, "bench": run_bench, "bench-vae": run_bench_vae,
     "bench-prompts": run_bench_prompts, "bench-pair": run_bench_pair, "bench-stop": run_bench_stop,
+    "bench-controls": run_bench_controls, "bench-previews": run_bench_previews,
 }
 
 

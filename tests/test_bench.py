@@ -120,3 +120,14 @@ def test_bench_stop_reports_both_ways_of_stopping(capsys):
     out = capsys.readouterr().out
     assert out.count("stop points: engine busy") == 2 and out.count("step callback only: engine busy") == 2
     assert "outcome: client_closed" in out
+
+
+def test_bench_controls_and_previews_report_their_figures(capsys):
+    from t2i_core.__main__ import main
+
+    assert main(["bench-controls", "--arch", "tiny", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("load adapter") == 2 and "switch the active set: median" in out
+    assert "two adapters: median" in out and "(1.000x)" in out
+    assert main(["bench-previews", "--size", "64", "--steps", "4", "--batch", "2", "--partial", "1", "--repeats", "1"]) == 0
+    assert "with one request asking 1" in capsys.readouterr().out

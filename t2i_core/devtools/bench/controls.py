@@ -5,12 +5,11 @@ extra compute of an active (unfused) adapter in a denoising step.
 SD-Turbo UNet with random weights and two random rank-``--rank`` adapters on its attention projections
 (the shape of a typical style LoRA), built here, no download.
 
-    python -m t2i_core.devtools.bench.controls --arch sd-turbo --size 512
+    python -m t2i_core bench-controls --arch sd-turbo --size 512
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
@@ -114,12 +113,3 @@ def main(arch: str, size: int, rank: int, repeats: int) -> None:
     if scratch is not None:
         scratch.cleanup()
 
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arch", choices=("tiny", "sd-turbo"), default="tiny")
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--rank", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
-    main(args.arch, args.size, args.rank, args.repeats)

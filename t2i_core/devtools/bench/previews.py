@@ -1,12 +1,11 @@
 """What a neighbour's partial images cost the other images of its batch: engine seconds per batch
 with and without one request asking for partial images, runs interleaved so both see the same machine.
 
-    python -m t2i_core.devtools.bench.previews --size 256 --steps 8 --batch 8 --partial 3 --repeats 7
+    python -m t2i_core bench-previews --size 256 --steps 8 --batch 8 --partial 3 --repeats 7
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
@@ -36,13 +35,3 @@ def main(size: int, steps: int, batch: int, partial: int, repeats: int) -> None:
     print(f"batch of {batch} at {size}x{size}, {steps} steps: {a:.3f} s without partial images, {b:.3f} s with one "
           f"request asking {partial} (medians of {repeats}); the other {batch - 1} images wait {100 * (b - a) / a:+.1f}%")
 
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--partial", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=7)
-    args = parser.parse_args()
-    main(args.size, args.steps, args.batch, args.partial, args.repeats)
