@@ -30,6 +30,8 @@ class Preset:
     warmup_per_client: int = 2
     #: also measure a server with T2I_MAX_BATCH_SIZE=1 (the "no batching" columns)
     no_batching: bool = True
+    #: measure raw again after the served runs and keep the faster per batch size
+    raw_after: bool = True
 
     def prompt(self, i: int) -> str:
         return f"benchmark image {i % self.distinct_prompts if self.distinct_prompts > 0 else i}"
@@ -68,9 +70,9 @@ PRESETS = {
     # has it natively, else float32; T2I_CPU_BF16 decides as in the server). Seconds per image: short runs,
     # batches of at most 4 (a CPU gains nothing from waiting to fill 16), no "no batching" server.
     "sd-turbo-arch-cpu": Preset("sd-turbo-arch-cpu", "random/sd-turbo-arch", 512, 512, 1, "auto",
-                                batch_sizes=(1, 2), concurrency=(1, 4), max_batch_size=4, requests=4, repeats=2,
-                                min_requests_per_client=1, warmup_per_client=0, no_batching=False),
+                                batch_sizes=(1,), concurrency=(1, 4), max_batch_size=4, requests=2, repeats=1,
+                                min_requests_per_client=1, warmup_per_client=0, no_batching=False, raw_after=False),
     "sd-turbo-arch-taesd-cpu": Preset("sd-turbo-arch-taesd-cpu", "random/sd-turbo-arch-taesd", 512, 512, 1, "auto",
-                                      batch_sizes=(1, 2), concurrency=(1, 4), max_batch_size=4, requests=8, repeats=3,
-                                      min_requests_per_client=2, warmup_per_client=0, no_batching=False),
+                                      batch_sizes=(1, 2), concurrency=(1, 4), max_batch_size=4, requests=4, repeats=2,
+                                      min_requests_per_client=2, warmup_per_client=0, no_batching=False, raw_after=False),
 }
