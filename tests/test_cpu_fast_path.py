@@ -175,3 +175,26 @@ def test_bf16_vae_decode_stays_within_a_few_levels_of_float32():
     assert reference.std() > 5  # not a flat image
     diff = np.abs(fast - reference)
     assert diff.mean() < 2.5 and np.percentile(diff, 99.9) <= 16, (diff.mean(), np.percentile(diff, 99.9))
+
+
+def test_a_registry_entry_with_cpu_dtype_auto_follows_the_setting(tmp_path, monkeypatch):
+    """End to end through the model manager: an entry that leaves its CPU dtype to the server loads in
+    bfloat16 with T2I_CPU_BF16=on and in float32 with off (needs the registry to accept "auto")."""
+    import json
+
+    from t2i_core.common.config import Settings
+    from t2i_core.common.registry import DEFAULT_REGISTRY, TINY_SD_ID, Registry, RegistryError
+    from t2i_core.engine.core import Engine
+
+    models = json.loads(DEFAULT_REGISTRY.read_text())
+    entry = {**next(m for m in models["models"] if m["id"] == TINY_SD_ID), "cpu_dtype": "auto"}
+    path = tmp_path / "models.json"
+    path.write_text(json.dumps({**models, "default": TINY_SD_ID, "models": [entry]}))
+    try:
+        registry = Registry(default=TINY_SD_ID, path=path)
+    except (RegistryError, ValueError) as err:
+        pytest.skip(f"this registry does not accept cpu_dtype auto yet: {err}")
+    for mode, want in (("on", torch.bfloat16), ("off", torch.float32)):
+        monkeypatch.setenv("T2I_CPU_BF16", mode)
+        engine = Engine(Settings(), registry=registry)
+        assert engine.load(TINY_SD_ID).text2image.unet.dtype == want
