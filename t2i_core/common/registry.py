@@ -65,8 +65,10 @@ class ModelEntry(BaseModel):
     defaults: ModelDefaults
     memory: MemoryOptions = MemoryOptions()
     preload: bool = False
-    #: dtype on CPU; "float64" makes CPU images bit-identical whatever the batch (fp32 kernels are not).
-    cpu_dtype: Literal["float32", "float64", "bfloat16"] = "float32"
+    #: dtype on CPU; "auto": bfloat16 where the CPU computes it natively (AMX / AVX512-BF16), else float32,
+    #: T2I_CPU_BF16 overriding (t2i_core/engine/devices.py); "float64" makes CPU images bit-identical
+    #: whatever the batch (fp32 kernels are not).
+    cpu_dtype: Literal["auto", "float32", "float64", "bfloat16"] = "float32"
     #: an AutoencoderTiny (e.g. "hub:madebyollin/taesd") to decode with instead of the model's VAE
     #: (faster, some detail lost; see t2i_core/engine/tiny_vae.py); null: the model's own VAE
     tiny_vae: str | None = None
