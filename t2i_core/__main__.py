@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     previews.add_argument("--batch", type=int, default=8)
     previews.add_argument("--partial", type=int, default=3)
     previews.add_argument("--repeats", type=int, default=7)
+    previews.add_argument("--decode", choices=("approx", "vae"), default="approx", help="T2I_PREVIEW_DECODE")
     pair = sub.add_parser("bench-pair", help="the same load against servers running side by side, alternating")
     pair.add_argument("servers", nargs="+", metavar="NAME=URL", help="e.g. before=http://127.0.0.1:3001 (the first is the reference)")
     pair.add_argument("--preset", default="tiny")
@@ -151,7 +152,7 @@ def run_bench_controls(parser: argparse.ArgumentParser, args: argparse.Namespace
 def run_bench_previews(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from t2i_core.devtools.bench.previews import main as run_previews_bench
 
-    run_previews_bench(args.size, args.steps, args.batch, args.partial, args.repeats)
+    run_previews_bench(args.size, args.steps, args.batch, args.partial, args.repeats, args.decode)
     return 0
 
 

@@ -4,7 +4,9 @@ over the run; the other images of the batch are unchanged."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from t2i_core.common.config import Settings
 from t2i_core.common.registry import TINY_SD_ID
 from t2i_core.common.schemas import EngineRequest
 from t2i_core.engine.previews import preview_steps
@@ -23,7 +25,17 @@ def test_preview_steps_spread_over_the_run():
     assert preview_steps(0, 10) == []
 
 
-def test_partial_images_are_intermediate_decodes_and_change_nothing_else(engine):
+@pytest.fixture(scope="module")
+def vae_engine():
+    """An engine that decodes partial images with the model's VAE (``T2I_PREVIEW_DECODE=vae``)."""
+    from t2i_core.engine.core import Engine
+
+    return Engine(Settings(preview_decode="vae"))
+
+
+@pytest.mark.parametrize("decoder", ["approx", "vae"])
+def test_partial_images_are_intermediate_decodes_and_change_nothing_else(engine, vae_engine, decoder):
+    engine = vae_engine if decoder == "vae" else engine
     alone = engine.run([req("quiet-alone", 2)])[0]
     asked, quiet = engine.run([req("asks", 1, partial_images=2), req("quiet", 2)])
     previews = engine.take_previews("asks")
@@ -31,17 +43,22 @@ def test_partial_images_are_intermediate_decodes_and_change_nothing_else(engine)
     assert all(p.width == 64 and p.height == 64 and len(p.pixels) == 64 * 64 * 3 for p in previews)
     final = np.frombuffer(asked.pixels, np.uint8).astype(int)
     first, second = (np.frombuffer(p.pixels, np.uint8).astype(int) for p in previews)
-    # real decodes of the latents on their way: different from each other, closer to the final image as they go
+    # real decodes of the latents on their way: different from each other (with the VAE, closer to the
+    # final image as they go; the approximation is another decoder than the final image's)
     assert not np.array_equal(first, second)
-    assert np.abs(second - final).mean() < np.abs(first - final).mean()
+    if decoder == "vae":
+        assert np.abs(second - final).mean() < np.abs(first - final).mean()
     assert engine.take_previews("quiet") == [] and engine.take_previews("asks", since=1) == previews[1:]
     assert quiet.pixels == alone.pixels  # a previewing batch-mate changes no other image
 
 
-def test_a_previewing_neighbour_adds_only_its_own_one_row_decodes(engine):
+@pytest.mark.parametrize("decoder", ["approx", "vae"])
+def test_a_previewing_neighbour_adds_no_work_to_its_batch_mates(engine, vae_engine, decoder):
     """The cost a batch-mate pays for a neighbour's partial images, counted rather than timed: the same
-    denoiser calls, and VAE decodes of the asking row only (one row per partial image), never of the
-    other rows. (Timed: docs/performance.md, "Partial images".)"""
+    denoiser calls; by default no VAE decode at all (the latents are projected to RGB), with
+    ``T2I_PREVIEW_DECODE=vae`` one decode of the asking row per partial image, never of the other rows.
+    (Timed: docs/performance.md, "Partial images".)"""
+    engine = vae_engine if decoder == "vae" else engine
     calls: list[tuple[str, int]] = []
     with engine.models.use(TINY_SD_ID) as loaded:
         pipe = loaded.pipeline("generate", None)
@@ -51,11 +68,13 @@ def test_a_previewing_neighbour_adds_only_its_own_one_row_decodes(engine):
     try:
         engine.run([req(f"plain-{i}", 10 + i) for i in range(4)])
         plain, calls[:] = list(calls), []
-        engine.run([req("previewing", 9, partial_images=2)] + [req(f"mate-{i}", 10 + i) for i in range(3)])
+        engine.run([req(f"previewing-{decoder}", 9, partial_images=2)] + [req(f"mate-{i}", 10 + i) for i in range(3)])
         mixed = list(calls)
     finally:
         for hook in hooks:
             hook.remove()
+    assert len(engine.take_previews(f"previewing-{decoder}")) == 2
     assert [c for c in mixed if c[0] == "unet"] == [c for c in plain if c[0] == "unet"]
     assert [c for c in plain if c[0] == "decode"] == [("decode", 4)]
-    assert sorted(c for c in mixed if c[0] == "decode") == [("decode", 1), ("decode", 1), ("decode", 4)]
+    extra = [("decode", 1), ("decode", 1)] if decoder == "vae" else []
+    assert sorted(c for c in mixed if c[0] == "decode") == sorted(extra + [("decode", 4)])

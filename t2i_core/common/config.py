@@ -105,6 +105,10 @@ class Settings:
     task_result_ttl_s: int = 3600
     task_store_max_bytes: int = 256 * 1024 * 1024
     task_store_check_s: int = 60
+    #: How partial images and live previews are decoded: "approx" (the latents projected to RGB, scaled up:
+    #: blurry, costs the batch nothing measurable) or "vae" (the model's VAE: sharp, its batch-mates wait
+    #: for each decode). See t2i_core/engine/previews.py.
+    preview_decode: str = "approx"
     #: Put prompts and negative prompts in the per-request log lines (1); off by default (0).
     log_prompts: int = 0
     #: GPU speed options (see t2i_core/engine/speedups.py), off by default: channels-last memory format, fused

@@ -26,7 +26,7 @@ from t2i_core.common.registry import Registry
 from t2i_core.common.schemas import EngineRequest, EngineResult, Preview
 from t2i_core.engine.speedups import Speedups
 from t2i_core.engine.stage_timer import StageTimer, device_sync
-from t2i_core.engine.previews import PreviewStore, decode_rows, preview_steps
+from t2i_core.engine.previews import PreviewStore, approximate_rows, decode_rows, preview_steps
 from t2i_core.engine.stop_points import Cancelled, StopPoints
 
 log = logging.getLogger("t2i.engine")
@@ -427,7 +427,10 @@ class Engine:
             return
         for i in rows:
             wanted.discard(items[i].request_id)
-        for i, (pixels, width, height) in zip(rows, decode_rows(pipe, tensors["latents"], rows)):
+        decoded = None
+        if self.settings.preview_decode != "vae":
+            decoded = approximate_rows(pipe, tensors["latents"], rows)
+        for i, (pixels, width, height) in zip(rows, decoded or decode_rows(pipe, tensors["latents"], rows)):
             self.previews.add(items[i].request_id, Preview(step=step, steps=steps, pixels=pixels, width=width, height=height))
 
     def take_previews(self, request_id: str, since: int = 0) -> list[Preview]:
