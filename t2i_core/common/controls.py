@@ -10,7 +10,7 @@ combines it with a model of another family is refused, naming both.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -22,14 +22,31 @@ MIN_ADAPTER_WEIGHT, MAX_ADAPTER_WEIGHT = -4.0, 4.0
 MAX_CONDITIONING_SCALE = 4.0
 
 
-def _check_source(value: str) -> str:
+def check_source(value: str, kinds: tuple[str, ...]) -> str:
+    """A registry entry's ``source``, ``<kind>:<ref>`` with a kind of ``kinds``; ValueError otherwise."""
     kind, _, ref = value.partition(":")
-    if kind not in CONTROL_SOURCE_KINDS or not ref:
-        raise ValueError(f"source must be one of {', '.join(k + ':...' for k in CONTROL_SOURCE_KINDS)}; got {value!r}")
+    if kind not in kinds or not ref:
+        raise ValueError(f"source must be one of {', '.join(k + ':...' for k in kinds)}; got {value!r}")
     return value
 
 
-class ControlEntry(BaseModel):
+class SourceParts:
+    """The two parts of a registry entry's ``source`` (models, adapters, ControlNets). The entry declares
+    ``source`` itself (an annotation here would make pydantic take it as this mixin's field)."""
+
+    if TYPE_CHECKING:
+        source: str
+
+    @property
+    def source_kind(self) -> str:
+        return self.source.split(":", 1)[0]
+
+    @property
+    def source_ref(self) -> str:
+        return self.source.split(":", 1)[1]
+
+
+class ControlEntry(SourceParts, BaseModel):
     """What adapters and ControlNets have in common: an id, the family they fit, where weights are."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -42,15 +59,7 @@ class ControlEntry(BaseModel):
     @field_validator("source")
     @classmethod
     def _source_kind(cls, value: str) -> str:
-        return _check_source(value)
-
-    @property
-    def source_kind(self) -> str:
-        return self.source.split(":", 1)[0]
-
-    @property
-    def source_ref(self) -> str:
-        return self.source.split(":", 1)[1]
+        return check_source(value, CONTROL_SOURCE_KINDS)
 
     def unavailable_reason(self) -> str | None:
         """Why the weights cannot be read from disk now, or None when they can."""

@@ -16,7 +16,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from t2i_core.common.controls import AdapterEntry, ControlNetEntry
+from t2i_core.common.controls import AdapterEntry, ControlNetEntry, SourceParts, check_source
 from t2i_core.common.errors import ModelUnavailable, T2IError, UnknownAdapter, UnknownControlNet, UnknownModel, describe_validation_errors
 from t2i_core.common.fields import MAX_GUIDANCE, MAX_SIDE, MAX_STEPS, MIN_SIDE, SIDE_MULTIPLE
 from t2i_core.common.schedulers import SCHEDULERS, check_scheduler
@@ -53,7 +53,7 @@ class MemoryOptions(BaseModel):
     attention_slicing: bool = False
 
 
-class ModelEntry(BaseModel):
+class ModelEntry(SourceParts, BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str = Field(min_length=1, max_length=200)
@@ -87,24 +87,13 @@ class ModelEntry(BaseModel):
     @field_validator("source")
     @classmethod
     def _source_kind(cls, value: str) -> str:
-        kind, _, ref = value.partition(":")
-        if kind not in SOURCE_KINDS or not ref:
-            raise ValueError(f"source must be one of {', '.join(k + ':...' for k in SOURCE_KINDS)}; got {value!r}")
-        return value
+        return check_source(value, SOURCE_KINDS)
 
     @model_validator(mode="after")
     def _scheduler_fits(self) -> "ModelEntry":
         if self.defaults.scheduler is not None:
             check_scheduler(self.defaults.scheduler, self.pipeline, field="defaults.scheduler")
         return self
-
-    @property
-    def source_kind(self) -> str:
-        return self.source.split(":", 1)[0]
-
-    @property
-    def source_ref(self) -> str:
-        return self.source.split(":", 1)[1]
 
     def metadata(self) -> dict[str, str]:
         return {"publisher": self.publisher, "family": self.family, "version": self.version, "id": self.id}

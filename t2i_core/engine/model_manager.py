@@ -88,15 +88,11 @@ def module_bytes(pipe: Any) -> int:
     """Bytes of every parameter and buffer of the pipeline's torch modules."""
     import torch
 
-    total = 0
-    for component in pipe.components.values():
-        if isinstance(component, torch.nn.Module):
-            total += sum(t.numel() * t.element_size() for t in component.parameters())
-            total += sum(t.numel() * t.element_size() for t in component.buffers())
-    return total
+    return sum(module_bytes_of(c) for c in pipe.components.values() if isinstance(c, torch.nn.Module))
 
 
 def module_bytes_of(module: Any) -> int:
+    """Bytes of one torch module's parameters and buffers."""
     return sum(t.numel() * t.element_size() for t in module.parameters()) + sum(
         t.numel() * t.element_size() for t in module.buffers())
 
@@ -261,8 +257,12 @@ class ModelManager:
     def used_bytes(self) -> int:
         """Bytes of the loaded models, their adapters and the loaded ControlNets."""
         with self._cond:
-            return (sum(m.bytes + m.adapters.bytes() for m in self._loaded.values())
-                    + sum(c.bytes for c in self._controlnets.values()))
+            return self._used()
+
+    def _used(self) -> int:
+        """``used_bytes`` for a caller holding ``_cond``."""
+        return (sum(m.bytes + m.adapters.bytes() for m in self._loaded.values())
+                + sum(c.bytes for c in self._controlnets.values()))
 
     def _make_room(self, need: int, exclude: str | None = None) -> None:
         """Unload the least recently used idle models, adapters and ControlNets until ``need`` more
@@ -271,8 +271,7 @@ class ModelManager:
             return
         freed = False
         with self._cond:
-            while sum(m.bytes + m.adapters.bytes() for m in self._loaded.values()) + sum(
-                    c.bytes for c in self._controlnets.values()) + need > self.budget_bytes:
+            while self._used() + need > self.budget_bytes:
                 victim = self._least_recently_used(exclude)
                 if victim is None:
                     log.warning("memory budget %d exceeded, but every loaded model is in use", self.budget_bytes)
