@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 import bentoml
+from bentoml._internal.context import server_context
 from PIL.Image import Image
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
@@ -42,6 +43,7 @@ from t2i_core.api.surfaces.tasks.cancel import TaskCancelMiddleware
 from t2i_core.api.surfaces.tasks.retention import cap_task_store
 from t2i_core.api.surfaces.tasks.store import engine_request_id, until_cancelled
 from t2i_core.common.paths import TASK_ROUTE
+from t2i_core.common.workers import engine_worker_count, image_store_spec, pin_engine_worker, run_folder, visible_gpus
 
 SETTINGS = Settings.from_env()
 try:  # a bad registry file stops the server at once, naming the file, the entry and the field
@@ -55,6 +57,11 @@ except RegistryError as exc:
 ENGINE_TRAFFIC = {"timeout": SETTINGS.request_timeout_s + 30, "concurrency": SETTINGS.max_batch_size}
 API_TRAFFIC = {"timeout": SETTINGS.request_timeout_s + 30, "concurrency": SETTINGS.max_in_flight}
 log = logging.getLogger("t2i")
+# Workers (see t2i_core/common/workers.py): one engine worker per GPU by default, each pinned to its own;
+# the run folder is shared by the workers of this server (made by `bentoml serve`'s main process).
+RUN_DIR = run_folder(in_worker=server_context.worker_index is not None)
+GPUS = visible_gpus()
+ENGINE_WORKERS = engine_worker_count(SETTINGS, GPUS)
 
 
 # Adaptive batching across requests; T2I_MAX_BATCH_SIZE=1 turns it off (BentoML refuses a batchable
@@ -67,7 +74,8 @@ BATCHING: dict[str, Any] = (
 
 # runner_connection: see t2i_core/patches/bentoml.py (BentoML's session renewal dropped in-flight calls)
 @bentoml.service(
-    name="t2i_engine", resources={"gpu": 1}, workers=1, traffic=ENGINE_TRAFFIC, runner_connection=NO_SESSION_RENEWAL
+    name="t2i_engine", resources={"gpu": ENGINE_WORKERS if GPUS else 1}, workers=ENGINE_WORKERS, traffic=ENGINE_TRAFFIC,
+    runner_connection=NO_SESSION_RENEWAL,
 )
 class Engine:
     """Owns the device: loads pipelines once and runs adaptive batches of images."""
@@ -75,7 +83,9 @@ class Engine:
     def __init__(self) -> None:
         from t2i_core.engine.core import Engine as CoreEngine
 
-        self.core = CoreEngine(SETTINGS)
+        index = server_context.worker_index or 1
+        settings = pin_engine_worker(SETTINGS, index, ENGINE_WORKERS, GPUS)  # before torch starts
+        self.core = CoreEngine(settings, shared_dir=RUN_DIR if ENGINE_WORKERS > 1 else None, worker=index)
         registry = self.core.registry
         if registry.using_fallback:
             reason = registry.get("stabilityai/sd-turbo").unavailable_reason()
@@ -98,30 +108,32 @@ class Engine:
         return self.core.run(requests)
 
     @bentoml.api
-    async def stats(self) -> dict[str, Any]:
+    def stats(self) -> dict[str, Any]:
         return self.core.stats()
 
+    # Sync methods (BentoML runs them on its threads, beside the batch): with several engine workers
+    # they read and write the shared ledger file.
     @bentoml.api
-    async def model_states(self) -> list[dict[str, Any]]:
-        return self.core.models.states()
+    def model_states(self) -> list[dict[str, Any]]:
+        return self.core.model_states()
 
     @bentoml.api
-    async def control_states(self) -> dict[str, list[dict[str, Any]]]:
+    def control_states(self) -> dict[str, list[dict[str, Any]]]:
         """The registered LoRA adapters and ControlNets, with where they are loaded."""
-        return {"adapters": self.core.models.adapter_states(), "controlnets": self.core.models.controlnet_states()}
+        return self.core.control_states()
 
     @bentoml.api
-    async def cancel(self, request_ids: list[str]) -> int:
-        """Stop work for these requests (timed out, or their client left); runs beside the batch."""
+    def cancel(self, request_ids: list[str]) -> int:
+        """Stop work for these requests (timed out, or their client left), on whichever worker runs them."""
         return self.core.cancel(request_ids)
 
     @bentoml.api
-    async def progress(self, request_ids: list[str]) -> dict[str, dict[str, Any]]:
-        """Where these requests are: queued, running (step k of n) or done."""
+    def progress(self, request_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Where these requests are: queued, running (step k of n), done or cancelled."""
         return self.core.progress(request_ids)
 
     @bentoml.api
-    async def previews(self, request_id: str, since: int = 0, want_next: bool = False) -> list[Preview]:
+    def previews(self, request_id: str, since: int = 0, want_next: bool = False) -> list[Preview]:
         """The partial images of ``request_id`` made so far, from index ``since`` on; ``want_next``: also
         decode its latents after its next step (a live preview)."""
         if want_next:
@@ -134,7 +146,7 @@ class Engine:
         return self.core.model_action(action, model_id)
 
 
-@bentoml.service(name="t2i", traffic=API_TRAFFIC)
+@bentoml.service(name="t2i", workers=SETTINGS.api_workers, traffic=API_TRAFFIC)
 class API:
     """HTTP front: validation, image decoding/encoding, and every public route."""
 
@@ -224,7 +236,7 @@ API.add_asgi_middleware(ErrorBodyMiddleware, paths=frozenset(m.route for m in AP
 API.mount_asgi_app(
     build_surfaces_app(
         lambda: bentoml.get_current_service().front,
-        open_image_store(SETTINGS.image_store, SETTINGS.image_url_ttl_s, SETTINGS.image_store_max_bytes),
+        open_image_store(image_store_spec(SETTINGS, RUN_DIR), SETTINGS.image_url_ttl_s, SETTINGS.image_store_max_bytes),
     ),
     path="/",
 )

@@ -64,7 +64,7 @@ def test_cancel_stops_the_work(server):
     r = httpx.put(f"{server.url}/tasks/generate/cancel", params={"task_id": task_id}, timeout=30)
     assert r.status_code == 200 and r.json() == {"task_id": task_id, "status": "canceled"}
     # the engine stops at its next step: progress ends well before 100 steps
-    p = wait_for(lambda: (lambda p: p if p["state"] == "done" else None)(progress(server, task_id)), timeout=60)
+    p = wait_for(lambda: (lambda p: p if p["state"] == "cancelled" else None)(progress(server, task_id)), timeout=60)
     assert p["status"] == "canceled" and p["step"] < 100
     status = httpx.get(f"{server.url}/tasks/generate/status", params={"task_id": task_id}).json()
     assert status["status"] == "canceled"  # not overwritten when the task function returns

@@ -38,10 +38,10 @@ class LocalEngineClient:
         return await asyncio.to_thread(self.engine.run, requests)
 
     async def model_states(self) -> list[dict[str, Any]]:
-        return self.engine.models.states()
+        return self.engine.model_states()
 
     async def control_states(self) -> dict[str, list[dict[str, Any]]]:
-        return {"adapters": self.engine.models.adapter_states(), "controlnets": self.engine.models.controlnet_states()}
+        return self.engine.control_states()
 
     async def model_action(self, action: str, model_id: str) -> dict[str, Any]:
         return await asyncio.to_thread(self.engine.model_action, action, model_id)

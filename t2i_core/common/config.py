@@ -52,6 +52,13 @@ class Settings:
     max_input_pixels: int = 4096 * 4096
     #: CPU threads torch may use in the engine (0: torch's default, one per core).
     torch_threads: int = 0
+    #: Engine workers (processes), each pinned to its own GPU: 0 means one per visible GPU (one on a
+    #: machine without a GPU). Several workers on CPU split the cores between them.
+    engine_workers: int = 0
+    #: API worker processes (HTTP, validation, image encoding); several share the engine. With more than
+    #: one, "url" images must be in a shared store (``image_store``; "auto" sees to it). Task results are
+    #: shared already: BentoML keeps them in one file per server.
+    api_workers: int = 1
     #: Load the default model when the engine starts (1) or on first use (0).
     preload: int = 1
     #: Bytes of accelerator memory (RAM on CPU) that loaded models may take; loading past it unloads
@@ -95,9 +102,11 @@ class Settings:
     #: ``response_format: "url"``: seconds an image stays downloadable, and the store's size in bytes.
     image_url_ttl_s: int = 3600
     image_store_max_bytes: int = 256 * 1024 * 1024
-    #: Where those images are kept: "memory" (this API process only) or "dir:<folder>", a folder shared by
-    #: API workers, server processes or replicas (a shared volume): a link made by one is served by all.
-    image_store: str = "memory"
+    #: Where those images are kept: "memory" (this API process only), "dir:<folder>", a folder shared by
+    #: API workers, server processes or replicas (a shared volume), or "fsspec:<url>", an object store
+    #: such as "fsspec:s3://bucket/prefix" (any fsspec file system; S3 through s3fs): a link made by one
+    #: is served by all. "auto": memory with one API worker, a folder in the server's run folder with more.
+    image_store: str = "auto"
     #: Tasks (/tasks/generate): seconds a finished task's result is kept in BentoML's task store (0: only
     #: BentoML's own 24 h limit), the most bytes the store's data may take (the oldest finished go
     #: first; 0: no cap), and seconds between checks in the API process (0: neither limit is applied).

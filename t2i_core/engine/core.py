@@ -13,7 +13,8 @@ import logging
 import secrets
 import threading
 import time
-from collections import Counter, OrderedDict, deque
+import os
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
@@ -26,7 +27,10 @@ from t2i_core.common.registry import Registry
 from t2i_core.common.schemas import EngineRequest, EngineResult, Preview
 from t2i_core.engine.speedups import Speedups
 from t2i_core.engine.stage_timer import StageTimer, device_sync
-from t2i_core.engine.previews import PreviewStore, approximate_rows, decode_rows, preview_steps
+from t2i_core.engine.ledger import LocalLedger, SharedLedger
+from t2i_core.engine.previews import approximate_rows, decode_rows, preview_steps
+from t2i_core.engine.shared_db import SharedDB
+from t2i_core.engine.workers import ACTIONS, BEAT_S, WorkerBoard, net_effect, merge_control_states, merge_model_states, merge_stats
 from t2i_core.engine.stop_points import Cancelled, StopPoints
 
 log = logging.getLogger("t2i.engine")
@@ -44,7 +48,6 @@ def default_budget(device: str) -> int:
 
 
 T = TypeVar("T")
-PROGRESS_KEPT = 10_000
 SEED_RANGE = 2**32  # drawn seeds stay small enough for every JSON client
 
 
@@ -92,7 +95,10 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 class Engine:
-    def __init__(self, settings: Settings | None = None, registry: Registry | None = None):
+    def __init__(self, settings: Settings | None = None, registry: Registry | None = None,
+                 shared_dir: str | None = None, worker: int = 1):
+        """``shared_dir``: the run folder that this engine worker shares with the other engine workers of
+        its server (see t2i_core/engine/ledger.py and workers.py); None: the only worker."""
         from t2i_core.patches.diffusers import skip_group_offload_lookup_until_used
 
         skip_group_offload_lookup_until_used()
@@ -118,16 +124,22 @@ class Engine:
         self._busy_s = 0.0  # seconds spent in pipeline calls that produced images
         self._active = 0  # run() calls in progress
         self._idle_since: float | None = time.monotonic()
-        self._cancelled: dict[str, float] = {}
         self._cancel_lock = threading.Lock()
-        #: request id -> {"state": running|done, "step": k, "steps": n}, the most recent PROGRESS_KEPT
-        self._progress: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.stage_timer = StageTimer(device_sync(self.device))
         self.stop_points = StopPoints()
-        self.previews = PreviewStore()
-        #: request ids whose latents are decoded after their next step (``want_preview``)
-        self._preview_wanted: set[str] = set()
         self._collected_this_call = False
+        self.worker = worker
+        self.board: WorkerBoard | None = None
+        #: cancellations, progress, partial images (shared by the engine workers of a server)
+        self.ledger: LocalLedger = LocalLedger()
+        if shared_dir is not None:
+            db = SharedDB(os.path.join(shared_dir, "engine.sqlite"))
+            self.ledger = SharedLedger(db, worker)
+            self.board = WorkerBoard(db, worker, self.device)
+            self._applied = 0
+            self._catching_up = threading.Event()
+            self.on_torch_thread(self._join_workers)
+            threading.Thread(target=self._beat, name="t2i-board", daemon=True).start()
 
     def _init_torch_thread(self) -> threading.Thread:
         if self.settings.torch_threads > 0:
@@ -176,8 +188,86 @@ class Engine:
                          time.perf_counter() - started, f" (failed: {failed['message']})" if failed else "")
 
     def model_action(self, action: str, model_id: str) -> dict[str, Any]:
-        """Admin operations; errors come back as data (``{"error": {...}}``), never raised."""
-        return self.on_torch_thread(self._model_action, action, model_id)
+        """Admin operations; errors come back as data (``{"error": {...}}``), never raised. With several
+        engine workers, every worker applies it (see t2i_core/engine/workers.py): the answer is this
+        worker's, with ``workers``: each live worker's ``ok`` or error message."""
+        if self.board is None or action not in ACTIONS:
+            return self.on_torch_thread(self._model_action, action, model_id)
+        seq = self.board.append(action, model_id)
+        mine = self.on_torch_thread(self._catch_up).get(seq) or {"error": {"message": "not applied"}}
+        results = self.board.wait_applied(seq, timeout_s=self.settings.request_timeout_s)
+        results[self.worker] = mine
+        return {**mine, "workers": {str(w): "ok" if r.get("ok") else r.get("error", {}).get("message", "?")
+                                    for w, r in sorted(results.items())}}
+
+    # ---- several engine workers -----------------------------------------------------------------
+    def _join_workers(self) -> None:
+        """A worker that starts after admin actions were taken applies their net effect first."""
+        assert self.board is not None
+        log_rows = self.board.after(0)
+        default, loads = net_effect(log_rows)
+        if default is not None:
+            self._model_action("set_default", default)
+        for model_id in loads:
+            self._model_action("load", model_id)
+        if log_rows:
+            self._applied = log_rows[-1][0]
+            self.board.record(self._applied, {"ok": True, "replayed": len(log_rows)})
+        self._publish()
+
+    def _catch_up(self) -> dict[int, dict[str, Any]]:
+        """Apply the admin actions of the log this worker has not applied yet (on the torch thread,
+        between batches); their results by sequence number."""
+        assert self.board is not None
+        self._catching_up.clear()
+        results = {}
+        for seq, action, model_id in self.board.after(self._applied):
+            results[seq] = self._model_action(action, model_id)
+            self._applied = seq
+            self.board.record(seq, results[seq])
+        if results:
+            self._publish()
+        return results
+
+    def _publish(self, with_stats: bool = False) -> None:
+        assert self.board is not None
+        self.board.publish(self.models.states(), self._own_control_states(), self._own_stats() if with_stats else None)
+
+    def _beat(self) -> None:
+        """Heartbeat, published states, and new admin actions handed to the torch thread."""
+        assert self.board is not None
+        beats = 0
+        while True:
+            time.sleep(BEAT_S)
+            beats += 1
+            try:
+                self.board.publish(self.models.states(), self._own_control_states(),
+                                   self._own_stats() if beats % 4 == 0 else None)
+                if self.board.latest() > self._applied and not self._catching_up.is_set():
+                    self._catching_up.set()
+                    self._torch_pool.submit(self._catch_up)
+            except Exception:  # a busy file or a failed action: the next beat tries again
+                log.exception("engine worker %d: heartbeat failed", self.worker)
+
+    def _live_views(self, key: str, own: Any) -> dict[int, Any]:
+        assert self.board is not None
+        views = {row["worker"]: row[key] for row in self.board.live() if row[key] is not None}
+        views[self.worker] = own
+        return views
+
+    def model_states(self) -> list[dict[str, Any]]:
+        """Every registry model with its state; with several workers, merged over them."""
+        if self.board is None:
+            return self.models.states()
+        return merge_model_states(self._live_views("states", self.models.states()))
+
+    def control_states(self) -> dict[str, list[dict[str, Any]]]:
+        if self.board is None:
+            return self._own_control_states()
+        return merge_control_states(self._live_views("controls", self._own_control_states()))
+
+    def _own_control_states(self) -> dict[str, list[dict[str, Any]]]:
+        return {"adapters": self.models.adapter_states(), "controlnets": self.models.controlnet_states()}
 
     def _model_action(self, action: str, model_id: str) -> dict[str, Any]:
         try:
@@ -213,6 +303,9 @@ class Engine:
 
     def _run(self, requests: list[EngineRequest]) -> list[EngineResult]:
         self._collected_this_call = False
+        if self.board is not None:
+            self._catch_up()
+        self.ledger.refresh()
         results: list[EngineResult | None] = [None] * len(requests)
         groups: dict[tuple[Any, ...], list[int]] = {}
         default = self.registry.default_id
@@ -227,6 +320,8 @@ class Engine:
             items = [requests[i] for i in indices]
             for i, result in zip(indices, self._run_group(items)):
                 results[i] = result
+        if self.board is not None:
+            self._publish(with_stats=True)
         return [r for r in results if r is not None]
 
     def _run_group(self, items: list[EngineRequest]) -> list[EngineResult]:
@@ -237,8 +332,10 @@ class Engine:
             if req.submitted_at is not None:  # sent by the API (not a warm-up or an in-process call)
                 metrics.record_queue_wait(wait)
         results = self._run_split(items, seeds)
-        for req in items:
-            self._set_progress(req.request_id, state="done")
+        stopped = {ClientClosed.code, RequestTimeout.code}
+        for req, result in zip(items, results):
+            state = "cancelled" if result.error and result.error.get("code") in stopped else "done"
+            self.ledger.set_progress([req.request_id], state=state)
         return [r.model_copy(update={"queue_s": round(max(0.0, w), 6)}) for r, w in zip(results, waits)]
 
     def _run_split(self, items: list[EngineRequest], seeds: list[int]) -> list[EngineResult]:
@@ -329,20 +426,14 @@ class Engine:
     # ---- cancellation -------------------------------------------------------------------------
     def cancel(self, request_ids: list[str]) -> int:
         """Stop working for these requests (their client left or timed out); returns how many."""
-        now = time.monotonic()
-        with self._cancel_lock:
-            for rid in request_ids:
-                if rid:
-                    self._cancelled[rid] = now
-            for rid in [r for r, t in self._cancelled.items() if now - t > 600]:
-                del self._cancelled[rid]
+        self.ledger.cancel(request_ids)
         return len(request_ids)
 
     def _cancel_reason(self, req: EngineRequest) -> T2IError | None:
         if req.deadline is not None and time.time() > req.deadline:  # a timed-out request is cancelled too
             limit = self.settings.request_timeout_s
             return RequestTimeout(f"the request took longer than the {limit}s limit (T2I_REQUEST_TIMEOUT_S); its work was stopped")
-        if req.request_id and req.request_id in self._cancelled:
+        if req.request_id and self.ledger.is_cancelled(req.request_id):
             return ClientClosed("the client closed the request; its work was stopped")
         return None
 
@@ -383,8 +474,7 @@ class Engine:
         kwargs.update(control_arguments(items))
         if first.kind == "generate" or "height" in inspect.signature(pipe.__call__).parameters:
             kwargs["width"], kwargs["height"] = first.width, first.height  # SD3's edit needs them too
-        for req in items:
-            self._set_progress(req.request_id, state="running", step=0, steps=None)
+        self.ledger.set_progress([req.request_id for req in items], state="running", step=0, steps=None)
         self.stage_timer.attach(pipe)
         self.stop_points.attach(pipe, denoiser_compiled=self.models.speedups.compile)
         self.stage_timer.start()
@@ -406,8 +496,7 @@ class Engine:
 
         def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             steps = getattr(pipe, "num_timesteps", None)
-            for req in items:
-                self._set_progress(req.request_id, step=step + 1, steps=steps)
+            self.ledger.set_progress([req.request_id for req in items], step=step + 1, steps=steps)
             if self._all_unwanted(items):
                 raise Cancelled()
             self._store_previews(pipe, items, step + 1, steps, tensors)
@@ -420,52 +509,44 @@ class Engine:
         """Decode the rows of the requests that asked for a partial image at this step."""
         if steps is None or "latents" not in tensors:
             return
-        wanted = self._preview_wanted
-        rows = [i for i, r in enumerate(items) if r.request_id and self._cancel_reason(r) is None and (
+        live = [r.request_id for r in items if r.request_id and self._cancel_reason(r) is None]
+        wanted = self.ledger.take_wanted(live)
+        rows = [i for i, r in enumerate(items) if r.request_id in live and (
             r.request_id in wanted or (r.partial_images and step in preview_steps(r.partial_images, steps)))]
         if not rows:
             return
-        for i in rows:
-            wanted.discard(items[i].request_id)
         decoded = None
         if self.settings.preview_decode != "vae":
             decoded = approximate_rows(pipe, tensors["latents"], rows)
         for i, (pixels, width, height) in zip(rows, decoded or decode_rows(pipe, tensors["latents"], rows)):
-            self.previews.add(items[i].request_id, Preview(step=step, steps=steps, pixels=pixels, width=width, height=height))
+            self.ledger.add_preview(items[i].request_id, Preview(step=step, steps=steps, pixels=pixels, width=width, height=height))
 
     def take_previews(self, request_id: str, since: int = 0) -> list[Preview]:
         """The partial images of ``request_id`` made so far, from index ``since`` on."""
-        return self.previews.take(request_id, since)
+        return self.ledger.previews(request_id, since)
 
     def want_preview(self, request_id: str) -> None:
         """Decode ``request_id``'s latents after its next step (a live preview asked for while it runs)."""
-        if len(self._preview_wanted) < PROGRESS_KEPT:
-            self._preview_wanted.add(request_id)
+        self.ledger.want_preview(request_id)
 
     # ---- progress -----------------------------------------------------------------------------
-    def _set_progress(self, request_id: str, **fields: Any) -> None:
-        if not request_id:
-            return
-        with self._cancel_lock:
-            entry = self._progress.pop(request_id, None) or {"state": "running", "step": 0, "steps": None}
-            entry.update(fields)
-            self._progress[request_id] = entry
-            while len(self._progress) > PROGRESS_KEPT:
-                self._progress.popitem(last=False)
-
     def progress(self, request_ids: list[str]) -> dict[str, dict[str, Any]]:
-        """Where these requests are: ``{"state": "queued"|"running"|"done", "step": k, "steps": n}``
-        (``steps`` is the number of denoising steps, known once the pipeline has started)."""
-        with self._cancel_lock:
-            return {
-                rid: dict(self._progress.get(rid) or {"state": "queued", "step": 0, "steps": None})
-                for rid in request_ids
-            }
+        """Where these requests are: ``{"state": "queued"|"running"|"done"|"cancelled", "step": k, "steps": n}``
+        (``steps`` is the number of denoising steps, known once the pipeline has started), whichever
+        engine worker runs them."""
+        return self.ledger.progress(request_ids)
 
     # ---- observability ------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
+        """What the engine has done; with several workers, summed over them (each under ``workers``)."""
+        if self.board is None:
+            return self._own_stats()
+        return merge_stats(self._live_views("stats", self._own_stats()))
+
+    def _own_stats(self) -> dict[str, Any]:
         sizes = list(self._batch_sizes)
         return {
+            "worker": self.worker,
             "device": self.device,
             "default_model": self.registry.default_id,
             "loaded_models": self.models.loaded_ids(),

@@ -1,0 +1,78 @@
+"""How many API and engine workers a server runs, where each engine worker computes, and the run
+folder they share.
+
+BentoML starts ``workers`` processes of a service and gives all of them the same
+``CUDA_VISIBLE_DEVICES`` (every GPU the service asked for). Each engine worker narrows it to its own
+GPU before torch starts (worker k of n takes the k-th visible GPU), so that one engine process owns
+one GPU. On CPU, several engine workers split the cores (``torch_threads``) instead of each taking all.
+
+The run folder (``T2I_RUN_DIR``, set by the server) holds what the workers of one server share on its machine: the
+engine workers' ledger (t2i_core/engine/ledger.py) and, with several API workers and
+``T2I_IMAGE_STORE=auto``, the images behind "url" links. ``bentoml serve`` imports the service in its
+main process before it starts the workers, which inherit its environment: the main process makes
+the folder, the workers find it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import os
+import shutil
+import tempfile
+
+from t2i_core.common.config import Settings
+
+RUN_DIR_ENV = "T2I_RUN_DIR"
+
+
+def visible_gpus() -> list[str]:
+    """The NVIDIA GPUs this process may use: those NVML finds, narrowed to ``CUDA_VISIBLE_DEVICES``
+    when it is set (BentoML sets it even on a machine without a GPU: then there are none)."""
+    from bentoml._internal.resource import system_resources
+
+    found = [str(i) for i in system_resources().get("nvidia.com/gpu", [])]
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if not found or listed is None:
+        return found
+    return [d.strip() for d in listed.split(",") if d.strip() and d.strip() != "-1"]
+
+
+def engine_worker_count(settings: Settings, gpus: list[str] | None = None) -> int:
+    """``T2I_ENGINE_WORKERS``, or one per visible GPU (one without a GPU)."""
+    if settings.engine_workers > 0:
+        return settings.engine_workers
+    return max(1, len(visible_gpus() if gpus is None else gpus))
+
+
+def run_folder(in_worker: bool) -> str:
+    """The server's run folder: a new one in the main process (removed when it exits; made under
+    ``TMPDIR``), the main process's in a worker. A value inherited from elsewhere is never reused:
+    two servers must not share one."""
+    if in_worker and os.environ.get(RUN_DIR_ENV):
+        return os.environ[RUN_DIR_ENV]
+    made = tempfile.mkdtemp(prefix="t2i-run-")
+    atexit.register(shutil.rmtree, made, ignore_errors=True)
+    os.environ[RUN_DIR_ENV] = made
+    return made
+
+
+def image_store_spec(settings: Settings, run_dir: str) -> str:
+    """``T2I_IMAGE_STORE``, with "auto" resolved: memory for one API worker, the run folder for more."""
+    if settings.image_store != "auto":
+        return settings.image_store
+    return "memory" if settings.api_workers <= 1 else f"dir:{os.path.join(run_dir, 'images')}"
+
+
+def pin_engine_worker(settings: Settings, index: int, workers: int, gpus: list[str] | None = None) -> Settings:
+    """The settings of engine worker ``index`` (1-based) of ``workers``: its own GPU, or its share of
+    the CPU cores. Call before torch is imported (it reads ``CUDA_VISIBLE_DEVICES`` once)."""
+    if workers <= 1:
+        return settings
+    gpus = visible_gpus() if gpus is None else gpus
+    if len(gpus) > 1 and settings.device in ("auto", "cuda"):
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[(index - 1) % len(gpus)]
+        return settings
+    if not gpus and settings.device in ("auto", "cpu") and settings.torch_threads == 0:
+        return dataclasses.replace(settings, torch_threads=max(1, (os.cpu_count() or 1) // workers))
+    return settings
