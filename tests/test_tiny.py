@@ -57,3 +57,22 @@ def test_cli_writes_a_folder_diffusers_loads(tmp_path):
     index = json.loads((out / "model_index.json").read_text())
     assert index["_class_name"] == "StableDiffusionPipeline"
     assert json.loads((out / "t2i_tiny.json").read_text())["family"] == "sd"
+
+
+def test_a_cache_folder_that_another_process_put_in_place_is_kept(tmp_path):
+    """Engine workers build a missing cache entry together: the one that finishes second keeps the
+    first one's folder (which the first may be loading from) instead of removing it."""
+    from t2i_core.devtools.tiny import write_folder
+
+    out = tmp_path / "entry"
+
+    def build_while_another_finishes(staging):
+        (staging / "mine").write_text("second")
+        out.mkdir()
+        (out / "theirs").write_text("first")
+
+    assert write_folder(out, build_while_another_finishes) == out
+    assert sorted(p.name for p in out.iterdir()) == ["theirs"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".entry-")]  # no staging left
+    write_folder(out, lambda staging: (staging / "mine").write_text("rebuilt"), replace=True)
+    assert sorted(p.name for p in out.iterdir()) == ["mine"]

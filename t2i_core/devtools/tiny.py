@@ -255,24 +255,33 @@ def _build_sd3(folder: Path, scratch: Path) -> None:
 _BUILDERS = {"sd": _build_sd, "sdxl": _build_sdxl, "sd3": _build_sd3, "sd-inpaint": _build_sd_inpaint}
 
 
-def write_folder(out: Path, build: Callable[[Path], None]) -> Path:
+def write_folder(out: Path, build: Callable[[Path], None], replace: bool = False) -> Path:
     """Have ``build`` fill a staging folder beside ``out``, then put it in place of ``out`` in one
-    rename, so that a reader never sees a half-written pipeline; return ``out``."""
+    rename, so that a reader never sees a half-written pipeline; return ``out``. Unless ``replace``,
+    an ``out`` that another process put in place meanwhile (engine workers building a cache entry
+    together) is kept: removing a folder that another process is loading from breaks its load."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         build(staging)
         if out.exists():
+            if not replace:
+                return out
             shutil.rmtree(out)
-        os.replace(staging, out)
+        try:
+            os.replace(staging, out)
+        except OSError:  # ENOTEMPTY / EEXIST: another process's folder arrived first
+            if replace or not out.exists():
+                raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
 
 
-def build_tiny_pipeline(family: str, out: Path) -> Path:
-    """Write a tiny pipeline of ``family`` to ``out`` (replacing what is there); return ``out``."""
+def build_tiny_pipeline(family: str, out: Path, replace: bool = True) -> Path:
+    """Write a tiny pipeline of ``family`` to ``out`` (replacing what is there, unless ``replace`` is
+    false: see ``write_folder``); return ``out``."""
     if family not in _BUILDERS:
         raise ValueError(f"family must be one of {', '.join(TINY_FAMILIES)}; got {family!r}")
 
@@ -283,7 +292,7 @@ def build_tiny_pipeline(family: str, out: Path) -> Path:
             json.dumps({"family": family, "builder_version": BUILDER_VERSION, "seed": WEIGHT_SEED})
         )
 
-    return write_folder(out, build)
+    return write_folder(out, build, replace=replace)
 
 
 def tiny_cache_dir() -> Path:
@@ -298,5 +307,5 @@ def ensure_tiny_pipeline(family: str) -> Path:
     """Return the cached folder of the tiny ``family`` pipeline, building it first if absent."""
     folder = tiny_cache_dir() / f"{family}-v{BUILDER_VERSION}"
     if not (folder / "model_index.json").is_file():
-        build_tiny_pipeline(family, folder)
+        build_tiny_pipeline(family, folder, replace=False)
     return folder

@@ -156,14 +156,14 @@ def merge_control_states(per_worker: dict[int, dict[str, list[dict[str, Any]]]])
     return out
 
 
-SUMMED = ("images", "errors", "engine_calls", "oom_retries", "busy_s", "batches", "memory_used_bytes")
+SUMMED = ("images", "errors", "engine_calls", "oom_retries", "busy_s", "batches", "memory_used_bytes", "memory_budget_bytes")
 
 
 def merge_stats(per_worker: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """The engine's statistics over its workers: counts summed, histograms added, and each worker's
     own statistics under ``workers``."""
     ordered = [per_worker[w] for w in sorted(per_worker)]
-    merged = dict(ordered[0])
+    merged = {k: v for k, v in ordered[0].items() if k != "worker"}
     for key in SUMMED:
         merged[key] = sum(s.get(key, 0) for s in ordered)
     merged["busy_s"] = round(merged["busy_s"], 4)
