@@ -7,6 +7,7 @@ torch and diffusers are imported inside the engine's ``__init__``, so importing 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -108,37 +109,38 @@ class Engine:
         return self.core.run(requests)
 
     @bentoml.api
-    def stats(self) -> dict[str, Any]:
-        return self.core.stats()
+    async def stats(self) -> dict[str, Any]:
+        return await asyncio.to_thread(self.core.stats)
 
-    # Sync methods (BentoML runs them on its threads, beside the batch): with several engine workers
-    # they read and write the shared ledger file.
+    # Async, answered beside the batch: BentoML runs sync methods on one thread (``threads``: 1), which
+    # the batch holds. With several engine workers they read and write the shared ledger file, on
+    # threads of their own (asyncio.to_thread), not on the event loop.
     @bentoml.api
-    def model_states(self) -> list[dict[str, Any]]:
-        return self.core.model_states()
+    async def model_states(self) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self.core.model_states)
 
     @bentoml.api
-    def control_states(self) -> dict[str, list[dict[str, Any]]]:
+    async def control_states(self) -> dict[str, list[dict[str, Any]]]:
         """The registered LoRA adapters and ControlNets, with where they are loaded."""
-        return self.core.control_states()
+        return await asyncio.to_thread(self.core.control_states)
 
     @bentoml.api
-    def cancel(self, request_ids: list[str]) -> int:
+    async def cancel(self, request_ids: list[str]) -> int:
         """Stop work for these requests (timed out, or their client left), on whichever worker runs them."""
-        return self.core.cancel(request_ids)
+        return await asyncio.to_thread(self.core.cancel, request_ids)
 
     @bentoml.api
-    def progress(self, request_ids: list[str]) -> dict[str, dict[str, Any]]:
+    async def progress(self, request_ids: list[str]) -> dict[str, dict[str, Any]]:
         """Where these requests are: queued, running (step k of n), done or cancelled."""
-        return self.core.progress(request_ids)
+        return await asyncio.to_thread(self.core.progress, request_ids)
 
     @bentoml.api
-    def previews(self, request_id: str, since: int = 0, want_next: bool = False) -> list[Preview]:
+    async def previews(self, request_id: str, since: int = 0, want_next: bool = False) -> list[Preview]:
         """The partial images of ``request_id`` made so far, from index ``since`` on; ``want_next``: also
         decode its latents after its next step (a live preview)."""
         if want_next:
-            self.core.want_preview(request_id)
-        return self.core.take_previews(request_id, since)
+            await asyncio.to_thread(self.core.want_preview, request_id)
+        return await asyncio.to_thread(self.core.take_previews, request_id, since)
 
     @bentoml.api
     def model_action(self, action: str, model_id: str) -> dict[str, Any]:

@@ -93,6 +93,12 @@ def _ensure_handler() -> None:
         log._t2i_ready = True  # type: ignore[attr-defined]
 
 
+def _worker_index() -> int | None:
+    from bentoml._internal.context import server_context
+
+    return server_context.worker_index
+
+
 def emit(record: RequestRecord, status: int, event: str = "request") -> dict[str, Any]:
     """Write the line for ``record`` (answered with ``status``); count it if it is an error."""
     line: dict[str, Any] = {
@@ -105,6 +111,8 @@ def emit(record: RequestRecord, status: int, event: str = "request") -> dict[str
         "duration_s": round(time.perf_counter() - record.started, 4),
         **record.fields,
     }
+    if (worker := _worker_index()) is not None:  # which API worker answered (T2I_API_WORKERS)
+        line["worker"] = worker
     if status >= 400:
         metrics.record_request_error(route_label(record.route), str(record.fields.get("error") or f"http_{status}"))
     _ensure_handler()
