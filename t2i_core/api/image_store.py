@@ -17,7 +17,7 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
 
 @dataclass(frozen=True)
@@ -153,11 +153,16 @@ class DirectoryImageStore:
                 continue
 
 
-def open_image_store(spec: str, ttl_s: float, max_bytes: int) -> ImageStore | DirectoryImageStore:
-    """``memory`` (the default: this process only) or ``dir:<folder>`` (shared by processes)."""
+def open_image_store(spec: str, ttl_s: float, max_bytes: int) -> Any:
+    """``memory`` (this process only), ``dir:<folder>`` (shared by processes) or ``fsspec:<url>``
+    (an object store shared by replicas: t2i_core/api/object_image_store.py)."""
     kind, _, where = spec.partition(":")
     if kind == "memory" and not where:
         return ImageStore(ttl_s, max_bytes)
     if kind == "dir" and where:
         return DirectoryImageStore(where, ttl_s, max_bytes)
-    raise ValueError(f"T2I_IMAGE_STORE must be memory or dir:<folder>; got {spec!r}")
+    if kind == "fsspec" and where:
+        from t2i_core.api.object_image_store import ObjectImageStore
+
+        return ObjectImageStore(where, ttl_s, max_bytes)
+    raise ValueError(f"T2I_IMAGE_STORE must be memory, dir:<folder> or fsspec:<url>; got {spec!r}")
