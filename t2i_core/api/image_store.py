@@ -2,13 +2,15 @@
 
 ``ImageStore`` keeps them in memory, in the API process; ``DirectoryImageStore`` in a folder that several
 API workers, server processes or replicas share (a shared volume), so that a link made by one is
-served by any other (``T2I_IMAGE_STORE=dir:/path``). Both are bounded in bytes (oldest dropped first)
+served by any other (``T2I_IMAGE_STORE=dir:/path``); ``ObjectImageStore`` (object_image_store.py) in an
+object store such as S3, for replicas without a shared volume. All are bounded in bytes (oldest dropped first)
 and in time. A link past its time answers 410 Gone for as long as its tombstone is remembered, an
 unknown link 404.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import secrets
@@ -17,7 +19,9 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,8 @@ class StoredImage:
 
 
 class ImageStore:
+    blocking_io = False
+
     def __init__(self, ttl_s: float, max_bytes: int, clock: Callable[[], float] = time.monotonic):
         self.ttl_s = ttl_s
         self.max_bytes = max_bytes
@@ -151,6 +157,14 @@ class DirectoryImageStore:
                     os.unlink(entry.path)
             except FileNotFoundError:
                 continue
+
+
+async def off_loop(store: Any, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)``, on a thread when ``store`` does I/O (a folder, an object store), so that a slow
+    disk or bucket never stalls the API's event loop; in place for the in-memory store."""
+    if getattr(store, "blocking_io", True):
+        return await asyncio.to_thread(fn, *args)
+    return fn(*args)
 
 
 def open_image_store(spec: str, ttl_s: float, max_bytes: int) -> Any:

@@ -27,7 +27,7 @@ from t2i_core.common.errors import Gone, InvalidRequest, NotFound, UnknownModel
 from t2i_core.common.fields import N, OptionalImageFormat, PartialImages, ResponseFormat, Size, Strength
 from t2i_core.api.frontend import Frontend, RenderedImage, parse, until_disconnected
 from t2i_core.api.responses import guarded
-from t2i_core.api.image_store import ImageStore
+from t2i_core.api.image_store import ImageStore, off_loop
 from t2i_core.api.images.codecs import MEDIA_TYPES
 from t2i_core.common.schemas import ControlSettings, EditRequest, GenerateRequest, PromptSettings
 from t2i_core.api.surfaces.openai_stream import check_stream, stream_images
@@ -104,14 +104,14 @@ def steps_for(quality: str, default_steps: int) -> int:
                          param="quality")
 
 
-def _images_body(
+async def _images_body(
     images: list[RenderedImage], req: OpenAIImageRequest, request: Request, store: ImageStore
 ) -> dict[str, Any]:
     data = []
     for image in images:
         item: dict[str, Any] = {"seed": image.seed, "revised_prompt": req.prompt}
         if req.response_format == "url":
-            token = store.put(image.data, image.media_type)
+            token = await off_loop(store, store.put, image.data, image.media_type)
             base = str(request.base_url).rstrip("/")
             item["url"] = f"{base}{FILES_PATH}/{token}.{_EXTENSIONS[image.format]}"
         else:
@@ -152,7 +152,7 @@ def openai_routes(get_frontend: Callable[[], Frontend], store: ImageStore) -> li
             return stream_images(front, "image_generation", native.format, req.quality or "auto", lambda rid: front.generate(
                 native, disconnected=watch, request_id=rid, partial_images=req.partial_images))
         images = await front.generate(native, n=req.n, disconnected=watch)
-        return JSONResponse(_images_body(images, req, request, store))
+        return JSONResponse(await _images_body(images, req, request, store))
 
     @guarded
     async def edits(request: Request) -> Response:
@@ -186,7 +186,7 @@ def openai_routes(get_frontend: Callable[[], Frontend], store: ImageStore) -> li
                 control_image=control, transparent_repaints=True))
         images = await front.edit(native, image, n=req.n, disconnected=watch, mask=mask, control_image=control,
                                   transparent_repaints=True)
-        return JSONResponse(_images_body(images, req, request, store))
+        return JSONResponse(await _images_body(images, req, request, store))
 
     @guarded
     async def list_models(request: Request) -> Response:
@@ -204,7 +204,7 @@ def openai_routes(get_frontend: Callable[[], Frontend], store: ImageStore) -> li
     @guarded
     async def image_file(request: Request) -> Response:
         token = request.path_params["name"].rsplit(".", 1)[0]
-        found = store.get(token)
+        found = await off_loop(store, store.get, token)
         if found == "gone":
             raise Gone(f"this image link has expired: images are kept {store.ttl_s:g} seconds", code="image_expired")
         if found is None:
