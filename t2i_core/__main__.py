@@ -4,7 +4,7 @@
     python -m t2i_core pull MODEL_ID                          download a hub model into the local cache
     python -m t2i_core pull MODEL_ID --from-folder DIR        import a diffusers folder into the BentoML model store
     python -m t2i_core bench --preset tiny                    the benchmark (raw, served, no batching)
-    python -m t2i_core bench-pair | bench-vae | bench-prompts | bench-stop | bench-controls | bench-previews
+    python -m t2i_core bench-pair | bench-vae | bench-prompts | bench-stop | bench-controls | bench-previews | bench-ledger
                                                               focused measurements (docs/performance.md)
 """
 
@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     previews.add_argument("--partial", type=int, default=3)
     previews.add_argument("--repeats", type=int, default=7)
     previews.add_argument("--decode", choices=("approx", "vae"), default="approx", help="T2I_PREVIEW_DECODE")
+    ledger = sub.add_parser("bench-ledger", help="the engine workers' shared ledger: cost per denoising step")
+    ledger.add_argument("--batch", type=int, default=8)
+    ledger.add_argument("--steps", type=int, default=2000)
     pair = sub.add_parser("bench-pair", help="the same load against servers running side by side, alternating")
     pair.add_argument("servers", nargs="+", metavar="NAME=URL", help="e.g. before=http://127.0.0.1:3001 (the first is the reference)")
     pair.add_argument("--preset", default="tiny")
@@ -156,6 +159,13 @@ def run_bench_previews(parser: argparse.ArgumentParser, args: argparse.Namespace
     return 0
 
 
+def run_bench_ledger(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from t2i_core.devtools.bench.ledger import main as run_ledger_bench
+
+    run_ledger_bench(args.batch, args.steps)
+    return 0
+
+
 def run_pull(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from t2i_core.common.errors import T2IError
     from t2i_core.devtools.pull import PullError, pull as do_pull
@@ -181,7 +191,7 @@ def run_tiny(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.ArgumentParser, argparse.Namespace], int]] = {
     "tiny": run_tiny, "pull": run_pull, "bench": run_bench, "bench-vae": run_bench_vae,
     "bench-prompts": run_bench_prompts, "bench-pair": run_bench_pair, "bench-stop": run_bench_stop,
-    "bench-controls": run_bench_controls, "bench-previews": run_bench_previews,
+    "bench-controls": run_bench_controls, "bench-previews": run_bench_previews, "bench-ledger": run_bench_ledger,
 }
 
 

@@ -163,3 +163,11 @@ def test_worker_counts_pinning_and_the_run_folder(monkeypatch):
     assert image_store_spec(Settings(), made) == "memory"
     assert image_store_spec(Settings(api_workers=2), made) == f"dir:{made}/images"
     assert image_store_spec(Settings(api_workers=2, image_store="memory"), made) == "memory"
+
+
+def test_the_ledger_benchmark_runs(capsys):
+    from t2i_core.devtools.bench.ledger import main
+
+    main(batch=2, steps=20)
+    out = capsys.readouterr().out
+    assert "in memory (one worker)" in out and "shared file (several workers)" in out
