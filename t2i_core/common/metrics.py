@@ -6,6 +6,7 @@ is for is in the README ("Metrics").
 
 from __future__ import annotations
 
+import threading
 from functools import lru_cache
 from typing import Any
 
@@ -13,8 +14,19 @@ from typing import Any
 SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
-@lru_cache(maxsize=None)
+_CREATING = threading.Lock()
+
+
 def _metrics() -> dict[str, Any]:
+    """The metrics, made on first use. Under a lock: ``lru_cache`` alone lets two threads that ask at
+    once (a model load on the engine's thread beside a request) both make them, and the second is
+    refused by the registry (DuplicateTimeseries), failing what asked."""
+    with _CREATING:
+        return _make()
+
+
+@lru_cache(maxsize=None)
+def _make() -> dict[str, Any]:
     import bentoml
 
     return {

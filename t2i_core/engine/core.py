@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
-import time
 import os
+import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
@@ -30,7 +30,8 @@ from t2i_core.engine.stage_timer import StageTimer, device_sync
 from t2i_core.engine.ledger import LocalLedger, SharedLedger
 from t2i_core.engine.previews import approximate_rows, decode_rows, preview_steps
 from t2i_core.engine.shared_db import SharedDB
-from t2i_core.engine.workers import ACTIONS, BEAT_S, WorkerBoard, net_effect, merge_control_states, merge_model_states, merge_stats
+from t2i_core.engine.worker_sync import SharedWorkers
+from t2i_core.engine.workers import ACTIONS, WorkerBoard
 from t2i_core.engine.stop_points import Cancelled, StopPoints
 
 log = logging.getLogger("t2i.engine")
@@ -94,7 +95,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()  # MPS, older CUDA paths
 
 
-class Engine:
+class Engine(SharedWorkers):
     def __init__(self, settings: Settings | None = None, registry: Registry | None = None,
                  shared_dir: str | None = None, worker: int = 1):
         """``shared_dir``: the run folder that this engine worker shares with the other engine workers of
@@ -193,81 +194,7 @@ class Engine:
         worker's, with ``workers``: each live worker's ``ok`` or error message."""
         if self.board is None or action not in ACTIONS:
             return self.on_torch_thread(self._model_action, action, model_id)
-        seq = self.board.append(action, model_id)
-        mine = self.on_torch_thread(self._catch_up).get(seq) or {"error": {"message": "not applied"}}
-        results = self.board.wait_applied(seq, timeout_s=self.settings.request_timeout_s)
-        results[self.worker] = mine
-        return {**mine, "workers": {str(w): "ok" if r.get("ok") else r.get("error", {}).get("message", "?")
-                                    for w, r in sorted(results.items())}}
-
-    # ---- several engine workers -----------------------------------------------------------------
-    def _join_workers(self) -> None:
-        """A worker that starts after admin actions were taken applies their net effect first."""
-        assert self.board is not None
-        log_rows = self.board.after(0)
-        default, loads = net_effect(log_rows)
-        if default is not None:
-            self._model_action("set_default", default)
-        for model_id in loads:
-            self._model_action("load", model_id)
-        if log_rows:
-            self._applied = log_rows[-1][0]
-            self.board.record(self._applied, {"ok": True, "replayed": len(log_rows)})
-        self._publish()
-
-    def _catch_up(self) -> dict[int, dict[str, Any]]:
-        """Apply the admin actions of the log this worker has not applied yet (on the torch thread,
-        between batches); their results by sequence number."""
-        assert self.board is not None
-        self._catching_up.clear()
-        results = {}
-        for seq, action, model_id in self.board.after(self._applied):
-            results[seq] = self._model_action(action, model_id)
-            self._applied = seq
-            self.board.record(seq, results[seq])
-        if results:
-            self._publish()
-        return results
-
-    def _publish(self, with_stats: bool = False) -> None:
-        assert self.board is not None
-        self.board.publish(self.models.states(), self._own_control_states(), self._own_stats() if with_stats else None)
-
-    def _beat(self) -> None:
-        """Heartbeat, published states, and new admin actions handed to the torch thread."""
-        assert self.board is not None
-        beats = 0
-        while True:
-            time.sleep(BEAT_S)
-            beats += 1
-            try:
-                self.board.publish(self.models.states(), self._own_control_states(),
-                                   self._own_stats() if beats % 4 == 0 else None)
-                if self.board.latest() > self._applied and not self._catching_up.is_set():
-                    self._catching_up.set()
-                    self._torch_pool.submit(self._catch_up)
-            except Exception:  # a busy file or a failed action: the next beat tries again
-                log.exception("engine worker %d: heartbeat failed", self.worker)
-
-    def _live_views(self, key: str, own: Any) -> dict[int, Any]:
-        assert self.board is not None
-        views = {row["worker"]: row[key] for row in self.board.live() if row[key] is not None}
-        views[self.worker] = own
-        return views
-
-    def model_states(self) -> list[dict[str, Any]]:
-        """Every registry model with its state; with several workers, merged over them."""
-        if self.board is None:
-            return self.models.states()
-        return merge_model_states(self._live_views("states", self.models.states()))
-
-    def control_states(self) -> dict[str, list[dict[str, Any]]]:
-        if self.board is None:
-            return self._own_control_states()
-        return merge_control_states(self._live_views("controls", self._own_control_states()))
-
-    def _own_control_states(self) -> dict[str, list[dict[str, Any]]]:
-        return {"adapters": self.models.adapter_states(), "controlnets": self.models.controlnet_states()}
+        return self._action_on_every_worker(action, model_id)
 
     def _model_action(self, action: str, model_id: str) -> dict[str, Any]:
         try:
@@ -333,9 +260,9 @@ class Engine:
                 metrics.record_queue_wait(wait)
         results = self._run_split(items, seeds)
         stopped = {ClientClosed.code, RequestTimeout.code}
-        for req, result in zip(items, results):
-            state = "cancelled" if result.error and result.error.get("code") in stopped else "done"
-            self.ledger.set_progress([req.request_id], state=state)
+        cancelled = [bool(r.error and r.error.get("code") in stopped) for r in results]
+        self.ledger.set_progress([req.request_id for req, c in zip(items, cancelled) if not c], state="done")
+        self.ledger.set_progress([req.request_id for req, c in zip(items, cancelled) if c], state="cancelled")
         return [r.model_copy(update={"queue_s": round(max(0.0, w), 6)}) for r, w in zip(results, waits)]
 
     def _run_split(self, items: list[EngineRequest], seeds: list[int]) -> list[EngineResult]:
@@ -541,7 +468,7 @@ class Engine:
         """What the engine has done; with several workers, summed over them (each under ``workers``)."""
         if self.board is None:
             return self._own_stats()
-        return merge_stats(self._live_views("stats", self._own_stats()))
+        return self._merged_stats()
 
     def _own_stats(self) -> dict[str, Any]:
         sizes = list(self._batch_sizes)

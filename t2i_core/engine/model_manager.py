@@ -29,6 +29,13 @@ log = logging.getLogger("t2i.models")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
+#: One diffusers ``from_pretrained`` at a time in a process: it builds modules on the meta device by
+#: patching torch.nn.Module for the whole process (accelerate's init_empty_weights), so two loads on two
+#: threads at once break each other ("Cannot copy out of meta tensor"). An engine process loads on its
+#: one torch thread anyway; this keeps two engines in one process (tests, notebooks) safe.
+FROM_PRETRAINED = threading.Lock()
+
+
 @dataclass
 class LoadedModel:
     entry: ModelEntry
@@ -229,7 +236,8 @@ class ModelManager:
                 log.warning("%s: tiny VAE %s not used: %s", entry.id, entry.tiny_vae, reason)
             else:
                 components["vae"] = vae
-        t2i = AutoPipelineForText2Image.from_pretrained(path, dtype=dtype, local_files_only=True, **components)
+        with FROM_PRETRAINED:
+            t2i = AutoPipelineForText2Image.from_pretrained(path, dtype=dtype, local_files_only=True, **components)
         memory = entry.memory
         if memory.cpu_offload and self.device.startswith("cuda"):
             t2i.enable_model_cpu_offload(device=self.device)
@@ -364,7 +372,8 @@ class ModelManager:
             self._make_room(_weights_bytes(path) * dtype.itemsize // 4)
             started = time.perf_counter()
             try:
-                module = ControlNetModel.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
+                with FROM_PRETRAINED:
+                    module = ControlNetModel.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
             except Exception as exc:  # noqa: BLE001 - a bad folder: the request's error, not the engine's
                 raise ModelUnavailable(f"controlnet {entry.id!r} failed to load: {type(exc).__name__}: {exc}",
                                        param="controlnet") from exc

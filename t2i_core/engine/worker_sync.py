@@ -1,0 +1,107 @@
+"""The engine's side of several engine workers (``Engine`` inherits it): joining the others, applying
+the admin action log, heartbeats, and the merged views (see workers.py for the shared file's side).
+Used only when the engine has a ``board`` (a run folder shared with other workers)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from t2i_core.engine.workers import BEAT_S, merge_control_states, merge_model_states, merge_stats, net_effect
+
+log = logging.getLogger("t2i.engine")
+
+
+class SharedWorkers:
+    """Mixed into ``Engine``: it provides ``board``, ``worker``, ``models``, ``settings``, ``_applied``,
+    ``_catching_up``, ``_torch_pool``, ``on_torch_thread``, ``_model_action`` and ``_own_stats``."""
+
+    board: Any
+    worker: int
+    models: Any
+    settings: Any
+    _applied: int
+    _catching_up: Any
+    _torch_pool: Any
+
+    def _action_on_every_worker(self, action: str, model_id: str) -> dict[str, Any]:
+        """Log the action, apply it here, wait for the other live workers to apply it; this worker's
+        answer with ``workers``: each worker's ``ok`` or error message."""
+        seq = self.board.append(action, model_id)
+        mine = self.on_torch_thread(self._catch_up).get(seq) or {"error": {"message": "not applied"}}
+        results = self.board.wait_applied(seq, timeout_s=self.settings.request_timeout_s)
+        results[self.worker] = mine
+        return {**mine, "workers": {str(w): "ok" if r.get("ok") else r.get("error", {}).get("message", "?")
+                                    for w, r in sorted(results.items())}}
+
+    def _join_workers(self) -> None:
+        """A worker that starts after admin actions were taken applies their net effect first."""
+        log_rows = self.board.after(0)
+        default, loads = net_effect(log_rows)
+        if default is not None:
+            self._model_action("set_default", default)
+        for model_id in loads:
+            self._model_action("load", model_id)
+        if log_rows:
+            self._applied = log_rows[-1][0]
+            self.board.record(self._applied, {"ok": True, "replayed": len(log_rows)})
+        self._publish()
+
+    def _catch_up(self) -> dict[int, dict[str, Any]]:
+        """Apply the admin actions of the log this worker has not applied yet (on the torch thread,
+        between batches); their results by sequence number."""
+        self._catching_up.clear()
+        results = {}
+        for seq, action, model_id in self.board.after(self._applied):
+            results[seq] = self._model_action(action, model_id)
+            self._applied = seq
+            self.board.record(seq, results[seq])
+        if results:
+            self._publish()
+        return results
+
+    def _publish(self, with_stats: bool = False) -> None:
+        self.board.publish(self.models.states(), self._own_control_states(), self._own_stats() if with_stats else None)
+
+    def _beat(self) -> None:
+        """Heartbeat, published states, and new admin actions handed to the torch thread."""
+        beats = 0
+        while True:
+            time.sleep(BEAT_S)
+            beats += 1
+            try:
+                self.board.publish(self.models.states(), self._own_control_states(),
+                                   self._own_stats() if beats % 4 == 0 else None)
+                if self.board.latest() > self._applied and not self._catching_up.is_set():
+                    self._catching_up.set()
+                    self._torch_pool.submit(self._catch_up)
+            except Exception:  # a busy file or a failed action: the next beat tries again
+                log.exception("engine worker %d: heartbeat failed", self.worker)
+
+    def _live_views(self, key: str, own: Any) -> dict[int, Any]:
+        views = {row["worker"]: row[key] for row in self.board.live() if row[key] is not None}
+        views[self.worker] = own
+        return views
+
+    def model_states(self) -> list[dict[str, Any]]:
+        """Every registry model with its state; with several workers, merged over them."""
+        if self.board is None:
+            return self.models.states()
+        return merge_model_states(self._live_views("states", self.models.states()))
+
+    def control_states(self) -> dict[str, list[dict[str, Any]]]:
+        if self.board is None:
+            return self._own_control_states()
+        return merge_control_states(self._live_views("controls", self._own_control_states()))
+
+    def _own_control_states(self) -> dict[str, list[dict[str, Any]]]:
+        return {"adapters": self.models.adapter_states(), "controlnets": self.models.controlnet_states()}
+
+    def _merged_stats(self) -> dict[str, Any]:
+        return merge_stats(self._live_views("stats", self._own_stats()))
+
+    if TYPE_CHECKING:  # provided by Engine
+        def on_torch_thread(self, fn: Any, *args: Any) -> Any: ...
+        def _model_action(self, action: str, model_id: str) -> dict[str, Any]: ...
+        def _own_stats(self) -> dict[str, Any]: ...
