@@ -88,6 +88,7 @@ def test_container_check():
     run_env = {**os.environ, **{k: v for k, v in env.items() if k.startswith("T2I_CHECK_")}}
     proc = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=3 * 3600 - 60,
                           env=run_env, cwd=ROOT)
+    print(proc.stdout[-6000:])  # the script's PASS/FAIL summary (pytest -rP shows it)
     if proc.returncode == SKIPPED:
         pytest.skip(next((l for l in proc.stdout.splitlines() if l.startswith("SKIP:")), "SKIP"))
     assert proc.returncode == 0 and "RESULT: PASS" in proc.stdout, proc.stdout[-6000:] + proc.stderr[-3000:]
