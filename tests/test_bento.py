@@ -17,7 +17,7 @@ from conftest import IN_PROCESS_ENV, ROOT, free_port
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
-CUDA_IMAGE = "nvidia/cuda:13.0.2-cudnn-runtime-ubuntu22.04"
+CUDA_IMAGE = "nvidia/cuda:13.0.2-base-ubuntu22.04"
 
 
 @pytest.fixture(scope="module")
