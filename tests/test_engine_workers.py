@@ -109,13 +109,12 @@ def test_admin_actions_reach_every_worker_and_states_merge(pair):
     assert one.model_action("explode", TINY_SD_ID)["error"]["param"] == "action"
 
 
-def test_a_worker_that_starts_late_applies_the_log(pair, tmp_path):
+def test_a_worker_that_starts_late_applies_the_log(pair):
     one, _ = pair
     folder = one.board.db.path.rsplit("/", 1)[0]
     third = Engine(Settings(preload=0), registry=Registry(), shared_dir=folder, worker=3)
     assert TINY_SD_ID in third.models.loaded_ids()  # the last action on it was a load
     assert net_effect([(1, "load", "a"), (2, "set_default", "a"), (3, "unload", "a"), (4, "load", "b")]) == ("a", ["b"])
-    third.board.publish()
 
 
 def test_stats_sum_the_workers(pair):

@@ -189,10 +189,10 @@ def test_admin_actions_reach_both_engine_workers(scaled):
         # whichever API worker and engine worker take them, requests without a model now use it
         models = set()
         for i in range(8):
-            async_free = httpx.post(f"{scaled.url}/generate", json={"prompt": "x", "seed": i}, timeout=60,
-                                    headers={"Connection": "close"})
-            assert async_free.status_code == 200
-            models.add(async_free.headers["x-model"])
+            r = httpx.post(f"{scaled.url}/generate", json={"prompt": "x", "seed": i}, timeout=60,
+                           headers={"Connection": "close"})
+            assert r.status_code == 200
+            models.add(r.headers["x-model"])
         assert models == {"builtin/tiny-sdxl"}
     finally:
         httpx.post(f"{scaled.url}/admin/default", headers=auth, json={"model": "builtin/tiny-sd"}, timeout=60)

@@ -81,6 +81,19 @@ class ImageStore:
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 
 
+def to_drop(images: list[tuple[float, int, T]], now: float, ttl_s: float, max_bytes: int) -> list[T]:
+    """Of ``images`` (written, size, key), oldest first: the expired ones and the oldest beyond
+    ``max_bytes``; the newest stays whatever its size. The shared stores' sweeps drop these."""
+    total = sum(size for _, size, _ in images)
+    dropped = []
+    for written, size, key in images[:-1]:
+        if written + ttl_s > now and total <= max_bytes:
+            break
+        dropped.append(key)
+        total -= size
+    return dropped
+
+
 class DirectoryImageStore:
     """The same store in a folder shared by processes: one file per image (its media type on the first
     line), written under a temporary name and renamed into place, so a reader never sees half an
@@ -145,12 +158,8 @@ class DirectoryImageStore:
                     continue
                 files.append((info.st_mtime, info.st_size, Path(entry.path)))
         files.sort()
-        total = sum(size for _, size, _ in files)
-        for written, size, path in files[:-1]:  # the newest image stays whatever its size
-            if written + self.ttl_s > now and total <= self.max_bytes:
-                break
+        for path in to_drop(files, now, self.ttl_s, self.max_bytes):
             self._drop(path)
-            total -= size
         for entry in os.scandir(self.gone_folder):  # tombstones are kept as long as the images were
             try:
                 if entry.stat().st_mtime + self.ttl_s < now:

@@ -23,7 +23,7 @@ import threading
 import time
 from typing import Any, Callable, Literal
 
-from t2i_core.api.image_store import StoredImage
+from t2i_core.api.image_store import StoredImage, to_drop
 
 _TOKEN = re.compile(r"^[0-9a-f]{14}[A-Za-z0-9_-]{24}$")
 GONE = ".gone"
@@ -89,14 +89,10 @@ class ObjectImageStore:
         for entry in self.fs.ls(self.root, detail=True):
             name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
             if entry.get("type") == "file" and _TOKEN.match(name):
-                images.append((name, int(entry.get("size") or 0)))
-        images.sort()  # the names start with the time they were written
-        total = sum(size for _, size in images)
-        for token, size in images[:-1]:  # the newest image stays whatever its size
-            if written_at(token) + self.ttl_s > now and total <= self.max_bytes:
-                break
+                images.append((written_at(name), int(entry.get("size") or 0), name))
+        images.sort()
+        for token in to_drop(images, now, self.ttl_s, self.max_bytes):
             self._drop(token)
-            total -= size
         gone_root = f"{self.root}/{GONE}"
         self.fs.invalidate_cache(gone_root)
         if not self.fs.exists(gone_root):

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 import secrets
-import threading
 import os
+import threading
 import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
@@ -436,8 +436,8 @@ class Engine(SharedWorkers):
         """Decode the rows of the requests that asked for a partial image at this step."""
         if steps is None or "latents" not in tensors:
             return
-        live = [r.request_id for r in items if r.request_id and self._cancel_reason(r) is None]
-        wanted = self.ledger.take_wanted(live)
+        live = {r.request_id for r in items if r.request_id and self._cancel_reason(r) is None}
+        wanted = self.ledger.take_wanted(list(live))
         rows = [i for i, r in enumerate(items) if r.request_id in live and (
             r.request_id in wanted or (r.partial_images and step in preview_steps(r.partial_images, steps)))]
         if not rows:

@@ -6,9 +6,9 @@ Only the rows of the requests that asked are decoded, at steps spread evenly ove
 to RGB" factors of each family, as ComfyUI's and A1111's cheap previews use), at the latents'
 resolution scaled up to the image's size: a blurry but real view of the image on its way, that costs
 the batch nothing measurable. ``vae`` decodes with the model's VAE (a model whose registry entry names
-a ``tiny_vae`` decodes with it) for sharper partial images, which the batch-mates wait for. Steps: ``partial_images`` P over S steps gives the steps round(k * S / (P + 1)) for k = 1..P (fewer
-when there are fewer steps than that, as OpenAI allows). The batch-mates of a previewing request wait
-for those decodes; their images do not change. A running request's latents can also be decoded on
+a ``tiny_vae`` decodes with it) for sharper partial images, which the batch-mates wait for. Steps:
+``partial_images`` P over S steps gives the steps round(k * S / (P + 1)) for k = 1..P (fewer when
+there are fewer steps than that, as OpenAI allows). The batch-mates' images do not change. A running request's latents can also be decoded on
 demand after its next step (``Engine.want_preview``: the task progress route's ``preview=1``).
 """
 

@@ -71,8 +71,7 @@ class SharedWorkers:
             time.sleep(BEAT_S)
             beats += 1
             try:
-                self.board.publish(self.models.states(), self._own_control_states(),
-                                   self._own_stats() if beats % 4 == 0 else None)
+                self._publish(with_stats=beats % 4 == 0)
                 if self.board.latest() > self._applied and not self._catching_up.is_set():
                     self._catching_up.set()
                     self._torch_pool.submit(self._catch_up)
