@@ -24,8 +24,8 @@ shorten_openmp_spin()  # before the engine's __init__ loads torch: see t2i_core/
 from t2i_core.api.surfaces import build_surfaces_app  # noqa: E402
 from t2i_core.api import request_log
 from t2i_core.patches.bentoml import (
-    NO_SESSION_RENEWAL, cache_local_callers, cancel_request_timers, keep_canceled_tasks_canceled, memoize_media_types,
-    strict_multipart_files, trace_only_when_exported,
+    NO_SESSION_RENEWAL, cache_local_callers, cancel_request_timers, engine_not_ready_is_503, keep_canceled_tasks_canceled,
+    memoize_media_types, strict_multipart_files, trace_only_when_exported,
 )
 from t2i_core.common.config import Settings
 from t2i_core.patches.gc_freeze import freeze_startup_objects
@@ -99,6 +99,10 @@ class Engine:
             self.core.preload()
         # On SIGTERM, keep serving until idle: the API may still send requests it accepted.
         drain_on_sigterm(self.core.idle_since, max_s=SETTINGS.request_timeout_s)
+
+    @bentoml.on_shutdown
+    def close(self) -> None:
+        self.core.close()
 
     @bentoml.api(**BATCHING)
     def generate(self, requests: list[EngineRequest]) -> list[EngineResult]:
@@ -211,6 +215,7 @@ cap_task_store(SETTINGS.task_result_ttl_s, SETTINGS.task_store_max_bytes, SETTIN
 trace_only_when_exported()
 cache_local_callers()
 cancel_request_timers()
+engine_not_ready_is_503()
 strict_multipart_files()
 bound_request_headers(SETTINGS.max_header_bytes, SETTINGS.header_timeout_s)
 

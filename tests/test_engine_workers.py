@@ -32,7 +32,10 @@ def pair(tmp_path_factory):
     settings = Settings(request_timeout_s=20)
     one = Engine(settings, registry=Registry(), shared_dir=folder, worker=1)
     two = Engine(settings, registry=Registry(), shared_dir=folder, worker=2)
-    return one, two
+    yield one, two
+    for engine in (one, two):
+        engine.close()
+    assert not one._beating.is_alive() and not two._beating.is_alive()
 
 
 def run_in_thread(engine: Engine, items: list[EngineRequest]) -> tuple[threading.Thread, list]:
@@ -114,6 +117,13 @@ def test_a_worker_that_starts_late_applies_the_log(pair):
     folder = one.board.db.path.rsplit("/", 1)[0]
     third = Engine(Settings(preload=0), registry=Registry(), shared_dir=folder, worker=3)
     assert TINY_SD_ID in third.models.loaded_ids()  # the last action on it was a load
+    assert [r["worker"] for r in one.board.live()] == [1, 2, 3]
+    # a worker that shuts down leaves at once: the next admin action does not wait for it
+    third.close()
+    assert not third._beating.is_alive()
+    assert [r["worker"] for r in one.board.live()] == [1, 2]
+    answer = one.model_action("set_default", TINY_SD_ID)
+    assert answer["ok"] and answer["workers"] == {"1": "ok", "2": "ok"}
     assert net_effect([(1, "load", "a"), (2, "set_default", "a"), (3, "unload", "a"), (4, "load", "b")]) == ("a", ["b"])
 
 

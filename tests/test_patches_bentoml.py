@@ -117,3 +117,35 @@ def test_a_request_that_answers_nothing_in_time_still_gets_504():
 
     sent = asyncio.run(_call(_timeout_middleware(app, timeout=0.05)))
     assert sent[0]["status"] == 504 and b"Not able to process the request in 0.05 seconds" in sent[1]["body"]
+
+
+def test_an_engine_that_does_not_answer_its_readyz_is_not_ready() -> None:
+    """BentoML's probe of a dependency raised (so the API's /readyz answered 500) when the engine's socket
+    accepted but did not answer within the probe's timeout, or refused the connection."""
+    import socket
+
+    from _bentoml_impl.client.proxy2 import AsyncClient
+
+    from t2i_core.patches.bentoml import engine_not_ready_is_503
+
+    engine_not_ready_is_503()
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # connections complete in the backlog; nothing ever answers
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    refused_port = closed.getsockname()[1]
+    closed.close()
+
+    async def probe(url: str) -> bool:
+        client = AsyncClient(url, server_ready_timeout=0)
+        try:
+            return await client.is_ready(1)
+        finally:
+            await client.close()
+
+    try:
+        assert asyncio.run(probe(f"http://127.0.0.1:{silent.getsockname()[1]}")) is False
+        assert asyncio.run(probe(f"http://127.0.0.1:{refused_port}")) is False
+    finally:
+        silent.close()

@@ -126,6 +126,7 @@ class Engine(SharedWorkers):
         self._active = 0  # run() calls in progress
         self._idle_since: float | None = time.monotonic()
         self._cancel_lock = threading.Lock()
+        self._closed = threading.Event()
         self.stage_timer = StageTimer(device_sync(self.device))
         self.stop_points = StopPoints()
         self._collected_this_call = False
@@ -140,7 +141,19 @@ class Engine(SharedWorkers):
             self._applied = 0
             self._catching_up = threading.Event()
             self.on_torch_thread(self._join_workers)
-            threading.Thread(target=self._beat, name="t2i-board", daemon=True).start()
+            self._beating = threading.Thread(target=self._beat, name="t2i-board", daemon=True)
+            self._beating.start()
+
+    def close(self) -> None:
+        """At shutdown (after the drain): stop the heartbeat and leave the other workers at once, so
+        that an admin action does not wait for this worker; then let the torch thread end."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        if self.board is not None:
+            self._beating.join(timeout=5)
+            self.board.leave()
+        self._torch_pool.shutdown(wait=False, cancel_futures=True)
 
     def _init_torch_thread(self) -> threading.Thread:
         if self.settings.torch_threads > 0:

@@ -5,7 +5,6 @@ Used only when the engine has a ``board`` (a run folder shared with other worker
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
 from t2i_core.engine.workers import BEAT_S, merge_control_states, merge_model_states, merge_stats, net_effect
@@ -24,6 +23,7 @@ class SharedWorkers:
     _applied: int
     _catching_up: Any
     _torch_pool: Any
+    _closed: Any
 
     def _action_on_every_worker(self, action: str, model_id: str) -> dict[str, Any]:
         """Log the action, apply it here, wait for the other live workers to apply it; this worker's
@@ -67,8 +67,7 @@ class SharedWorkers:
     def _beat(self) -> None:
         """Heartbeat, published states, and new admin actions handed to the torch thread."""
         beats = 0
-        while True:
-            time.sleep(BEAT_S)
+        while not self._closed.wait(BEAT_S):
             beats += 1
             try:
                 self._publish(with_stats=beats % 4 == 0)

@@ -104,6 +104,12 @@ class WorkerBoard:
         with self.db.write() as conn:
             conn.execute(f"UPDATE workers SET {', '.join(sets)} WHERE worker = ?", (*values, self.worker))
 
+    def leave(self) -> None:
+        """This worker stops (its server shuts down): it leaves the live view now, not after
+        ``DEAD_AFTER_S`` of silence."""
+        with self.db.write() as conn:
+            conn.execute("DELETE FROM workers WHERE worker = ?", (self.worker,))
+
     def live(self) -> list[dict[str, Any]]:
         rows = self.db.read("SELECT worker, pid, device, applied, beat, states, controls, stats FROM workers "
                             "WHERE beat > ? ORDER BY worker", (time.time() - DEAD_AFTER_S,))

@@ -24,6 +24,11 @@
   the answer starts; a slow request still gets its 504. Paired at 16 clients: 1.085x images/s. An
   app that ends without answering (an error escaped it) gets a 500 at once instead of at the timer
   (a client waited the whole 150 s).
+- ``engine_not_ready_is_503``: the API's ``/readyz`` asks the engine's ``/readyz`` (5 s); while the
+  engine is still starting (loading its model), BentoML's probe catches only ``ServerTimeoutError``, so
+  the total timeout (``asyncio.TimeoutError``) or a refused connection escaped: ``/readyz`` answered
+  500 ``internal_error`` with a traceback in the log on every probe. An engine that does not answer
+  is now "not ready": 503.
 - ``strict_multipart_files``: multipart file fields never fetch a client-given URL, take one part,
   and a damaged body is a 400 (see its docstring).
 
@@ -171,6 +176,28 @@ def cancel_request_timers() -> None:
 
     __call__._t2i_patched = True  # type: ignore[attr-defined]
     TimeoutMiddleware.__call__ = __call__  # type: ignore[method-assign]
+
+
+def engine_not_ready_is_503() -> None:
+    if not written_for("bentoml", WRITTEN_FOR, "engine_not_ready_is_503"):
+        return
+    import asyncio
+
+    import aiohttp
+    from _bentoml_impl.client.proxy2 import AsyncClient
+
+    if getattr(AsyncClient.is_ready, "_t2i_patched", False):
+        return
+    original = AsyncClient.is_ready
+
+    async def is_ready(self: Any, timeout: int | None = None) -> bool:
+        try:
+            return await original(self, timeout)
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return False
+
+    is_ready._t2i_patched = True  # type: ignore[attr-defined]
+    AsyncClient.is_ready = is_ready  # type: ignore[method-assign]
 
 
 def strict_multipart_files() -> None:
