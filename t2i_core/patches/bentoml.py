@@ -28,12 +28,13 @@
   engine is still starting (loading its model), BentoML's probe catches only ``ServerTimeoutError``, so
   the total timeout (``asyncio.TimeoutError``) or a refused connection escaped: ``/readyz`` answered
   500 ``internal_error`` with a traceback in the log on every probe. An engine that does not answer
-  is now "not ready": 503.
+  is now "not ready": 503. The same bug as bentoml/BentoML#4023, fixed for the old runners by #4024
+  (which catches ``ServerTimeoutError`` only: aiohttp's total timeout is another exception).
 - ``strict_multipart_files``: multipart file fields never fetch a client-given URL, take one part,
   and a damaged body is a 400 (see its docstring).
 
 Upstream: task cancellation in the local server is bentoml/BentoML#5141 (cancel hung) and #5695 (the
-cancel route marks the task and answers 400); none of the others has an upstream issue we know of.
+cancel route marks the task and answers 400); for the readyz probe see above; none of the others has an upstream issue we know of.
 Each patch is applied only on BentoML ``WRITTEN_FOR`` (``version_guard``); elsewhere it warns once
 and leaves BentoML alone.
 """
