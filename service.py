@@ -147,9 +147,11 @@ class Engine:
         return await asyncio.to_thread(self.core.take_previews, request_id, since)
 
     @bentoml.api
-    def model_action(self, action: str, model_id: str) -> dict[str, Any]:
-        """load / unload / set_default; runs in the engine's thread, between batches."""
-        return self.core.model_action(action, model_id)
+    async def model_action(self, action: str, model_id: str) -> dict[str, Any]:
+        """load / unload / set_default; applied on the engine's torch thread, between batches. Async:
+        with several engine workers the call then waits for the others, and BentoML's one thread for
+        sync methods must stay free for batches meanwhile."""
+        return await asyncio.to_thread(self.core.model_action, action, model_id)
 
 
 @bentoml.service(name="t2i", workers=SETTINGS.api_workers, traffic=API_TRAFFIC)

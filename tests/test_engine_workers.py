@@ -71,6 +71,8 @@ def test_a_cancel_taken_by_one_worker_stops_the_work_on_the_other(pair):
 def test_a_cancel_before_the_work_starts_is_seen_by_any_worker(pair):
     one, two = pair
     one.cancel(["early"])
+    assert two.progress(["early", "wanted"]) == {"early": {"state": "cancelled", "step": 0, "steps": None},
+                                                 "wanted": {"state": "queued", "step": 0, "steps": None}}
     out = two.run([req(request_id="early"), req(request_id="wanted", seed=3)])
     assert out[0].error["code"] == "client_closed" and out[1].error is None
     assert one.progress(["wanted"])["wanted"] == {"state": "done", "step": 3, "steps": 3}
@@ -110,6 +112,51 @@ def test_admin_actions_reach_every_worker_and_states_merge(pair):
         assert row["state"] == "loaded" and row["loaded_on"] == [1, 2]
     # an unknown action is refused by the worker that takes it, and never logged
     assert one.model_action("explode", TINY_SD_ID)["error"]["param"] == "action"
+
+
+def test_an_action_applied_first_by_a_batch_or_the_heartbeat_still_answers_its_result(pair, monkeypatch):
+    one, _ = pair
+    append = one.board.append
+
+    def append_then_catch_up(action: str, model_id: str) -> int:
+        seq = append(action, model_id)
+        one.on_torch_thread(one._catch_up)  # what a batch start or the heartbeat does meanwhile
+        return seq
+
+    monkeypatch.setattr(one.board, "append", append_then_catch_up)
+    answer = one.model_action("load", TINY_SD_ID)
+    assert answer["ok"] and answer["state"] == "loaded" and answer["workers"] == {"1": "ok", "2": "ok"}
+
+
+def test_a_killed_worker_leaves_the_live_view_at_once(pair):
+    import subprocess
+    import sys
+
+    one, _ = pair
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    with one.board.db.write() as conn:  # a worker process that was killed: its last beat is fresh
+        conn.execute("INSERT INTO workers (worker, pid, device, applied, beat) VALUES (9, ?, 'cpu', 0, ?)",
+                     (gone.pid, time.time()))
+    try:
+        assert 9 not in [r["worker"] for r in one.board.live()]
+        answer = one.model_action("set_default", TINY_SD_ID)  # does not wait for worker 9
+        assert answer["ok"] and answer["workers"] == {"1": "ok", "2": "ok"}
+    finally:
+        with one.board.db.write() as conn:
+            conn.execute("DELETE FROM workers WHERE worker = 9")
+
+
+def test_the_default_cannot_be_a_model_whose_weights_are_absent(pair):
+    one, _ = pair
+    absent = Registry().get("stabilityai/sd-turbo")
+    if absent.unavailable_reason() is None:
+        pytest.skip("sd-turbo's weights are in this machine's Hugging Face cache")
+    before, logged = one.registry.default_id, one.board.latest()
+    answer = one.model_action("set_default", absent.id)
+    assert answer["error"]["code"] == "model_unavailable" and answer["error"]["param"] == "model"
+    assert "sd-turbo" in answer["error"]["message"] and one.registry.default_id == before
+    assert one.board.latest() == logged  # not logged: a worker that starts later does not replay it
 
 
 def test_a_worker_that_starts_late_applies_the_log(pair):

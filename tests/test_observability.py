@@ -64,6 +64,8 @@ def test_edit_stages_are_measured_too(engine):
 
 def test_progress_counts_denoising_steps(engine):
     assert engine.progress(["never-seen"]) == {"never-seen": {"state": "queued", "step": 0, "steps": None}}
+    engine.cancel(["given-up"])  # its client left before the engine took it
+    assert engine.progress(["given-up"]) == {"given-up": {"state": "cancelled", "step": 0, "steps": None}}
     engine.run([req(request_id="p1", steps=4), req(request_id="p2", steps=4, seed=2)])
     assert engine.progress(["p1", "p2"]) == {
         "p1": {"state": "done", "step": 4, "steps": 4},

@@ -38,3 +38,30 @@ def test_gives_up_after_the_attempts():
     with pytest.raises(aiohttp.ServerDisconnectedError):
         asyncio.run(retry_dropped(call, attempts=3))
     assert len(calls) == 3
+
+
+def _refused() -> aiohttp.ClientConnectorError:
+    """What BentoML's client raises when the engine's socket file is gone (the server stops, or a
+    crashed engine worker is being restarted)."""
+    from aiohttp.client_exceptions import UnixClientConnectorError
+    from aiohttp.client_reqrep import ConnectionKey
+
+    key = ConnectionKey("localhost", 80, False, True, None, None, None)
+    return UnixClientConnectorError("/tmp/gone.sock", key, FileNotFoundError(2, "No such file or directory"))
+
+
+def test_an_engine_that_cannot_be_reached_is_a_503_and_while_draining_shutting_down():
+    from t2i_core.common.errors import EngineUnreachable, ShuttingDown
+    from t2i_core.common.shutdown import DRAINING
+
+    call, calls = flaky([_refused()] * 5)
+    with pytest.raises(EngineUnreachable) as caught:
+        asyncio.run(retry_dropped(call, attempts=3))
+    assert len(calls) == 3 and caught.value.status == 503 and "gone.sock" in caught.value.message
+    DRAINING.set()
+    try:
+        with pytest.raises(ShuttingDown):
+            asyncio.run(retry_dropped(flaky([_refused()] * 5)[0], attempts=3))
+    finally:
+        DRAINING.clear()
+    assert asyncio.run(retry_dropped(flaky([_refused()])[0])) == "ok"  # refused once, then reached

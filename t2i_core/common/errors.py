@@ -137,6 +137,14 @@ class ShuttingDown(T2IError):
     type = "server_error"
 
 
+class EngineUnreachable(T2IError):
+    """The API cannot connect to the engine (it is restarting after a crash, or the server is stopping)."""
+
+    status = 503
+    code = "engine_unavailable"
+    type = "server_error"
+
+
 class OutOfMemory(T2IError):
     """This image does not fit in accelerator memory, even alone."""
 

@@ -21,7 +21,10 @@ from typing import Any, Callable, TypeVar
 from t2i_core.common import metrics
 from t2i_core.common.config import Settings
 from t2i_core.engine.devices import pick_device
-from t2i_core.common.errors import ClientClosed, ContentFiltered, DefaultModelChanged, EngineFailure, InvalidRequest, OutOfMemory, RequestTimeout, T2IError
+from t2i_core.common.errors import (
+    ClientClosed, ContentFiltered, DefaultModelChanged, EngineFailure, InvalidRequest, ModelUnavailable, OutOfMemory,
+    RequestTimeout, T2IError,
+)
 from t2i_core.engine.model_manager import LoadedModel, ModelManager
 from t2i_core.common.registry import Registry
 from t2i_core.common.schemas import EngineRequest, EngineResult, Preview
@@ -207,7 +210,18 @@ class Engine(SharedWorkers):
         worker's, with ``workers``: each live worker's ``ok`` or error message."""
         if self.board is None or action not in ACTIONS:
             return self.on_torch_thread(self._model_action, action, model_id)
+        if action == "set_default":
+            try:  # refused before it is logged: a worker that starts later must not replay it
+                self._check_default(model_id)
+            except T2IError as err:
+                return {"error": err.to_dict()}
         return self._action_on_every_worker(action, model_id)
+
+    def _check_default(self, model_id: str) -> None:
+        reason = self.registry.get(model_id).unavailable_reason()
+        if reason is not None and model_id not in self.models.loaded_ids():
+            # every request without a model would fail until the default changed again
+            raise ModelUnavailable(f"cannot make {model_id!r} the default: {reason}", param="model")
 
     def _model_action(self, action: str, model_id: str) -> dict[str, Any]:
         try:
@@ -217,6 +231,7 @@ class Engine(SharedWorkers):
             if action == "unload":
                 return {"ok": True, "model": model_id, "unloaded": self.models.unload(model_id)}
             if action == "set_default":
+                self._check_default(model_id)
                 self.registry.set_default(model_id)
                 return {"ok": True, "model": model_id, "default": True}
             raise InvalidRequest(f"action must be load, unload or set_default; got {action!r}", param="action")

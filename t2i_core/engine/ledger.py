@@ -31,6 +31,8 @@ CANCEL_KEPT_S = 600.0
 #: seconds between two reads of the shared cancellations by one worker
 POLL_S = 0.05
 QUEUED = {"state": "queued", "step": 0, "steps": None}
+#: a request cancelled before any worker started it
+CANCELLED_UNSTARTED = {"state": "cancelled", "step": 0, "steps": None}
 
 
 class LocalLedger:
@@ -76,7 +78,8 @@ class LocalLedger:
 
     def progress(self, request_ids: list[str]) -> dict[str, dict[str, Any]]:
         with self._lock:
-            return {rid: dict(self._progress.get(rid) or QUEUED) for rid in request_ids}
+            return {rid: dict(self._progress.get(rid) or (CANCELLED_UNSTARTED if rid in self._cancelled else QUEUED))
+                    for rid in request_ids}
 
     # partial images
     def want_preview(self, request_id: str) -> None:
@@ -98,6 +101,7 @@ class LocalLedger:
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS cancels (seq INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT NOT NULL, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS cancels_request ON cancels (request_id);
 CREATE TABLE IF NOT EXISTS progress (request_id TEXT PRIMARY KEY, state TEXT NOT NULL, step INTEGER NOT NULL,
     steps INTEGER, worker INTEGER, at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS progress_at ON progress (at);
@@ -171,6 +175,12 @@ class SharedLedger(LocalLedger):
         rows = self.db.read(f"SELECT request_id, state, step, steps FROM progress WHERE request_id IN ({marks})",
                             tuple(request_ids)) if request_ids else []
         found = {rid: {"state": state, "step": step, "steps": steps} for rid, state, step, steps in rows}
+        unstarted = [rid for rid in request_ids if rid not in found]
+        if unstarted:
+            marks = ",".join("?" * len(unstarted))
+            cancelled = {r[0] for r in self.db.read(f"SELECT request_id FROM cancels WHERE request_id IN ({marks})",
+                                                    tuple(unstarted))}
+            found.update({rid: dict(CANCELLED_UNSTARTED) for rid in cancelled})
         return {rid: found.get(rid) or dict(QUEUED) for rid in request_ids}
 
     def want_preview(self, request_id: str) -> None:

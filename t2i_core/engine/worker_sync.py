@@ -29,7 +29,8 @@ class SharedWorkers:
         """Log the action, apply it here, wait for the other live workers to apply it; this worker's
         answer with ``workers``: each worker's ``ok`` or error message."""
         seq = self.board.append(action, model_id)
-        mine = self.on_torch_thread(self._catch_up).get(seq) or {"error": {"message": "not applied"}}
+        # a batch or the heartbeat may have applied it first (both catch up): then its result is recorded
+        mine = self.on_torch_thread(self._catch_up).get(seq) or self.board.result(seq)
         results = self.board.wait_applied(seq, timeout_s=self.settings.request_timeout_s)
         results[self.worker] = mine
         return {**mine, "workers": {str(w): "ok" if r.get("ok") else r.get("error", {}).get("message", "?")

@@ -80,6 +80,11 @@ class WorkerBoard:
             conn.execute("INSERT OR REPLACE INTO action_results VALUES (?, ?, ?)", (seq, self.worker, json.dumps(result)))
             conn.execute("UPDATE workers SET applied = ? WHERE worker = ?", (seq, self.worker))
 
+    def result(self, seq: int) -> dict[str, Any]:
+        """What the action ``seq`` gave on this worker (which has applied it)."""
+        rows = self.db.read("SELECT result FROM action_results WHERE seq = ? AND worker = ?", (seq, self.worker))
+        return json.loads(rows[0][0]) if rows else {"error": {"message": f"action {seq} not applied on worker {self.worker}"}}
+
     def wait_applied(self, seq: int, timeout_s: float) -> dict[int, dict[str, Any]]:
         """Each live worker's result for the action ``seq``, once all have applied it (or at the timeout:
         the workers still behind are missing)."""
@@ -118,7 +123,19 @@ class WorkerBoard:
              "states": json.loads(s) if s else None, "controls": json.loads(c) if c else None,
              "stats": json.loads(st) if st else None}
             for w, pid, dev, applied, beat, s, c, st in rows
+            if process_exists(pid)  # a killed worker leaves at once, not after DEAD_AFTER_S
         ]
+
+
+def process_exists(pid: int) -> bool:
+    """The workers of a server share one machine (the run folder is local), so a pid can be asked."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
 
 
 def merge_model_states(per_worker: dict[int, list[dict[str, Any]]]) -> list[dict[str, Any]]:

@@ -13,26 +13,25 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from t2i_core.api.responses import error_response_for
+from t2i_core.api.responses import guarded
 from t2i_core.api.surfaces.tasks.store import engine_request_id, existing_task
-from t2i_core.common.errors import T2IError
 from t2i_core.common.paths import TASK_ROUTE
 
 
 def task_routes(get_frontend: Callable[[], Any]) -> list[Route]:
+    @guarded
     async def progress(request: Request) -> Response:
         """``{"task_id", "status", "state", "step", "steps", "fraction"}``: status from BentoML's
         store, step k of steps from the engine (``steps`` is null until the pipeline starts). With
         ``preview=1``: ``current_image`` (base64 PNG of the latents decoded at ``current_image_step``)."""
-        try:
-            task_id, status = await existing_task(request)
-        except T2IError as err:
-            return error_response_for(request.url.path, err)
+        task_id, status = await existing_task(request)
         front = get_frontend()
         work_id = engine_request_id(task_id)
         engine = await front.progress(work_id)
         if status == "completed":
             engine = {**engine, "state": "done"}
+        elif status == "canceled" and engine.get("state") == "queued":  # cancelled before the engine took it
+            engine = {**engine, "state": "cancelled"}
         steps = engine.get("steps")
         step = engine.get("step", 0)
         fraction = 1.0 if status == "completed" else round(step / steps, 4) if steps else 0.0
