@@ -40,6 +40,7 @@ from t2i_core.api.retry import retry_dropped
 from t2i_core.common.shutdown import drain_on_sigterm
 from t2i_core.api.surfaces.native import EditUpload, answer, upload_bytes
 from t2i_core.common.schemas import EditRequest, EngineRequest, EngineResult, GenerateRequest, Preview
+from t2i_core.api.surfaces.a1111.callers import open_caller_jobs
 from t2i_core.api.surfaces.tasks.cancel import TaskCancelMiddleware
 from t2i_core.api.surfaces.tasks.retention import cap_task_store
 from t2i_core.api.surfaces.tasks.store import engine_request_id, until_cancelled
@@ -246,6 +247,7 @@ API.mount_asgi_app(
     build_surfaces_app(
         lambda: bentoml.get_current_service().front,
         open_image_store(image_store_spec(SETTINGS, RUN_DIR), SETTINGS.image_url_ttl_s, SETTINGS.image_store_max_bytes),
+        open_caller_jobs(SETTINGS.api_workers, RUN_DIR),
     ),
     path="/",
 )

@@ -198,3 +198,35 @@ def test_admin_actions_reach_both_engine_workers(scaled):
         httpx.post(f"{scaled.url}/admin/default", headers=auth, json={"model": "builtin/tiny-sd"}, timeout=60)
     r = httpx.post(f"{scaled.url}/admin/models/builtin/tiny-sdxl/unload", headers=auth, timeout=60)
     assert r.status_code == 200 and r.json()["workers"] == {"1": "ok", "2": "ok"}
+
+
+def test_a1111_progress_and_interrupt_reach_the_callers_job_through_either_api_worker(scaled):
+    """A1111 clients poll ``progress`` and send ``interrupt`` on new connections (the webui's JS and
+    most scripts do): whichever API worker takes them must find the caller's job."""
+    import threading
+
+    outcome: dict[str, int] = {}
+
+    def long_job() -> None:
+        r = httpx.post(f"{scaled.url}/sdapi/v1/txt2img", timeout=180,
+                       json={"prompt": "a long job", "seed": 1, "width": 256, "height": 256, "steps": 100, "cfg_scale": 0})
+        outcome["status"] = r.status_code
+
+    job = threading.Thread(target=long_job)
+    job.start()
+    seen: list[tuple[int, int]] = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(seen) < 12:
+        r = httpx.get(f"{scaled.url}/sdapi/v1/progress?skip_current_image=true", headers={"Connection": "close"}, timeout=30)
+        state = r.json()["state"]
+        if state["sampling_step"] > 0 or seen:
+            seen.append((state["job_count"], state["sampling_step"]))
+        time.sleep(0.1)
+    # every poll once the job ran saw it running, its steps never going back
+    assert len(seen) == 12 and all(count == 1 for count, _ in seen), seen
+    assert [step for _, step in seen] == sorted(step for _, step in seen), seen
+    for _ in range(4):  # on new connections: either API worker
+        assert httpx.post(f"{scaled.url}/sdapi/v1/interrupt", headers={"Connection": "close"}, timeout=30).status_code == 200
+    job.join(60)
+    assert not job.is_alive() and outcome["status"] != 200, outcome  # stopped, not finished
+    assert httpx.get(f"{scaled.url}/sdapi/v1/progress", timeout=30).json()["state"]["job_count"] == 0

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections import OrderedDict
 from typing import Any, Callable
 
 from starlette.requests import Request
@@ -24,6 +23,7 @@ from starlette.routing import Route
 
 from t2i_core.api.frontend import Frontend, parse, until_disconnected
 from t2i_core.api.responses import guarded
+from t2i_core.api.surfaces.a1111.callers import CallerJobs, caller_of
 from t2i_core.api.surfaces.a1111.protocol import (
     Img2Img, Txt2Img, a1111_mask, answer, controlnet_fields, sampler_rows, schedule_rows, scheduler_for, split_loras,
 )
@@ -34,25 +34,15 @@ from t2i_core.api.images.codecs import decode_base64
 from t2i_core.common.schemas import EditRequest, GenerateRequest
 
 PREFIX = "/sdapi/v1"
-#: the callers whose latest request is remembered (for progress / interrupt)
-CALLERS_KEPT = 1024
 
 
-def caller_of(request: Request) -> str:
-    auth = request.headers.get("authorization")
-    return f"key:{auth}" if auth else f"addr:{request.client.host if request.client else ''}"
+def a1111_routes(get_frontend: Callable[[], Frontend], callers: CallerJobs | None = None) -> list[Route]:
+    """``callers``: where each caller's latest request is kept (see callers.py); in memory by default."""
+    jobs = callers if callers is not None else CallerJobs()
 
-
-def a1111_routes(get_frontend: Callable[[], Frontend]) -> list[Route]:
-    current: OrderedDict[str, tuple[str, float]] = OrderedDict()  # caller -> (engine request id, started)
-
-    def remember(request: Request) -> str:
+    async def remember(request: Request) -> str:
         request_id = f"a1111-{uuid.uuid4().hex}"
-        caller = caller_of(request)
-        current.pop(caller, None)
-        current[caller] = (request_id, time.monotonic())
-        while len(current) > CALLERS_KEPT:
-            current.popitem(last=False)
+        await jobs.remember(caller_of(request), request_id)
         return request_id
 
     def model_for(front: Frontend, req: Txt2Img) -> str | None:
@@ -95,7 +85,7 @@ def a1111_routes(get_frontend: Callable[[], Frontend]) -> list[Route]:
             raise InvalidRequest("the ControlNet unit needs an image (txt2img has no init image to fall back on)",
                                  param="alwayson_scripts")
         native = parse(GenerateRequest, fields)
-        images = await front.generate(native, n=images_count(front, req), request_id=remember(request),
+        images = await front.generate(native, n=images_count(front, req), request_id=await remember(request),
                                       disconnected=lambda: until_disconnected(request.receive))
         return JSONResponse(answer(images, req, req.sampler_name or "default"))
 
@@ -114,14 +104,14 @@ def a1111_routes(get_frontend: Callable[[], Frontend]) -> list[Route]:
         if req.mask:
             mask = await asyncio.to_thread(a1111_mask, decode_base64(req.mask, field="mask"), req,
                                            front.settings.max_input_pixels)
-        images = await front.edit(native, source, n=images_count(front, req), request_id=remember(request),
+        images = await front.edit(native, source, n=images_count(front, req), request_id=await remember(request),
                                   disconnected=lambda: until_disconnected(request.receive), mask=mask)
         return JSONResponse(answer(images, req, req.sampler_name or "default"))
 
     @guarded
     async def progress(request: Request) -> Response:
         front = get_frontend()
-        found = current.get(caller_of(request))
+        found = await jobs.latest(caller_of(request))
         state = {"skipped": False, "interrupted": False, "job": "", "job_count": 0, "job_timestamp": "", "job_no": 0,
                  "sampling_step": 0, "sampling_steps": 0}
         body: dict[str, Any] = {"progress": 0.0, "eta_relative": 0.0, "state": state, "current_image": None,
@@ -135,7 +125,7 @@ def a1111_routes(get_frontend: Callable[[], Frontend]) -> list[Route]:
         fraction = 1.0 if engine.get("state") == "done" else (step / steps if steps else 0.0)
         state.update(job=request_id if running else "", job_count=1 if running else 0, sampling_step=step,
                      sampling_steps=steps)
-        elapsed = time.monotonic() - started
+        elapsed = max(0.0, time.time() - started)
         body.update(progress=round(fraction, 4),
                     eta_relative=round(elapsed / fraction - elapsed, 3) if 0 < fraction < 1 else 0.0)
         if running and request.query_params.get("skip_current_image", "false").lower() != "true":
@@ -148,7 +138,7 @@ def a1111_routes(get_frontend: Callable[[], Frontend]) -> list[Route]:
 
     @guarded
     async def interrupt(request: Request) -> Response:
-        found = current.get(caller_of(request))
+        found = await jobs.latest(caller_of(request))
         if found is not None:
             await get_frontend().engine.cancel([found[0]])
         return JSONResponse({})

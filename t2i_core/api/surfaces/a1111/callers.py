@@ -1,0 +1,77 @@
+"""Each A1111 caller's latest request, for ``/sdapi/v1/progress``, ``interrupt`` and ``skip``.
+
+The A1111 API names no job in those calls: they act on "the current one", which for a shared server
+is the caller's latest (its API key, else its address). With one API worker that is kept in memory;
+with several (``T2I_API_WORKERS``), a progress poll or an interrupt may reach another worker than the
+one that took the request, so the workers share a small SQLite file in the server's run folder.
+API keys are kept as hashes, never as given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+from collections import OrderedDict
+
+from starlette.requests import Request
+
+from t2i_core.engine.shared_db import SharedDB
+
+#: the callers whose latest request is remembered
+CALLERS_KEPT = 1024
+
+
+def caller_of(request: Request) -> str:
+    auth = request.headers.get("authorization")
+    if auth:
+        return "key:" + hashlib.sha256(auth.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+    return f"addr:{request.client.host if request.client else ''}"
+
+
+class CallerJobs:
+    """In this process (one API worker)."""
+
+    def __init__(self) -> None:
+        self._latest: OrderedDict[str, tuple[str, float]] = OrderedDict()
+
+    async def remember(self, caller: str, request_id: str) -> None:
+        self._latest.pop(caller, None)
+        self._latest[caller] = (request_id, time.time())
+        while len(self._latest) > CALLERS_KEPT:
+            self._latest.popitem(last=False)
+
+    async def latest(self, caller: str) -> tuple[str, float] | None:
+        """The caller's latest request id and when it started (epoch seconds)."""
+        return self._latest.get(caller)
+
+
+SCHEMA = "CREATE TABLE IF NOT EXISTS callers (caller TEXT PRIMARY KEY, request_id TEXT NOT NULL, started REAL NOT NULL)"
+
+
+class SharedCallerJobs(CallerJobs):
+    """In a file that the API workers of one server share (its reads and writes run off the event loop)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.db = SharedDB(path)
+        self.db.executescript(SCHEMA)
+
+    async def remember(self, caller: str, request_id: str) -> None:
+        await asyncio.to_thread(self._write, caller, request_id)
+
+    def _write(self, caller: str, request_id: str) -> None:
+        with self.db.write() as conn:
+            conn.execute("INSERT OR REPLACE INTO callers VALUES (?, ?, ?)", (caller, request_id, time.time()))
+            conn.execute("DELETE FROM callers WHERE caller NOT IN (SELECT caller FROM callers ORDER BY started DESC "
+                         "LIMIT ?)", (CALLERS_KEPT,))
+
+    async def latest(self, caller: str) -> tuple[str, float] | None:
+        rows = await asyncio.to_thread(self.db.read, "SELECT request_id, started FROM callers WHERE caller = ?", (caller,))
+        return (rows[0][0], rows[0][1]) if rows else None
+
+
+def open_caller_jobs(api_workers: int, run_dir: str) -> CallerJobs:
+    """In memory for one API worker; the run folder's file for several."""
+    return CallerJobs() if api_workers <= 1 else SharedCallerJobs(os.path.join(run_dir, "a1111-callers.sqlite"))
