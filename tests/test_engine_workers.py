@@ -14,7 +14,9 @@ import pytest
 from t2i_core.common.config import Settings
 from t2i_core.common.registry import TINY_SD_ID, Registry
 from t2i_core.common.schemas import EngineRequest
-from t2i_core.common.workers import engine_worker_count, image_store_spec, pin_engine_worker, run_folder
+from t2i_core.common.workers import (
+    cpu_memory_budget, engine_worker_count, image_store_spec, pin_engine_worker, run_folder,
+)
 from t2i_core.engine.core import Engine
 from t2i_core.engine.ledger import SharedLedger
 from t2i_core.engine.shared_db import SharedDB
@@ -209,8 +211,10 @@ def test_worker_counts_pinning_and_the_run_folder(monkeypatch):
     assert pin_engine_worker(Settings(), 2, 2, gpus=["4", "5"]) == Settings()
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "5"
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
-    assert pin_engine_worker(Settings(), 1, 4, gpus=[]).torch_threads == 4
-    assert pin_engine_worker(Settings(torch_threads=3), 1, 4, gpus=[]).torch_threads == 3
+    quarter = pin_engine_worker(Settings(), 1, 4, gpus=[])
+    assert quarter.torch_threads == 4 and quarter.memory_budget_bytes == cpu_memory_budget() // 4
+    given = pin_engine_worker(Settings(torch_threads=3, memory_budget_bytes=10**9), 1, 4, gpus=[])
+    assert given.torch_threads == 3 and given.memory_budget_bytes == 10**9
     assert pin_engine_worker(Settings(), 1, 1, gpus=[]) == Settings()
     monkeypatch.setenv("T2I_RUN_DIR", "/somewhere/inherited")
     made = run_folder(in_worker=False)

@@ -73,6 +73,16 @@ def pin_engine_worker(settings: Settings, index: int, workers: int, gpus: list[s
     if len(gpus) > 1 and settings.device in ("auto", "cuda"):
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus[(index - 1) % len(gpus)]
         return settings
-    if not gpus and settings.device in ("auto", "cpu") and settings.torch_threads == 0:
-        return dataclasses.replace(settings, torch_threads=max(1, (os.cpu_count() or 1) // workers))
+    if not gpus and settings.device in ("auto", "cpu"):
+        # the cores and the memory budget (default: half the RAM) are shared, not each worker's whole
+        threads = settings.torch_threads or max(1, (os.cpu_count() or 1) // workers)
+        budget = settings.memory_budget_bytes or cpu_memory_budget() // workers
+        return dataclasses.replace(settings, torch_threads=threads, memory_budget_bytes=budget)
     return settings
+
+
+def cpu_memory_budget() -> int:
+    """The memory an engine on the CPU may fill with models by default: half the RAM."""
+    import psutil
+
+    return int(psutil.virtual_memory().total * 0.5)

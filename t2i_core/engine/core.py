@@ -20,6 +20,7 @@ from typing import Any, Callable, TypeVar
 
 from t2i_core.common import metrics
 from t2i_core.common.config import Settings
+from t2i_core.common.workers import cpu_memory_budget
 from t2i_core.engine.devices import pick_device
 from t2i_core.common.errors import (
     ClientClosed, ContentFiltered, DefaultModelChanged, EngineFailure, InvalidRequest, ModelUnavailable, OutOfMemory,
@@ -46,9 +47,7 @@ def default_budget(device: str) -> int:
         import torch
 
         return int(torch.cuda.get_device_properties(torch.device(device)).total_memory * 0.85)
-    import psutil
-
-    return int(psutil.virtual_memory().total * 0.5)
+    return cpu_memory_budget()
 
 
 T = TypeVar("T")
