@@ -58,3 +58,17 @@ def test_admin_api_is_disabled_without_a_key(app_and_clock):
     client, _ = app_and_clock
     r = client.get("/admin/models", headers={"Authorization": "Bearer anything"})
     assert r.status_code == 403 and "T2I_ADMIN_KEY" in r.json()["error"]["message"]
+
+
+def test_links_use_the_public_url_when_set_else_the_host_asked(engine):
+    import dataclasses
+
+    from t2i_core.common.config import Settings
+
+    body = {"prompt": "x", "response_format": "url"}
+    for public, expected in (("", "http://asked.example:8080/v1/images/files/"),
+                             ("https://images.example.com/t2i/", "https://images.example.com/t2i/v1/images/files/")):
+        front = Frontend(LocalEngineClient(engine), dataclasses.replace(Settings(), public_url=public), registry=engine.registry)
+        client = TestClient(build_surfaces_app(lambda: front, ImageStore(ttl_s=60, max_bytes=10_000_000)))
+        url = client.post("/v1/images/generations", json=body, headers={"host": "asked.example:8080"}).json()["data"][0]["url"]
+        assert url.startswith(expected), url

@@ -107,6 +107,9 @@ class Settings:
     #: such as "fsspec:s3://bucket/prefix" (any fsspec file system; S3 through s3fs): a link made by one
     #: is served by all. "auto": memory with one API worker, a folder in the server's run folder with more.
     image_store: str = "auto"
+    #: The base of those links, e.g. "https://images.example.com" behind a proxy or ingress; empty: the
+    #: URL each request came to (its Host header).
+    public_url: str = ""
     #: Tasks (/tasks/generate): seconds a finished task's result is kept in BentoML's task store (0: only
     #: BentoML's own 24 h limit), the most bytes the store's data may take (the oldest finished go
     #: first; 0: no cap), and seconds between checks in the API process (0: neither limit is applied).

@@ -105,14 +105,16 @@ def steps_for(quality: str, default_steps: int) -> int:
 
 
 async def _images_body(
-    images: list[RenderedImage], req: OpenAIImageRequest, request: Request, store: ImageStore
+    images: list[RenderedImage], req: OpenAIImageRequest, request: Request, store: ImageStore, public_url: str = ""
 ) -> dict[str, Any]:
+    """``public_url``: the base of image links (``T2I_PUBLIC_URL``); empty: the URL the request came to
+    (its Host header)."""
     data = []
     for image in images:
         item: dict[str, Any] = {"seed": image.seed, "revised_prompt": req.prompt}
         if req.response_format == "url":
             token = await off_loop(store, store.put, image.data, image.media_type)
-            base = str(request.base_url).rstrip("/")
+            base = (public_url or str(request.base_url)).rstrip("/")
             item["url"] = f"{base}{FILES_PATH}/{token}.{_EXTENSIONS[image.format]}"
         else:
             item["b64_json"] = base64.b64encode(image.data).decode("ascii")
@@ -152,7 +154,7 @@ def openai_routes(get_frontend: Callable[[], Frontend], store: ImageStore) -> li
             return stream_images(front, "image_generation", native.format, req.quality or "auto", lambda rid: front.generate(
                 native, disconnected=watch, request_id=rid, partial_images=req.partial_images))
         images = await front.generate(native, n=req.n, disconnected=watch)
-        return JSONResponse(await _images_body(images, req, request, store))
+        return JSONResponse(await _images_body(images, req, request, store, front.settings.public_url))
 
     @guarded
     async def edits(request: Request) -> Response:
@@ -186,7 +188,7 @@ def openai_routes(get_frontend: Callable[[], Frontend], store: ImageStore) -> li
                 control_image=control, transparent_repaints=True))
         images = await front.edit(native, image, n=req.n, disconnected=watch, mask=mask, control_image=control,
                                   transparent_repaints=True)
-        return JSONResponse(await _images_body(images, req, request, store))
+        return JSONResponse(await _images_body(images, req, request, store, front.settings.public_url))
 
     @guarded
     async def list_models(request: Request) -> Response:
