@@ -11,7 +11,6 @@ import asyncio
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Awaitable, Callable, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
