@@ -52,7 +52,8 @@ async def retry_dropped(call: Callable[[], Awaitable[T]], attempts: int = 3) -> 
         except Exception as exc:
             if attempt == attempts and is_refused_connection(exc):
                 if DRAINING.is_set():
-                    raise ShuttingDown("the server is shutting down; send the request to another replica or retry") from None
+                    raise ShuttingDown(
+                        "the server is shutting down; send the request to another replica or retry") from None
                 raise EngineUnreachable(f"the engine cannot be reached ({exc}); retry shortly") from None
             if attempt == attempts or not is_dropped_connection(exc):
                 raise

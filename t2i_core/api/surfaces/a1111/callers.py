@@ -68,7 +68,8 @@ class SharedCallerJobs(CallerJobs):
                          "LIMIT ?)", (CALLERS_KEPT,))
 
     async def latest(self, caller: str) -> tuple[str, float] | None:
-        rows = await asyncio.to_thread(self.db.read, "SELECT request_id, started FROM callers WHERE caller = ?", (caller,))
+        rows = await asyncio.to_thread(self.db.read, "SELECT request_id, started FROM callers WHERE caller = ?",
+                                       (caller,))
         return (rows[0][0], rows[0][1]) if rows else None
 
 
