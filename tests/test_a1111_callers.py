@@ -40,3 +40,48 @@ def test_api_workers_share_the_latest_request_of_each_caller(tmp_path, monkeypat
     asyncio.run(scenario())
     assert type(open_caller_jobs(1, str(tmp_path))) is CallerJobs
     assert isinstance(open_caller_jobs(2, str(tmp_path)), SharedCallerJobs)
+
+
+def test_a_request_that_fails_before_running_leaves_the_callers_previous_job(tmp_path):
+    async def scenario(jobs: CallerJobs) -> None:
+        await jobs.remember("addr:a", "running")
+        previous = await jobs.latest("addr:a")
+        await jobs.remember("addr:a", "failed")
+        await jobs.restore("addr:a", "failed", previous)
+        assert await jobs.latest("addr:a") == previous
+        await jobs.remember("addr:a", "failed-too")
+        await jobs.remember("addr:a", "newer")  # sent meanwhile: the newer one stays
+        await jobs.restore("addr:a", "failed-too", previous)
+        assert (await jobs.latest("addr:a"))[0] == "newer"
+        await jobs.remember("addr:b", "first")
+        await jobs.restore("addr:b", "first", None)
+        assert await jobs.latest("addr:b") is None
+
+    asyncio.run(scenario(CallerJobs()))
+    asyncio.run(scenario(SharedCallerJobs(str(tmp_path / "callers.sqlite"))))
+
+
+def test_a1111_progress_after_a_request_that_could_not_run(engine):
+    """The caller's finished job, not the failed request, is what progress shows; an unknown-weights
+    model fails in the engine (503) without running."""
+    from starlette.testclient import TestClient
+
+    from t2i_core.api.engine_client import LocalEngineClient
+    from t2i_core.api.frontend import Frontend
+    from t2i_core.api.image_store import ImageStore
+    from t2i_core.api.surfaces import build_surfaces_app
+    from t2i_core.common.registry import Registry
+
+    if Registry().get("stabilityai/sd-turbo").unavailable_reason() is None:
+        import pytest
+
+        pytest.skip("sd-turbo's weights are in this machine's Hugging Face cache")
+    front = Frontend(LocalEngineClient(engine), registry=engine.registry)
+    client = TestClient(build_surfaces_app(lambda: front, ImageStore(60, 10_000_000)))
+    body = {"prompt": "a kite", "steps": 2, "width": 64, "height": 64, "cfg_scale": 0}
+    assert client.post("/sdapi/v1/txt2img", json=body).status_code == 200
+    failed = client.post("/sdapi/v1/txt2img",
+                         json={**body, "override_settings": {"sd_model_checkpoint": "stabilityai/sd-turbo"}})
+    assert failed.status_code == 503
+    progress = client.get("/sdapi/v1/progress").json()
+    assert progress["progress"] == 1.0 and progress["state"]["sampling_steps"] == 2 and progress["eta_relative"] == 0

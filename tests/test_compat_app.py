@@ -72,3 +72,10 @@ def test_links_use_the_public_url_when_set_else_the_host_asked(engine):
         client = TestClient(build_surfaces_app(lambda: front, ImageStore(ttl_s=60, max_bytes=10_000_000)))
         url = client.post("/v1/images/generations", json=body, headers={"host": "asked.example:8080"}).json()["data"][0]["url"]
         assert url.startswith(expected), url
+
+
+def test_a_public_url_without_a_scheme_is_refused_at_start():
+    from t2i_core.common.config import Settings
+
+    with pytest.raises(ValueError, match="T2I_PUBLIC_URL must start with http:// or https://; got 'img.example.com/'"):
+        Settings(public_url="img.example.com/")

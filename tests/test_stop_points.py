@@ -51,5 +51,9 @@ def test_a_wanted_image_keeps_its_batch_running(engine):
         gone, live = engine.run([req("gone", 1), req("live", 2)])
     finally:
         handle.remove()
-    assert live.error is None and live.pixels
-    assert gone.pixels and gone.batch_size == 2  # computed with its batch-mate; the API drops it
+    assert live.error is None and live.pixels and live.batch_size == 2
+    # computed with its batch-mate, then dropped: a client still waiting (an A1111 interrupt, a task
+    # cancel) gets the error, not the image
+    assert gone.error["code"] == "client_closed" and not gone.pixels
+    assert engine.progress(["gone", "live"]) == {"gone": {"state": "cancelled", "step": 1, "steps": 1},
+                                                 "live": {"state": "done", "step": 1, "steps": 1}}

@@ -131,6 +131,10 @@ class Settings:
     compile: int = 0
     warmup_sizes: str = ""
 
+    def __post_init__(self) -> None:
+        if self.public_url and not self.public_url.startswith(("http://", "https://")):
+            raise ValueError(f"T2I_PUBLIC_URL must start with http:// or https://; got {self.public_url!r}")
+
     @classmethod
     def from_env(cls) -> "Settings":
         readers: dict[str, Callable[[str, object], object]] = {}

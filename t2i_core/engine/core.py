@@ -337,17 +337,22 @@ class Engine(SharedWorkers):
         self._counts["images"] += len(items)
         self._busy_s += elapsed
         metrics.record_batch(items[0].model, items[0].mode, len(items), stages, items[0].control_label())
-        return [
-            self._failed(r, s, ContentFiltered(
-                f"the safety checker of model {r.model!r} flagged the image of seed {s} as possibly not safe "
-                "for work; it is not returned (try another prompt or seed)",
-                param="prompt",
-            )) if bad else EngineResult(
+        results: list[EngineResult] = []
+        for r, s, p, bad in zip(items, seeds, pixels, flagged):
+            # an image whose request was cancelled while its batch-mates kept the batch going is dropped:
+            # its client (an A1111 interrupt, a task cancel) gets the error, not the image
+            reason: T2IError | None = self._cancel_reason(r)
+            if reason is None and bad:
+                reason = ContentFiltered(
+                    f"the safety checker of model {r.model!r} flagged the image of seed {s} as possibly not safe "
+                    "for work; it is not returned (try another prompt or seed)",
+                    param="prompt",
+                )
+            results.append(self._failed(r, s, reason) if reason is not None else EngineResult(
                 model=r.model, seed=s, width=r.width, height=r.height, pixels=p,
                 batch_size=len(items), inference_s=elapsed, stages=stages,
-            )
-            for r, s, p, bad in zip(items, seeds, pixels, flagged)
-        ]
+            ))
+        return results
 
     def _recover(self, items: list[EngineRequest], seeds: list[int], oom: bool, what: str) -> list[EngineResult]:
         """After a failed batch: free the cache, run each half alone, down to the one item that fails."""
@@ -388,7 +393,8 @@ class Engine(SharedWorkers):
             limit = self.settings.request_timeout_s
             return RequestTimeout(f"the request took longer than the {limit}s limit (T2I_REQUEST_TIMEOUT_S); its work was stopped")
         if req.request_id and self.ledger.is_cancelled(req.request_id):
-            return ClientClosed("the client closed the request; its work was stopped")
+            return ClientClosed("the request was cancelled (its client left, interrupted it or cancelled its task); "
+                                "its work was stopped")
         return None
 
     def _call_pipeline(self, items: list[EngineRequest], seeds: list[int]) -> tuple[list[bytes], dict[str, float], list[bool]]:

@@ -42,6 +42,16 @@ class CallerJobs:
         while len(self._latest) > CALLERS_KEPT:
             self._latest.popitem(last=False)
 
+    async def restore(self, caller: str, request_id: str, previous: tuple[str, float] | None) -> None:
+        """``request_id`` failed before it ran: the caller's job is ``previous`` again (e.g. one still
+        running), unless the caller sent another request meanwhile."""
+        if self._latest.get(caller, ("",))[0] != request_id:
+            return
+        if previous is None:
+            del self._latest[caller]
+        else:
+            self._latest[caller] = previous
+
     async def latest(self, caller: str) -> tuple[str, float] | None:
         """The caller's latest request id and when it started (epoch seconds)."""
         return self._latest.get(caller)
@@ -66,6 +76,17 @@ class SharedCallerJobs(CallerJobs):
             conn.execute("INSERT OR REPLACE INTO callers VALUES (?, ?, ?)", (caller, request_id, time.time()))
             conn.execute("DELETE FROM callers WHERE caller NOT IN (SELECT caller FROM callers ORDER BY started DESC "
                          "LIMIT ?)", (CALLERS_KEPT,))
+
+    async def restore(self, caller: str, request_id: str, previous: tuple[str, float] | None) -> None:
+        await asyncio.to_thread(self._restore, caller, request_id, previous)
+
+    def _restore(self, caller: str, request_id: str, previous: tuple[str, float] | None) -> None:
+        with self.db.write() as conn:
+            if previous is None:
+                conn.execute("DELETE FROM callers WHERE caller = ? AND request_id = ?", (caller, request_id))
+            else:
+                conn.execute("UPDATE callers SET request_id = ?, started = ? WHERE caller = ? AND request_id = ?",
+                             (*previous, caller, request_id))
 
     async def latest(self, caller: str) -> tuple[str, float] | None:
         rows = await asyncio.to_thread(self.db.read, "SELECT request_id, started FROM callers WHERE caller = ?",

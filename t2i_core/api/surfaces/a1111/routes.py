@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Any, Callable
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Callable
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -29,7 +30,7 @@ from t2i_core.api.surfaces.a1111.protocol import (
 )
 from t2i_core.api.surfaces.admin import check_admin_key
 from t2i_core.api.surfaces.reading import read_json_object
-from t2i_core.common.errors import InvalidRequest, UnknownAdapter
+from t2i_core.common.errors import ClientClosed, InvalidRequest, RequestTimeout, T2IError, UnknownAdapter
 from t2i_core.api.images.codecs import decode_base64
 from t2i_core.common.schemas import EditRequest, GenerateRequest
 
@@ -40,10 +41,20 @@ def a1111_routes(get_frontend: Callable[[], Frontend], callers: CallerJobs | Non
     """``callers``: where each caller's latest request is kept (see callers.py); in memory by default."""
     jobs = callers if callers is not None else CallerJobs()
 
-    async def remember(request: Request) -> str:
-        request_id = f"a1111-{uuid.uuid4().hex}"
-        await jobs.remember(caller_of(request), request_id)
-        return request_id
+    @asynccontextmanager
+    async def remembered(request: Request) -> AsyncIterator[str]:
+        """A new request id, the caller's latest job while it runs; if it fails before running (an
+        unavailable model, a full queue), the caller's previous job is the latest again."""
+        request_id, caller = f"a1111-{uuid.uuid4().hex}", caller_of(request)
+        previous = await jobs.latest(caller)
+        await jobs.remember(caller, request_id)
+        try:
+            yield request_id
+        except (ClientClosed, RequestTimeout):  # it ran, then was interrupted or stopped: still the latest
+            raise
+        except T2IError:
+            await jobs.restore(caller, request_id, previous)
+            raise
 
     def model_for(front: Frontend, req: Txt2Img) -> str | None:
         title = req.override_settings.get("sd_model_checkpoint")
@@ -85,8 +96,10 @@ def a1111_routes(get_frontend: Callable[[], Frontend], callers: CallerJobs | Non
             raise InvalidRequest("the ControlNet unit needs an image (txt2img has no init image to fall back on)",
                                  param="alwayson_scripts")
         native = parse(GenerateRequest, fields)
-        images = await front.generate(native, n=images_count(front, req), request_id=await remember(request),
-                                      disconnected=lambda: until_disconnected(request.receive))
+        n = images_count(front, req)
+        async with remembered(request) as request_id:
+            images = await front.generate(native, n=n, request_id=request_id,
+                                          disconnected=lambda: until_disconnected(request.receive))
         return JSONResponse(answer(images, req, req.sampler_name or "default"))
 
     @guarded
@@ -104,8 +117,10 @@ def a1111_routes(get_frontend: Callable[[], Frontend], callers: CallerJobs | Non
         if req.mask:
             mask = await asyncio.to_thread(a1111_mask, decode_base64(req.mask, field="mask"), req,
                                            front.settings.max_input_pixels)
-        images = await front.edit(native, source, n=images_count(front, req), request_id=await remember(request),
-                                  disconnected=lambda: until_disconnected(request.receive), mask=mask)
+        n = images_count(front, req)
+        async with remembered(request) as request_id:
+            images = await front.edit(native, source, n=n, request_id=request_id,
+                                      disconnected=lambda: until_disconnected(request.receive), mask=mask)
         return JSONResponse(answer(images, req, req.sampler_name or "default"))
 
     @guarded
@@ -127,7 +142,7 @@ def a1111_routes(get_frontend: Callable[[], Frontend], callers: CallerJobs | Non
                      sampling_steps=steps)
         elapsed = max(0.0, time.time() - started)
         body.update(progress=round(fraction, 4),
-                    eta_relative=round(elapsed / fraction - elapsed, 3) if 0 < fraction < 1 else 0.0)
+                    eta_relative=round(elapsed / fraction - elapsed, 3) if running and 0 < fraction < 1 else 0.0)
         if running and request.query_params.get("skip_current_image", "false").lower() != "true":
             previews = await front.previews(request_id, 0, "png", want_next=True)
             if previews:
