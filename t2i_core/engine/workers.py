@@ -20,6 +20,8 @@ import time
 from collections import Counter
 from typing import Any
 
+import psutil
+
 from t2i_core.engine.shared_db import SharedDB
 
 #: seconds between two heartbeats (and looks at the action log) of a worker
@@ -123,19 +125,10 @@ class WorkerBoard:
              "states": json.loads(s) if s else None, "controls": json.loads(c) if c else None,
              "stats": json.loads(st) if st else None}
             for w, pid, dev, applied, beat, s, c, st in rows
-            if process_exists(pid)  # a killed worker leaves at once, not after DEAD_AFTER_S
+            # a killed worker leaves at once, not after DEAD_AFTER_S; the workers of a server share one
+            # machine (the run folder is local), so its pid can be asked
+            if psutil.pid_exists(pid)
         ]
-
-
-def process_exists(pid: int) -> bool:
-    """The workers of a server share one machine (the run folder is local), so a pid can be asked."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by another user
-        return True
-    return True
 
 
 def merge_model_states(per_worker: dict[int, list[dict[str, Any]]]) -> list[dict[str, Any]]:
