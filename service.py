@@ -24,8 +24,8 @@ shorten_openmp_spin()  # before the engine's __init__ loads torch: see t2i_core/
 from t2i_core.api.surfaces import build_surfaces_app  # noqa: E402
 from t2i_core.api import request_log
 from t2i_core.patches.bentoml import (
-    NO_SESSION_RENEWAL, cache_local_callers, cancel_request_timers, engine_not_ready_is_503, keep_canceled_tasks_canceled,
-    memoize_media_types, strict_multipart_files, trace_only_when_exported,
+    NO_SESSION_RENEWAL, cache_local_callers, cancel_request_timers, engine_not_ready_is_503, memoize_media_types,
+    strict_multipart_files, trace_only_when_exported,
 )
 from t2i_core.common.config import Settings
 from t2i_core.patches.gc_freeze import freeze_startup_objects
@@ -41,9 +41,10 @@ from t2i_core.common.shutdown import drain_on_sigterm
 from t2i_core.api.surfaces.native import EditUpload, answer, upload_bytes
 from t2i_core.common.schemas import EditRequest, EngineRequest, EngineResult, GenerateRequest, Preview
 from t2i_core.api.surfaces.a1111.callers import open_caller_jobs
-from t2i_core.api.surfaces.tasks.cancel import TaskCancelMiddleware
-from t2i_core.api.surfaces.tasks.retention import cap_task_store
-from t2i_core.api.surfaces.tasks.store import engine_request_id, until_cancelled
+from t2i_core.api.surfaces.tasks.routes import TaskRoutes, task_routes
+from t2i_core.api.surfaces.tasks.runner import TaskRunner
+from t2i_core.api.surfaces.tasks.store import TaskStore
+from t2i_core.state.open import open_state, resolve_spec
 from t2i_core.common.paths import TASK_ROUTE
 from t2i_core.common.workers import engine_worker_count, image_store_spec, pin_engine_worker, run_folder, visible_gpus
 
@@ -64,6 +65,9 @@ log = logging.getLogger("t2i")
 RUN_DIR = run_folder(in_worker=server_context.worker_index is not None)
 GPUS = visible_gpus()
 ENGINE_WORKERS = engine_worker_count(SETTINGS, GPUS)
+# What the workers of this server (and, with Redis, its replicas) share: tasks, ... (t2i_core/state/).
+STATE = open_state(resolve_spec(SETTINGS.state, api_workers=SETTINGS.api_workers, engine_workers=ENGINE_WORKERS,
+                                run_dir=RUN_DIR))
 
 
 # Adaptive batching across requests; T2I_MAX_BATCH_SIZE=1 turns it off (BentoML refuses a batchable
@@ -181,29 +185,20 @@ class API:
             disconnected=lambda: until_disconnected(ctx.request.receive),
         ))
 
-    # The fields of /generate (the same input model, so the two cannot drift apart).
+    # The fields of /generate (the same input model, so the two cannot drift apart). Declared as a task
+    # so that /schema.json tells BentoML's Python client it is one; its task routes (submit, status,
+    # get, cancel, retry) are ours (t2i_core/api/surfaces/tasks/routes.py). A plain POST to this route
+    # behaves like /generate.
     @bentoml.task(route=TASK_ROUTE, input_spec=GenerateRequest)
     async def generate_task(self, ctx: bentoml.Context, **fields: Any) -> Image:
-        """Text to image as a task, for long jobs: submit, then status / progress / get / cancel
-        (see t2i_core/api/surfaces/tasks/). The result is what /generate answers; a plain POST to this
-        route (BentoML serves one beside the task routes) behaves like /generate."""
-        task_id: str | None = getattr(ctx.request.state, "task_id", None)
-        if task_id is None:
-            return await self._generate(fields, ctx)
-        with request_log.recording(TASK_ROUTE, event="task", task_id=task_id) as record:
-            response = await self._generate(
-                fields, ctx, request_id=engine_request_id(task_id), disconnected=lambda: until_cancelled(task_id)
-            )
-            record.status = response.status_code
-        return response
+        """Text to image as a task, for long jobs: submit, then status / progress / get / cancel.
+        The result is what /generate answers."""
+        return await self._generate(fields, ctx)
 
-    async def _generate(
-        self, fields: dict[str, Any], ctx: bentoml.Context, request_id: str | None = None, disconnected: Any = None
-    ) -> Response:
+    async def _generate(self, fields: dict[str, Any], ctx: bentoml.Context) -> Response:
         # the fields were validated against GenerateRequest by BentoML: not validated twice
         return await answer(ctx, self.front.generate(
-            GenerateRequest.model_construct(**fields), request_id=request_id,
-            disconnected=disconnected or (lambda: until_disconnected(ctx.request.receive)),
+            GenerateRequest.model_construct(**fields), disconnected=lambda: until_disconnected(ctx.request.receive),
         ))
 
     @bentoml.api(route="/stats")
@@ -213,8 +208,6 @@ class API:
 
 
 memoize_media_types(Engine, API)
-keep_canceled_tasks_canceled()
-cap_task_store(SETTINGS.task_result_ttl_s, SETTINGS.task_store_max_bytes, SETTINGS.task_store_check_s)
 trace_only_when_exported()
 cache_local_callers()
 cancel_request_timers()
@@ -231,15 +224,13 @@ if (CORS := cors_options(SETTINGS)) is not None:
 API.add_asgi_middleware(
     GuardMiddleware,
     settings=SETTINGS,
-    strict_fields={
-        path: frozenset(m.input_spec.model_fields)
-        for m in API.apis.values() for path in ([m.route, f"{m.route}/submit"] if m.is_task else [m.route])
-    },
-    # a task's input is checked at submit as /generate checks it (its input model is GenerateRequest)
-    validate_at_submit={f"{m.route}/submit": lambda data: bentoml.get_current_service().front.check(data)
-                        for m in API.apis.values() if m.is_task},
+    strict_fields={m.route: frozenset(m.input_spec.model_fields) for m in API.apis.values()},
 )
-API.add_asgi_middleware(TaskCancelMiddleware)
+TASKS = TaskStore(STATE, SETTINGS.task_result_ttl_s, SETTINGS.task_store_max_bytes)
+API.add_asgi_middleware(TaskRoutes, routes=task_routes(
+    lambda: bentoml.get_current_service().front, TASKS,
+    TaskRunner(TASKS, lambda: bentoml.get_current_service().front, check_s=SETTINGS.task_store_check_s),
+))
 API.add_asgi_middleware(ErrorBodyMiddleware, paths=frozenset(m.route for m in API.apis.values()))
 # OpenAI-compatible /v1, the seed servers' routes, task progress and the playground (/ui): adapters
 # over the same frontend.

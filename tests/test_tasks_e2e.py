@@ -154,8 +154,8 @@ def test_a_plain_post_to_the_task_route_answers_like_generate(server):
 
 
 def test_cancels_mixed_with_submits_and_reads_never_lock_the_store(server):
-    # schemathesis once left BentoML's task store "database is locked" for every later submit: a
-    # second writer (our cancel) made BentoML's connection's read snapshot stale. Only BentoML writes now.
+    # schemathesis once left BentoML's task store "database is locked" for every later submit (a
+    # second writer made BentoML's connection's read snapshot stale); the task store is ours now.
     from concurrent.futures import ThreadPoolExecutor
 
     def one(k: int) -> list[tuple[str, int, str]]:

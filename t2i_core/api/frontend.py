@@ -185,11 +185,19 @@ class Frontend:
                 self.registry.set_default(changed.model)
         raise AssertionError("unreachable")
 
-    def check(self, data: dict[str, Any]) -> None:
+    async def check(self, data: dict[str, Any]) -> GenerateRequest:
         """What ``generate`` refuses before the engine is asked, for input that is not run now (a task
-        at submit): fields, an unknown model, a scheduler the model cannot use."""
+        at submit): fields, an unknown model, adapters and ControlNets the model cannot use, a
+        scheduler it cannot use, a control image that does not decode. Returns the validated request."""
         req = parse(GenerateRequest, data)
-        to_engine(req, self.registry.get(req.model), registry=self.registry)
+        entry = self.registry.get(req.model)
+        self._check_controls(req, entry)
+        to_engine(req, entry, registry=self.registry)
+        if req.control_image is not None:
+            control = decode_base64(req.control_image, field="control_image")
+            size = (req.width or entry.defaults.width, req.height or entry.defaults.height)
+            await asyncio.to_thread(self._decode_rgb, control, size, "control_image")
+        return req
 
     async def previews(
         self, request_id: str, since: int, fmt: str, want_next: bool = False

@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass, fields
 from typing import Callable
 
+from t2i_core.state.open import check_spec
+
 
 def _int(name: str, default: int) -> int:
     raw = os.environ.get(name)
@@ -110,10 +112,13 @@ class Settings:
     #: The base of those links, e.g. "https://images.example.com" behind a proxy or ingress; empty: the
     #: URL each request came to (its Host header).
     public_url: str = ""
-    #: Tasks (/tasks/generate): seconds a finished task's result is kept in BentoML's task store (0: only
-    #: BentoML's own 24 h limit), the most bytes the store's data may take (the oldest finished go
-    #: first; 0: no cap), and seconds between checks in the API process (0: neither limit is applied).
-    #: See t2i_core/api/surfaces/tasks/retention.py.
+    #: Where the workers of this server (and the replicas of a deployment) share their state: tasks,
+    #: ... (see t2i_core/state/). "auto": in memory with one API worker and one engine worker, else a
+    #: SQLite file in the server's run folder; "memory"; "sqlite:<file>" (one machine).
+    state: str = "auto"
+    #: Tasks (/tasks/generate): seconds a finished task (its status and result) is kept (0: 24 h), the
+    #: most bytes the results may take in all (the oldest go first; 0: no cap), and seconds between two
+    #: removals of expired tasks by an API worker. See t2i_core/api/surfaces/tasks/store.py.
     task_result_ttl_s: int = 3600
     task_store_max_bytes: int = 256 * 1024 * 1024
     task_store_check_s: int = 60
@@ -132,6 +137,7 @@ class Settings:
     warmup_sizes: str = ""
 
     def __post_init__(self) -> None:
+        check_spec(self.state)
         if self.public_url and not self.public_url.startswith(("http://", "https://")):
             raise ValueError(f"T2I_PUBLIC_URL must start with http:// or https://; got {self.public_url!r}")
 

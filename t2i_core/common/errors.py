@@ -174,6 +174,22 @@ class TaskCanceled(ClientClosed):
     code = "task_canceled"
 
 
+class TaskLost(T2IError):
+    """The API worker running a task stopped (killed or restarted) before the task finished."""
+
+    status = 503
+    code = "task_lost"
+    type = "server_error"
+
+
+class StateUnavailable(T2IError):
+    """The shared state (``T2I_STATE``) cannot be reached; what needs it answers 503 until it is back."""
+
+    status = 503
+    code = "state_unavailable"
+    type = "server_error"
+
+
 class TooManyRequests(T2IError):
     status = 429
     code = "rate_limited"
@@ -199,7 +215,7 @@ class EngineFailure(T2IError):
 
 _BY_CODE: dict[str, type[T2IError]] = {
     c.code: c for c in (T2IError, InvalidRequest, NotFound, UnknownModel, Gone, Conflict, ModelBusy, Unauthorized, Forbidden, OutOfMemory, RequestTimeout, ClientClosed, TaskCanceled, TooManyRequests, PayloadTooLarge, ModelUnavailable, EngineFailure, DefaultModelChanged, BodyTimeout, ContentFiltered, ShuttingDown,
-              UnknownAdapter, UnknownControlNet)
+              UnknownAdapter, UnknownControlNet, TaskLost, StateUnavailable)
 }
 
 

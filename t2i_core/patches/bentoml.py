@@ -7,9 +7,6 @@
   response's media type by generating the output model's whole JSON schema, on every response: a
   profile of the engine under load showed about 40% of its event loop's busy time there. The
   media type never changes, so it is computed once.
-- ``keep_canceled_tasks_canceled``: when a task's function returns, BentoML stores its answer with
-  status completed or failed, overwriting a ``canceled`` set meanwhile; a canceled task stays canceled
-  (its stored answer is the 499 saying so).
 - ``trace_only_when_exported``: BentoML wraps every request in OpenTelemetry's ASGI middleware (a server
   span plus one span per ASGI message) even when no tracing exporter is configured, where no span can
   ever leave the process. Measured in process: about a quarter of the API's CPU per request
@@ -33,8 +30,9 @@
 - ``strict_multipart_files``: multipart file fields never fetch a client-given URL, take one part,
   and a damaged body is a 400 (see its docstring).
 
-Upstream: task cancellation in the local server is bentoml/BentoML#5141 (cancel hung) and #5695 (the
-cancel route marks the task and answers 400); for the readyz probe see above; none of the others has an upstream issue we know of.
+Upstream: for the readyz probe see above; none of the others has an upstream issue we know of. (BentoML's
+task store is not patched: the task routes are ours, see t2i_core/api/surfaces/tasks/routes.py; its
+cancel bugs are bentoml/BentoML#5141 and #5695.)
 Each patch is applied only on BentoML ``WRITTEN_FOR`` (``version_guard``); elsewhere it warns once
 and leaves BentoML alone.
 """
@@ -57,27 +55,6 @@ def memoize_media_types(*services: Any) -> None:
         for method in service.apis.values():
             spec = method.output_spec
             spec.media_type = spec.mime_type()
-
-
-def keep_canceled_tasks_canceled() -> None:
-    if not written_for("bentoml", WRITTEN_FOR, "keep_canceled_tasks_canceled"):
-        return
-    from _bentoml_impl.tasks.result import ResultStatus, Sqlite3Store
-
-    original = Sqlite3Store.set_result
-    if getattr(original, "_t2i_patched", False):
-        return
-
-    async def set_result(self: Any, task_id: str, result: Any, status: ResultStatus) -> None:
-        try:
-            if (await self.get_status(task_id)).status is ResultStatus.CANCELED:
-                status = ResultStatus.CANCELED
-        except KeyError:
-            pass
-        await original(self, task_id, result, status)
-
-    set_result._t2i_patched = True  # type: ignore[attr-defined]
-    Sqlite3Store.set_result = set_result  # type: ignore[method-assign]
 
 
 def trace_only_when_exported() -> None:

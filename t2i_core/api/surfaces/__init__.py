@@ -12,7 +12,6 @@ from starlette.applications import Starlette
 
 from t2i_core.api.frontend import Frontend
 from t2i_core.api.image_store import ImageStore
-from t2i_core.api.surfaces.tasks.routes import task_routes
 from t2i_core.api.surfaces.a1111.callers import CallerJobs
 from t2i_core.api.surfaces.a1111.routes import a1111_routes
 from t2i_core.api.surfaces.admin import admin_routes
@@ -24,10 +23,10 @@ from t2i_core.api.surfaces.playground.routes import ui_routes
 
 def build_surfaces_app(get_frontend: Callable[[], Frontend], store: ImageStore,
                        a1111_callers: CallerJobs | None = None) -> Starlette:
-    """The OpenAI, seed, admin and task progress routes and the playground page (/ui).
+    """The OpenAI, seed, admin and A1111 routes and the playground page (/ui).
     ``a1111_callers``: where A1111 callers' latest requests are kept (in memory by default)."""
     return Starlette(
         routes=[*openai_routes(get_frontend, store), *seed_routes(get_frontend), *admin_routes(get_frontend),
-                *task_routes(get_frontend), *a1111_routes(get_frontend, a1111_callers), *control_routes(get_frontend),
+                *a1111_routes(get_frontend, a1111_callers), *control_routes(get_frontend),
                 *ui_routes()]
     )

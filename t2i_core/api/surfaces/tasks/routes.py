@@ -1,7 +1,22 @@
-"""``GET /tasks/generate/progress?task_id=``: the step the engine is at for a task.
+"""The task routes, ours, at BentoML's paths and in its shapes (its Python client's ``submit``,
+``get_status``, ``get``, ``cancel`` and ``retry`` keep working), plus ``progress``:
 
-BentoML gives ``POST /tasks/generate/submit``, ``GET .../status``, ``GET .../get`` and ``PUT .../cancel``;
-progress is ours: status from BentoML's store, step k of steps from the engine.
+    POST /tasks/generate/submit              the fields of /generate (JSON or a form) -> {"task_id", "status"}
+    GET  /tasks/generate/status?task_id=     {"task_id", "status", "created_at", "executed_at", "completed_at"}
+    GET  /tasks/generate/get?task_id=        what /generate answered (409 canceled, 400 while it runs)
+    PUT  /tasks/generate/cancel?task_id=     {"task_id", "status": "canceled"} (409 when it had finished)
+    POST /tasks/generate/retry?task_id=      a new task with the same fields
+    GET  /tasks/generate/progress?task_id=   status, state, step k of steps (and a live preview)
+
+Why ours and not BentoML's: BentoML 1.4.39 keeps tasks in a SQLite file per server, one long-lived
+connection per API worker, and its reads hold snapshots that made the other worker's writes fail with
+"database is locked" under load (tasks lost, statuses wrong); its cancel never stopped the work; it
+validated a task's input only when the task ran; it stored every submit's headers (API keys) and
+separated no caller from another. These routes keep tasks in the shared state (``T2I_STATE``:
+memory, a SQLite file of the server, or Redis for replicas; see ``store.py``), validate at submit
+whatever the body's encoding, and give each task to the key that submitted it. The service still
+declares its task (``@bentoml.task``) so that ``/schema.json`` tells BentoML's client it is one;
+``TaskRoutes`` answers these paths before BentoML's routes are reached.
 """
 
 from __future__ import annotations
@@ -11,39 +26,135 @@ from typing import Any, Callable
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, Router
 
-from t2i_core.api.responses import guarded
-from t2i_core.api.surfaces.tasks.store import engine_request_id, existing_task
+from t2i_core.api import request_log
+from t2i_core.api.callers import Caller, caller_of
+from t2i_core.api.responses import error_body, guarded
+from t2i_core.api.surfaces.reading import read_form, read_json_object
+from t2i_core.api.surfaces.tasks.runner import TaskRunner, engine_request_id
+from t2i_core.api.surfaces.tasks.store import TaskRecord, TaskStore
+from t2i_core.common.errors import InvalidRequest, T2IError
 from t2i_core.common.paths import TASK_ROUTE
+from t2i_core.common.schemas import GenerateRequest
+from t2i_core.state.aio import call
+
+ACTIONS = ("submit", "status", "get", "cancel", "retry", "progress")
+PATHS = frozenset(f"{TASK_ROUTE}/{action}" for action in ACTIONS)
+#: the fields a task takes: those of /generate
+FIELDS = frozenset(GenerateRequest.model_fields)
 
 
-def task_routes(get_frontend: Callable[[], Any]) -> list[Route]:
+async def read_task_fields(request: Request) -> dict[str, Any]:
+    """The submit's fields from a JSON object or a form (multipart or urlencoded), unknown fields
+    refused; a form's control image may be a file."""
+    content_type = request.headers.get("content-type", "").lower()
+    if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+        data, files = await read_form(request)
+        for name, uploads in files.items():
+            if name != "control_image" or len(uploads) != 1:
+                raise InvalidRequest(f"unexpected file field {name!r} ({len(uploads)} file(s)); a task takes at most "
+                                     "one file, control_image", param=name, code="unknown_field")
+            data[name] = base64.b64encode(await uploads[0].read()).decode("ascii")
+    else:
+        data = await read_json_object(request)
+    unknown = sorted(set(data) - FIELDS)
+    if unknown:
+        raise InvalidRequest(f"unknown field(s) {', '.join(map(repr, unknown))} for {TASK_ROUTE}/submit; the fields "
+                             f"are: {', '.join(sorted(FIELDS))}", param=unknown[0], code="unknown_field")
+    return data
+
+
+def task_routes(get_frontend: Callable[[], Any], store: TaskStore, runner: TaskRunner) -> list[Route]:
+    def caller(request: Request) -> Caller:
+        settings = get_frontend().settings
+        keys = any(k.strip() for k in settings.api_keys.split(","))
+        return caller_of(request, api_keys=keys, admin_key=settings.admin_key)
+
+    async def read(request: Request) -> TaskRecord:
+        return await call(store.state, store.read, request.query_params.get("task_id", ""), caller(request))
+
+    async def start(fields: dict[str, Any], who: Caller) -> Response:
+        req = await get_frontend().check(fields)  # refused now, not as a task that fails later
+        record = await call(store.state, store.create, fields, who, (request_log.current() or _NoRecord).request_id)
+        runner.start(record, req)
+        request_log.note(task_id=record.task_id)
+        return JSONResponse({"task_id": record.task_id, "status": record.status})
+
+    @guarded
+    async def submit(request: Request) -> Response:
+        return await start(await read_task_fields(request), caller(request))
+
+    @guarded
+    async def retry(request: Request) -> Response:
+        record = await read(request)
+        if record.status == "in_progress":
+            raise InvalidRequest(f"task {record.task_id} is not completed yet", param="task_id", code="task_in_progress")
+        return await start(dict(record.input), caller(request))
+
+    @guarded
+    async def status(request: Request) -> Response:
+        return JSONResponse((await read(request)).status_body())
+
+    @guarded
+    async def get(request: Request) -> Response:
+        record, result = await call(store.state, store.result, request.query_params.get("task_id", ""), caller(request))
+        if result is None:  # failed: the error it answered
+            err = T2IError.from_dict(record.error or {})
+            return JSONResponse(error_body(err), status_code=record.error_status or 500)
+        return Response(result.body, status_code=result.status_code, media_type=result.media_type,
+                        headers=result.headers)
+
+    @guarded
+    async def cancel(request: Request) -> Response:
+        record = await call(store.state, store.cancel, request.query_params.get("task_id", ""), caller(request))
+        runner.canceled_here(record.task_id)
+        return JSONResponse({"task_id": record.task_id, "status": record.status})
+
     @guarded
     async def progress(request: Request) -> Response:
-        """``{"task_id", "status", "state", "step", "steps", "fraction"}``: status from BentoML's
-        store, step k of steps from the engine (``steps`` is null until the pipeline starts). With
+        """``{"task_id", "status", "state", "step", "steps", "fraction"}``: status from the task store,
+        step k of steps from the engine (``steps`` is null until the pipeline starts). With
         ``preview=1``: ``current_image`` (base64 PNG of the latents decoded at ``current_image_step``)."""
-        task_id, status = await existing_task(request)
+        record = await read(request)
         front = get_frontend()
-        work_id = engine_request_id(task_id)
+        work_id = engine_request_id(record.task_id)
         engine = await front.progress(work_id)
-        if status == "completed":
+        if record.status == "completed":
             engine = {**engine, "state": "done"}
-        elif status == "canceled" and engine.get("state") == "queued":  # cancelled before the engine took it
-            engine = {**engine, "state": "cancelled"}
+        elif record.status in ("canceled", "failed") and engine.get("state") == "queued":  # ended before it ran
+            engine = {**engine, "state": "cancelled" if record.status == "canceled" else "failed"}
         steps = engine.get("steps")
         step = engine.get("step", 0)
-        fraction = 1.0 if status == "completed" else round(step / steps, 4) if steps else 0.0
-        body = {"task_id": task_id, "status": status, **engine, "fraction": fraction}
+        fraction = 1.0 if record.status == "completed" else round(step / steps, 4) if steps else 0.0
+        body = {"task_id": record.task_id, "status": record.status, **engine, "fraction": fraction}
         if request.query_params.get("preview", "").lower() in ("1", "true", "yes"):
             # the latest decode of the latents (null until one is made: the engine decodes after the next step)
-            previews = await front.previews(work_id, 0, "png", want_next=engine.get("state") in ("queued", "running"))
+            running = record.status == "in_progress" and engine.get("state") in ("queued", "running")
+            previews = await front.previews(work_id, 0, "png", want_next=running)
             latest = previews[-1] if previews else None
             body["current_image"] = base64.b64encode(latest[1]).decode("ascii") if latest else None
             body["current_image_step"] = latest[0].step if latest else None
         return JSONResponse(body)
 
-    return [Route(f"{TASK_ROUTE}/progress", progress, methods=["GET"])]
+    handlers = {"submit": (submit, "POST"), "status": (status, "GET"), "get": (get, "GET"),
+                "cancel": (cancel, "PUT"), "retry": (retry, "POST"), "progress": (progress, "GET")}
+    return [Route(f"{TASK_ROUTE}/{action}", handler, methods=[method]) for action, (handler, method) in handlers.items()]
 
 
+class _NoRecord:
+    request_id = ""
+
+
+class TaskRoutes:
+    """ASGI middleware: the task paths (``PATHS``) go to our routes, everything else on to BentoML."""
+
+    def __init__(self, app: Any, routes: list[Route]):
+        self.app = app
+        self.router = Router(routes=routes)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope.get("path") in PATHS:
+            await self.router(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

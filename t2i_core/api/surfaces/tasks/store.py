@@ -1,65 +1,307 @@
-"""BentoML's task store, read only: a task's status, and waiting for its cancellation.
+"""Tasks (``/tasks/generate``) in the shared state: records, results, cancellation, expiry.
 
-BentoML (``@bentoml.task``) keeps every task in a SQLite file shared by the API workers; only
-BentoML's own connection writes it (a second writer left BentoML's connection with a stale read
-snapshot, and every later write failed with "database is locked"). A task's work runs in the engine
-under ``task-<task_id>``.
+A task's record (``task:<id>``) says where it is: ``in_progress``, then exactly one of
+``completed``, ``failed`` or ``canceled``. Every change of status is one atomic ``update`` of the
+record that only moves an ``in_progress`` task on, so a cancel and the work's completion cannot both
+win: a cancel that answered ``canceled`` means no image is ever delivered for it, and a completed
+task's result stays. The result (``task:<id>:result``) is written before the record says
+``completed`` (a reader never sees a completed task without its result) and removed when the task
+turned out cancelled meanwhile.
+
+The work runs in the API worker that took the submit (``runner.py``). Each worker keeps a lease
+(``runner:<id>``, renewed every ``LEASE_RENEW_S``); an ``in_progress`` task whose runner's lease
+has lapsed (the worker was killed or restarted) is marked ``failed`` with ``task_lost`` when read,
+rather than staying ``in_progress`` forever.
+
+Retention: a finished task's record and result are kept ``T2I_TASK_RESULT_TTL_S`` (then ``status``
+and ``get`` answer 404), and results take at most ``T2I_TASK_STORE_MAX_BYTES`` in all: past it, the
+oldest finished results are removed first (their ``get`` then answers 410). No request headers are
+stored (no credentials at rest): a task keeps its validated fields (for ``retry``) and its owner as
+a hash (``t2i_core/api/callers.py``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import sqlite3
-from contextlib import closing
+import datetime
+import json
+import time
+import uuid
+from typing import Any, Literal
 
-from starlette.requests import Request
+from pydantic import BaseModel
 
-from t2i_core.common.errors import InvalidRequest, NotFound, T2IError, TaskCanceled
-from t2i_core.common.paths import TASK_ROUTE
+from t2i_core.api.callers import Caller
+from t2i_core.common.errors import Conflict, Gone, InvalidRequest, NotFound, T2IError, TaskCanceled, TaskLost, http_status
+from t2i_core.state.store import StateStore
 
-CANCEL_PATH = f"{TASK_ROUTE}/cancel"
-POLL_S = 0.25
-
-
-def engine_request_id(task_id: str) -> str:
-    return f"task-{task_id}"
-
-
-def _store_file() -> str:
-    from bentoml._internal.configuration.containers import BentoMLContainer
-
-    return BentoMLContainer.result_store_file.get()
-
-
-def _connect() -> sqlite3.Connection:
-    conn = sqlite3.connect(_store_file(), timeout=30.0)
-    conn.execute("PRAGMA busy_timeout=5000")
-    return conn
+Status = Literal["in_progress", "completed", "failed", "canceled"]
+#: seconds a runner's lease lasts without renewal, and how often a runner renews it
+LEASE_S = 20.0
+LEASE_RENEW_S = 5.0
+#: every task, by creation time (listings)
+ALL = "tasks"
+#: every task, by the time it may be removed (finished + ttl; a running one is looked at again then)
+EXPIRES = "tasks:expires"
+#: finished tasks that still have a result, by completion time (the size cap removes the oldest)
+WITH_RESULT = "tasks:with-result"
+RESULT_BYTES = "tasks:result-bytes"
+#: record keys outlive the sweep that removes them by this much (a backstop if no sweep runs)
+BACKSTOP_S = 600.0
 
 
-def task_status(task_id: str) -> str | None:
-    """The task's status in BentoML's store (in_progress, completed, failed, canceled); None if unknown.
-    Read only, on a connection closed at once (BentoML's connection is the store's only writer)."""
-    with closing(_connect()) as conn:
-        row = conn.execute("SELECT status FROM result WHERE task_id = ?", (task_id,)).fetchone()
-    return row[0] if row else None
+class TaskRecord(BaseModel):
+    task_id: str
+    status: Status = "in_progress"
+    created_at: float
+    executed_at: float | None = None
+    completed_at: float | None = None
+    #: the submitter (``Caller.owner``): None on a server without API keys
+    owner: str | None = None
+    #: the API worker running it (its lease key)
+    runner: str = ""
+    #: the submit's validated fields (what ``retry`` runs again)
+    input: dict[str, Any] = {}
+    #: the id of the request that submitted it (log lines)
+    request_id: str = ""
+    #: failed: the error (``T2IError.to_dict``) and the HTTP status ``get`` answers
+    error: dict[str, Any] | None = None
+    error_status: int | None = None
+    #: completed: the result's size, and whether it is still kept (the size cap removes old ones)
+    result_bytes: int = 0
+    result_kept: bool = False
+
+    def status_body(self) -> dict[str, Any]:
+        """What ``status`` answers: BentoML's task status shape (its Python client reads ``status``)."""
+        return {"task_id": self.task_id, "status": self.status, "created_at": _iso(self.created_at),
+                "executed_at": _iso(self.executed_at), "completed_at": _iso(self.completed_at)}
 
 
-async def until_cancelled(task_id: str, poll_s: float = POLL_S) -> T2IError:
-    """Returns (the error to answer with) once the task has been marked canceled."""
-    while await asyncio.to_thread(task_status, task_id) != "canceled":
-        await asyncio.sleep(poll_s)
-    return TaskCanceled("the task was canceled; its work was stopped")
+class StoredResult(BaseModel):
+    """A completed task's answer: what /generate answered (status, headers, body)."""
+
+    status_code: int
+    media_type: str
+    headers: dict[str, str]
+    body: bytes
+
+    def pack(self) -> bytes:
+        head = json.dumps({"status_code": self.status_code, "media_type": self.media_type,
+                           "headers": self.headers}).encode()
+        return len(head).to_bytes(4, "big") + head + self.body
+
+    @classmethod
+    def unpack(cls, data: bytes) -> "StoredResult":
+        size = int.from_bytes(data[:4], "big")
+        head = json.loads(data[4:4 + size])
+        return cls(**head, body=data[4 + size:])
 
 
-async def existing_task(request: Request) -> tuple[str, str]:
-    """The ``task_id`` query parameter and the task's status; InvalidRequest / NotFound otherwise."""
-    task_id = request.query_params.get("task_id", "")
-    if not task_id:
-        raise InvalidRequest("task_id is required (query parameter)", param="task_id")
-    status = await asyncio.to_thread(task_status, task_id)
-    if status is None:
-        raise NotFound(f"task_id {task_id!r} not found", param="task_id")
-    return task_id, status
+class TaskStore:
+    """Synchronous, on any backend (``StateStore``); the routes call it through ``state.aio.call``."""
+
+    def __init__(self, state: StateStore, ttl_s: float, max_bytes: int, runner: str | None = None):
+        self.state = state
+        self.ttl_s = ttl_s if ttl_s > 0 else 24 * 3600.0
+        self.max_bytes = max_bytes
+        #: this API worker's runner id (its lease: ``runner:<id>``)
+        self.runner = runner or uuid.uuid4().hex
+
+    # ---- keys ------------------------------------------------------------------------------------
+    @staticmethod
+    def record_key(task_id: str) -> str:
+        return f"task:{task_id}"
+
+    @staticmethod
+    def result_key(task_id: str) -> str:
+        return f"task:{task_id}:result"
+
+    @staticmethod
+    def owner_index(owner: str | None) -> str:
+        return f"tasks:owner:{owner or '-'}"
+
+    # ---- leases ----------------------------------------------------------------------------------
+    def renew_lease(self) -> None:
+        self.state.put(f"runner:{self.runner}", b"1", ttl_s=LEASE_S)
+
+    def _runner_alive(self, runner: str) -> bool:
+        return runner == self.runner or self.state.get(f"runner:{runner}") is not None
+
+    # ---- create and read -------------------------------------------------------------------------
+    def create(self, fields: dict[str, Any], caller: Caller, request_id: str = "") -> TaskRecord:
+        now = time.time()
+        record = TaskRecord(task_id=uuid.uuid4().hex, created_at=now, executed_at=now, owner=caller.owner,
+                            runner=self.runner, input=fields, request_id=request_id)
+        self.renew_lease()
+        self.state.put(self.record_key(record.task_id), record.model_dump_json().encode())
+        self.state.index_add(ALL, record.task_id, now)
+        self.state.index_add(EXPIRES, record.task_id, now + self.ttl_s)
+        self.state.index_add(self.owner_index(record.owner), record.task_id, now)
+        return record
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        raw = self.state.get(self.record_key(task_id))
+        return None if raw is None else TaskRecord.model_validate_json(raw)
+
+    def read(self, task_id: str, caller: Caller) -> TaskRecord:
+        """The task as ``caller`` may see it: NotFound when unknown, expired, or another caller's
+        (another caller learns nothing, not even that it exists)."""
+        if not task_id:
+            raise InvalidRequest("task_id is required (query parameter)", param="task_id")
+        record = self.get(task_id)
+        if record is None or not caller.owns(record.owner):
+            raise NotFound(f"task_id {task_id!r} not found", param="task_id")
+        if record.status == "in_progress" and not self._runner_alive(record.runner):
+            record = self._finish(task_id, "failed", error=TaskLost(
+                "the API worker running this task stopped (killed or restarted) before it finished; "
+                "submit it again (POST .../retry)"))
+        return record
+
+    def is_canceled(self, task_id: str) -> bool:
+        record = self.get(task_id)
+        return record is None or record.status == "canceled"
+
+    # ---- status changes --------------------------------------------------------------------------
+    def _finish(self, task_id: str, status: Status, *, error: T2IError | None = None, error_status: int | None = None,
+                result_bytes: int = 0) -> TaskRecord:
+        """Move an ``in_progress`` task to ``status`` (atomically; a finished task stays as it is);
+        returns the record after the call."""
+        now = time.time()
+
+        def change(raw: bytes | None) -> bytes | None:
+            if raw is None:
+                return None
+            record = TaskRecord.model_validate_json(raw)
+            if record.status != "in_progress":
+                return None
+            record.status = status
+            record.completed_at = now
+            if error is not None:
+                record.error = error.to_dict()
+                record.error_status = error_status or http_status(error)
+            if status == "completed":
+                record.result_bytes = result_bytes
+                record.result_kept = True
+            return record.model_dump_json().encode()
+
+        raw = self.state.update(self.record_key(task_id), change, ttl_s=self.ttl_s + BACKSTOP_S)
+        if raw is None:
+            raise NotFound(f"task_id {task_id!r} not found", param="task_id")
+        record = TaskRecord.model_validate_json(raw)
+        if record.completed_at == now:  # this call finished it
+            self.state.index_add(EXPIRES, task_id, now + self.ttl_s)
+        return record
+
+    def cancel(self, task_id: str, caller: Caller) -> TaskRecord:
+        """Cancel the task: 200 ``canceled`` (also when it was cancelled already), Conflict when it
+        had finished otherwise."""
+        record = self.read(task_id, caller)
+        if record.status == "in_progress":
+            record = self._finish(task_id, "canceled")
+        if record.status != "canceled":
+            raise Conflict(f"task {task_id} has already finished ({record.status}); nothing to cancel",
+                           param="task_id", code="task_finished")
+        return record
+
+    def complete(self, task_id: str, result: StoredResult) -> TaskRecord:
+        """The work succeeded: keep its result unless the task was cancelled meanwhile."""
+        data = result.pack()
+        self.state.put(self.result_key(task_id), data, ttl_s=self.ttl_s + BACKSTOP_S)
+        record = self._finish(task_id, "completed", result_bytes=len(data))
+        if record.status != "completed":  # cancelled (or lost) first: its answer is not delivered
+            self.state.delete(self.result_key(task_id))
+            return record
+        assert record.completed_at is not None
+        self.state.index_add(WITH_RESULT, task_id, record.completed_at)
+        if self.max_bytes > 0 and self.state.incr(RESULT_BYTES, len(data)) > self.max_bytes:
+            self.evict()
+        return record
+
+    def fail(self, task_id: str, error: T2IError, error_status: int | None = None) -> TaskRecord:
+        return self._finish(task_id, "failed", error=error, error_status=error_status)
+
+    def result(self, task_id: str, caller: Caller) -> tuple[TaskRecord, StoredResult | None]:
+        """A finished task's record and, when completed, its result. InvalidRequest while it runs,
+        Conflict when cancelled, Gone when its result was removed for the size cap."""
+        record = self.read(task_id, caller)
+        if record.status == "in_progress":
+            raise InvalidRequest(f"task {task_id} is not completed yet", param="task_id", code="task_in_progress")
+        if record.status == "canceled":
+            raise TaskCanceled("the task was canceled; its work was stopped")
+        if record.status == "failed":
+            return record, None
+        raw = self.state.get(self.result_key(task_id)) if record.result_kept else None
+        if raw is None:
+            raise Gone(f"the result of task {task_id} was removed to keep the task store under "
+                       f"T2I_TASK_STORE_MAX_BYTES={self.max_bytes}", param="task_id", code="task_result_removed")
+        return record, StoredResult.unpack(raw)
+
+    # ---- retention -------------------------------------------------------------------------------
+    def _drop_result(self, task_id: str) -> int:
+        """Remove a completed task's result (once, whoever else tries); returns the bytes freed."""
+        freed = 0
+
+        def change(raw: bytes | None) -> bytes | None:
+            nonlocal freed
+            freed = 0
+            if raw is None:
+                return None
+            record = TaskRecord.model_validate_json(raw)
+            if not record.result_kept:
+                return None
+            record.result_kept = False
+            freed = record.result_bytes
+            return record.model_dump_json().encode()
+
+        self.state.update(self.record_key(task_id), change)
+        self.state.delete(self.result_key(task_id))
+        self.state.index_remove(WITH_RESULT, task_id)
+        if freed:
+            self.state.incr(RESULT_BYTES, -freed)
+        return freed
+
+    def evict(self) -> int:
+        """Remove the oldest results until results take at most 90% of the cap; returns how many."""
+        removed = 0
+        target = int(self.max_bytes * 0.9)
+        used = int(self.state.get(RESULT_BYTES) or 0)
+        while used > target:
+            oldest = self.state.index_range(WITH_RESULT, limit=16, newest_first=False)
+            if not oldest:
+                break
+            for task_id, _ in oldest:
+                used -= self._drop_result(task_id)
+                removed += 1
+                if used <= target:
+                    break
+            used = int(self.state.get(RESULT_BYTES) or 0)
+        return removed
+
+    def sweep(self, now: float | None = None) -> int:
+        """Remove the tasks that finished more than ``ttl_s`` ago; returns how many."""
+        now = time.time() if now is None else now
+        removed = 0
+        while True:
+            due = self.state.index_range(EXPIRES, max_score=now, limit=256, newest_first=False)
+            if not due:
+                return removed
+            for task_id, _ in due:
+                record = self.get(task_id)
+                if record is not None and record.status == "in_progress":
+                    self.state.index_add(EXPIRES, task_id, now + self.ttl_s)  # still running: later
+                    continue
+                if record is not None and (record.completed_at or 0) > now - self.ttl_s:
+                    self.state.index_add(EXPIRES, task_id, (record.completed_at or now) + self.ttl_s)
+                    continue
+                if record is not None:
+                    self._drop_result(task_id)
+                    self.state.index_remove(self.owner_index(record.owner), task_id)
+                self.state.delete(self.record_key(task_id))
+                self.state.index_remove(ALL, task_id)
+                self.state.index_remove(EXPIRES, task_id)
+                removed += 1
 
 
+def _iso(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.datetime.fromtimestamp(epoch, tz=datetime.timezone.utc).isoformat()

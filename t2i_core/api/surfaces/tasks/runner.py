@@ -1,0 +1,128 @@
+"""Runs tasks' work in the API worker that took their submit, and keeps that worker's lease.
+
+A task is the /generate work of its fields, started at once (the engine batches it with everything
+else); it counts as a request in flight (``T2I_MAX_IN_FLIGHT``, the SIGTERM drain) until it ends.
+Its work stops at the next denoising step once the task is cancelled: a cancel taken by this worker
+wakes it at once, one taken by another worker (or replica) is seen by polling the task's record every
+``POLL_S``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Callable
+
+from t2i_core.api import request_log
+from t2i_core.api.guards import IN_FLIGHT
+from t2i_core.api.responses import image_response
+from t2i_core.api.surfaces.tasks.store import LEASE_RENEW_S, StoredResult, TaskRecord, TaskStore
+from t2i_core.common.errors import T2IError, TaskCanceled, http_status
+from t2i_core.common.paths import TASK_ROUTE
+from t2i_core.common.schemas import GenerateRequest
+from t2i_core.state.aio import call
+
+log = logging.getLogger("t2i.tasks")
+
+#: seconds between two looks at a running task's record for a cancel taken elsewhere
+POLL_S = 0.25
+#: the headers of /generate's answer that a task's result keeps
+KEPT_HEADERS = ("x-seed", "x-model", "x-image-size", "x-batch-size", "x-inference-time", "x-total-time")
+
+
+def engine_request_id(task_id: str) -> str:
+    """The id of a task's work in the engine (progress, previews, cancellation)."""
+    return f"task-{task_id}"
+
+
+class TaskRunner:
+    def __init__(self, store: TaskStore, get_frontend: Callable[[], Any], check_s: float = 60.0):
+        self.store = store
+        self.get_frontend = get_frontend
+        self.check_s = check_s
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._canceled: dict[str, asyncio.Event] = {}
+        self._upkeep: asyncio.Task[None] | None = None
+
+    def start(self, record: TaskRecord, req: GenerateRequest) -> None:
+        """Run the task's work in the background (on the current event loop)."""
+        self._ensure_upkeep()
+        IN_FLIGHT.enter()
+        self._canceled[record.task_id] = asyncio.Event()
+        work = asyncio.create_task(self._run(record, req))
+        self._running[record.task_id] = work
+        work.add_done_callback(lambda _: self._ended(record.task_id))
+
+    def _ended(self, task_id: str) -> None:
+        self._running.pop(task_id, None)
+        self._canceled.pop(task_id, None)
+        IN_FLIGHT.leave()
+
+    def canceled_here(self, task_id: str) -> None:
+        """A cancel taken by this worker: wake the task's work at once if it runs here."""
+        event = self._canceled.get(task_id)
+        if event is not None:
+            event.set()
+
+    async def _until_canceled(self, task_id: str) -> T2IError:
+        event = self._canceled.get(task_id) or asyncio.Event()
+        while True:
+            try:
+                await asyncio.wait_for(event.wait(), POLL_S)
+                break
+            except asyncio.TimeoutError:
+                pass
+            try:
+                if await call(self.store.state, self.store.is_canceled, task_id):
+                    break
+            except T2IError:  # the state is unreachable for now: look again later
+                pass
+        return TaskCanceled("the task was canceled; its work was stopped")
+
+    async def _run(self, record: TaskRecord, req: GenerateRequest) -> None:
+        task_id = record.task_id
+        with request_log.recording(TASK_ROUTE, event="task", task_id=task_id) as logged:
+            try:
+                (image,) = await self.get_frontend().generate(
+                    req, request_id=engine_request_id(task_id), disconnected=lambda: self._until_canceled(task_id))
+                response = image_response(image)
+                headers = {k: v for k, v in response.headers.items() if k.lower() in KEPT_HEADERS}
+                result = StoredResult(status_code=response.status_code, media_type=image.media_type,
+                                      headers=headers, body=bytes(response.body))
+                done = await call(self.store.state, self.store.complete, task_id, result)
+                logged.status = 200 if done.status == "completed" else 409
+            except T2IError as err:
+                logged.status = http_status(err)
+                request_log.note(error=err.code, error_message=err.message[:300])
+                await self._fail(task_id, err)
+            except Exception:  # noqa: BLE001 - logged here; the task says failed, without the traceback
+                log.exception("task %s failed", task_id)
+                logged.status = 500
+                await self._fail(task_id, T2IError("internal error; the server log has the details"))
+
+    async def _fail(self, task_id: str, err: T2IError) -> None:
+        try:
+            await call(self.store.state, self.store.fail, task_id, err)
+        except T2IError:
+            log.warning("task %s: its failure could not be recorded (the shared state is unreachable)", task_id)
+
+    # ---- upkeep: the lease, and the retention sweep ----------------------------------------------
+    def _ensure_upkeep(self) -> None:
+        if self._upkeep is None or self._upkeep.done():
+            self._upkeep = asyncio.create_task(self._keep_up())
+
+    async def _keep_up(self) -> None:
+        since_sweep = 0.0
+        while True:
+            try:
+                await call(self.store.state, self.store.renew_lease)
+                if since_sweep >= self.check_s:
+                    since_sweep = 0.0
+                    removed = await call(self.store.state, self.store.sweep)
+                    if removed:
+                        log.info("task store: removed %d tasks that finished more than %ss ago", removed,
+                                 self.store.ttl_s)
+            except Exception:  # noqa: BLE001 - the next round tries again
+                log.warning("task store upkeep failed; trying again in %ss", LEASE_RENEW_S, exc_info=True)
+            await asyncio.sleep(LEASE_RENEW_S)
+            since_sweep += LEASE_RENEW_S

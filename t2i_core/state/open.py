@@ -1,0 +1,36 @@
+"""``T2I_STATE``: which backend holds the state shared by a server's workers (and replicas)."""
+
+from __future__ import annotations
+
+import os
+
+from t2i_core.state.memory import MemoryState
+from t2i_core.state.sqlite import SqliteState
+from t2i_core.state.store import StateStore
+
+#: the SQLite file in the run folder (``auto`` with several workers)
+RUN_FOLDER_FILE = "state.sqlite"
+
+
+def resolve_spec(spec: str, *, api_workers: int, engine_workers: int, run_dir: str) -> str:
+    """``auto``: memory with one API worker and one engine worker, else a SQLite file in the run folder."""
+    if spec != "auto":
+        return spec
+    if api_workers <= 1 and engine_workers <= 1:
+        return "memory"
+    return f"sqlite:{os.path.join(run_dir, RUN_FOLDER_FILE)}"
+
+
+def check_spec(spec: str) -> None:
+    """ValueError naming ``T2I_STATE`` and the value when it is not a backend this server knows."""
+    if spec in ("auto", "memory") or (spec.startswith("sqlite:") and len(spec) > len("sqlite:")):
+        return
+    raise ValueError(f"T2I_STATE must be auto, memory or sqlite:<file>; got {spec!r}")
+
+
+def open_state(spec: str) -> StateStore:
+    """The backend for a resolved spec (``resolve_spec``)."""
+    check_spec(spec)
+    if spec == "memory":
+        return MemoryState()
+    return SqliteState(spec[len("sqlite:"):])

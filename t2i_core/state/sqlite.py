@@ -1,0 +1,166 @@
+"""The state in one SQLite file that the workers of one server share (in its run folder, on the local
+disk): several API and engine workers on one machine, nothing to set up.
+
+Why it does not lock up under load (BentoML's own task store did: "database is locked" once status
+reads interleaved with another worker's writes): every statement runs in autocommit, so no read
+holds a snapshot beyond its statement; every read-modify-write takes the write lock first
+(``BEGIN IMMEDIATE``), so two writers never both hold a read snapshot and then both ask to write
+(the deadlock SQLite answers with SQLITE_BUSY at once, whatever the busy timeout); write-ahead
+logging lets reads run beside a writer; a writer waits up to ``BUSY_TIMEOUT_MS`` for the lock.
+
+``synchronous=NORMAL`` in WAL mode: a commit survives a crash of the process, not a power cut of
+the machine (the server starts a fresh run folder then). Not for network file systems: SQLite's
+locks do not hold there (several replicas share state through Redis). The file is created 0600
+(SQLite gives its -wal and -shm files the same permissions).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+from t2i_core.state.store import Change, StateStore, now
+
+BUSY_TIMEOUT_MS = 30_000
+#: seconds between two deletions of expired keys by one process
+SWEEP_S = 5.0
+
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL, expires REAL)",
+    "CREATE INDEX IF NOT EXISTS kv_expires ON kv (expires) WHERE expires IS NOT NULL",
+    "CREATE TABLE IF NOT EXISTS idx (name TEXT NOT NULL, member TEXT NOT NULL, score REAL NOT NULL, "
+    "PRIMARY KEY (name, member))",
+    "CREATE INDEX IF NOT EXISTS idx_score ON idx (name, score)",
+)
+LIVE = "(expires IS NULL OR expires > ?)"
+
+
+class SqliteState(StateStore):
+    kind = "sqlite"
+    shared = True
+
+    def __init__(self, path: str):
+        self.path = path
+        folder = os.path.dirname(path) or "."
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        self._swept = 0.0
+        with self._write() as conn:
+            for statement in SCHEMA:
+                conn.execute(statement)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn = conn
+            with self._connections_lock:
+                self._connections.append(conn)
+        return conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that holds the write lock from its start (see the module docstring)."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        t = now()
+        if t - self._swept > SWEEP_S:
+            self._swept = t
+            conn.execute("DELETE FROM kv WHERE expires IS NOT NULL AND expires <= ?", (t,))
+
+    def get(self, key: str) -> bytes | None:
+        row = self._conn().execute(f"SELECT value FROM kv WHERE key = ? AND {LIVE}", (key, now())).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def get_many(self, keys: list[str] | tuple[str, ...] | object) -> list[bytes | None]:  # type: ignore[override]
+        wanted = list(keys)  # type: ignore[call-overload]
+        if not wanted:
+            return []
+        marks = ",".join("?" * len(wanted))
+        rows = self._conn().execute(f"SELECT key, value FROM kv WHERE key IN ({marks}) AND {LIVE}",
+                                    (*wanted, now())).fetchall()
+        found = {k: bytes(v) for k, v in rows}
+        return [found.get(k) for k in wanted]
+
+    def put(self, key: str, value: bytes, ttl_s: float | None = None, *, only_if_absent: bool = False) -> bool:
+        t = now()
+        expires = None if ttl_s is None else t + ttl_s
+        with self._write() as conn:
+            if only_if_absent:
+                conn.execute("DELETE FROM kv WHERE key = ? AND expires IS NOT NULL AND expires <= ?", (key, t))
+                cur = conn.execute("INSERT OR IGNORE INTO kv VALUES (?, ?, ?)", (key, value, expires))
+                return cur.rowcount > 0
+            conn.execute("INSERT OR REPLACE INTO kv VALUES (?, ?, ?)", (key, value, expires))
+            return True
+
+    def delete(self, *keys: str) -> int:
+        if not keys:
+            return 0
+        marks = ",".join("?" * len(keys))
+        with self._write() as conn:
+            return conn.execute(f"DELETE FROM kv WHERE key IN ({marks}) AND {LIVE}", (*keys, now())).rowcount
+
+    def update(self, key: str, change: Change, ttl_s: float | None = None) -> bytes | None:
+        t = now()
+        with self._write() as conn:
+            row = conn.execute(f"SELECT value, expires FROM kv WHERE key = ? AND {LIVE}", (key, t)).fetchone()
+            old, expires = (None, None) if row is None else (bytes(row[0]), row[1])
+            new = change(old)
+            if new is None:
+                return old
+            conn.execute("INSERT OR REPLACE INTO kv VALUES (?, ?, ?)",
+                         (key, new, expires if ttl_s is None else t + ttl_s))
+            return new
+
+    def incr(self, key: str, by: int = 1, ttl_s: float | None = None) -> int:
+        result = self.update(key, lambda old: str((int(old) if old else 0) + by).encode(), ttl_s)
+        return int(result or 0)
+
+    def index_add(self, index: str, member: str, score: float) -> None:
+        with self._write() as conn:
+            conn.execute("INSERT OR REPLACE INTO idx VALUES (?, ?, ?)", (index, member, score))
+
+    def index_remove(self, index: str, *members: str) -> int:
+        if not members:
+            return 0
+        marks = ",".join("?" * len(members))
+        with self._write() as conn:
+            return conn.execute(f"DELETE FROM idx WHERE name = ? AND member IN ({marks})", (index, *members)).rowcount
+
+    def index_range(self, index: str, *, min_score: float = float("-inf"), max_score: float = float("inf"),
+                    limit: int = 100, newest_first: bool = True) -> list[tuple[str, float]]:
+        order = "DESC" if newest_first else "ASC"
+        rows = self._conn().execute(
+            f"SELECT member, score FROM idx WHERE name = ? AND score >= ? AND score <= ? "
+            f"ORDER BY score {order}, member {order} LIMIT ?",
+            (index, max(min_score, -1e308), min(max_score, 1e308), limit)).fetchall()
+        return [(m, float(s)) for m, s in rows]
+
+    def index_count(self, index: str) -> int:
+        return int(self._conn().execute("SELECT count(*) FROM idx WHERE name = ?", (index,)).fetchone()[0])
+
+    def close(self) -> None:
+        with self._connections_lock:
+            for conn in self._connections:
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    pass
+            self._connections.clear()
+        self._local = threading.local()
