@@ -115,3 +115,15 @@ def server() -> Iterator[Server]:
         yield srv
     finally:
         srv.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """A real redis-server on a free loopback port (tests/redis_server.py), stopped at the end."""
+    from redis_server import start_redis
+
+    srv = start_redis(free_port())
+    try:
+        yield srv
+    finally:
+        srv.stop()

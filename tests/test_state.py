@@ -14,6 +14,7 @@ import pytest
 from conftest import TMP
 from t2i_core.state.memory import MemoryState
 from t2i_core.state.open import check_spec, open_state, resolve_spec
+from t2i_core.state.redis import RedisState
 from t2i_core.state.sqlite import SqliteState
 
 
@@ -22,9 +23,13 @@ def _sqlite(name: str) -> SqliteState:
     return SqliteState(str(path))
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 def state(request):
-    store = MemoryState() if request.param == "memory" else _sqlite("unit")
+    if request.param == "redis":
+        server = request.getfixturevalue("redis_server")
+        store = RedisState(f"{server.url}?prefix=unit{time.monotonic_ns()}:")
+    else:
+        store = MemoryState() if request.param == "memory" else _sqlite("unit")
     yield store
     store.close()
 
@@ -69,6 +74,7 @@ def test_open_and_check_specs(tmp_path):
     assert resolve_spec("memory", api_workers=2, engine_workers=2, run_dir="/r") == "memory"
     with pytest.raises(ValueError, match="T2I_STATE.*'redis:/x'"):
         check_spec("redis:/x")
+    check_spec("redis://127.0.0.1:6379/0")
     made = open_state(f"sqlite:{tmp_path / 'sub' / 'state.sqlite'}")
     made.put("k", b"v")
     # the file and its folder are the server user's only (no task result readable by others)
@@ -117,3 +123,23 @@ def test_two_processes_reading_and_writing_never_lock_each_other_out():
     statuses = {json.loads(store.get(f"task:{w}:{i}") or b"{}").get("status") for w in (0, 1) for i in range(rounds)}
     assert statuses == {"completed"}
     store.close()
+
+
+def test_redis_down_is_a_503_at_once_and_recovers(redis_server):
+    from t2i_core.common.errors import StateUnavailable, http_status
+    from redis_server import start_redis
+    from conftest import free_port
+
+    own = start_redis(free_port())
+    store = RedisState(own.url)
+    store.put("k", b"v")
+    own.stop()
+    started = time.monotonic()
+    with pytest.raises(StateUnavailable, match="cannot be reached") as caught:
+        store.get("k")
+    assert http_status(caught.value) == 503
+    assert time.monotonic() - started < 30  # bounded by the socket timeouts, not a hang
+    own.start()  # the same port again: the client reconnects by itself
+    store.put("k", b"back")
+    assert store.get("k") == b"back"
+    own.stop()

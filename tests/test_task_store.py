@@ -13,6 +13,7 @@ from t2i_core.api.callers import Caller
 from t2i_core.api.surfaces.tasks.store import RESULT_BYTES, StoredResult, TaskStore
 from t2i_core.common.errors import Conflict, Gone, InvalidRequest, NotFound, TaskCanceled
 from t2i_core.state.memory import MemoryState
+from t2i_core.state.redis import RedisState
 from t2i_core.state.sqlite import SqliteState
 
 ALICE = Caller(owner="key:alice")
@@ -20,9 +21,12 @@ BOB = Caller(owner="key:bob")
 ADMIN = Caller(owner="key:admin", admin=True)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 def state(request):
-    made = MemoryState() if request.param == "memory" else SqliteState(str(TMP / "tasks" / f"{time.monotonic_ns()}.sqlite"))
+    if request.param == "redis":
+        made = RedisState(f"{request.getfixturevalue('redis_server').url}?prefix=tasks{time.monotonic_ns()}:")
+    else:
+        made = MemoryState() if request.param == "memory" else SqliteState(str(TMP / "tasks" / f"{time.monotonic_ns()}.sqlite"))
     yield made
     made.close()
 

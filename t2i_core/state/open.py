@@ -10,6 +10,7 @@ from t2i_core.state.store import StateStore
 
 #: the SQLite file in the run folder (``auto`` with several workers)
 RUN_FOLDER_FILE = "state.sqlite"
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 def resolve_spec(spec: str, *, api_workers: int, engine_workers: int, run_dir: str) -> str:
@@ -25,7 +26,9 @@ def check_spec(spec: str) -> None:
     """ValueError naming ``T2I_STATE`` and the value when it is not a backend this server knows."""
     if spec in ("auto", "memory") or (spec.startswith("sqlite:") and len(spec) > len("sqlite:")):
         return
-    raise ValueError(f"T2I_STATE must be auto, memory or sqlite:<file>; got {spec!r}")
+    if spec.startswith(REDIS_SCHEMES) and len(spec) > len("redis://"):
+        return
+    raise ValueError(f"T2I_STATE must be auto, memory, sqlite:<file> or redis://host:port/db; got {spec!r}")
 
 
 def open_state(spec: str) -> StateStore:
@@ -33,4 +36,8 @@ def open_state(spec: str) -> StateStore:
     check_spec(spec)
     if spec == "memory":
         return MemoryState()
+    if spec.startswith(REDIS_SCHEMES):
+        from t2i_core.state.redis import RedisState  # the redis package is imported only when used
+
+        return RedisState(spec)
     return SqliteState(spec[len("sqlite:"):])

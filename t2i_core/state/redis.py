@@ -1,0 +1,119 @@
+"""The state in Redis (``T2I_STATE=redis://host:6379/0``): several servers (replicas) act as one.
+
+Each call is one Redis command, or a WATCH/MULTI transaction for ``update`` (retried when another
+client changed the key meanwhile). Keys carry the prefix ``t2i:`` (``?prefix=`` in the URL changes
+it, so that several deployments can share one Redis). Timeouts are short (``SOCKET_TIMEOUT_S``): a
+Redis that is down or unreachable makes the calls that need it fail at once with ``StateUnavailable``
+(503), never hang; the client reconnects by itself when Redis is back.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+from t2i_core.common.errors import StateUnavailable
+from t2i_core.state.store import Change, StateStore
+
+#: seconds to connect, and to wait for one answer
+SOCKET_TIMEOUT_S = 2.0
+DEFAULT_PREFIX = "t2i:"
+
+
+def _ms(ttl_s: float) -> int:
+    return max(1, int(math.ceil(ttl_s * 1000)))
+
+
+class RedisState(StateStore):
+    kind = "redis"
+    shared = True
+
+    def __init__(self, url: str):
+        import redis
+
+        parts = urlsplit(url)
+        query = parse_qs(parts.query)
+        self.prefix = query.pop("prefix", [DEFAULT_PREFIX])[0]
+        rest = "&".join(f"{k}={v}" for k, values in query.items() for v in values)
+        self.url = urlunsplit((parts.scheme, parts.netloc, parts.path, rest, ""))
+        self._redis = redis
+        self.client = redis.Redis.from_url(
+            self.url, socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=SOCKET_TIMEOUT_S,
+            health_check_interval=15, retry_on_timeout=False)
+
+    def _k(self, key: str) -> str:
+        return self.prefix + key
+
+    def _do(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (self._redis.ConnectionError, self._redis.TimeoutError) as exc:
+            raise StateUnavailable(f"the shared state (Redis at {self._where()}) cannot be reached: {exc}") from None
+
+    def _where(self) -> str:
+        parts = urlsplit(self.url)
+        return f"{parts.hostname}:{parts.port or 6379}"
+
+    def get(self, key: str) -> bytes | None:
+        return self._do(self.client.get, self._k(key))
+
+    def get_many(self, keys: Iterable[str]) -> list[bytes | None]:
+        wanted = [self._k(k) for k in keys]
+        return list(self._do(self.client.mget, wanted)) if wanted else []
+
+    def put(self, key: str, value: bytes, ttl_s: float | None = None, *, only_if_absent: bool = False) -> bool:
+        done = self._do(self.client.set, self._k(key), value, px=None if ttl_s is None else _ms(ttl_s),
+                        nx=only_if_absent)
+        return bool(done)
+
+    def delete(self, *keys: str) -> int:
+        return int(self._do(self.client.delete, *(self._k(k) for k in keys))) if keys else 0
+
+    def update(self, key: str, change: Change, ttl_s: float | None = None) -> bytes | None:
+        name = self._k(key)
+        outcome: dict[str, bytes | None] = {}
+
+        def attempt(pipe: Any) -> None:
+            old = pipe.get(name)
+            new = change(old)
+            outcome["value"] = old if new is None else new
+            if new is None:
+                return
+            pipe.multi()
+            if ttl_s is None:
+                pipe.set(name, new, keepttl=True)
+            else:
+                pipe.set(name, new, px=_ms(ttl_s))
+
+        self._do(self.client.transaction, attempt, name)
+        return outcome.get("value")
+
+    def incr(self, key: str, by: int = 1, ttl_s: float | None = None) -> int:
+        pipe = self.client.pipeline(transaction=True)
+        pipe.incrby(self._k(key), by)
+        if ttl_s is not None:
+            pipe.pexpire(self._k(key), _ms(ttl_s))
+        return int(self._do(pipe.execute)[0])
+
+    def index_add(self, index: str, member: str, score: float) -> None:
+        self._do(self.client.zadd, self._k(index), {member: score})
+
+    def index_remove(self, index: str, *members: str) -> int:
+        return int(self._do(self.client.zrem, self._k(index), *members)) if members else 0
+
+    def index_range(self, index: str, *, min_score: float = float("-inf"), max_score: float = float("inf"),
+                    limit: int = 100, newest_first: bool = True) -> list[tuple[str, float]]:
+        lo = "-inf" if min_score == float("-inf") else repr(min_score)
+        hi = "+inf" if max_score == float("inf") else repr(max_score)
+        if newest_first:
+            rows = self._do(self.client.zrevrangebyscore, self._k(index), hi, lo, start=0, num=limit, withscores=True)
+        else:
+            rows = self._do(self.client.zrangebyscore, self._k(index), lo, hi, start=0, num=limit, withscores=True)
+        return [(m.decode() if isinstance(m, bytes) else m, float(s)) for m, s in rows]
+
+    def index_count(self, index: str) -> int:
+        return int(self._do(self.client.zcard, self._k(index)))
+
+    def close(self) -> None:
+        self.client.close()
