@@ -143,3 +143,18 @@ def test_redis_down_is_a_503_at_once_and_recovers(redis_server):
     store.put("k", b"back")
     assert store.get("k") == b"back"
     own.stop()
+
+
+def test_messages_reach_every_subscriber_from_now_on(state):
+    early = state.subscribe("cancel")
+    state.publish("cancel", b"before")  # only subscribers at the time get it
+    late = state.subscribe("cancel", "admin")
+    state.publish("cancel", b"r1")
+    state.publish("admin", b"load")
+    state.publish("other", b"nobody")
+    assert early.get(2) == ("cancel", b"before") and early.get(2) == ("cancel", b"r1")
+    got = [late.get(2), late.get(2)]
+    assert got == [("cancel", b"r1"), ("admin", b"load")]
+    assert late.get(0.05) is None
+    early.close()
+    late.close()

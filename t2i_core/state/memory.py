@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import bisect
+import queue
 import threading
 from typing import Iterable
 
-from t2i_core.state.store import Change, StateStore, now
+from t2i_core.state.store import Change, StateStore, Subscription, now
 
 #: writes between two sweeps of expired keys (expired keys are also dropped when read)
 SWEEP_EVERY = 512
@@ -23,6 +24,7 @@ class MemoryState(StateStore):
         self._scores: dict[str, dict[str, float]] = {}
         self._ordered: dict[str, list[tuple[float, str]]] = {}
         self._writes = 0
+        self._subscriptions: dict[str, list["MemorySubscription"]] = {}
 
     def _live(self, key: str) -> tuple[bytes, float | None] | None:
         found = self._values.get(key)
@@ -111,3 +113,39 @@ class MemoryState(StateStore):
     def index_count(self, index: str) -> int:
         with self._lock:
             return len(self._scores.get(index, {}))
+
+    def publish(self, channel: str, message: bytes) -> None:
+        with self._lock:
+            listeners = list(self._subscriptions.get(channel, []))
+        for sub in listeners:
+            sub.messages.put((channel, bytes(message)))
+
+    def subscribe(self, *channels: str) -> "MemorySubscription":
+        sub = MemorySubscription(self, channels)
+        with self._lock:
+            for channel in channels:
+                self._subscriptions.setdefault(channel, []).append(sub)
+        return sub
+
+    def _unsubscribe(self, sub: "MemorySubscription") -> None:
+        with self._lock:
+            for channel in sub.channels:
+                listeners = self._subscriptions.get(channel, [])
+                if sub in listeners:
+                    listeners.remove(sub)
+
+
+class MemorySubscription(Subscription):
+    def __init__(self, state: MemoryState, channels: tuple[str, ...]):
+        self.state = state
+        self.channels = channels
+        self.messages: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
+
+    def get(self, timeout_s: float) -> tuple[str, bytes] | None:
+        try:
+            return self.messages.get(timeout=max(0.0, timeout_s))
+        except queue.Empty:
+            return None
+
+    def close(self) -> None:
+        self.state._unsubscribe(self)

@@ -10,11 +10,12 @@ Redis that is down or unreachable makes the calls that need it fail at once with
 from __future__ import annotations
 
 import math
+import time
 from typing import Any, Iterable
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from t2i_core.common.errors import StateUnavailable
-from t2i_core.state.store import Change, StateStore
+from t2i_core.state.store import Change, StateStore, Subscription
 
 #: seconds to connect, and to wait for one answer
 SOCKET_TIMEOUT_S = 2.0
@@ -115,5 +116,39 @@ class RedisState(StateStore):
     def index_count(self, index: str) -> int:
         return int(self._do(self.client.zcard, self._k(index)))
 
+    def publish(self, channel: str, message: bytes) -> None:
+        self._do(self.client.publish, self._k(channel), message)
+
+    def subscribe(self, *channels: str) -> "RedisSubscription":
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        self._do(pubsub.subscribe, *(self._k(c) for c in channels))
+        return RedisSubscription(self, pubsub)
+
     def close(self) -> None:
         self.client.close()
+
+
+class RedisSubscription(Subscription):
+    """Redis pub/sub. If the connection drops, ``get`` raises ``StateUnavailable``; the caller
+    subscribes again (and reads the durable values it might have missed)."""
+
+    def __init__(self, state: RedisState, pubsub: Any):
+        self.state = state
+        self.pubsub = pubsub
+
+    def get(self, timeout_s: float) -> tuple[str, bytes] | None:
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        while True:  # a subscribe confirmation comes back as None before the timeout: wait on
+            message = self.state._do(self.pubsub.get_message, timeout=max(0.0, deadline - time.monotonic()))
+            if message is not None and message.get("type") == "message":
+                break
+            if time.monotonic() >= deadline:
+                return None
+        channel = message["channel"].decode() if isinstance(message["channel"], bytes) else message["channel"]
+        return channel[len(self.state.prefix):], message["data"]
+
+    def close(self) -> None:
+        try:
+            self.pubsub.close()
+        except Exception:  # noqa: BLE001 - closing a broken connection
+            pass

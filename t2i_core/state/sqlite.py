@@ -22,7 +22,9 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
-from t2i_core.state.store import Change, StateStore, now
+import time
+
+from t2i_core.state.store import Change, StateStore, Subscription, now
 
 BUSY_TIMEOUT_MS = 30_000
 #: seconds between two deletions of expired keys by one process
@@ -34,7 +36,12 @@ SCHEMA = (
     "CREATE TABLE IF NOT EXISTS idx (name TEXT NOT NULL, member TEXT NOT NULL, score REAL NOT NULL, "
     "PRIMARY KEY (name, member))",
     "CREATE INDEX IF NOT EXISTS idx_score ON idx (name, score)",
+    "CREATE TABLE IF NOT EXISTS messages (seq INTEGER PRIMARY KEY AUTOINCREMENT, channel TEXT NOT NULL, "
+    "body BLOB NOT NULL, at REAL NOT NULL)",
 )
+#: seconds between two looks of a subscriber at the message table, and how long a message is kept
+MESSAGE_POLL_S = 0.01
+MESSAGE_KEPT_S = 30.0
 LIVE = "(expires IS NULL OR expires > ?)"
 
 
@@ -155,6 +162,16 @@ class SqliteState(StateStore):
     def index_count(self, index: str) -> int:
         return int(self._conn().execute("SELECT count(*) FROM idx WHERE name = ?", (index,)).fetchone()[0])
 
+    def publish(self, channel: str, message: bytes) -> None:
+        t = now()
+        with self._write() as conn:
+            conn.execute("INSERT INTO messages (channel, body, at) VALUES (?, ?, ?)", (channel, message, t))
+            conn.execute("DELETE FROM messages WHERE at < ?", (t - MESSAGE_KEPT_S,))
+
+    def subscribe(self, *channels: str) -> "SqliteSubscription":
+        (last,) = self._conn().execute("SELECT COALESCE(MAX(seq), 0) FROM messages").fetchone()
+        return SqliteSubscription(self, channels, int(last))
+
     def close(self) -> None:
         with self._connections_lock:
             for conn in self._connections:
@@ -164,3 +181,33 @@ class SqliteState(StateStore):
                     pass
             self._connections.clear()
         self._local = threading.local()
+
+
+class SqliteSubscription(Subscription):
+    """Polls the message table every ``MESSAGE_POLL_S`` (one indexed read) for new rows of its channels."""
+
+    def __init__(self, state: SqliteState, channels: tuple[str, ...], after: int):
+        self.state = state
+        self.channels = channels
+        self.after = after
+        self.pending: list[tuple[str, bytes]] = []
+        self.marks = ",".join("?" * len(channels))
+
+    def get(self, timeout_s: float) -> tuple[str, bytes] | None:
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        while not self.pending:
+            rows = self.state._conn().execute(
+                f"SELECT seq, channel, body FROM messages WHERE seq > ? AND channel IN ({self.marks}) ORDER BY seq",
+                (self.after, *self.channels)).fetchall()
+            if rows:
+                self.after = rows[-1][0]
+                self.pending = [(c, bytes(b)) for _, c, b in rows]
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            time.sleep(min(MESSAGE_POLL_S, left))
+        return self.pending.pop(0)
+
+    def close(self) -> None:
+        self.pending = []

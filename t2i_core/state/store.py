@@ -9,7 +9,10 @@ ones (memory, SQLite) are easy to check against it:
   status: its cancel and its completion race);
 - ``incr``: counters;
 - sorted indexes: ``index_add`` / ``index_remove`` / ``index_range`` (members ordered by a score, e.g.
-  a time: newest-first listings, oldest-first eviction).
+  a time: newest-first listings, oldest-first eviction);
+- messages: ``publish`` / ``subscribe``, a push to whoever listens now (Redis pub/sub: fire and forget,
+  a subscriber that is away misses it). Whatever must not be missed is also written as a value (a
+  cancel is a key, and its message only wakes the workers early).
 
 Every call is synchronous and thread-safe; the API's event loop calls the shared backends through
 ``asyncio.to_thread`` (``t2i_core/state/aio.py``). Values are bytes; records are JSON
@@ -80,8 +83,26 @@ class StateStore(abc.ABC):
     def index_count(self, index: str) -> int:
         """How many members the index has."""
 
+    @abc.abstractmethod
+    def publish(self, channel: str, message: bytes) -> None:
+        """Send ``message`` to the current subscribers of ``channel`` (in every process)."""
+
+    @abc.abstractmethod
+    def subscribe(self, *channels: str) -> "Subscription":
+        """Messages published on ``channels`` from now on."""
+
     def close(self) -> None:
         """Release connections (the state itself stays)."""
+
+
+class Subscription(abc.ABC):
+    @abc.abstractmethod
+    def get(self, timeout_s: float) -> tuple[str, bytes] | None:
+        """The next message (channel, message), waiting at most ``timeout_s``; None when none came."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Stop listening."""
 
 
 def now() -> float:
