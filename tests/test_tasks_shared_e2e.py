@@ -23,8 +23,8 @@ KEYS = ("key-one-secret", "key-two-secret")
 AUTH = [{"Authorization": f"Bearer {k}"} for k in KEYS]
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 #: seconds of the submit-and-poll load (the closing note's figure: the same load for 60 s,
-#: T2I_TASK_LOAD_S=60)
-LOAD_S = float(os.environ.get("T2I_TASK_LOAD_S", "15"))
+#: TASK_LOAD_S=60)
+LOAD_S = float(os.environ.get("TASK_LOAD_S", "15"))
 
 
 @pytest.fixture(scope="module")
