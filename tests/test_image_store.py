@@ -1,5 +1,8 @@
 """Image links: served while fresh, 410 once expired, 404 when unknown, bounded in bytes."""
 
+import os
+import stat
+
 from t2i_core.api.image_store import ImageStore
 
 
@@ -81,7 +84,7 @@ def test_an_object_store_serves_expires_and_keeps_tombstones():
     clock.now = 1000.0
     store = object_store(clock)
     token = store.put(b"\x89PNG-data", "image/png")
-    assert len(token) == 38 and int(token[:14], 16) == 1_000_000_000  # written at 1000.000000 s
+    assert len(token) == 60 and int(token[:14], 16) == 1_000_000_000  # written at 1000.000000 s
     other = object_store(clock)  # a second process on the same bucket and prefix
     other.fs, other.root = store.fs, store.root
     found = other.get(token)
@@ -90,7 +93,7 @@ def test_an_object_store_serves_expires_and_keeps_tombstones():
     assert other.get(token) == "gone" and store.get(token) == "gone"
     assert store.fs.exists(f"{store.root}/.gone/{token}") and not store.fs.exists(f"{store.root}/{token}")
     # a well-formed token it never made: 404, and nothing written for it
-    stranger = f"{900_000_000:014x}" + "A" * 24
+    stranger = f"{900_000_000:014x}" + "A" * 46
     assert store.get(stranger) is None and not store.fs.exists(f"{store.root}/.gone/{stranger}")
     assert store.get("../../etc/passwd") is None and store.get("short") is None
 
@@ -107,3 +110,144 @@ def test_an_object_store_drops_the_oldest_beyond_its_size_and_old_tombstones():
     assert [store.get(t) for t in tokens] == [None, None, "gone", "gone"]
     gone = sorted(p.rsplit("/", 1)[-1] for p in store.fs.ls(f"{store.root}/.gone", detail=False))
     assert gone == sorted(tokens[2:])
+
+
+# ---- a shared store touches only its own files; its tombstones are bounded ------------------------
+
+FOREIGN = b"a file someone else keeps here"
+
+
+def test_memory_tombstones_are_capped_in_count_and_age():
+    clock = Clock()
+    store = ImageStore(ttl_s=10, max_bytes=4, clock=clock, max_tombstones=3)
+    tokens = [store.put(b"abcd", "image/png") for _ in range(6)]  # each drops the one before
+    assert [store.get(t) for t in tokens[:5]] == [None, None, "gone", "gone", "gone"]  # the 3 newest remembered
+    clock.now = 25.0  # the last image expires; the tombstones made at 0 s are older than the ttl
+    assert [store.get(t) for t in tokens] == [None] * 5 + ["gone"]
+
+
+def plant(folder, name: str, modified: float):
+    path = folder / name
+    path.write_bytes(FOREIGN)
+    os.utime(path, (modified, modified))
+    return path
+
+
+def test_a_shared_folder_never_serves_or_deletes_a_file_it_did_not_write(tmp_path):
+    from t2i_core.api.image_store import DirectoryImageStore
+
+    clock = Clock()
+    clock.now = 10_000.0
+    store = DirectoryImageStore(tmp_path, ttl_s=10, max_bytes=1000, clock=clock)
+    mine = store.put(b"mine", "image/png")
+    # named like tokens: the old shape, this store's shape with a made-up tag, any 46 URL-safe characters
+    old = [plant(tmp_path, name, clock.now - 1000) for name in ("A" * 32, mine[:-22] + "B" * 22, "x" * 46)]
+    fresh = plant(tmp_path, "C" * len(mine), clock.now)
+    tombstone_like = plant(tmp_path / ".gone", "D" * len(mine), clock.now - 1000)
+    planted = [*old, fresh, tombstone_like]
+    for path in planted:
+        assert store.get(path.name) is None  # neither served nor expired into a tombstone
+    clock.now += 100
+    store.put(b"later", "image/png")  # a sweep: its own expired image goes, nothing else
+    assert store.get(mine) == "gone"
+    assert all(path.read_bytes() == FOREIGN for path in planted)
+    assert not any((tmp_path / ".gone" / path.name).exists() for path in old + [fresh])
+
+
+def test_a_shared_folder_keeps_its_tombstones_under_their_cap(tmp_path):
+    from t2i_core.api.image_store import DirectoryImageStore
+
+    clock = Clock()
+    store = DirectoryImageStore(tmp_path, ttl_s=1000, max_bytes=10, clock=clock, max_tombstones=5)
+    tokens = []
+    for i in range(40):
+        clock.now = 2.0 * (i + 1)  # a sweep each time
+        tokens.append(store.put(bytes(8), "image/png"))  # over the size cap: the one before is dropped
+        assert len(list((tmp_path / ".gone").iterdir())) <= 5
+    assert [store.get(t) for t in tokens[-6:-1]] == ["gone"] * 5 and store.get(tokens[-1]).data == bytes(8)
+    assert store.get(tokens[0]) is None  # forgotten: beyond the cap
+
+
+def test_a_shared_folder_is_the_server_users_alone(tmp_path):
+    from t2i_core.api.image_store import DirectoryImageStore
+    from t2i_core.api.image_tokens import KEY_FILE
+
+    clock = Clock()
+    folder = tmp_path / "links"
+    store = DirectoryImageStore(folder, ttl_s=10, max_bytes=1000, clock=clock)
+    token = store.put(b"img", "image/png")
+    clock.now = 20.0
+    assert store.get(token) == "gone"
+    store.put(b"img", "image/png")
+
+    def mode(path):
+        return stat.S_IMODE(path.stat().st_mode)
+
+    assert mode(folder) == mode(folder / ".gone") == 0o700
+    assert {mode(p) for p in folder.iterdir() if p.is_file()} == {0o600}
+    assert mode(folder / KEY_FILE) == 0o600 and mode(folder / ".gone" / token) == 0o600
+
+
+def test_processes_that_start_together_on_a_new_folder_serve_each_others_links(tmp_path):
+    """Each process of a new shared folder makes the key if none is there: they agree on one."""
+    import subprocess
+    import sys
+
+    from t2i_core.api.image_store import DirectoryImageStore
+
+    folder = tmp_path / "fresh"
+    code = ("import sys; from t2i_core.api.image_store import DirectoryImageStore as S; "
+            f"print(S({str(folder)!r}, 60, 10**6).put(sys.argv[1].encode(), 'image/png'))")
+    writers = [subprocess.Popen([sys.executable, "-c", code, f"image {i}"], stdout=subprocess.PIPE, text=True)
+               for i in range(4)]
+    tokens = [w.communicate()[0].strip() for w in writers]
+    assert all(w.returncode == 0 for w in writers)
+    reader = DirectoryImageStore(folder, ttl_s=60, max_bytes=10**6)
+    assert [reader.get(t).data for t in tokens] == [f"image {i}".encode() for i in range(4)]
+
+
+def test_an_object_store_never_serves_or_deletes_an_object_it_did_not_write():
+    clock = Clock()
+    clock.now = 1000.0
+    store = object_store(clock)
+    mine = store.put(b"mine", "image/png")
+    old_time = f"{100_000_000:014x}"  # long expired, were it the store's
+    names = [old_time + "A" * 24, old_time + "A" * 46, mine[:-22] + "B" * 22, f"{999_000_000:014x}" + "C" * 46]
+    for name in names:
+        store.fs.pipe_file(f"{store.root}/{name}", FOREIGN)
+    store.fs.pipe_file(f"{store.root}/.gone/{old_time + 'D' * 46}", FOREIGN)
+    for name in names:
+        assert store.get(name) is None
+    clock.now = 1020.0
+    store.put(b"later", "image/png")  # a sweep: its own expired image goes, nothing else
+    assert store.get(mine) == "gone"
+    for name in names:
+        assert store.fs.cat_file(f"{store.root}/{name}") == FOREIGN
+        assert not store.fs.exists(f"{store.root}/.gone/{name}")
+    assert store.fs.cat_file(f"{store.root}/.gone/{old_time + 'D' * 46}") == FOREIGN
+
+
+def test_an_object_store_keeps_its_tombstones_under_their_cap():
+    clock = Clock()
+    store = object_store(clock, ttl_s=1000, max_bytes=10, max_tombstones=5)
+    for i in range(30):
+        clock.now = 2.0 * (i + 1)
+        store.put(bytes(8), "image/png")
+        gone = store.fs.ls(f"{store.root}/.gone", detail=False) if store.fs.exists(f"{store.root}/.gone") else []
+        assert len(gone) <= 5
+
+
+def test_object_stores_that_made_their_keys_at_once_serve_each_others_links():
+    """Replicas starting together on a new prefix may each write a key: a token verifies under any."""
+    clock = Clock()
+    clock.now = 1000.0
+    first = object_store(clock)
+    # a second replica wrote its key at the same time (its name sorts first: the second signs with it)
+    first.fs.pipe_file(f"{first.root}/.keys/{'0' * 32}", os.urandom(32))
+    from t2i_core.api.object_image_store import ObjectImageStore
+
+    second = ObjectImageStore(f"memory://{first.root}", ttl_s=10, max_bytes=1000, clock=clock)
+    assert len(second.signer.keys) == 2
+    token = second.put(b"from the second", "image/png")
+    assert first.get(token).data == b"from the second"  # read its keys again
+    assert second.get(first.put(b"from the first", "image/png")).data == b"from the first"

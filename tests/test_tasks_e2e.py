@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 
 import bentoml
@@ -96,6 +97,11 @@ def test_submit_refuses_bad_input_at_once(server):
     assert r.status_code == 400 and r.json()["param"] == "width" and "65" in r.json()["error"]
     r = httpx.post(f"{server.url}/tasks/generate/submit", json={"steps": 2})
     assert r.status_code == 400 and r.json()["param"] == "prompt"
+    # a control image that is no image (its header is read at submit; the pixels when the task runs)
+    not_an_image = base64.b64encode(b"not an image").decode()
+    r = httpx.post(f"{server.url}/tasks/generate/submit",
+                   json={"prompt": "x", "controlnet": "tiny-canny", "control_image": not_an_image})
+    assert r.status_code == 400 and r.json()["param"] == "control_image"
 
 
 def test_bentoml_async_client_task_methods(server):

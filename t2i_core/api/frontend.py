@@ -81,6 +81,18 @@ class RenderedImage:
         }
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A request checked and its input images decoded (``Frontend.prepare_generate`` / ``prepare_edit``):
+    everything that can be refused before the engine is asked has been. A streamed answer starts only
+    after this, so such a refusal is a 4xx rather than an error event in a 200 stream."""
+
+    kind: Kind
+    req: GenerateRequest
+    #: the engine request of the k-th image on a model (the default model may change before it runs)
+    item: Callable[[ModelEntry, int], EngineRequest]
+
+
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -110,6 +122,23 @@ class Frontend:
         ``request_id`` names the work in the engine (for ``progress``, ``previews`` and cancellation);
         default: a new one. ``partial_images``: intermediate decodes to keep for ``previews``.
         ``control_image``: the ControlNet's image (bytes; default: ``req.control_image``, base64)."""
+        prepared = await self.prepare_generate(req, control_image=control_image)
+        return await self.run(prepared, n, disconnected, request_id, partial_images)
+
+    async def edit(
+        self, req: EditRequest, image: bytes, n: int = 1, disconnected: Disconnected | None = None,
+        request_id: str | None = None, partial_images: int = 0, mask: bytes | None = None,
+        control_image: bytes | None = None, transparent_repaints: bool = False,
+    ) -> list[RenderedImage]:
+        """Edit the PNG/JPEG/WebP ``image`` (bytes) as ``req`` says; with ``mask``, only where the mask
+        is white (or, with ``transparent_repaints``, where a mask with alpha is transparent)."""
+        prepared = await self.prepare_edit(req, image, mask=mask, control_image=control_image,
+                                           transparent_repaints=transparent_repaints)
+        return await self.run(prepared, n, disconnected, request_id, partial_images)
+
+    async def prepare_generate(self, req: GenerateRequest, control_image: bytes | None = None) -> Prepared:
+        """``req`` checked (model, adapters, ControlNet, scheduler, steps) and its control image decoded,
+        ready for ``run``: what ``generate`` would refuse is raised here, before anything is answered."""
         self._note_prompt(req)
         entry = self.registry.get(req.model)
         self._check_controls(req, entry)  # refused before any image is decoded
@@ -120,31 +149,42 @@ class Frontend:
         if control_image is not None:
             control = await asyncio.to_thread(self._decode_rgb, control_image, size, "control_image")
 
-        def items(entry: ModelEntry) -> list[EngineRequest]:
+        def item(entry: ModelEntry, k: int) -> EngineRequest:
             # the default model may have changed since: its size decides, the control image follows
             own = (req.width or entry.defaults.width, req.height or entry.defaults.height)
             pixels = control if own == size or control is None else self._decode_rgb(control_image or b"", own, "control_image")
-            return [to_engine(req, entry, seed_offset=k, registry=self.registry, control_image=pixels) for k in range(n)]
+            return to_engine(req, entry, seed_offset=k, registry=self.registry, control_image=pixels)
 
-        return await self._resolved_run("generate", req, items, disconnected, request_id, partial_images)
+        return self._checked(Prepared("generate", req, item), entry)
 
-    async def edit(
-        self, req: EditRequest, image: bytes, n: int = 1, disconnected: Disconnected | None = None,
-        request_id: str | None = None, partial_images: int = 0, mask: bytes | None = None,
-        control_image: bytes | None = None, transparent_repaints: bool = False,
-    ) -> list[RenderedImage]:
-        """Edit the PNG/JPEG/WebP ``image`` (bytes) as ``req`` says; with ``mask``, only where the mask
-        is white (or, with ``transparent_repaints``, where a mask with alpha is transparent)."""
+    async def prepare_edit(
+        self, req: EditRequest, image: bytes, mask: bytes | None = None, control_image: bytes | None = None,
+        transparent_repaints: bool = False,
+    ) -> Prepared:
+        """``req`` checked and its image, mask and control image decoded, ready for ``run`` (as
+        ``prepare_generate``)."""
         self._note_prompt(req)
-        self._check_controls(req, self.registry.get(req.model))  # refused before the image is decoded
+        entry = self.registry.get(req.model)
+        self._check_controls(req, entry)  # refused before the image is decoded
         if control_image is None and isinstance(req.control_image, str):
             control_image = decode_base64(req.control_image, field="control_image")
         inputs = await asyncio.to_thread(self._prepare_inputs, req, image, mask, control_image, transparent_repaints)
         pixels, size, mask_pixels, control = inputs
+        return self._checked(Prepared("edit", req, lambda entry, k: to_engine(
+            req, entry, image=pixels, image_size=size, seed_offset=k, registry=self.registry, mask=mask_pixels,
+            control_image=control)), entry)
+
+    def _checked(self, prepared: Prepared, entry: ModelEntry) -> Prepared:
+        prepared.item(entry, 0)  # the checks that need the resolved request (scheduler, steps * strength)
+        return prepared
+
+    async def run(
+        self, prepared: Prepared, n: int = 1, disconnected: Disconnected | None = None, request_id: str | None = None,
+        partial_images: int = 0,
+    ) -> list[RenderedImage]:
+        """``n`` images of a prepared request: what can fail now fails in the engine (or times out)."""
         return await self._resolved_run(
-            "edit", req,
-            lambda entry: [to_engine(req, entry, image=pixels, image_size=size, seed_offset=k, registry=self.registry,
-                                     mask=mask_pixels, control_image=control) for k in range(n)],
+            prepared.kind, prepared.req, lambda entry: [prepared.item(entry, k) for k in range(n)],
             disconnected, request_id, partial_images,
         )
 
@@ -187,16 +227,9 @@ class Frontend:
 
     async def check(self, data: dict[str, Any]) -> GenerateRequest:
         """What ``generate`` refuses before the engine is asked, for input that is not run now (a task
-        at submit): fields, an unknown model, adapters and ControlNets the model cannot use, a
-        scheduler it cannot use, a control image that does not decode. Returns the validated request."""
+        at submit): its fields, then all ``prepare_generate`` checks. Returns the validated request."""
         req = parse(GenerateRequest, data)
-        entry = self.registry.get(req.model)
-        self._check_controls(req, entry)
-        to_engine(req, entry, registry=self.registry)
-        if req.control_image is not None:
-            control = decode_base64(req.control_image, field="control_image")
-            size = (req.width or entry.defaults.width, req.height or entry.defaults.height)
-            await asyncio.to_thread(self._decode_rgb, control, size, "control_image")
+        await self.prepare_generate(req)
         return req
 
     async def previews(

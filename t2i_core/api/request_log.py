@@ -3,7 +3,8 @@
 ``RequestLogMiddleware`` (outermost on the API service) takes the id from ``X-Request-ID`` (or makes
 one), echoes it on the response, and when the response has been sent writes one JSON line on the
 ``t2i.requests`` logger: id, method, route, status, time, and what the handlers noted on the request's
-``RequestRecord`` with ``note()`` (model, size, steps, seeds, batch size, stage timings, error code).
+``RequestRecord`` with ``note()`` (model, size, steps, seeds, batch size, stage timings, error code;
+``stream_error_status`` when a streamed answer failed after its 200 was sent).
 Prompts are noted only when ``T2I_LOG_PROMPTS`` is on. It also counts errors by route and code.
 """
 
@@ -113,7 +114,7 @@ def emit(record: RequestRecord, status: int, event: str = "request") -> dict[str
     }
     if (worker := _worker_index()) is not None:  # which API worker answered (T2I_API_WORKERS)
         line["worker"] = worker
-    if status >= 400:
+    if status >= 400 or "stream_error_status" in record.fields:  # a stream that failed after its 200 too
         metrics.record_request_error(route_label(record.route), str(record.fields.get("error") or f"http_{status}"))
     _ensure_handler()
     log.info(json.dumps(line, default=str, separators=(",", ":")))

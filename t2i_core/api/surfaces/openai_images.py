@@ -150,10 +150,11 @@ def openai_routes(get_frontend: Callable[[], Frontend], store: ImageStore) -> li
         req = parse(OpenAIImageRequest, await read_json_object(request)).checked(front)
         native = req.native()
         watch = lambda: until_disconnected(request.receive)  # noqa: E731
+        prepared = await front.prepare_generate(native)  # every refusal is a 4xx, before a stream starts
         if req.stream:
-            return stream_images(front, "image_generation", native.format, req.quality or "auto", lambda rid: front.generate(
-                native, disconnected=watch, request_id=rid, partial_images=req.partial_images))
-        images = await front.generate(native, n=req.n, disconnected=watch)
+            return stream_images(front, "image_generation", native.format, req.quality or "auto", lambda rid: front.run(
+                prepared, disconnected=watch, request_id=rid, partial_images=req.partial_images))
+        images = await front.run(prepared, n=req.n, disconnected=watch)
         return JSONResponse(await _images_body(images, req, request, store, front.settings.public_url))
 
     @guarded
@@ -182,12 +183,12 @@ def openai_routes(get_frontend: Callable[[], Frontend], store: ImageStore) -> li
         req = req.checked(front)
         native = req.native()
         watch = lambda: until_disconnected(request.receive)  # noqa: E731
+        # every refusal (fields, model, controls, the image, mask and control image) is a 4xx, before a stream starts
+        prepared = await front.prepare_edit(native, image, mask=mask, control_image=control, transparent_repaints=True)
         if req.stream:
-            return stream_images(front, "image_edit", native.format, req.quality or "auto", lambda rid: front.edit(
-                native, image, disconnected=watch, request_id=rid, partial_images=req.partial_images, mask=mask,
-                control_image=control, transparent_repaints=True))
-        images = await front.edit(native, image, n=req.n, disconnected=watch, mask=mask, control_image=control,
-                                  transparent_repaints=True)
+            return stream_images(front, "image_edit", native.format, req.quality or "auto", lambda rid: front.run(
+                prepared, disconnected=watch, request_id=rid, partial_images=req.partial_images))
+        images = await front.run(prepared, n=req.n, disconnected=watch)
         return JSONResponse(await _images_body(images, req, request, store, front.settings.public_url))
 
     @guarded

@@ -1,8 +1,11 @@
 """OpenAI's streaming image responses (``stream: true``, ``partial_images`` 0-3) as server-sent events:
 ``image_generation.partial_image`` (or ``image_edit.partial_image``) events carrying real intermediate
 decodes of the image's latents (``engine/previews.py``), then ``image_generation.completed`` (or
-``image_edit.completed``) with the final image; an error after the stream started is an ``error``
-event with OpenAI's error body (the SDK raises it). The official SDK's
+``image_edit.completed``) with the final image. The handler prepares the request first
+(``Frontend.prepare_generate`` / ``prepare_edit``): whatever can be refused before the engine runs is
+a 4xx with OpenAI's error body, before any byte of the stream. Only what fails while the image is
+made (an engine error, the time limit) is an ``error`` event with OpenAI's error body (the SDK raises
+it), noted on the request's log line. The official SDK's
 ``images.generate(..., stream=True, partial_images=2)`` reads them as they come.
 """
 
@@ -11,14 +14,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import time
 import uuid
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 from starlette.responses import StreamingResponse
 
+from t2i_core.api import request_log
 from t2i_core.api.frontend import Frontend, RenderedImage
-from t2i_core.common.errors import InvalidRequest, T2IError
+from t2i_core.common.errors import InvalidRequest, T2IError, http_status
+
+log = logging.getLogger("t2i.openai")
 
 #: seconds between two looks for new partial images while the image is made
 POLL_S = 0.1
@@ -29,6 +36,16 @@ USAGE = {"input_tokens": 0, "input_tokens_details": {"image_tokens": 0, "text_to
 def check_stream(n: int) -> None:
     if n != 1:
         raise InvalidRequest(f"stream returns one image: n must be 1 with stream; got {n}", param="n")
+
+
+def _failed(exc: Exception) -> T2IError:
+    """The error of a stream that failed after its 200 was sent, noted on the request's log line with
+    the status it would have had (``stream_error_status``; the line's ``status`` is the 200 sent)."""
+    if not isinstance(exc, T2IError):
+        log.error("streamed request failed", exc_info=exc)
+        exc = T2IError("internal error; the server log has the details")
+    request_log.note(error=exc.code, error_message=exc.message[:300], stream_error_status=http_status(exc))
+    return exc
 
 
 def _event(kind: str, body: dict[str, Any]) -> bytes:
@@ -60,16 +77,15 @@ def stream_images(
                 if finished:
                     break
                 await asyncio.wait({work}, timeout=POLL_S)
-            try:
-                (image,) = work.result()
-            except T2IError as err:
-                yield _event("error", {"error": err.to_dict()})
-                return
-            yield _event(f"{prefix}.completed", {
-                "b64_json": base64.b64encode(image.data).decode("ascii"), "usage": USAGE,
-                **common(image.width, image.height)})
+            (image,) = work.result()
+        except Exception as exc:  # noqa: BLE001 - the status is sent: the error is an event, and on the log line
+            yield _event("error", {"error": _failed(exc).to_dict()})
+            return
         finally:
             if not work.done():  # the client left: the request's own watcher stops the engine's work
                 work.cancel()
+        yield _event(f"{prefix}.completed", {
+            "b64_json": base64.b64encode(image.data).decode("ascii"), "usage": USAGE,
+            **common(image.width, image.height)})
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
