@@ -20,11 +20,10 @@ import json
 import time
 from typing import Any, Callable
 
-from t2i_core.api import request_log
 from t2i_core.common import metrics
 from t2i_core.common.config import Settings
 from t2i_core.common.errors import (
-    BodyTimeout, InvalidRequest, PayloadTooLarge, ShuttingDown, T2IError, TooManyRequests, Unauthorized,
+    BodyTimeout, ClientClosed, InvalidRequest, PayloadTooLarge, ShuttingDown, T2IError, TooManyRequests, Unauthorized,
 )
 from t2i_core.common.shutdown import DRAINING
 from t2i_core.api.responses import error_response_for
@@ -123,9 +122,9 @@ class GuardMiddleware:
             if path in self.strict_fields and _parsed_as_json(headers):
                 self._check_fields(path, body)
             self._check_capacity()
-        except _Disconnected:
-            request_log.note(error="client_closed", error_message="the client left while sending its body")
-            return  # nobody to answer
+        except _Disconnected:  # nobody reads the answer: it is for the request's log line (499)
+            await self._reject(scope, send, path, ClientClosed("the client left while sending its body"))
+            return
         except T2IError as err:
             await self._reject(scope, send, path, err)
             return
