@@ -1,7 +1,8 @@
 """What BentoML does not do for a public endpoint, as one ASGI middleware on the API service:
 
 - API keys (``T2I_API_KEYS``): generation routes need ``Authorization: Bearer <key>`` (401);
-  health, metrics, docs and image links stay open; admin routes have their own key.
+  health, metrics, docs and image links stay open; admin routes have their own key, which is also
+  accepted wherever an API key is.
 - Body cap (``T2I_MAX_BODY_BYTES``): 413 from ``Content-Length`` before the body is read, or as soon
   as a chunked body passes the cap.
 - Bounded work (``T2I_MAX_IN_FLIGHT``): beyond that many generation requests in flight, new ones
@@ -84,6 +85,8 @@ class GuardMiddleware:
         self.app = app
         self.settings = settings or Settings.from_env()
         self.keys = [k.strip().encode() for k in self.settings.api_keys.split(",") if k.strip()]
+        if self.keys and self.settings.admin_key:  # the admin may do what any client may (the A1111 options
+            self.keys.append(self.settings.admin_key.encode())  # route needs it and passes through here)
         self.strict_fields = strict_fields or {}
         #: task submit paths -> a check of the task's input (raises InvalidRequest / UnknownModel): BentoML
         #: validates a task's input only when the task runs (a bad field became a failed task); checked
