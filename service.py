@@ -24,9 +24,10 @@ shorten_openmp_spin()  # before the engine's __init__ loads torch: see t2i_core/
 from t2i_core.api.surfaces import build_surfaces_app  # noqa: E402
 from t2i_core.api import request_log
 from t2i_core.patches.bentoml import (
-    NO_SESSION_RENEWAL, cache_local_callers, cancel_request_timers, engine_not_ready_is_503, memoize_media_types,
-    strict_multipart_files, trace_only_when_exported,
+    NO_SESSION_RENEWAL, cache_local_callers, cancel_request_timers, client_faults_are_4xx, engine_not_ready_is_503,
+    memoize_media_types, strict_multipart_files, trace_only_when_exported,
 )
+from t2i_core.patches.starlette import strict_form_parsing
 from t2i_core.common.config import Settings
 from t2i_core.patches.gc_freeze import freeze_startup_objects
 from t2i_core.patches.uvicorn import bound_request_headers
@@ -213,6 +214,8 @@ cache_local_callers()
 cancel_request_timers()
 engine_not_ready_is_503()
 strict_multipart_files()
+client_faults_are_4xx()
+strict_form_parsing()
 bound_request_headers(SETTINGS.max_header_bytes, SETTINGS.header_timeout_s)
 
 # Outermost first: the request log (id, one line per request), CORS (when configured), then keys /

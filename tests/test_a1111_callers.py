@@ -85,3 +85,22 @@ def test_a1111_progress_after_a_request_that_could_not_run(engine):
     assert failed.status_code == 503
     progress = client.get("/sdapi/v1/progress").json()
     assert progress["progress"] == 1.0 and progress["state"]["sampling_steps"] == 2 and progress["eta_relative"] == 0
+
+
+def test_each_callers_checkpoint_is_its_own_and_shared_by_the_api_workers(tmp_path, monkeypatch):
+    monkeypatch.setattr(callers_module, "CALLERS_KEPT", 2)
+    path = str(tmp_path / "callers.sqlite")
+
+    async def scenario(one: CallerJobs, two: CallerJobs) -> None:
+        assert await one.checkpoint("key:a") is None
+        await one.choose_checkpoint("key:a", "builtin/tiny-sdxl")
+        await two.choose_checkpoint("key:b", "builtin/tiny-sd")
+        assert await two.checkpoint("key:a") == "builtin/tiny-sdxl" and await one.checkpoint("key:b") == "builtin/tiny-sd"
+        await two.choose_checkpoint("key:a", "builtin/tiny-sd")  # chosen again, through the other worker
+        assert await one.checkpoint("key:a") == "builtin/tiny-sd"
+        await one.choose_checkpoint("key:c", "builtin/tiny-sd")
+        assert await two.checkpoint("key:b") is None  # the oldest choice beyond the cap is forgotten
+
+    memory = CallerJobs()
+    asyncio.run(scenario(memory, memory))
+    asyncio.run(scenario(SharedCallerJobs(path), SharedCallerJobs(path)))  # two API worker processes

@@ -9,6 +9,7 @@ import pytest
 
 from t2i_core.patches import bentoml as bentoml_patches
 from t2i_core.patches import diffusers as diffusers_patches
+from t2i_core.patches import starlette as starlette_patches
 from t2i_core.patches import version_guard
 
 
@@ -23,6 +24,7 @@ def test_versions_match_exactly_or_by_prefix(installed, tested, ok):
 def test_the_installed_libraries_are_the_ones_the_patches_were_written_for():
     assert version_guard.written_for("bentoml", bentoml_patches.WRITTEN_FOR, "check")
     assert version_guard.written_for("diffusers", diffusers_patches.WRITTEN_FOR, "check")
+    assert version_guard.written_for("starlette", starlette_patches.WRITTEN_FOR, "check")
 
 
 def test_on_another_version_a_patch_warns_once_and_changes_nothing(monkeypatch, caplog):

@@ -1,7 +1,8 @@
 """What BentoML does not do for a public endpoint, as one ASGI middleware on the API service:
 
 - API keys (``T2I_API_KEYS``): generation routes need ``Authorization: Bearer <key>`` (401);
-  health, metrics, docs and image links stay open; admin routes have their own key.
+  health, metrics, docs and image links stay open; admin routes have their own key, which is also
+  accepted wherever an API key is.
 - Body cap (``T2I_MAX_BODY_BYTES``): 413 from ``Content-Length`` before the body is read, or as soon
   as a chunked body passes the cap.
 - Bounded work (``T2I_MAX_IN_FLIGHT``): beyond that many generation requests in flight, new ones
@@ -20,17 +21,15 @@ import json
 import time
 from typing import Any
 
-from t2i_core.api import request_log
 from t2i_core.common import metrics
 from t2i_core.common.config import Settings
 from t2i_core.common.errors import (
-    BodyTimeout, InvalidRequest, PayloadTooLarge, ShuttingDown, T2IError, TooManyRequests, Unauthorized,
+    BodyTimeout, ClientClosed, InvalidRequest, PayloadTooLarge, ShuttingDown, T2IError, TooManyRequests, Unauthorized,
 )
 from t2i_core.common.shutdown import DRAINING
 from t2i_core.api.responses import error_response_for
-from t2i_core.common.paths import GENERATION_PATHS, TASK_ROUTE
+from t2i_core.common.paths import GENERATION_PATHS
 
-TASK_PATHS = f"{TASK_ROUTE}/"
 OPEN_PREFIXES = ("/livez", "/readyz", "/healthz", "/metrics", "/docs.json", "/schema.json", "/static",
                  "/v1/images/files/", "/admin/", "/ui", "/playground")
 
@@ -85,8 +84,9 @@ class GuardMiddleware:
         self.app = app
         self.settings = settings or Settings.from_env()
         self.keys = [k.strip().encode() for k in self.settings.api_keys.split(",") if k.strip()]
+        if self.keys and self.settings.admin_key:  # the admin may do what any client may (the A1111 options
+            self.keys.append(self.settings.admin_key.encode())  # route needs it and passes through here)
         self.strict_fields = strict_fields or {}
-        self.admin_key = self.settings.admin_key.encode()
         self.in_flight = IN_FLIGHT
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -120,9 +120,9 @@ class GuardMiddleware:
             if path in self.strict_fields and _parsed_as_json(headers):
                 self._check_fields(path, body)
             self._check_capacity()
-        except _Disconnected:
-            request_log.note(error="client_closed", error_message="the client left while sending its body")
-            return  # nobody to answer
+        except _Disconnected:  # nobody reads the answer: it is for the request's log line (499)
+            await self._reject(scope, send, path, ClientClosed("the client left while sending its body"))
+            return
         except T2IError as err:
             await self._reject(scope, send, path, err)
             return
@@ -167,8 +167,6 @@ class GuardMiddleware:
         matched = False
         for key in self.keys:
             matched |= hmac.compare_digest(given, key)
-        if path.startswith(TASK_PATHS) and self.admin_key:  # the admin key reads and cancels any task
-            matched |= hmac.compare_digest(given, self.admin_key)
         if scheme.lower() != b"bearer" or not matched:
             raise Unauthorized("this server needs an API key: send 'Authorization: Bearer <key>'")
 

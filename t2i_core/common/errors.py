@@ -79,6 +79,14 @@ class Gone(T2IError):
     type = "invalid_request_error"
 
 
+class UnsupportedMediaType(T2IError):
+    """A body in a format this route does not take (BentoML refuses its pickle format on a public route)."""
+
+    status = 415
+    code = "unsupported_media_type"
+    type = "invalid_request_error"
+
+
 class BodyTimeout(T2IError):
     """The request body did not arrive in time."""
 
@@ -215,8 +223,16 @@ class EngineFailure(T2IError):
 
 _BY_CODE: dict[str, type[T2IError]] = {
     c.code: c for c in (T2IError, InvalidRequest, NotFound, UnknownModel, Gone, Conflict, ModelBusy, Unauthorized, Forbidden, OutOfMemory, RequestTimeout, ClientClosed, TaskCanceled, TooManyRequests, PayloadTooLarge, ModelUnavailable, EngineFailure, DefaultModelChanged, BodyTimeout, ContentFiltered, ShuttingDown,
-              UnknownAdapter, UnknownControlNet, TaskLost, StateUnavailable)
+              UnknownAdapter, UnknownControlNet, UnsupportedMediaType, TaskLost, StateUnavailable)
 }
+
+
+def client_error_for_status(status: int, message: str) -> T2IError:
+    """The client error (4xx) a library reported with only a status and a message (BentoML's own)."""
+    for kind in (Unauthorized, Forbidden, NotFound, Conflict, PayloadTooLarge, UnsupportedMediaType, TooManyRequests):
+        if kind.status == status:
+            return kind(message)
+    return InvalidRequest(message)
 
 
 def http_status(err: T2IError) -> int:
@@ -239,8 +255,9 @@ def describe_validation_errors(errors: list[dict[str, Any]]) -> tuple[str, str |
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         if err.get("type") == "missing":
             msg = f"{loc} is required"
-        elif err.get("type") == "json_invalid":
-            msg = "request body is not valid JSON"
+        elif err.get("type") == "json_invalid":  # pydantic's "Invalid JSON: <where and why>"
+            reason = msg.split(":", 1)[1].strip() if ":" in msg else ""
+            msg = f"request body is not valid JSON: {reason}" if reason else "request body is not valid JSON"
             first = None
         parts.append(msg if loc in msg else f"{loc}: {msg}")
     return "; ".join(parts) or "invalid request", first

@@ -27,8 +27,16 @@
   500 ``internal_error`` with a traceback in the log on every probe. An engine that does not answer
   is now "not ready": 503. The same bug as bentoml/BentoML#4023, fixed for the old runners by #4024
   (which catches ``ServerTimeoutError`` only: aiohttp's total timeout is another exception).
-- ``strict_multipart_files``: multipart file fields never fetch a client-given URL, take one part,
-  and a damaged body is a 400 (see its docstring).
+- ``strict_multipart_files``: multipart file fields never fetch a client-given URL and take one part
+  (see its docstring).
+- ``client_faults_are_4xx``: a body BentoML cannot parse (damaged multipart, text that is not UTF-8,
+  invalid JSON, a field that fails validation) raised whatever its parser raised: Starlette's 400
+  ``HTTPException`` or a ``ValueError`` became 500s, and every parse failure, 400s included, was logged
+  at ERROR with a traceback (``Exception on /edit [POST]``): a client sending bad bodies flooded the
+  log. Any failure to read a native route's body now goes through ``t2i_core.api.body_errors``
+  (400 naming the problem, 499 for a client that left mid-body) and ``error_response_for``; BentoML's
+  own 4xx errors (its 415 for a pickle body) are answered the same way. Client errors get the request
+  log's one line; a traceback is left for the server's own faults.
 
 Upstream: for the readyz probe see above; none of the others has an upstream issue we know of. (BentoML's
 task store is not patched: the task routes are ours, see t2i_core/api/surfaces/tasks/routes.py; its
@@ -186,8 +194,8 @@ def strict_multipart_files() -> None:
       check, ``file://`` and paths answered 500). An image is bytes (a file part) or base64: text for a
       file field is refused with a 400 naming the field;
     - two parts for one file field: the first was used silently; now a 400 naming the field;
-    - a damaged multipart body raised ``MultiPartException`` (500); a text part holding a
-      5000-digit number raised ``ValueError`` from ``json.loads`` (500): both are 400s now.
+    - a text part holding a 5000-digit number raised ``ValueError`` from ``json.loads`` (500): it is
+      kept as text. A body that cannot be read at all is ``client_faults_are_4xx``'s.
     """
     if not written_for("bentoml", WRITTEN_FOR, "strict_multipart_files"):
         return
@@ -195,25 +203,22 @@ def strict_multipart_files() -> None:
 
     from _bentoml_impl.serde import MultipartSerde
     from _bentoml_sdk.typing_utils import is_list_type, is_union_type
-    from bentoml.exceptions import BadInput
     from typing_extensions import get_args
     from starlette.datastructures import UploadFile
-    from starlette.formparsers import MultiPartException
+
+    from t2i_core.common.errors import InvalidRequest
 
     if getattr(MultipartSerde.parse_request, "_t2i_patched", False):
         return
 
     async def parse_request(self: Any, request: Any, cls: Any) -> Any:
-        try:
-            form = await request.form()
-        except (MultiPartException, ValueError) as exc:
-            raise BadInput(f"the multipart/form-data body cannot be read: {exc}") from None
+        form = await request.form()
         data: dict[str, Any] = {}
         for key in form:
             values = form.getlist(key)
             if key in cls.multipart_fields:
                 if not all(isinstance(v, UploadFile) for v in values):
-                    raise BadInput(f"{key} must be an uploaded file (a file part); got a text value")
+                    raise InvalidRequest(f"{key} must be an uploaded file (a file part); got a text value", param=key)
                 annotation = cls.model_fields[key].annotation
                 if is_union_type(annotation):
                     annotation = get_args(annotation)[0]
@@ -222,7 +227,7 @@ def strict_multipart_files() -> None:
                 elif len(values) == 1:
                     data[key] = values[0]
                 else:
-                    raise BadInput(f"{key} must be exactly one file; got {len(values)} files")
+                    raise InvalidRequest(f"{key} must be exactly one file; got {len(values)} files", param=key)
                 continue
             value = form[key]
             if isinstance(value, UploadFile):
@@ -235,3 +240,54 @@ def strict_multipart_files() -> None:
 
     parse_request._t2i_patched = True  # type: ignore[attr-defined]
     MultipartSerde.parse_request = parse_request  # type: ignore[method-assign]
+
+
+class _UnreadableBody(Exception):
+    """A native route's body could not be read: ``error`` is what its client gets."""
+
+    def __init__(self, error: Any) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def client_faults_are_4xx() -> None:
+    if not written_for("bentoml", WRITTEN_FOR, "client_faults_are_4xx"):
+        return
+    from _bentoml_impl.server.app import ServiceAppFactory
+    from _bentoml_sdk.io_models import IOMixin
+    from bentoml.exceptions import BentoMLException
+
+    if getattr(ServiceAppFactory.api_endpoint, "_t2i_patched", False):
+        return
+    original_parse = IOMixin.from_http_request.__func__  # type: ignore[attr-defined]
+    original_endpoint = ServiceAppFactory.api_endpoint
+
+    async def from_http_request(cls: Any, request: Any, serde: Any) -> Any:
+        try:
+            return await original_parse(cls, request, serde)
+        except Exception as exc:  # noqa: BLE001 - sorted by body_error; the server's own faults re-raised
+            from t2i_core.api.body_errors import body_error
+
+            error = body_error(exc, request.headers.get("content-type", ""))
+            if error is None:
+                raise
+            raise _UnreadableBody(error) from None
+
+    async def api_endpoint(self: Any, name: str, request: Any) -> Any:
+        from t2i_core.api.responses import error_response_for
+        from t2i_core.common.errors import client_error_for_status
+
+        try:
+            return await original_endpoint(self, name, request)
+        except _UnreadableBody as fault:
+            error = fault.error
+        except BentoMLException as exc:
+            status = int(exc.error_code)
+            if not 400 <= status < 500:
+                raise
+            error = client_error_for_status(status, str(exc))
+        return error_response_for(request.url.path, error)
+
+    api_endpoint._t2i_patched = True  # type: ignore[attr-defined]
+    IOMixin.from_http_request = classmethod(from_http_request)  # type: ignore[method-assign,assignment]
+    ServiceAppFactory.api_endpoint = api_endpoint  # type: ignore[method-assign]

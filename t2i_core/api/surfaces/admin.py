@@ -24,11 +24,17 @@ from t2i_core.api.responses import guarded
 from t2i_core.api.surfaces.reading import read_json_object
 
 
+def has_admin_key(request: Request, admin_key: str) -> bool:
+    """Whether the request carries ``Authorization: Bearer <admin_key>`` (compared in constant time)."""
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    return bool(admin_key) and scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode(), admin_key.encode())
+
+
 def check_admin_key(request: Request, admin_key: str) -> None:
     if not admin_key:
         raise Forbidden("the admin API is disabled: set T2I_ADMIN_KEY to enable it")
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), admin_key.encode()):
+    if not has_admin_key(request, admin_key):
         raise Unauthorized("admin routes need 'Authorization: Bearer <T2I_ADMIN_KEY>'")
 
 

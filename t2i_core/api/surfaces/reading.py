@@ -7,31 +7,38 @@ import re
 from typing import Any
 
 from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
+from t2i_core.api.body_errors import body_error
 from t2i_core.common.errors import InvalidRequest
 from t2i_core.api.images.codecs import decode_base64
 
 
 
 async def read_json_object(request: Request) -> dict[str, Any]:
-    """The body as a JSON object; InvalidRequest (400) saying where the JSON breaks."""
-    body = await request.body()
+    """The body as a JSON object; InvalidRequest (400) saying where the JSON breaks (``NaN`` and
+    ``Infinity`` are not JSON), ClientClosed when the client leaves while sending it."""
+    content_type = request.headers.get("content-type", "")
     try:
-        data = json.loads(body or b"null")
-    except RecursionError:
-        raise InvalidRequest("request body is not valid JSON: nested too deeply", code="invalid_json") from None
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer past Python's digit limit
-        where = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
-        raise InvalidRequest(
-            f"request body is not valid JSON{where}: {getattr(exc, 'msg', exc)} "
-            "(a trailing comma after the last field is a common cause)",
-            code="invalid_json",
-        ) from None
+        data = json.loads(await request.body() or b"null", parse_constant=_not_json)
+    except Exception as exc:  # noqa: BLE001 - sorted by body_error; the server's own faults re-raised
+        error = body_error(exc, content_type)
+        if error is None:
+            raise
+        if error.code == "invalid_json" and isinstance(exc, json.JSONDecodeError):
+            hint = (f"; this route reads a JSON body, and this one was sent as {content_type.split(';')[0]!r}"
+                    if content_type.lower().startswith(("multipart/", "application/x-www-form-urlencoded")) else
+                    " (a trailing comma after the last field is a common cause)")
+            error.message += hint
+        raise error from None
     if not isinstance(data, dict):
         raise InvalidRequest(f"request body must be a JSON object; got {type(data).__name__}", code="invalid_json")
     return data
+
+
+def _not_json(constant: str) -> Any:
+    raise InvalidRequest(f"request body is not valid JSON: {constant} is not a JSON value (numbers must be finite)",
+                         code="invalid_json")
 
 
 async def read_form(request: Request) -> tuple[dict[str, Any], dict[str, list[UploadFile]]]:
@@ -42,8 +49,11 @@ async def read_form(request: Request) -> tuple[dict[str, Any], dict[str, list[Up
     the objects of a list should all have the same keys; a JSON text field keeps any shape)."""
     try:
         form = await request.form()
-    except (MultiPartException, ValueError) as exc:
-        raise InvalidRequest(f"the form body cannot be read: {exc}", code="invalid_form") from None
+    except Exception as exc:  # noqa: BLE001 - sorted by body_error; the server's own faults re-raised
+        error = body_error(exc, request.headers.get("content-type", ""))
+        if error is None:
+            raise
+        raise error from None
     values: dict[str, Any] = {}
     files: dict[str, list[UploadFile]] = {}
     for key, value in form.multi_items():

@@ -1,10 +1,13 @@
-"""Each A1111 caller's latest request, for ``/sdapi/v1/progress``, ``interrupt`` and ``skip``.
+"""What the server keeps of each A1111 caller: its latest request, for ``/sdapi/v1/progress``,
+``interrupt`` and ``skip``, and the checkpoint it chose with ``POST options``.
 
 The A1111 API names no job in those calls: they act on "the current one", which for a shared server
-is the caller's latest (its API key, else its address). With one API worker that is kept in memory;
-with several (``T2I_API_WORKERS``), a progress poll or an interrupt may reach another worker than the
-one that took the request, so the workers share a small SQLite file in the server's run folder.
-API keys are kept as hashes, never as given.
+is the caller's latest (its API key, else its address). Likewise ``POST options`` sets "the" model: a
+caller with a key sets its own (its later requests use it; ``GET options`` shows it), so one client
+never switches another's model. With one API worker that is kept in memory; with several
+(``T2I_API_WORKERS``), a later call may reach another worker than the one that took the earlier one,
+so the workers share a small SQLite file in the server's run folder. API keys are kept as hashes,
+never as given.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class CallerJobs:
 
     def __init__(self) -> None:
         self._latest: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._checkpoints: OrderedDict[str, str] = OrderedDict()
 
     async def remember(self, caller: str, request_id: str) -> None:
         self._latest.pop(caller, None)
@@ -56,8 +60,21 @@ class CallerJobs:
         """The caller's latest request id and when it started (epoch seconds)."""
         return self._latest.get(caller)
 
+    async def choose_checkpoint(self, caller: str, model_id: str) -> None:
+        self._checkpoints.pop(caller, None)
+        self._checkpoints[caller] = model_id
+        while len(self._checkpoints) > CALLERS_KEPT:
+            self._checkpoints.popitem(last=False)
 
-SCHEMA = "CREATE TABLE IF NOT EXISTS callers (caller TEXT PRIMARY KEY, request_id TEXT NOT NULL, started REAL NOT NULL)"
+    async def checkpoint(self, caller: str) -> str | None:
+        """The model the caller chose with ``POST options``; None: the server's default."""
+        return self._checkpoints.get(caller)
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS callers (caller TEXT PRIMARY KEY, request_id TEXT NOT NULL, started REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS checkpoints (caller TEXT PRIMARY KEY, model TEXT NOT NULL, chosen REAL NOT NULL)
+"""
 
 
 class SharedCallerJobs(CallerJobs):
@@ -92,6 +109,19 @@ class SharedCallerJobs(CallerJobs):
         rows = await asyncio.to_thread(self.db.read, "SELECT request_id, started FROM callers WHERE caller = ?",
                                        (caller,))
         return (rows[0][0], rows[0][1]) if rows else None
+
+    async def choose_checkpoint(self, caller: str, model_id: str) -> None:
+        await asyncio.to_thread(self._choose, caller, model_id)
+
+    def _choose(self, caller: str, model_id: str) -> None:
+        with self.db.write() as conn:
+            conn.execute("INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?)", (caller, model_id, time.time()))
+            conn.execute("DELETE FROM checkpoints WHERE caller NOT IN (SELECT caller FROM checkpoints ORDER BY chosen "
+                         "DESC LIMIT ?)", (CALLERS_KEPT,))
+
+    async def checkpoint(self, caller: str) -> str | None:
+        rows = await asyncio.to_thread(self.db.read, "SELECT model FROM checkpoints WHERE caller = ?", (caller,))
+        return rows[0][0] if rows else None
 
 
 def open_caller_jobs(api_workers: int, run_dir: str) -> CallerJobs:

@@ -6,8 +6,9 @@ ControlNet from the ControlNet extension's unit in ``alwayson_scripts``; ``loras
 adapters and ``/controlnet/model_list`` its ControlNets (the extension's own route).
 
 ``progress``, ``interrupt`` and ``skip`` act on the caller's own work (its API key, else its address):
-a shared server must not let one client stop another's image. ``POST options`` changes only
-``sd_model_checkpoint`` (the default model), and only with the admin key.
+a shared server must not let one client stop another's image. ``POST options`` sets only
+``sd_model_checkpoint``: with an API key, the model of that caller's later requests (one client must
+not switch everyone's model); with the admin key, the server's default model.
 """
 
 from __future__ import annotations
@@ -28,13 +29,18 @@ from t2i_core.api.surfaces.a1111.callers import CallerJobs, caller_of
 from t2i_core.api.surfaces.a1111.protocol import (
     Img2Img, Txt2Img, a1111_mask, answer, controlnet_fields, sampler_rows, schedule_rows, scheduler_for, split_loras,
 )
-from t2i_core.api.surfaces.admin import check_admin_key
+from t2i_core.api.surfaces.admin import has_admin_key
 from t2i_core.api.surfaces.reading import read_json_object
-from t2i_core.common.errors import ClientClosed, InvalidRequest, RequestTimeout, T2IError, UnknownAdapter
+from t2i_core.common.errors import ClientClosed, InvalidRequest, RequestTimeout, T2IError, Unauthorized, UnknownAdapter
 from t2i_core.api.images.codecs import decode_base64
 from t2i_core.common.schemas import EditRequest, GenerateRequest
 
 PREFIX = "/sdapi/v1"
+
+
+def model_id_of(title: Any) -> str:
+    """A model id from an A1111 checkpoint title, which may end in " [hash]"."""
+    return str(title).split(" [", 1)[0]
 
 
 def a1111_routes(get_frontend: Callable[[], Frontend], callers: CallerJobs | None = None) -> list[Route]:
@@ -56,16 +62,21 @@ def a1111_routes(get_frontend: Callable[[], Frontend], callers: CallerJobs | Non
             await jobs.restore(caller, request_id, previous)
             raise
 
-    def model_for(front: Frontend, req: Txt2Img) -> str | None:
-        title = req.override_settings.get("sd_model_checkpoint")
+    async def chosen_checkpoint(request: Request) -> str | None:
+        """The model this caller chose with ``POST options`` (callers with a key only)."""
+        return await jobs.checkpoint(caller_of(request)) if request.headers.get("authorization") else None
+
+    def model_for(front: Frontend, req: Txt2Img, chosen: str | None) -> str | None:
+        """The request's ``override_settings`` checkpoint, else the caller's, else None (the default)."""
+        title = req.override_settings.get("sd_model_checkpoint", chosen)
         if title is None:
             return None
-        model_id = str(title).split(" [", 1)[0]  # A1111 titles may carry " [hash]"
+        model_id = model_id_of(title)
         front.registry.get(model_id)  # 404 naming the known models
         return model_id
 
-    def native_fields(front: Frontend, req: Txt2Img) -> dict[str, Any]:
-        model = model_for(front, req)
+    def native_fields(front: Frontend, req: Txt2Img, chosen: str | None) -> dict[str, Any]:
+        model = model_for(front, req, chosen)
         entry = front.registry.get(model)
         prompt, adapters = split_loras(req.prompt)
         if not prompt:
@@ -91,7 +102,7 @@ def a1111_routes(get_frontend: Callable[[], Frontend], callers: CallerJobs | Non
     async def txt2img(request: Request) -> Response:
         front = get_frontend()
         req = parse(Txt2Img, await read_json_object(request))
-        fields = native_fields(front, req)
+        fields = native_fields(front, req, await chosen_checkpoint(request))
         if fields.get("controlnet") is not None and fields.get("control_image") is None:
             raise InvalidRequest("the ControlNet unit needs an image (txt2img has no init image to fall back on)",
                                  param="alwayson_scripts")
@@ -108,7 +119,7 @@ def a1111_routes(get_frontend: Callable[[], Frontend], callers: CallerJobs | Non
         req = parse(Img2Img, await read_json_object(request))
         if not req.init_images:
             raise InvalidRequest("init_images must hold one base64 image", param="init_images")
-        fields = native_fields(front, req)
+        fields = native_fields(front, req, await chosen_checkpoint(request))
         if fields.get("controlnet") is not None and fields.get("control_image") is None:
             fields["control_image"] = req.init_images[0]  # as the ControlNet extension does in img2img
         native = parse(EditRequest, {**fields, "strength": req.denoising_strength})
@@ -169,16 +180,25 @@ def a1111_routes(get_frontend: Callable[[], Frontend], callers: CallerJobs | Non
         front = get_frontend()
         if request.method == "POST":
             data = await read_json_object(request)
-            check_admin_key(request, front.settings.admin_key)  # one client must not switch everyone's model
+            admin = has_admin_key(request, front.settings.admin_key)
+            if not admin and not request.headers.get("authorization"):
+                raise Unauthorized("setting options needs a key: 'Authorization: Bearer <API key>' sets the model of "
+                                   "your own requests, the admin key (T2I_ADMIN_KEY) the server's default model")
             unknown = sorted(set(data) - {"sd_model_checkpoint"})
             if unknown:
                 raise InvalidRequest(f"only sd_model_checkpoint can be set here; got {', '.join(unknown)}",
                                      param=unknown[0])
             if "sd_model_checkpoint" in data:
-                await front.model_action("set_default", str(data["sd_model_checkpoint"]).split(" [", 1)[0])
+                model_id = model_id_of(data["sd_model_checkpoint"])
+                if admin:  # the default for everyone
+                    await front.model_action("set_default", model_id)
+                else:  # this caller's own requests: one client must not switch everyone's model
+                    front.registry.get(model_id)  # 404 naming the known models
+                    await jobs.choose_checkpoint(caller_of(request), model_id)
             return JSONResponse({})
+        chosen = await chosen_checkpoint(request)
         await front.model_states()  # the engine's default
-        return JSONResponse({"sd_model_checkpoint": front.registry.default_id, "samples_format": "png",
+        return JSONResponse({"sd_model_checkpoint": chosen or front.registry.default_id, "samples_format": "png",
                              "sd_checkpoint_hash": None})
 
     @guarded
