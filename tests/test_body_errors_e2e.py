@@ -3,7 +3,7 @@ body shape of the route's surface, never a 5xx; the server logs each as one requ
 4xx status (no traceback, no ERROR line); a client that leaves mid-body is logged as a client close.
 
 One server (the session's) for the whole table: every (route, body) pair is sent once, then checked.
-The task submit route is left out here: its handling is its own (tests/test_tasks_e2e.py).
+A damaged task submit is refused at once too (no task is made that fails later).
 """
 
 from __future__ import annotations
@@ -60,14 +60,14 @@ BODIES: dict[str, tuple[bytes, str, tuple[str, ...]]] = {
 
 #: route -> surface (the shape of its error body)
 ROUTES = {
-    "/generate": "native", "/edit": "native", "/tasks/generate": "native",
+    "/generate": "native", "/edit": "native", "/tasks/generate": "native", "/tasks/generate/submit": "native",
     "/v1/images/generations": "openai", "/v1/images/edits": "openai", "/admin/default": "openai",
     "/sdapi/v1/txt2img": "a1111", "/sdapi/v1/img2img": "a1111", "/sdapi/v1/options": "a1111",
     "/api/image/generate": "seed", "/api/image/edit": "seed", "/generate-image": "seed", "/image/generate": "seed",
 }
 #: the routes that read multipart bodies; the others read JSON whatever the Content-Type says, so a valid
 #: JSON body sent as multipart is damaged only here
-FORM_ROUTES = {"/generate", "/edit", "/tasks/generate", "/v1/images/edits"}
+FORM_ROUTES = {"/generate", "/edit", "/tasks/generate", "/tasks/generate/submit", "/v1/images/edits"}
 CASES = [(route, name) for route in ROUTES for name in BODIES
          if name != "JSON sent as multipart" or route in FORM_ROUTES]
 
