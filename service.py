@@ -140,11 +140,11 @@ class Engine:
         return await asyncio.to_thread(self.core.progress, request_ids)
 
     @bentoml.api
-    async def previews(self, request_id: str, since: int = 0, want_next: bool = False) -> list[Preview]:
+    async def previews(self, request_id: str, since: int = 0, want_next: bool = False, caller: str = "") -> list[Preview]:
         """The partial images of ``request_id`` made so far, from index ``since`` on; ``want_next``: also
-        decode its latents after its next step (a live preview)."""
+        decode its latents after its next step (a live preview, bounded per ``caller``)."""
         if want_next:
-            await asyncio.to_thread(self.core.want_preview, request_id)
+            await asyncio.to_thread(self.core.want_preview, request_id, caller)
         return await asyncio.to_thread(self.core.take_previews, request_id, since)
 
     @bentoml.api

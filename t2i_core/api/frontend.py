@@ -192,11 +192,12 @@ class Frontend:
         to_engine(req, self.registry.get(req.model), registry=self.registry)
 
     async def previews(
-        self, request_id: str, since: int, fmt: str, want_next: bool = False
+        self, request_id: str, since: int, fmt: str, want_next: bool = False, caller: str = ""
     ) -> list[tuple[Preview, bytes]]:
         """The partial images of ``request_id`` from index ``since`` on, each encoded in ``fmt``;
-        ``want_next``: the engine also decodes its latents after the next step (a live preview)."""
-        found = await self.engine.previews(request_id, since, want_next)
+        ``want_next``: the engine also decodes its latents after the next step (a live preview), for
+        ``caller`` (``caller_of`` the request: the engine bounds each caller's wishes)."""
+        found = await self.engine.previews(request_id, since, want_next, caller)
         encoded = await self._encode([EngineResult(model="", pixels=p.pixels, width=p.width, height=p.height)
                                       for p in found], fmt, [""] * len(found))
         return [(preview, data) for preview, (data, _) in zip(found, encoded)]

@@ -144,7 +144,7 @@ def a1111_routes(get_frontend: Callable[[], Frontend], callers: CallerJobs | Non
         body.update(progress=round(fraction, 4),
                     eta_relative=round(elapsed / fraction - elapsed, 3) if running and 0 < fraction < 1 else 0.0)
         if running and request.query_params.get("skip_current_image", "false").lower() != "true":
-            previews = await front.previews(request_id, 0, "png", want_next=True)
+            previews = await front.previews(request_id, 0, "png", want_next=True, caller=caller_of(request))
             if previews:
                 import base64
 

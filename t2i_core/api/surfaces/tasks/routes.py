@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from t2i_core.api.caller import caller_of
 from t2i_core.api.responses import guarded
 from t2i_core.api.surfaces.tasks.store import engine_request_id, existing_task
 from t2i_core.common.paths import TASK_ROUTE
@@ -38,7 +39,9 @@ def task_routes(get_frontend: Callable[[], Any]) -> list[Route]:
         body = {"task_id": task_id, "status": status, **engine, "fraction": fraction}
         if request.query_params.get("preview", "").lower() in ("1", "true", "yes"):
             # the latest decode of the latents (null until one is made: the engine decodes after the next step)
-            previews = await front.previews(work_id, 0, "png", want_next=engine.get("state") in ("queued", "running"))
+            # a live preview only while the task can still run (a failed task's work may never have started)
+            running = status in ("pending", "in_progress") and engine.get("state") in ("queued", "running")
+            previews = await front.previews(work_id, 0, "png", want_next=running, caller=caller_of(request))
             latest = previews[-1] if previews else None
             body["current_image"] = base64.b64encode(latest[1]).decode("ascii") if latest else None
             body["current_image_step"] = latest[0].step if latest else None
