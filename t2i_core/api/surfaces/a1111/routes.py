@@ -112,6 +112,7 @@ def a1111_routes(get_frontend: Callable[[], Frontend], callers: CallerJobs | Non
         if fields.get("controlnet") is not None and fields.get("control_image") is None:
             fields["control_image"] = req.init_images[0]  # as the ControlNet extension does in img2img
         native = parse(EditRequest, {**fields, "strength": req.denoising_strength})
+        front.check_edit(native, masked=bool(req.mask))  # before any image is decoded
         source = decode_base64(req.init_images[0], field="init_images")
         mask = None
         if req.mask:
