@@ -27,7 +27,7 @@ from t2i_core.patches.bentoml import (
     NO_SESSION_RENEWAL, cache_local_callers, cancel_request_timers, engine_not_ready_is_503, keep_canceled_tasks_canceled,
     memoize_media_types, strict_multipart_files, trace_only_when_exported,
 )
-from t2i_core.common.config import Settings
+from t2i_core.common.startup import startup_settings
 from t2i_core.patches.gc_freeze import freeze_startup_objects
 from t2i_core.patches.uvicorn import bound_request_headers
 from t2i_core.api.engine_client import RemoteEngine
@@ -35,7 +35,6 @@ from t2i_core.api.frontend import Frontend, until_disconnected
 from t2i_core.api.responses import ErrorBodyMiddleware
 from t2i_core.api.guards import IN_FLIGHT, GuardMiddleware, cors_options
 from t2i_core.api.image_store import open_image_store
-from t2i_core.common.registry import RegistryError, load_registry_file
 from t2i_core.api.retry import retry_dropped
 from t2i_core.common.shutdown import drain_on_sigterm
 from t2i_core.api.surfaces.native import EditUpload, answer, upload_bytes
@@ -47,11 +46,8 @@ from t2i_core.api.surfaces.tasks.store import engine_request_id, until_cancelled
 from t2i_core.common.paths import TASK_ROUTE
 from t2i_core.common.workers import engine_worker_count, image_store_spec, pin_engine_worker, run_folder, visible_gpus
 
-SETTINGS = Settings.from_env()
-try:  # a bad registry file stops the server at once, naming the file, the entry and the field
-    load_registry_file()
-except RegistryError as exc:
-    raise SystemExit(f"t2i-server cannot start: {exc}") from None
+# a bad T2I_* value, registry file or default model stops the server at once, in one line naming it
+SETTINGS = startup_settings()
 # Each service its own traffic settings (BentoML adds its task settings, external_queue and
 # concurrency 1, to the dict of a service with a task: a shared dict would carry them to the engine).
 # BentoML's own timeout stays above ours, so that ours (504, work stopped) answers first.
