@@ -28,7 +28,7 @@ from t2i_core.patches.bentoml import (
     memoize_media_types, strict_multipart_files, trace_only_when_exported,
 )
 from t2i_core.patches.starlette import strict_form_parsing
-from t2i_core.common.config import Settings
+from t2i_core.common.startup import startup_settings
 from t2i_core.patches.gc_freeze import freeze_startup_objects
 from t2i_core.patches.uvicorn import bound_request_headers
 from t2i_core.api.engine_client import RemoteEngine
@@ -36,7 +36,6 @@ from t2i_core.api.frontend import Frontend, until_disconnected
 from t2i_core.api.responses import ErrorBodyMiddleware
 from t2i_core.api.guards import IN_FLIGHT, GuardMiddleware, cors_options
 from t2i_core.api.image_store import open_image_store
-from t2i_core.common.registry import RegistryError, load_registry_file
 from t2i_core.api.retry import retry_dropped
 from t2i_core.common.shutdown import drain_on_sigterm
 from t2i_core.api.surfaces.native import EditUpload, answer, upload_bytes
@@ -49,11 +48,8 @@ from t2i_core.state.open import open_state, resolve_spec
 from t2i_core.common.paths import TASK_ROUTE
 from t2i_core.common.workers import engine_worker_count, image_store_spec, pin_engine_worker, run_folder, visible_gpus
 
-SETTINGS = Settings.from_env()
-try:  # a bad registry file stops the server at once, naming the file, the entry and the field
-    load_registry_file()
-except RegistryError as exc:
-    raise SystemExit(f"t2i-server cannot start: {exc}") from None
+# a bad T2I_* value, registry file or default model stops the server at once, in one line naming it
+SETTINGS = startup_settings()
 # Each service its own traffic settings (BentoML adds its task settings, external_queue and
 # concurrency 1, to the dict of a service with a task: a shared dict would carry them to the engine).
 # BentoML's own timeout stays above ours, so that ours (504, work stopped) answers first.
@@ -145,11 +141,11 @@ class Engine:
         return await asyncio.to_thread(self.core.progress, request_ids)
 
     @bentoml.api
-    async def previews(self, request_id: str, since: int = 0, want_next: bool = False) -> list[Preview]:
+    async def previews(self, request_id: str, since: int = 0, want_next: bool = False, caller: str = "") -> list[Preview]:
         """The partial images of ``request_id`` made so far, from index ``since`` on; ``want_next``: also
-        decode its latents after its next step (a live preview)."""
+        decode its latents after its next step (a live preview, bounded per ``caller``)."""
         if want_next:
-            await asyncio.to_thread(self.core.want_preview, request_id)
+            await asyncio.to_thread(self.core.want_preview, request_id, caller)
         return await asyncio.to_thread(self.core.take_previews, request_id, since)
 
     @bentoml.api

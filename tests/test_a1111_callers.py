@@ -7,7 +7,7 @@ import asyncio
 from starlette.requests import Request
 
 from t2i_core.api.surfaces.a1111 import callers as callers_module
-from t2i_core.api.surfaces.a1111.callers import CallerJobs, SharedCallerJobs, caller_of, open_caller_jobs
+from t2i_core.api.surfaces.a1111.callers import CallerJobs, SharedCallerJobs, caller_id, open_caller_jobs
 
 
 def request(auth: str | None = None, host: str = "10.0.0.7") -> Request:
@@ -16,10 +16,10 @@ def request(auth: str | None = None, host: str = "10.0.0.7") -> Request:
 
 
 def test_a_caller_is_its_key_else_its_address_and_keys_are_never_kept_as_given():
-    assert caller_of(request(host="10.0.0.7")) == "addr:10.0.0.7"
-    keyed = caller_of(request("Bearer s3cret"))
-    assert keyed.startswith("key:") and "s3cret" not in keyed and keyed == caller_of(request("Bearer s3cret", "10.9.9.9"))
-    assert keyed != caller_of(request("Bearer other"))
+    assert caller_id(request(host="10.0.0.7")) == "addr:10.0.0.7"
+    keyed = caller_id(request("Bearer s3cret"))
+    assert keyed.startswith("key:") and "s3cret" not in keyed and keyed == caller_id(request("Bearer s3cret", "10.9.9.9"))
+    assert keyed != caller_id(request("Bearer other"))
 
 
 def test_api_workers_share_the_latest_request_of_each_caller(tmp_path, monkeypatch):

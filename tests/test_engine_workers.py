@@ -200,7 +200,7 @@ def test_the_shared_ledger_prunes_previews_and_takes_wishes_once(tmp_path):
         ledger.add_preview(f"other{i}", Preview(step=1, steps=2, width=1, height=1, pixels=b"x"))
     assert ledger.previews("r") == [] and ledger.previews(f"other{KEPT + 4}")
     ledger.want_preview("w")
-    assert ledger.take_wanted(["w", "x"]) == {"w"} and ledger.take_wanted(["w"]) == set()
+    assert ledger.take_wanted(["w", "x"]) == {"w": ""} and ledger.take_wanted(["w"]) == {}
 
 
 def test_worker_counts_pinning_and_the_run_folder(monkeypatch):

@@ -1,9 +1,11 @@
-"""Who sent a request: the identity that owns its tasks and its A1111 jobs.
+"""Who sent a request: the identity that owns its tasks, its A1111 jobs and its live-preview wishes.
 
-With API keys (``T2I_API_KEYS``), a caller is its key, kept only as a hash (no credential is ever
-stored); the admin key (``T2I_ADMIN_KEY``) sees every caller's tasks. Without API keys the server is
-open: tasks are not separated by caller (their ids are random and unguessable), and A1111 jobs, which
-name no id, go by the client's address.
+A caller is its API key, kept only as a hash (no credential is ever stored), else its address
+(``caller_id``). Tasks (``caller_of``): with API keys (``T2I_API_KEYS``) a task belongs to its key and
+the admin key (``T2I_ADMIN_KEY``) sees every caller's tasks; without API keys the server is open and
+tasks are not separated by caller (their ids are random and unguessable). The A1111 routes find a
+caller's latest job by ``caller_id`` (their calls name no job); the engine bounds each caller's
+live-preview wishes by it, so one caller's stale polls cannot switch previews off for the others.
 """
 
 from __future__ import annotations
@@ -34,6 +36,17 @@ def key_hash(secret: str) -> str:
 def bearer_token(request: Request) -> str | None:
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
     return given.strip() if scheme.lower() == "bearer" and given.strip() else None
+
+
+def caller_id(request: Request) -> str:
+    """"key:<hash of the bearer token>" (or of the whole Authorization header), else "addr:<client address>"."""
+    token = bearer_token(request)
+    if token is not None:
+        return key_hash(token)
+    auth = request.headers.get("authorization")
+    if auth:
+        return key_hash(auth)
+    return f"addr:{request.client.host if request.client else ''}"
 
 
 def caller_of(request: Request, *, api_keys: bool, admin_key: str = "") -> Caller:

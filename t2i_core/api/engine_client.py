@@ -25,7 +25,7 @@ class EngineClient(Protocol):
     async def model_action(self, action: str, model_id: str) -> dict[str, Any]: ...
     async def cancel(self, request_ids: list[str]) -> None: ...
     async def progress(self, request_ids: list[str]) -> dict[str, dict[str, Any]]: ...
-    async def previews(self, request_id: str, since: int, want_next: bool = False) -> list[Preview]: ...
+    async def previews(self, request_id: str, since: int, want_next: bool = False, caller: str = "") -> list[Preview]: ...
 
 
 class LocalEngineClient:
@@ -52,9 +52,9 @@ class LocalEngineClient:
     async def progress(self, request_ids: list[str]) -> dict[str, dict[str, Any]]:
         return self.engine.progress(request_ids)
 
-    async def previews(self, request_id: str, since: int, want_next: bool = False) -> list[Preview]:
+    async def previews(self, request_id: str, since: int, want_next: bool = False, caller: str = "") -> list[Preview]:
         if want_next:
-            self.engine.want_preview(request_id)
+            self.engine.want_preview(request_id, caller)
         return self.engine.take_previews(request_id, since)
 
 
@@ -95,6 +95,6 @@ class RemoteEngine:
     async def progress(self, request_ids: list[str]) -> dict[str, dict[str, Any]]:
         return await retry_dropped(lambda: self.engine.to_async.progress(request_ids=request_ids))
 
-    async def previews(self, request_id: str, since: int, want_next: bool = False) -> list[Preview]:
-        return await retry_dropped(
-            lambda: self.engine.to_async.previews(request_id=request_id, since=since, want_next=want_next))
+    async def previews(self, request_id: str, since: int, want_next: bool = False, caller: str = "") -> list[Preview]:
+        return await retry_dropped(lambda: self.engine.to_async.previews(
+            request_id=request_id, since=since, want_next=want_next, caller=caller))

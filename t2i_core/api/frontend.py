@@ -22,6 +22,7 @@ from t2i_core.common.config import Settings
 from t2i_core.api.images.encode_pool import EncoderPool, default_processes
 from t2i_core.api.images.parameters import parameters_text
 from t2i_core.common.errors import ClientClosed, DefaultModelChanged, InvalidRequest, RequestTimeout, T2IError, describe_validation_errors
+from t2i_core.common.inpainting import denoiser_channels, mode_refusal
 from t2i_core.api.images.codecs import MEDIA_TYPES, decode_base64, decode_image, output_size, timed_encode
 from t2i_core.api.images.masks import decode_mask
 from t2i_core.common.pixels import to_rgb_pixels
@@ -141,7 +142,7 @@ class Frontend:
         ready for ``run``: what ``generate`` would refuse is raised here, before anything is answered."""
         self._note_prompt(req)
         entry = self.registry.get(req.model)
-        self._check_controls(req, entry)  # refused before any image is decoded
+        self._check_controls(req, entry, "generate")  # refused before any image is decoded
         if control_image is None and req.control_image is not None:
             control_image = decode_base64(req.control_image, field="control_image")
         size = (req.width or entry.defaults.width, req.height or entry.defaults.height)
@@ -164,8 +165,7 @@ class Frontend:
         """``req`` checked and its image, mask and control image decoded, ready for ``run`` (as
         ``prepare_generate``)."""
         self._note_prompt(req)
-        entry = self.registry.get(req.model)
-        self._check_controls(req, entry)  # refused before the image is decoded
+        self.check_edit(req, masked=mask is not None)  # refused before the image is decoded
         if control_image is None and isinstance(req.control_image, str):
             control_image = decode_base64(req.control_image, field="control_image")
         inputs = await asyncio.to_thread(self._prepare_inputs, req, image, mask, control_image, transparent_repaints)
@@ -188,11 +188,21 @@ class Frontend:
             disconnected, request_id, partial_images,
         )
 
-    def _check_controls(self, req: GenerateRequest, entry: ModelEntry) -> None:
+    def check_edit(self, req: EditRequest, masked: bool) -> None:
+        """What ``edit`` refuses before decoding any image: adapters and a ControlNet that do not fit the
+        model, a mask on a model that cannot inpaint, no mask on an inpainting checkpoint."""
+        self._check_controls(req, self.registry.get(req.model), "inpaint" if masked else "edit")
+
+    def _check_controls(self, req: GenerateRequest, entry: ModelEntry, mode: str) -> None:
         for use in req.adapters or []:
             self.registry.adapter(use.id, entry)
         if req.controlnet is not None:
             self.registry.controlnet(req.controlnet, entry)
+        # a masked edit runs on the model's dedicated inpainting checkpoint when the registry names one
+        runs_on = self.registry.get(entry.inpainting) if mode == "inpaint" and entry.inpainting else entry
+        refusal = mode_refusal(runs_on.id, runs_on.pipeline, denoiser_channels(runs_on), mode)
+        if refusal is not None:
+            raise refusal
 
     def _decode_rgb(self, data: bytes, size: tuple[int, int], field: str) -> bytes:
         return to_rgb_pixels(decode_image(data, max_pixels=self.settings.max_input_pixels, field=field), *size)
@@ -233,11 +243,12 @@ class Frontend:
         return req
 
     async def previews(
-        self, request_id: str, since: int, fmt: str, want_next: bool = False
+        self, request_id: str, since: int, fmt: str, want_next: bool = False, caller: str = ""
     ) -> list[tuple[Preview, bytes]]:
         """The partial images of ``request_id`` from index ``since`` on, each encoded in ``fmt``;
-        ``want_next``: the engine also decodes its latents after the next step (a live preview)."""
-        found = await self.engine.previews(request_id, since, want_next)
+        ``want_next``: the engine also decodes its latents after the next step (a live preview), for
+        ``caller`` (``caller_id`` of the request: the engine bounds each caller's wishes)."""
+        found = await self.engine.previews(request_id, since, want_next, caller)
         encoded = await self._encode([EngineResult(model="", pixels=p.pixels, width=p.width, height=p.height)
                                       for p in found], fmt, [""] * len(found))
         return [(preview, data) for preview, (data, _) in zip(found, encoded)]

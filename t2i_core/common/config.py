@@ -7,8 +7,29 @@ Every knob has a ``T2I_*`` environment variable. Nothing here imports torch or d
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, fields
 from typing import Callable
+from urllib.parse import urlsplit
+
+from t2i_core.state.open import check_spec
+
+DTYPES = ("float32", "float16", "bfloat16", "float64")
+CPU_BF16_MODES = ("auto", "on", "off")
+PREVIEW_DECODERS = ("approx", "vae")
+#: "auto", or a torch device the engine can run on: cpu, mps, cuda or xpu, with an optional index
+DEVICE = re.compile(r"auto|cpu|mps|(cuda|xpu)(:\d+)?")
+#: the least value of each integer setting (0 or 1 for the switches); the others take 0 and up
+LEAST = {
+    "max_batch_size": 1, "max_latency_ms": 1, "request_timeout_s": 1, "max_input_pixels": 1, "api_workers": 1,
+    "max_body_bytes": 1, "body_timeout_s": 1, "max_header_bytes": 1, "header_timeout_s": 1, "max_in_flight": 1,
+    "max_images_per_request": 1, "image_url_ttl_s": 1, "encode_processes": -1, "fault_oom_above": -1,
+}
+SWITCHES = ("preload", "image_parameters", "log_prompts", "channels_last", "fuse_qkv", "compile")
+
+
+class SettingsError(ValueError):
+    """A ``T2I_*`` setting that cannot be used; the message names the variable, the value and what it may be."""
 
 from t2i_core.state.open import check_spec
 
@@ -20,7 +41,7 @@ def _int(name: str, default: int) -> int:
     try:
         return int(raw)
     except ValueError:
-        raise ValueError(f"environment variable {name} must be an integer; got {raw!r}") from None
+        raise SettingsError(f"environment variable {name} must be an integer; got {raw!r}") from None
 
 
 def _str(name: str, default: str) -> str:
@@ -137,9 +158,7 @@ class Settings:
     warmup_sizes: str = ""
 
     def __post_init__(self) -> None:
-        check_spec(self.state)
-        if self.public_url and not self.public_url.startswith(("http://", "https://")):
-            raise ValueError(f"T2I_PUBLIC_URL must start with http:// or https://; got {self.public_url!r}")
+        check_settings(self)
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -151,3 +170,59 @@ class Settings:
             readers[env] = reader
             values[f.name] = reader(env, f.default)  # type: ignore[arg-type]
         return cls(**values)  # type: ignore[arg-type]
+
+
+def check_settings(settings: Settings) -> None:
+    """SettingsError naming the first setting that cannot be used (checked at startup, before any worker
+    starts: a bad value stops the server in one line instead of failing every request or restarting
+    the engine worker forever)."""
+    def bad(field: str, expected: str) -> SettingsError:
+        return SettingsError(f"T2I_{field.upper()} must be {expected}; got {getattr(settings, field)!r}")
+
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        if f.name in SWITCHES and value not in (0, 1):
+            raise bad(f.name, "0 or 1")
+        if isinstance(value, int) and value < LEAST.get(f.name, 0):
+            raise bad(f.name, f"an integer of {LEAST.get(f.name, 0)} or more")
+    if not DEVICE.fullmatch(settings.device):
+        raise bad("device", "auto, cpu, mps, cuda or xpu (with an optional index, e.g. cuda:1)")
+    if settings.dtype != "auto" and settings.dtype not in DTYPES:
+        raise bad("dtype", f"auto or one of {', '.join(DTYPES)}")
+    if settings.cpu_bf16.lower() not in CPU_BF16_MODES:
+        raise bad("cpu_bf16", f"one of {', '.join(CPU_BF16_MODES)}")
+    if settings.preview_decode not in PREVIEW_DECODERS:
+        raise bad("preview_decode", f"one of {', '.join(PREVIEW_DECODERS)}")
+    kind, sep, where = settings.image_store.partition(":")
+    if not (settings.image_store in ("auto", "memory") or (kind in ("dir", "fsspec") and sep and where)):
+        raise bad("image_store", "auto, memory, dir:<folder> or fsspec:<url>")
+    if settings.public_url:
+        url = urlsplit(settings.public_url)
+        if url.scheme not in ("http", "https"):
+            raise SettingsError(f"T2I_PUBLIC_URL must start with http:// or https://; got {settings.public_url!r}")
+        if not url.netloc:
+            raise SettingsError(f"T2I_PUBLIC_URL must name a host after {url.scheme}://; got {settings.public_url!r}")
+    warmup_sizes(settings.warmup_sizes)
+    try:
+        check_spec(settings.state)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+
+
+def warmup_sizes(text: str) -> tuple[tuple[int, int], ...]:
+    """``T2I_WARMUP_SIZES`` ("512x512,768x512") as (width, height) pairs; SettingsError when malformed."""
+    from t2i_core.common.fields import MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE
+
+    sizes = []
+    for raw in (s.strip() for s in text.split(",") if s.strip()):
+        try:
+            width, height = (int(v) for v in raw.lower().split("x"))
+        except ValueError:
+            width = height = -1
+        if not all(MIN_SIDE <= v <= MAX_SIDE and v % SIDE_MULTIPLE == 0 for v in (width, height)):
+            raise SettingsError(
+                f"T2I_WARMUP_SIZES entries must be WIDTHxHEIGHT with sides multiples of {SIDE_MULTIPLE} "
+                f"between {MIN_SIDE} and {MAX_SIDE}; got {raw!r}"
+            )
+        sizes.append((width, height))
+    return tuple(sizes)

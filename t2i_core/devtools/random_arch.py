@@ -98,11 +98,18 @@ def build(arch: str, folder: Path) -> None:
     pipe.save_pretrained(folder)
 
 
+def random_folder(arch: str) -> Path:
+    """Where the random-weight ``arch`` pipeline is cached (built or not)."""
+    from t2i_core.devtools.tiny import tiny_cache_dir
+
+    return tiny_cache_dir().parent / "random" / arch
+
+
 def ensure_random_pipeline(arch: str) -> Path:
     """The cached folder of the random-weight ``arch`` pipeline, building it first if absent."""
-    from t2i_core.devtools.tiny import tiny_cache_dir, write_folder
+    from t2i_core.devtools.tiny import write_folder
 
-    folder = tiny_cache_dir().parent / "random" / arch
+    folder = random_folder(arch)
     if not (folder / "model_index.json").is_file():
         write_folder(folder, lambda staging: build(arch, staging))
     return folder

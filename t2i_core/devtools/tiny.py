@@ -303,9 +303,14 @@ def tiny_cache_dir() -> Path:
     return Path(root) / "tiny"
 
 
+def tiny_folder(family: str) -> Path:
+    """Where the tiny ``family`` pipeline is cached (built or not)."""
+    return tiny_cache_dir() / f"{family}-v{BUILDER_VERSION}"
+
+
 def ensure_tiny_pipeline(family: str) -> Path:
     """Return the cached folder of the tiny ``family`` pipeline, building it first if absent."""
-    folder = tiny_cache_dir() / f"{family}-v{BUILDER_VERSION}"
+    folder = tiny_folder(family)
     if not (folder / "model_index.json").is_file():
         build_tiny_pipeline(family, folder, replace=False)
     return folder

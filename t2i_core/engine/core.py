@@ -135,10 +135,11 @@ class Engine(SharedWorkers):
         self.worker = worker
         self.board: WorkerBoard | None = None
         #: cancellations, progress, partial images (shared by the engine workers of a server)
-        self.ledger: LocalLedger = LocalLedger()
+        keep_s = float(self.settings.request_timeout_s)  # a request can run no longer: its wishes go then
+        self.ledger: LocalLedger = LocalLedger(keep_s)
         if shared_dir is not None:
             db = SharedDB(os.path.join(shared_dir, "engine.sqlite"))
-            self.ledger = SharedLedger(db, worker)
+            self.ledger = SharedLedger(db, worker, keep_s)
             self.board = WorkerBoard(db, worker, self.device)
             self._applied = 0
             self._catching_up = threading.Event()
@@ -479,15 +480,19 @@ class Engine(SharedWorkers):
         if self.settings.preview_decode != "vae":
             decoded = approximate_rows(pipe, tensors["latents"], rows)
         for i, (pixels, width, height) in zip(rows, decoded or decode_rows(pipe, tensors["latents"], rows)):
-            self.ledger.add_preview(items[i].request_id, Preview(step=step, steps=steps, pixels=pixels, width=width, height=height))
+            rid = items[i].request_id
+            self.ledger.add_preview(rid, Preview(step=step, steps=steps, pixels=pixels, width=width, height=height),
+                                    caller=wanted.get(rid, ""))
 
     def take_previews(self, request_id: str, since: int = 0) -> list[Preview]:
         """The partial images of ``request_id`` made so far, from index ``since`` on."""
         return self.ledger.previews(request_id, since)
 
-    def want_preview(self, request_id: str) -> None:
-        """Decode ``request_id``'s latents after its next step (a live preview asked for while it runs)."""
-        self.ledger.want_preview(request_id)
+    def want_preview(self, request_id: str, caller: str = "") -> None:
+        """Decode ``request_id``'s latents after its next step (a live preview asked for while it runs),
+        for ``caller`` (an API key's hash or a client address): kept while the request can still run,
+        one per request, a bounded number per caller (see t2i_core/engine/preview_wishes.py)."""
+        self.ledger.want_preview(request_id, caller)
 
     # ---- progress -----------------------------------------------------------------------------
     def progress(self, request_ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -528,5 +533,6 @@ class Engine(SharedWorkers):
                 for label, b in sorted(self._batch_sizes_by_kind.items())
             },
             "loaded_controlnets": self.models.controlnet_ids(),
+            **self.ledger.kept(),
             **self.models.adapter_switches(),
         }

@@ -14,8 +14,8 @@ import platform
 from functools import lru_cache
 from typing import Any, Iterable
 
-DTYPES = ("float32", "float16", "bfloat16", "float64")
-CPU_BF16_MODES = ("auto", "on", "off")
+from t2i_core.common.config import CPU_BF16_MODES, DTYPES
+
 #: /proc/cpuinfo flags of native bfloat16 arithmetic: x86 AMX and AVX512-BF16; Arm's BF16 extension
 BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16", "bf16"})
 CPUINFO = "/proc/cpuinfo"

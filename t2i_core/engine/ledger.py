@@ -21,7 +21,8 @@ from collections import OrderedDict
 from typing import Any, Iterable
 
 from t2i_core.common.schemas import Preview
-from t2i_core.engine.previews import KEPT, PER_REQUEST, PreviewStore
+from t2i_core.engine.preview_wishes import WISHES_KEPT, WISHES_PER_CALLER, PreviewWishes
+from t2i_core.engine.previews import KEPT, PER_CALLER, PER_REQUEST, PreviewStore
 from t2i_core.engine.shared_db import SharedDB
 
 #: progress entries kept (the most recent)
@@ -33,20 +34,26 @@ POLL_S = 0.05
 QUEUED = {"state": "queued", "step": 0, "steps": None}
 #: a request cancelled before any worker started it
 CANCELLED_UNSTARTED = {"state": "cancelled", "step": 0, "steps": None}
+#: the states of a request that will not run again: its live-preview wishes go, and none is kept
+FINISHED = ("done", "cancelled")
+#: seconds a live-preview wish (and a request's previews) is kept by default: a request's timeout
+KEEP_S = 120.0
 
 
 class LocalLedger:
-    """The ledger of a single engine worker, in memory."""
+    """The ledger of a single engine worker, in memory. ``keep_s``: the request timeout (seconds), how
+    long a live-preview wish and a request's previews are kept at most."""
 
     shared = False
 
-    def __init__(self) -> None:
+    def __init__(self, keep_s: float = KEEP_S) -> None:
+        self.keep_s = keep_s
         self._lock = threading.Lock()
         self._cancelled: dict[str, float] = {}
         #: request id -> {"state": running|done|cancelled, "step": k, "steps": n}
         self._progress: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self._wanted: set[str] = set()
-        self._previews = PreviewStore()
+        self._wanted = PreviewWishes(keep_s)
+        self._previews = PreviewStore(keep_s)
 
     # cancellation
     def cancel(self, request_ids: Iterable[str]) -> None:
@@ -55,6 +62,7 @@ class LocalLedger:
             for rid in request_ids:
                 if rid:
                     self._cancelled[rid] = now
+                    self._wanted.drop([rid])
             for rid in [r for r, t in self._cancelled.items() if now - t > CANCEL_KEPT_S]:
                 del self._cancelled[rid]
 
@@ -73,6 +81,8 @@ class LocalLedger:
                 entry = self._progress.pop(rid, None) or {"state": "running", "step": 0, "steps": None}
                 entry.update(fields)
                 self._progress[rid] = entry
+                if entry["state"] in FINISHED:
+                    self._wanted.drop([rid])
             while len(self._progress) > PROGRESS_KEPT:
                 self._progress.popitem(last=False)
 
@@ -82,18 +92,28 @@ class LocalLedger:
                     for rid in request_ids}
 
     # partial images
-    def want_preview(self, request_id: str) -> None:
-        if len(self._wanted) < PROGRESS_KEPT:
-            self._wanted.add(request_id)
+    def want_preview(self, request_id: str, caller: str = "") -> None:
+        """Decode ``request_id``'s latents after its next step, for ``caller``; nothing when the
+        request has finished or was cancelled (see t2i_core/engine/preview_wishes.py)."""
+        with self._lock:
+            if request_id in self._cancelled or self._progress.get(request_id, {}).get("state") in FINISHED:
+                return
+            self._wanted.add(request_id, caller, time.time())
 
-    def take_wanted(self, request_ids: list[str]) -> set[str]:
-        """Which of ``request_ids`` asked for a live preview (each wish is taken once)."""
-        found = {rid for rid in request_ids if rid in self._wanted}
-        self._wanted.difference_update(found)
-        return found
+    def take_wanted(self, request_ids: list[str]) -> dict[str, str]:
+        """Which of ``request_ids`` asked for a live preview, with the caller that asked (each wish is
+        taken once)."""
+        with self._lock:
+            return self._wanted.take(request_ids, time.time())
 
-    def add_preview(self, request_id: str, preview: Preview) -> None:
-        self._previews.add(request_id, preview)
+    def add_preview(self, request_id: str, preview: Preview, caller: str = "") -> None:
+        self._previews.add(request_id, preview, caller)
+
+    def kept(self) -> dict[str, int]:
+        """How many live-preview wishes and requests with previews are kept now."""
+        with self._lock:
+            wishes = self._wanted.count(time.time())
+        return {"preview_wishes": wishes, "previews_kept": self._previews.count()}
 
     def previews(self, request_id: str, since: int = 0) -> list[Preview]:
         return self._previews.take(request_id, since)
@@ -105,10 +125,14 @@ CREATE INDEX IF NOT EXISTS cancels_request ON cancels (request_id);
 CREATE TABLE IF NOT EXISTS progress (request_id TEXT PRIMARY KEY, state TEXT NOT NULL, step INTEGER NOT NULL,
     steps INTEGER, worker INTEGER, at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS progress_at ON progress (at);
-CREATE TABLE IF NOT EXISTS wanted (request_id TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS wanted (request_id TEXT PRIMARY KEY, caller TEXT NOT NULL, expires REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS wanted_caller ON wanted (caller);
+CREATE INDEX IF NOT EXISTS wanted_expires ON wanted (expires);
 CREATE TABLE IF NOT EXISTS previews (request_id TEXT NOT NULL, idx INTEGER NOT NULL, step INTEGER NOT NULL,
     steps INTEGER NOT NULL, width INTEGER NOT NULL, height INTEGER NOT NULL, pixels BLOB NOT NULL, at REAL NOT NULL,
-    PRIMARY KEY (request_id, idx));
+    caller TEXT NOT NULL, PRIMARY KEY (request_id, idx));
+CREATE INDEX IF NOT EXISTS previews_at ON previews (at);
+CREATE INDEX IF NOT EXISTS previews_caller ON previews (caller);
 """
 
 
@@ -118,8 +142,8 @@ class SharedLedger(LocalLedger):
 
     shared = True
 
-    def __init__(self, db: SharedDB, worker: int):
-        super().__init__()
+    def __init__(self, db: SharedDB, worker: int, keep_s: float = KEEP_S):
+        super().__init__(keep_s)
         self.db = db
         self.worker = worker
         db.executescript(SCHEMA)
@@ -134,6 +158,7 @@ class SharedLedger(LocalLedger):
         with self.db.write() as conn:
             conn.executemany("INSERT INTO cancels (request_id, at) VALUES (?, ?)", [(rid, now) for rid in ids])
             conn.execute("DELETE FROM cancels WHERE at < ?", (now - CANCEL_KEPT_S,))
+            conn.executemany("DELETE FROM wanted WHERE request_id = ?", [(rid,) for rid in ids])
 
     def is_cancelled(self, request_id: str) -> bool:
         if request_id in self._cancelled:
@@ -166,6 +191,8 @@ class SharedLedger(LocalLedger):
                 sets = ", ".join(f"{name} = ?" for name in fields)
                 conn.executemany(f"UPDATE progress SET {sets}, at = ? WHERE request_id = ?",
                                  [(*fields.values(), now, rid) for rid in ids])
+            if fields.get("state") in FINISHED:
+                conn.executemany("DELETE FROM wanted WHERE request_id = ?", [(rid,) for rid in ids])
             if self._writes % 256 == 0:  # keep the most recent PROGRESS_KEPT
                 conn.execute("DELETE FROM progress WHERE request_id IN (SELECT request_id FROM progress "
                              "ORDER BY at DESC LIMIT -1 OFFSET ?)", (PROGRESS_KEPT,))
@@ -183,35 +210,58 @@ class SharedLedger(LocalLedger):
             found.update({rid: dict(CANCELLED_UNSTARTED) for rid in cancelled})
         return {rid: found.get(rid) or dict(QUEUED) for rid in request_ids}
 
-    def want_preview(self, request_id: str) -> None:
+    def want_preview(self, request_id: str, caller: str = "") -> None:
+        now = time.time()
         with self.db.write() as conn:
-            conn.execute("INSERT OR IGNORE INTO wanted VALUES (?)", (request_id,))
-            conn.execute("DELETE FROM wanted WHERE rowid NOT IN (SELECT rowid FROM wanted ORDER BY rowid DESC LIMIT ?)",
-                         (PROGRESS_KEPT,))
+            finished = conn.execute(
+                "SELECT 1 FROM progress WHERE request_id = ? AND state IN (?, ?) UNION ALL "
+                "SELECT 1 FROM cancels WHERE request_id = ? LIMIT 1", (request_id, *FINISHED, request_id)).fetchone()
+            if finished:
+                return
+            conn.execute("DELETE FROM wanted WHERE expires <= ?", (now,))
+            # a new row (the newest rowid): the rowid orders the wishes from oldest to newest
+            conn.execute("INSERT OR REPLACE INTO wanted VALUES (?, ?, ?)", (request_id, caller, now + self.keep_s))
+            conn.execute("DELETE FROM wanted WHERE caller = ? AND rowid <= (SELECT rowid FROM wanted WHERE caller = ? "
+                         "ORDER BY rowid DESC LIMIT 1 OFFSET ?)", (caller, caller, WISHES_PER_CALLER))
+            conn.execute("DELETE FROM wanted WHERE rowid <= (SELECT rowid FROM wanted ORDER BY rowid DESC LIMIT 1 OFFSET ?)",
+                         (WISHES_KEPT,))
 
-    def take_wanted(self, request_ids: list[str]) -> set[str]:
+    def take_wanted(self, request_ids: list[str]) -> dict[str, str]:
         ids = [rid for rid in request_ids if rid]
         if not ids:
-            return set()
+            return {}
         marks = ",".join("?" * len(ids))
         with self.db.write() as conn:
-            found = {r[0] for r in conn.execute(f"SELECT request_id FROM wanted WHERE request_id IN ({marks})", ids)}
+            found = dict(conn.execute(f"SELECT request_id, caller FROM wanted WHERE request_id IN ({marks}) AND expires > ?",
+                                      (*ids, time.time())).fetchall())
             if found:
                 conn.executemany("DELETE FROM wanted WHERE request_id = ?", [(rid,) for rid in found])
         return found
 
-    def add_preview(self, request_id: str, preview: Preview) -> None:
+    def add_preview(self, request_id: str, preview: Preview, caller: str = "") -> None:
         now = time.time()
         with self.db.write() as conn:
             made = conn.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM previews WHERE request_id = ?",
                                 (request_id,)).fetchone()[0]
-            conn.execute("INSERT INTO previews VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                         (request_id, made, preview.step, preview.steps, preview.width, preview.height, preview.pixels, now))
+            conn.execute("INSERT INTO previews VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         (request_id, made, preview.step, preview.steps, preview.width, preview.height, preview.pixels,
+                          now, caller))
             conn.execute("DELETE FROM previews WHERE request_id = ? AND idx <= ?", (request_id, made - PER_REQUEST))
+            conn.execute("DELETE FROM previews WHERE at <= ?", (now - self.keep_s,))
+            if caller:
+                conn.execute("DELETE FROM previews WHERE caller = ? AND request_id NOT IN (SELECT request_id FROM previews "
+                             "WHERE caller = ? GROUP BY request_id ORDER BY MAX(at) DESC LIMIT ?)",
+                             (caller, caller, PER_CALLER))
             conn.execute("DELETE FROM previews WHERE request_id NOT IN (SELECT request_id FROM previews "
                          "GROUP BY request_id ORDER BY MAX(at) DESC LIMIT ?)", (KEPT,))
 
     def previews(self, request_id: str, since: int = 0) -> list[Preview]:
         rows = self.db.read("SELECT idx, step, steps, width, height, pixels FROM previews WHERE request_id = ? "
-                            "AND idx >= ? ORDER BY idx", (request_id, since))
+                            "AND idx >= ? AND at > ? ORDER BY idx", (request_id, since, time.time() - self.keep_s))
         return [Preview(index=i, step=s, steps=n, width=w, height=h, pixels=bytes(p)) for i, s, n, w, h, p in rows]
+
+    def kept(self) -> dict[str, int]:
+        now = time.time()
+        wishes = self.db.read("SELECT COUNT(*) FROM wanted WHERE expires > ?", (now,))[0][0]
+        previews = self.db.read("SELECT COUNT(DISTINCT request_id) FROM previews WHERE at > ?", (now - self.keep_s,))[0][0]
+        return {"preview_wishes": wishes, "previews_kept": previews}

@@ -19,7 +19,8 @@ from typing import Any, Iterator
 
 from t2i_core.common import metrics
 from t2i_core.common.controls import AdapterEntry, ControlNetEntry
-from t2i_core.common.errors import InvalidRequest, ModelBusy, ModelUnavailable, T2IError
+from t2i_core.common.errors import ModelBusy, ModelUnavailable, T2IError
+from t2i_core.common.inpainting import loaded_channels, mode_refusal
 from t2i_core.common.registry import ModelEntry, Registry
 from t2i_core.engine.controls import AdapterSlots, assemble, pipeline_class
 from t2i_core.engine.prompt_dedupe import dedupe_text_encoders
@@ -48,19 +49,15 @@ class LoadedModel:
     adapters: AdapterSlots = field(default_factory=AdapterSlots)
     _variants: dict[tuple[str, str | None, str | None], Any] = field(default_factory=dict)
 
-    @property
-    def inpainting_checkpoint(self) -> bool:
-        """A dedicated inpainting checkpoint: its denoiser also takes the mask and the masked image."""
-        config = getattr(getattr(self.text2image, "unet", None), "config", None)
-        return getattr(config, "in_channels", 4) == 9
-
     def pipeline(self, mode: str, scheduler: str | None, controlnet: str | None = None,
                  controlnet_module: Any = None) -> Any:
         """The pipeline for ``mode`` (generate, edit, inpaint), with ``scheduler`` and a ControlNet
-        when given: built once over the same module objects (no weight is copied)."""
-        if mode != "inpaint" and self.inpainting_checkpoint:
-            raise InvalidRequest(f"model {self.entry.id!r} is an inpainting checkpoint: send an image with a mask",
-                                 param="model")
+        when given: built once over the same module objects (no weight is copied). InvalidRequest when
+        the model cannot run ``mode`` (see t2i_core/common/inpainting.py; the API refuses it first when
+        the model's config is on disk)."""
+        refusal = mode_refusal(self.entry.id, self.entry.pipeline, loaded_channels(self.text2image), mode)
+        if refusal is not None:
+            raise refusal
         if mode in ("generate", "edit") and scheduler is None and controlnet is None:
             return self.text2image if mode == "generate" else self.image2image
         key = (mode, scheduler, controlnet)

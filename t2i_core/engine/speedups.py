@@ -20,7 +20,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from t2i_core.common.fields import MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE
+from t2i_core.common.config import warmup_sizes
 
 log = logging.getLogger("t2i.speedups")
 
@@ -35,19 +35,8 @@ class Speedups:
 
     @classmethod
     def from_settings(cls, settings: Any) -> "Speedups":
-        sizes = []
-        for raw in (s.strip() for s in settings.warmup_sizes.split(",") if s.strip()):
-            try:
-                width, height = (int(v) for v in raw.lower().split("x"))
-            except ValueError:
-                width = height = -1
-            if not all(MIN_SIDE <= v <= MAX_SIDE and v % SIDE_MULTIPLE == 0 for v in (width, height)):
-                raise ValueError(
-                    f"T2I_WARMUP_SIZES entries must be WIDTHxHEIGHT with sides multiples of {SIDE_MULTIPLE} "
-                    f"between {MIN_SIDE} and {MAX_SIDE}; got {raw!r}"
-                )
-            sizes.append((width, height))
-        return cls(bool(settings.channels_last), bool(settings.fuse_qkv), bool(settings.compile), tuple(sizes))
+        return cls(bool(settings.channels_last), bool(settings.fuse_qkv), bool(settings.compile),
+                   warmup_sizes(settings.warmup_sizes))
 
     @property
     def any(self) -> bool:

@@ -13,24 +13,15 @@ never as given.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import time
 from collections import OrderedDict
 
-from starlette.requests import Request
-
+from t2i_core.api.callers import caller_id  # noqa: F401 - where the A1111 routes find it
 from t2i_core.engine.shared_db import SharedDB
 
 #: the callers whose latest request is remembered
 CALLERS_KEPT = 1024
-
-
-def caller_of(request: Request) -> str:
-    auth = request.headers.get("authorization")
-    if auth:
-        return "key:" + hashlib.sha256(auth.encode("utf-8", "surrogateescape")).hexdigest()[:32]
-    return f"addr:{request.client.host if request.client else ''}"
 
 
 class CallerJobs:

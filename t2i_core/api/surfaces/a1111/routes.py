@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from t2i_core.api.frontend import Frontend, parse, until_disconnected
 from t2i_core.api.responses import guarded
-from t2i_core.api.surfaces.a1111.callers import CallerJobs, caller_of
+from t2i_core.api.surfaces.a1111.callers import CallerJobs, caller_id
 from t2i_core.api.surfaces.a1111.protocol import (
     Img2Img, Txt2Img, a1111_mask, answer, controlnet_fields, sampler_rows, schedule_rows, scheduler_for, split_loras,
 )
@@ -51,7 +51,7 @@ def a1111_routes(get_frontend: Callable[[], Frontend], callers: CallerJobs | Non
     async def remembered(request: Request) -> AsyncIterator[str]:
         """A new request id, the caller's latest job while it runs; if it fails before running (an
         unavailable model, a full queue), the caller's previous job is the latest again."""
-        request_id, caller = f"a1111-{uuid.uuid4().hex}", caller_of(request)
+        request_id, caller = f"a1111-{uuid.uuid4().hex}", caller_id(request)
         previous = await jobs.latest(caller)
         await jobs.remember(caller, request_id)
         try:
@@ -64,7 +64,7 @@ def a1111_routes(get_frontend: Callable[[], Frontend], callers: CallerJobs | Non
 
     async def chosen_checkpoint(request: Request) -> str | None:
         """The model this caller chose with ``POST options`` (callers with a key only)."""
-        return await jobs.checkpoint(caller_of(request)) if request.headers.get("authorization") else None
+        return await jobs.checkpoint(caller_id(request)) if request.headers.get("authorization") else None
 
     def model_for(front: Frontend, req: Txt2Img, chosen: str | None) -> str | None:
         """The request's ``override_settings`` checkpoint, else the caller's, else None (the default)."""
@@ -123,6 +123,7 @@ def a1111_routes(get_frontend: Callable[[], Frontend], callers: CallerJobs | Non
         if fields.get("controlnet") is not None and fields.get("control_image") is None:
             fields["control_image"] = req.init_images[0]  # as the ControlNet extension does in img2img
         native = parse(EditRequest, {**fields, "strength": req.denoising_strength})
+        front.check_edit(native, masked=bool(req.mask))  # before any image is decoded
         source = decode_base64(req.init_images[0], field="init_images")
         mask = None
         if req.mask:
@@ -137,7 +138,7 @@ def a1111_routes(get_frontend: Callable[[], Frontend], callers: CallerJobs | Non
     @guarded
     async def progress(request: Request) -> Response:
         front = get_frontend()
-        found = await jobs.latest(caller_of(request))
+        found = await jobs.latest(caller_id(request))
         state = {"skipped": False, "interrupted": False, "job": "", "job_count": 0, "job_timestamp": "", "job_no": 0,
                  "sampling_step": 0, "sampling_steps": 0}
         body: dict[str, Any] = {"progress": 0.0, "eta_relative": 0.0, "state": state, "current_image": None,
@@ -155,7 +156,7 @@ def a1111_routes(get_frontend: Callable[[], Frontend], callers: CallerJobs | Non
         body.update(progress=round(fraction, 4),
                     eta_relative=round(elapsed / fraction - elapsed, 3) if running and 0 < fraction < 1 else 0.0)
         if running and request.query_params.get("skip_current_image", "false").lower() != "true":
-            previews = await front.previews(request_id, 0, "png", want_next=True)
+            previews = await front.previews(request_id, 0, "png", want_next=True, caller=caller_id(request))
             if previews:
                 import base64
 
@@ -164,7 +165,7 @@ def a1111_routes(get_frontend: Callable[[], Frontend], callers: CallerJobs | Non
 
     @guarded
     async def interrupt(request: Request) -> Response:
-        found = await jobs.latest(caller_of(request))
+        found = await jobs.latest(caller_id(request))
         if found is not None:
             await get_frontend().engine.cancel([found[0]])
         return JSONResponse({})
@@ -194,7 +195,7 @@ def a1111_routes(get_frontend: Callable[[], Frontend], callers: CallerJobs | Non
                     await front.model_action("set_default", model_id)
                 else:  # this caller's own requests: one client must not switch everyone's model
                     front.registry.get(model_id)  # 404 naming the known models
-                    await jobs.choose_checkpoint(caller_of(request), model_id)
+                    await jobs.choose_checkpoint(caller_id(request), model_id)
             return JSONResponse({})
         chosen = await chosen_checkpoint(request)
         await front.model_states()  # the engine's default

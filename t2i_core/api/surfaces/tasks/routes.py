@@ -29,7 +29,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, Router
 
 from t2i_core.api import request_log
-from t2i_core.api.callers import Caller, caller_of
+from t2i_core.api.callers import Caller, caller_id, caller_of
 from t2i_core.api.responses import error_body, guarded
 from t2i_core.api.surfaces.reading import read_form, read_json_object
 from t2i_core.api.surfaces.tasks.runner import TaskRunner, engine_request_id
@@ -131,7 +131,7 @@ def task_routes(get_frontend: Callable[[], Any], store: TaskStore, runner: TaskR
         if request.query_params.get("preview", "").lower() in ("1", "true", "yes"):
             # the latest decode of the latents (null until one is made: the engine decodes after the next step)
             running = record.status == "in_progress" and engine.get("state") in ("queued", "running")
-            previews = await front.previews(work_id, 0, "png", want_next=running)
+            previews = await front.previews(work_id, 0, "png", want_next=running, caller=caller_id(request))
             latest = previews[-1] if previews else None
             body["current_image"] = base64.b64encode(latest[1]).decode("ascii") if latest else None
             body["current_image_step"] = latest[0].step if latest else None
