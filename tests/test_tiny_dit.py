@@ -24,6 +24,18 @@ LATENTS = {
 SIZE = dict(height=64, width=64, num_inference_steps=2, output_type="np")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models run many small operators: on a shared 2-core machine, two OpenMP threads mostly wait
+    for each other (tens of times slower here), and one thread computes the same values."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny-dit")

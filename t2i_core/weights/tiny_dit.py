@@ -21,8 +21,9 @@ Sizes (what each tiny mirrors):
   stacks hidden states 9, 18 and 27), AutoencoderKLFlux2 with 32 latent channels (128 after the 2x2
   patchify), ``is_distilled=True`` (the step-distilled release: guidance is ignored).
 - ``qwen-image`` / ``qwen-image-edit``: Qwen2.5-VL text encoder with a tiny vision tower,
-  AutoencoderKLQwenImage (video-style, z_dim 16); the edit folder adds the Qwen2-VL processor and loads
-  as ``QwenImageEditPipeline`` and, via ``from_pipe``, ``QwenImageEditPlusPipeline``.
+  AutoencoderKLQwenImage (video-style, z_dim 16); the edit folder adds the Qwen2-VL processor, names
+  ``QwenImageEditPipeline`` and loads as ``QwenImageEditPlusPipeline`` too (the same components).
+  transformers 5.23 loads that processor only where torchvision is installed (its video processor).
 - ``z-image``: Qwen3 text encoder (base model), AutoencoderKL with 16 latent channels.
 """
 
@@ -102,9 +103,10 @@ def qwen_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     prompt templates and a few common words as whole tokens, then common letter pairs.
 
     Whole-word tokens are built by left-to-right merge chains. Chains of pre-tokens that begin with a
-    non-letter (a space, as 'Ġ') come first: their merges can only fire at a word start and always
-    outrank the rest, so each such word ends as one token. Chains of bare words and the letter pairs
-    follow."""
+    non-letter (a space, as 'Ġ', or punctuation) come first: their merges can only fire at a word
+    start, where they outrank every other pair, so each such word ends as one token. Chains of bare
+    words (a word right after a newline or a special token) and the letter pairs follow; the test
+    checks that the template prefixes still come out at the pipelines' token counts."""
     from tokenizers import pre_tokenizers
 
     vocab: dict[str, int] = {}
@@ -115,8 +117,9 @@ def qwen_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
         for piece in _qwen_pretokenize(text):
             if len(piece) > 1 and piece not in words:
                 words.append(piece)
-    prefixed = [w for w in words if not w[0].isalpha()]
-    bare = [w for w in words if w[0].isalpha()]
+    # 'Ġ' (a space) is a non-ASCII letter in the byte-level alphabet; ASCII letters stand for themselves.
+    bare = [w for w in words if w[0].isascii() and w[0].isalpha()]
+    prefixed = [w for w in words if w not in bare]
     merges: list[tuple[str, str]] = []
     seen: set[tuple[str, str]] = set()
 
@@ -136,28 +139,20 @@ def qwen_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     return vocab, merges
 
 
-def write_qwen_tokenizer(folder: Path) -> int:
-    """Write a Qwen2 tokenizer (tokenizer.json, chat template, tokenizer_config.json) to
-    ``folder``; return the vocabulary size including the special tokens."""
+def qwen_tokenizer():
+    """A Qwen2 tokenizer (``Qwen2Tokenizer``: byte-level BPE, Qwen's special tokens and chat template)
+    over the vocabulary of ``qwen_vocab_and_merges``; ``save_pretrained`` writes it as tokenizer.json
+    (vocabulary and merges), tokenizer_config.json and chat_template.jinja."""
     from transformers import Qwen2Tokenizer
 
     vocab, merges = qwen_vocab_and_merges()
-    tok = Qwen2Tokenizer(
-        vocab=dict(vocab), merges=list(merges), errors="replace",
+    tokenizer = Qwen2Tokenizer(
+        vocab=vocab, merges=merges, errors="replace",
         unk_token=None, bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>",
         extra_special_tokens=list(QWEN_SPECIAL_TOKENS[1:]), model_max_length=131072,
     )
-    tok.chat_template = QWEN_CHAT_TEMPLATE
-    folder.mkdir(parents=True, exist_ok=True)
-    tok.save_pretrained(folder)  # tokenizer.json holds the vocabulary and the merges
-    return len(tok)
-
-
-def _qwen_tokenizer(folder: Path):
-    from transformers import Qwen2Tokenizer
-
-    write_qwen_tokenizer(folder)
-    return Qwen2Tokenizer.from_pretrained(folder, local_files_only=True)
+    tokenizer.chat_template = QWEN_CHAT_TEMPLATE
+    return tokenizer
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -252,7 +247,7 @@ def _build_flux2_klein(folder: Path, scratch: Path) -> None:
     from diffusers import AutoencoderKLFlux2, Flux2KleinPipeline, Flux2Transformer2DModel
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    tokenizer = _qwen_tokenizer(scratch / "qwen")
+    tokenizer = qwen_tokenizer()
     hidden = 16
     text_encoder = _seeded(1, lambda: Qwen3ForCausalLM(Qwen3Config(
         **_qwen_text_config(len(tokenizer), hidden), num_hidden_layers=28,
@@ -300,10 +295,10 @@ def _qwen_vl_encoder(tokenizer, hidden: int = 16):
     return _seeded(1, lambda: Qwen2_5_VLForConditionalGeneration(config))
 
 
-def _qwen_image_parts(scratch: Path) -> dict[str, Any]:
+def _qwen_image_parts() -> dict[str, Any]:
     from diffusers import AutoencoderKLQwenImage, QwenImageTransformer2DModel
 
-    tokenizer = _qwen_tokenizer(scratch / "qwen")
+    tokenizer = qwen_tokenizer()
     hidden = 16
     return dict(
         tokenizer=tokenizer,
@@ -323,7 +318,7 @@ def _qwen_image_parts(scratch: Path) -> dict[str, Any]:
 def _build_qwen_image(folder: Path, scratch: Path) -> None:
     from diffusers import QwenImagePipeline
 
-    QwenImagePipeline(**_qwen_image_parts(scratch)).save_pretrained(folder)
+    QwenImagePipeline(**_qwen_image_parts()).save_pretrained(folder)
 
 
 # Qwen-Image-Edit's processor settings (the published processor/ folder's values).
@@ -360,7 +355,7 @@ def _build_qwen_image_edit(folder: Path, scratch: Path) -> None:
     then the index names the edit pipeline and its processor."""
     from diffusers import QwenImagePipeline
 
-    parts = _qwen_image_parts(scratch)
+    parts = _qwen_image_parts()
     QwenImagePipeline(**parts).save_pretrained(folder)
     _write_qwen_vl_processor(folder / "processor", parts["tokenizer"])
     index_path = folder / "model_index.json"
@@ -374,7 +369,7 @@ def _build_z_image(folder: Path, scratch: Path) -> None:
     from diffusers import ZImagePipeline, ZImageTransformer2DModel
     from transformers import Qwen3Config, Qwen3Model
 
-    tokenizer = _qwen_tokenizer(scratch / "qwen")
+    tokenizer = qwen_tokenizer()
     hidden = 16
     text_encoder = _seeded(1, lambda: Qwen3Model(Qwen3Config(
         **_qwen_text_config(len(tokenizer), hidden), num_hidden_layers=2,
