@@ -244,8 +244,7 @@ def test_qwen_image_edit_edits_an_image(folders, qwen_vl_processor):
 
 @pytest.mark.slow
 def test_qwen_image_edit_plus_takes_two_images(folders, qwen_vl_processor):
-    from diffusers import QwenImageEditPlusPipeline
-
+    """The multi-image edit pipeline loads from the same folder (its components are Qwen-Image-Edit's)."""
     pipe = _load("QwenImageEditPlusPipeline", folders["qwen-image-edit"])
     images = pipe(
         prompt="the cat from picture 1 in the room of picture 2", image=[_image(1), _image(2, 48)],
