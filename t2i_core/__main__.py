@@ -6,6 +6,7 @@
     python -m t2i_core bench --preset tiny                    the benchmark (raw, served, no batching)
     python -m t2i_core bench-pair | bench-vae | bench-prompts | bench-stop | bench-controls | bench-previews | bench-ledger
                                                               focused measurements (docs/performance.md)
+    python -m t2i_core config-doc                             write docs/configuration.md from the settings
 """
 
 from __future__ import annotations
@@ -89,7 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
     pair.add_argument("--requests", type=int, default=2000)
     pair.add_argument("--concurrency", type=int, default=16)
     pair.add_argument("--out", type=Path, help="write the figures as JSON")
+    sub.add_parser("config-doc", help="write docs/configuration.md from the T2I_* settings and their comments")
     return parser
+
+
+def run_config_doc(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from t2i_core.devtools.config_doc import write
+
+    print(f"wrote {write()}")
+    return 0
 
 
 def run_bench_pair(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -192,6 +201,7 @@ COMMANDS: dict[str, Callable[[argparse.ArgumentParser, argparse.Namespace], int]
     "tiny": run_tiny, "pull": run_pull, "bench": run_bench, "bench-vae": run_bench_vae,
     "bench-prompts": run_bench_prompts, "bench-pair": run_bench_pair, "bench-stop": run_bench_stop,
     "bench-controls": run_bench_controls, "bench-previews": run_bench_previews, "bench-ledger": run_bench_ledger,
+    "config-doc": run_config_doc,
 }
 
 

@@ -54,10 +54,12 @@ class Settings:
     #: Model served when a request names none: a registry id, or "auto" (sd-turbo when its weights are
     #: in the local Hugging Face cache, else the built-in tiny model). Unset: the registry file's default.
     model: str = ""
-    #: "auto" (cuda, then mps, then cpu) or a torch device string such as "cuda:1".
+    #: "auto" (cuda, then mps, then cpu) or a torch device: cpu, mps, cuda or xpu, with an optional
+    #: index such as "cuda:1".
     device: str = "auto"
     #: "auto" (cuda: bfloat16 where supported else float16; mps: float16; cpu: the registry entry's
-    #: ``cpu_dtype``, and for "auto" there the CPU fast path below) or one of float32, float16, bfloat16, float64.
+    #: ``cpu_dtype``, and for "auto" there the CPU fast path below; the tiny test models: float64, so that
+    #: an image is bit-identical whatever its batch) or one of float32, float16, bfloat16, float64.
     dtype: str = "auto"
     #: The CPU fast path, for models whose registry entry leaves the CPU dtype to the server
     #: (``cpu_dtype: "auto"``) when ``T2I_DTYPE`` is auto: "auto" runs them in bfloat16 where the CPU
@@ -66,12 +68,15 @@ class Settings:
     #: always; "off": float32 always. See t2i_core/engine/devices.py.
     cpu_bf16: str = "auto"
     #: Most images the engine runs in one batch, and the batching deadline (BentoML answers 503 when it
-    #: predicts a queued request cannot start within it, so keep it generous).
+    #: predicts a queued request cannot start within it, so keep it generous). A batch size of 1 turns
+    #: adaptive batching off: each engine call then serves one request's images, one call at a time.
     max_batch_size: int = 16
     max_latency_ms: int = 60_000
-    #: Seconds a request may take end to end (BentoML's traffic timeout).
+    #: Seconds a request may take end to end: past it the answer is a 504 and the engine stops that
+    #: request's work. BentoML's own traffic timeout is set 30 s above it, so that this one answers first.
     request_timeout_s: int = 120
-    #: Input images: most pixels (width * height, read from the header before decoding).
+    #: Input images (``/edit`` and the other image-to-image routes): most pixels (width * height, read
+    #: from the header before decoding; 400 beyond).
     max_input_pixels: int = 4096 * 4096
     #: CPU threads torch may use in the engine (0: torch's default, one per core).
     torch_threads: int = 0
@@ -79,13 +84,14 @@ class Settings:
     #: machine without a GPU). Several workers on CPU split the cores between them.
     engine_workers: int = 0
     #: API worker processes (HTTP, validation, image encoding); several share the engine. With more than
-    #: one, "url" images must be in a shared store (``image_store``; "auto" sees to it). Task results are
-    #: shared already: BentoML keeps them in one file per server.
+    #: one, "url" images must be in a shared store (``image_store``; "auto" sees to it), and so must tasks
+    #: (``state``; "auto" sees to it too).
     api_workers: int = 1
     #: Load the default model when the engine starts (1) or on first use (0).
     preload: int = 1
     #: Bytes of accelerator memory (RAM on CPU) that loaded models may take; loading past it unloads
-    #: the least recently used idle models first. 0: 85% of the GPU's memory, or half the RAM.
+    #: the least recently used idle models first; a model with requests in flight is never unloaded. Per
+    #: engine worker. 0: 85% of the GPU's memory, or half the RAM shared by the CPU engine workers.
     memory_budget_bytes: int = 0
     #: Key for the admin API (Authorization: Bearer <key>); the admin API is disabled when unset.
     admin_key: str = ""
@@ -93,12 +99,16 @@ class Settings:
     #: flight, the rest wait and go together (0: every request is its own engine call).
     coalesce: int = 1
     #: After an engine call of 2+ images returns, wait up to this many ms for the clients it answered to
-    #: send again before the next call (fuller batches under load; 0: send at once). See coalesce.py.
+    #: send again (as many images as it carried, plus those already waiting) before the next call (fuller
+    #: batches under load; 0: send at once). An idle server sends at once. See t2i_core/api/coalesce.py.
     coalesce_linger_ms: int = 25
     #: Processes that encode output images beside each API worker's event loop (-1: one per CPU beyond
     #: the first, at most 8; 0: in the API process, small images on the event loop, larger on threads).
+    #: The processes run ``python -m t2i_core.api.images.encode_worker``, start on first use and are
+    #: replaced if one dies; no image is lost: without a worker it is encoded in the API process.
     encode_processes: int = -1
-    #: Largest request body in bytes (413 beyond; checked from Content-Length before reading).
+    #: Largest request body in bytes (413 beyond; checked from Content-Length before reading, and a
+    #: chunked body as soon as it passes it).
     max_body_bytes: int = 50 * 1024 * 1024
     #: Write the generation parameters (prompt, negative prompt, steps, sampler, guidance, seed, size,
     #: model) into each output image, as the A1111 web UI does (0: leave them out; the prompt is in the file).
@@ -106,10 +116,12 @@ class Settings:
     #: Seconds a generation request's body may take to arrive (408 beyond); it counts against
     #: ``max_in_flight`` only once it has arrived.
     body_timeout_s: int = 60
-    #: Largest request line + headers in bytes (431 beyond) and seconds for them to arrive (408 beyond).
+    #: Largest request line + headers in bytes (431 beyond) and seconds for them to arrive (408 beyond; a
+    #: connection that sends nothing is closed after that time too).
     max_header_bytes: int = 64 * 1024
     header_timeout_s: int = 10
-    #: Generation requests in flight beyond which new ones are refused at once (429 + Retry-After).
+    #: Generation requests in flight beyond which new ones are refused at once (429 + Retry-After); a
+    #: request counts once its body has arrived.
     max_in_flight: int = 256
     #: Seconds a refused client is told to wait (Retry-After).
     retry_after_s: int = 1
@@ -122,24 +134,28 @@ class Settings:
     fault_oom_above: int = -1
     #: Most images one request may ask for (OpenAI's ``n``).
     max_images_per_request: int = 8
-    #: ``response_format: "url"``: seconds an image stays downloadable, and the store's size in bytes.
+    #: ``response_format: "url"``: seconds an image stays downloadable (its link answers 410 after), and
+    #: the bytes the store keeps (the oldest images dropped first).
     image_url_ttl_s: int = 3600
     image_store_max_bytes: int = 256 * 1024 * 1024
     #: Where those images are kept: "memory" (this API process only), "dir:<folder>", a folder shared by
     #: API workers, server processes or replicas (a shared volume), or "fsspec:<url>", an object store
     #: such as "fsspec:s3://bucket/prefix" (any fsspec file system; S3 through s3fs): a link made by one
-    #: is served by all. "auto": memory with one API worker, a folder in the server's run folder with more.
+    #: is served by all. S3 credentials and endpoint come from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and
+    #: AWS_ENDPOINT_URL. "auto": memory with one API worker, a folder in the server's run folder with more.
     image_store: str = "auto"
     #: The base of those links, e.g. "https://images.example.com" behind a proxy or ingress; empty: the
-    #: URL each request came to (its Host header).
+    #: URL each request came to (its Host header, which a client controls).
     public_url: str = ""
     #: Where the workers of this server (and the replicas of a deployment) share their state: tasks,
     #: ... (see t2i_core/state/). "auto": in memory with one API worker and one engine worker, else a
-    #: SQLite file in the server's run folder; "memory"; "sqlite:<file>" (one machine).
+    #: SQLite file in the server's run folder; "memory"; "sqlite:<file>" (one machine);
+    #: "redis://host:port/db" (a Redis server that several replicas share).
     state: str = "auto"
     #: Tasks (/tasks/generate): seconds a finished task (its status and result) is kept (0: 24 h), the
-    #: most bytes the results may take in all (the oldest go first; 0: no cap), and seconds between two
-    #: removals of expired tasks by an API worker. See t2i_core/api/surfaces/tasks/store.py.
+    #: most bytes the results may take in all (past it the oldest are removed until they take 90% of it;
+    #: 0: no cap), and seconds between two removals of expired tasks by an API worker. See
+    #: t2i_core/api/surfaces/tasks/store.py.
     task_result_ttl_s: int = 3600
     task_store_max_bytes: int = 256 * 1024 * 1024
     task_store_check_s: int = 60
@@ -150,8 +166,9 @@ class Settings:
     #: Put prompts and negative prompts in the per-request log lines (1); off by default (0).
     log_prompts: int = 0
     #: GPU speed options (see t2i_core/engine/speedups.py), off by default: channels-last memory format, fused
-    #: QKV projections, torch.compile of the denoiser with warm-up at startup for these sizes
-    #: ("512x512,768x768"; empty: the default model's size).
+    #: QKV projections, torch.compile of the denoiser, compiled at startup at batch 1, 2 and
+    #: ``max_batch_size`` for each of these warm-up sizes ("512x512,768x768"; empty: the default model's
+    #: size), so that traffic never waits for a compile.
     channels_last: int = 0
     fuse_qkv: int = 0
     compile: int = 0
