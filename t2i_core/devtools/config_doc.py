@@ -47,7 +47,9 @@ dtype, image store or preview decoder, a public URL without `http://`/`https://`
 file) stops `bentoml serve` at once, before any worker starts, with one line: `t2i-server cannot start:
 T2I_MODEL: model 'no/such-model' is not in the registry; known models: ...`.
 
-An unset or empty variable takes the default. Switches take `0` or `1`.
+An unset or empty variable takes the default. Switches take `0` or `1`. How each limit answers (the
+request body, headers, requests in flight, API keys, CORS) is in [api.md](api.md#limits-and-security);
+what `T2I_IMAGE_PARAMETERS` writes into an image, in [api.md](api.md#parameters-in-the-file).
 """
 
 OUTRO = """\
