@@ -20,7 +20,7 @@ import pytest
 pytestmark = pytest.mark.e2e
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-#: where the screenshot goes (the README's picture is a copy of it)
+#: where the screenshot goes (docs/playground.png, the picture in docs/api.md, is a copy of it)
 SCREENSHOT = Path(os.environ.get("T2I_SCREENSHOT_DIR", "/tmp/t2i-artifacts")) / "playground.png"
 
 
@@ -294,7 +294,7 @@ def test_paint_or_upload_a_mask_and_inpaint(server, browser, tmp_path):
     assert page == _pixels(_native(server, "/edit", {**body, "mask": mask_b64}))
     assert page != _pixels(_native(server, "/edit", body))
 
-    # the picture in the README: the painted mask over the image being edited, and the results
+    # the picture in docs/api.md: the painted mask over the image being edited, and the results
     browser.execute_script("window.scrollTo(0, 0)")
     browser.set_window_size(1200, 1400)
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
