@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from t2i_core.common.config import Settings
-from t2i_core.devtools.config_doc import DOC_PATH, comment_groups, documented_variables, render
+from t2i_core.devtools.config_doc import DOC_PATH, comment_groups, documented_variables, render, write
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIABLE = re.compile(r"\bT2I_[A-Z0-9_]*[A-Z0-9]\b")
@@ -44,3 +44,8 @@ def test_every_settings_field_has_its_comment() -> None:
     grouped = [name for group in comment_groups((ROOT / "t2i_core/common/config.py").read_text()) for name in group.fields]
     assert grouped == [f.name for f in dataclasses.fields(Settings)]
     assert {f"T2I_{f.name.upper()}" for f in dataclasses.fields(Settings)} <= documented_variables()
+
+
+def test_write_puts_the_text_under_docs(tmp_path: Path) -> None:
+    (tmp_path / "docs").mkdir()
+    assert write(tmp_path).read_text() == render()
