@@ -31,8 +31,6 @@ SWITCHES = ("preload", "image_parameters", "log_prompts", "channels_last", "fuse
 class SettingsError(ValueError):
     """A ``T2I_*`` setting that cannot be used; the message names the variable, the value and what it may be."""
 
-from t2i_core.state.open import check_spec
-
 
 def _int(name: str, default: int) -> int:
     raw = os.environ.get(name)

@@ -1,7 +1,7 @@
 """Product metrics on /metrics, beside BentoML's own (Prometheus, aggregated across processes).
 
 Created lazily, once per process, with ``bentoml.metrics`` so they join BentoML's registry. What each
-is for is in the README ("Metrics").
+is for is in docs/operations.md ("Metrics").
 """
 
 from __future__ import annotations
