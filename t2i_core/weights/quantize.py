@@ -197,9 +197,10 @@ def _apply_fp8(name: str, module: Any) -> None:
     if isinstance(module, ModelMixin):  # diffusers' own skip lists (model's + defaults)
         module.enable_layerwise_casting(storage_dtype=storage, compute_dtype=compute)
     else:
-        # transformers keeps these in float32 against float16 overflow (T5's ``wo``): stored in fp8 they
-        # would compute in float16 then; with bfloat16 or float32 compute they are cast like the rest
-        keep = tuple(getattr(module, "_keep_in_fp32_modules", None) or ()) if compute == torch.float16 else ()
+        # transformers' keep-in-float32 layers stay as loaded: T5's ``wo`` is one, and T5's feed-forward
+        # casts its input to ``wo.weight.dtype`` outside wo's forward (transformers/models/t5/
+        # modeling_t5.py:87-92), which would be float8 there
+        keep = tuple(getattr(module, "_keep_in_fp32_modules", None) or ())
         skip = DEFAULT_SKIP_MODULES_PATTERN + keep + tuple(f"^{re.escape(n)}$" for n in _tied_modules(module))
         apply_layerwise_casting(module, storage, compute, skip_modules_pattern=skip,
                                 skip_modules_classes=(torch.nn.Embedding,))
