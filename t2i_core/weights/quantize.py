@@ -2,15 +2,18 @@
 
 Methods, per component (``transformer``, ``unet``, ``text_encoder``, ``text_encoder_2``, ...):
 
-- ``fp8``: weights stored in float8 (e4m3), each layer cast up to the component's own dtype for its
-  forward (diffusers layerwise casting). Any device but Apple MPS (no float8 there). Half the bytes of
-  bf16, a quarter of float32. Linear, conv and embedding layers are stored in float8; norms, patch and
-  position embeddings stay as they are (diffusers' default skip list), so do text encoders' embedding
-  tables (a transformers model's ``dtype`` is its first parameter's dtype, which is what pipelines cast
-  prompt embeddings to) and tied weights.
+- ``fp8``: weights stored in float8 e4m3 (a plain cast, no scale), each layer cast up to the
+  component's own dtype for its forward (diffusers layerwise casting). Any device but Apple MPS (no
+  float8 there). Linear, conv and embedding layers go to float8 except what stays as loaded:
+  diffusers' skip list (names with ``norm``, ``pos_embed``, ``patch_embed``, ``proj_in``/``proj_out``:
+  on FLUX and SD3 this keeps the AdaLN modulation linears, 3.2B of FLUX.1's 11.9B weights), a
+  transformers model's keep-in-float32 layers (T5's ``wo``), and in text encoders the embedding tables
+  (a transformers model's ``dtype`` is its first parameter's, and pipelines cast prompt embeddings to
+  it) and tied weights.
 - ``int8``: weight-only int8 (torchao ``Int8WeightOnlyConfig``, per-row scales) on every ``nn.Linear``;
   CPU and GPU.
-- ``gguf``: a GGUF single-file denoiser (``load_gguf_transformer``), dequantized per layer at compute.
+- ``gguf``: a GGUF single-file denoiser (``load_gguf_transformer``); its linear layers are dequantized
+  to the compute dtype at each forward.
 - ``nf4``: bitsandbytes 4-bit NormalFloat, applied while loading (``load_time_config``); CUDA only
   (diffusers refuses a machine without a GPU: quantizers/bitsandbytes/bnb_quantizer.py:64).
 
@@ -19,11 +22,12 @@ components come quantized from their loaders, and ``apply_quantization`` only ch
 The compute dtype of every method is the dtype the component was loaded in (the engine's choice per
 device), so the rest of the pipeline sees the dtypes it would see unquantized.
 
-LoRA adapters (diffusers ``load_lora_weights``) load onto ``fp8`` and ``int8`` components: on ``int8``
-PEFT wraps the torchao layer (peft/tuners/lora/torchao.py); on ``fp8`` PEFT would store the adapter in
-float8 too (it takes the base layer's weight dtype, peft/tuners/tuners_utils.py:2160), where CPU
-matmuls fail, so each cast layer gets a ``compute_dtype`` attribute, which PEFT reads first
-(tuners_utils.py:2163, the bitsandbytes convention), and the adapter is kept in the compute dtype.
+LoRA adapters (diffusers ``load_lora_weights``) load onto ``fp8``, ``int8`` and ``gguf`` components. On
+``int8`` PEFT wraps the torchao layer (peft/tuners/lora/torchao.py). On ``fp8`` PEFT would store the
+adapter in float8 too (it takes the base layer's weight dtype, peft/tuners/tuners_utils.py:2160), where
+CPU matmuls fail, so each cast layer gets a ``compute_dtype`` attribute, which PEFT reads first
+(tuners_utils.py:2163, the convention of bitsandbytes' and GGUF's layers): adapters stay in the compute
+dtype.
 
 Nothing here imports torch at module import: the spec is read where the registry is.
 """
