@@ -162,9 +162,9 @@ def apply_quantization(pipe_or_components: Any, spec: Quantization, device: str)
     """Quantize the named components in place (fp8, int8; gguf and nf4 are checked to have come
     quantized from their loaders) and return the real bytes of every torch component, quantized or not.
 
-    Call it before moving a pipeline to an accelerator to never hold its full-precision weights there,
-    and before loading LoRA adapters on fp8 components (see the module docstring). Components are
-    checked all before any is changed."""
+    Meant for right after loading: before LoRA adapters load (they then take the compute dtype, see the
+    module docstring), and before the pipeline moves to an accelerator, so that the full-precision
+    weights never sit there (not yet tried on a GPU). All components are checked before any changes."""
     import torch
 
     components = getattr(pipe_or_components, "components", pipe_or_components)
