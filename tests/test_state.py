@@ -158,3 +158,16 @@ def test_messages_reach_every_subscriber_from_now_on(state):
     assert late.get(0.05) is None
     early.close()
     late.close()
+
+
+def test_put_many_and_indexes_that_expire(state):
+    state.put_many({"p:1": b"a", "p:2": b"b"}, ttl_s=0.2)
+    assert state.get_many(["p:1", "p:2"]) == [b"a", b"b"]
+    state.index_add("short", "m", 1.0, ttl_s=0.2)
+    state.index_add("long", "m", 1.0)
+    assert state.index_count("short") == 1
+    time.sleep(0.3)
+    assert state.get("p:1") is None and state.index_count("short") == 0 and state.index_range("short") == []
+    assert state.index_count("long") == 1
+    state.index_add("short", "n", 2.0, ttl_s=5)  # used again: a new index
+    assert state.index_range("short") == [("n", 2.0)]

@@ -23,6 +23,8 @@ class MemoryState(StateStore):
         #: index -> member -> score, and the (score, member) pairs in order
         self._scores: dict[str, dict[str, float]] = {}
         self._ordered: dict[str, list[tuple[float, str]]] = {}
+        #: index -> when it goes (indexes added to with a ttl)
+        self._index_expires: dict[str, float] = {}
         self._writes = 0
         self._subscriptions: dict[str, list["MemorySubscription"]] = {}
 
@@ -39,6 +41,18 @@ class MemoryState(StateStore):
             t = now()
             for key in [k for k, (_, exp) in self._values.items() if exp is not None and exp <= t]:
                 del self._values[key]
+            for index in [i for i, exp in self._index_expires.items() if exp <= t]:
+                self._drop_index(index)
+
+    def _drop_index(self, index: str) -> None:
+        self._scores.pop(index, None)
+        self._ordered.pop(index, None)
+        self._index_expires.pop(index, None)
+
+    def _live_index(self, index: str) -> None:
+        expires = self._index_expires.get(index)
+        if expires is not None and expires <= now():
+            self._drop_index(index)
 
     def get(self, key: str) -> bytes | None:
         with self._lock:
@@ -77,8 +91,12 @@ class MemoryState(StateStore):
             self._wrote()
             return value
 
-    def index_add(self, index: str, member: str, score: float) -> None:
+    def index_add(self, index: str, member: str, score: float, ttl_s: float | None = None) -> None:
         with self._lock:
+            self._live_index(index)
+            if ttl_s is not None:
+                self._index_expires[index] = now() + ttl_s
+            self._wrote()
             scores = self._scores.setdefault(index, {})
             ordered = self._ordered.setdefault(index, [])
             if member in scores:
@@ -88,6 +106,7 @@ class MemoryState(StateStore):
 
     def index_remove(self, index: str, *members: str) -> int:
         with self._lock:
+            self._live_index(index)
             scores = self._scores.get(index, {})
             removed = 0
             for member in members:
@@ -99,6 +118,7 @@ class MemoryState(StateStore):
     def index_range(self, index: str, *, min_score: float = float("-inf"), max_score: float = float("inf"),
                     limit: int = 100, newest_first: bool = True) -> list[tuple[str, float]]:
         with self._lock:
+            self._live_index(index)
             ordered = self._ordered.get(index, [])
             lo = bisect.bisect_left(ordered, (min_score, ""))
             hi = bisect.bisect_right(ordered, (max_score, "\U0010ffff"))
@@ -112,6 +132,7 @@ class MemoryState(StateStore):
 
     def index_count(self, index: str) -> int:
         with self._lock:
+            self._live_index(index)
             return len(self._scores.get(index, {}))
 
     def publish(self, channel: str, message: bytes) -> None:

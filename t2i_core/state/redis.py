@@ -97,8 +97,20 @@ class RedisState(StateStore):
             pipe.pexpire(self._k(key), _ms(ttl_s))
         return int(self._do(pipe.execute)[0])
 
-    def index_add(self, index: str, member: str, score: float) -> None:
-        self._do(self.client.zadd, self._k(index), {member: score})
+    def put_many(self, values: dict[str, bytes], ttl_s: float | None = None) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for key, value in values.items():
+            pipe.set(self._k(key), value, px=None if ttl_s is None else _ms(ttl_s))
+        self._do(pipe.execute)
+
+    def index_add(self, index: str, member: str, score: float, ttl_s: float | None = None) -> None:
+        if ttl_s is None:
+            self._do(self.client.zadd, self._k(index), {member: score})
+            return
+        pipe = self.client.pipeline(transaction=True)
+        pipe.zadd(self._k(index), {member: score})
+        pipe.pexpire(self._k(index), _ms(ttl_s))
+        self._do(pipe.execute)
 
     def index_remove(self, index: str, *members: str) -> int:
         return int(self._do(self.client.zrem, self._k(index), *members)) if members else 0

@@ -36,6 +36,7 @@ SCHEMA = (
     "CREATE TABLE IF NOT EXISTS idx (name TEXT NOT NULL, member TEXT NOT NULL, score REAL NOT NULL, "
     "PRIMARY KEY (name, member))",
     "CREATE INDEX IF NOT EXISTS idx_score ON idx (name, score)",
+    "CREATE TABLE IF NOT EXISTS idx_expires (name TEXT PRIMARY KEY, expires REAL NOT NULL)",
     "CREATE TABLE IF NOT EXISTS messages (seq INTEGER PRIMARY KEY AUTOINCREMENT, channel TEXT NOT NULL, "
     "body BLOB NOT NULL, at REAL NOT NULL)",
 )
@@ -43,6 +44,8 @@ SCHEMA = (
 MESSAGE_POLL_S = 0.01
 MESSAGE_KEPT_S = 30.0
 LIVE = "(expires IS NULL OR expires > ?)"
+#: an index whose ttl has not run out (parameters: its name, now)
+LIVE_INDEX = "NOT EXISTS (SELECT 1 FROM idx_expires WHERE name = ? AND expires <= ?)"
 
 
 class SqliteState(StateStore):
@@ -90,6 +93,9 @@ class SqliteState(StateStore):
         if t - self._swept > SWEEP_S:
             self._swept = t
             conn.execute("DELETE FROM kv WHERE expires IS NOT NULL AND expires <= ?", (t,))
+            for (name,) in conn.execute("SELECT name FROM idx_expires WHERE expires <= ?", (t,)).fetchall():
+                conn.execute("DELETE FROM idx WHERE name = ?", (name,))
+                conn.execute("DELETE FROM idx_expires WHERE name = ?", (name,))
 
     def get(self, key: str) -> bytes | None:
         row = self._conn().execute(f"SELECT value FROM kv WHERE key = ? AND {LIVE}", (key, now())).fetchone()
@@ -139,9 +145,23 @@ class SqliteState(StateStore):
         result = self.update(key, lambda old: str((int(old) if old else 0) + by).encode(), ttl_s)
         return int(result or 0)
 
-    def index_add(self, index: str, member: str, score: float) -> None:
+    def put_many(self, values: dict[str, bytes], ttl_s: float | None = None) -> None:
+        expires = None if ttl_s is None else now() + ttl_s
         with self._write() as conn:
+            conn.executemany("INSERT OR REPLACE INTO kv VALUES (?, ?, ?)", [(k, v, expires) for k, v in values.items()])
+
+    def _expired_index(self, conn: sqlite3.Connection, index: str) -> None:
+        row = conn.execute("SELECT expires FROM idx_expires WHERE name = ?", (index,)).fetchone()
+        if row is not None and row[0] <= now():
+            conn.execute("DELETE FROM idx WHERE name = ?", (index,))
+            conn.execute("DELETE FROM idx_expires WHERE name = ?", (index,))
+
+    def index_add(self, index: str, member: str, score: float, ttl_s: float | None = None) -> None:
+        with self._write() as conn:
+            self._expired_index(conn, index)
             conn.execute("INSERT OR REPLACE INTO idx VALUES (?, ?, ?)", (index, member, score))
+            if ttl_s is not None:
+                conn.execute("INSERT OR REPLACE INTO idx_expires VALUES (?, ?)", (index, now() + ttl_s))
 
     def index_remove(self, index: str, *members: str) -> int:
         if not members:
@@ -154,13 +174,14 @@ class SqliteState(StateStore):
                     limit: int = 100, newest_first: bool = True) -> list[tuple[str, float]]:
         order = "DESC" if newest_first else "ASC"
         rows = self._conn().execute(
-            f"SELECT member, score FROM idx WHERE name = ? AND score >= ? AND score <= ? "
+            f"SELECT member, score FROM idx WHERE name = ? AND score >= ? AND score <= ? AND {LIVE_INDEX} "
             f"ORDER BY score {order}, member {order} LIMIT ?",
-            (index, max(min_score, -1e308), min(max_score, 1e308), limit)).fetchall()
+            (index, max(min_score, -1e308), min(max_score, 1e308), index, now(), limit)).fetchall()
         return [(m, float(s)) for m, s in rows]
 
     def index_count(self, index: str) -> int:
-        return int(self._conn().execute("SELECT count(*) FROM idx WHERE name = ?", (index,)).fetchone()[0])
+        return int(self._conn().execute(f"SELECT count(*) FROM idx WHERE name = ? AND {LIVE_INDEX}",
+                                        (index, index, now())).fetchone()[0])
 
     def publish(self, channel: str, message: bytes) -> None:
         t = now()

@@ -51,6 +51,11 @@ class StateStore(abc.ABC):
         """Write ``value`` (expiring after ``ttl_s`` seconds; None: never). ``only_if_absent``: write
         only when the key does not exist. Returns whether it wrote."""
 
+    def put_many(self, values: dict[str, bytes], ttl_s: float | None = None) -> None:
+        """Write several keys at once (one round trip on the shared backends)."""
+        for key, value in values.items():
+            self.put(key, value, ttl_s)
+
     @abc.abstractmethod
     def delete(self, *keys: str) -> int:
         """Remove the keys; returns how many existed."""
@@ -66,8 +71,9 @@ class StateStore(abc.ABC):
         key's expiry when given."""
 
     @abc.abstractmethod
-    def index_add(self, index: str, member: str, score: float) -> None:
-        """Put ``member`` in the sorted index at ``score`` (replacing its score)."""
+    def index_add(self, index: str, member: str, score: float, ttl_s: float | None = None) -> None:
+        """Put ``member`` in the sorted index at ``score`` (replacing its score). ``ttl_s``: the whole
+        index goes that long after this call unless added to again (None: it stays)."""
 
     @abc.abstractmethod
     def index_remove(self, index: str, *members: str) -> int:
