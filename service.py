@@ -1,4 +1,4 @@
-"""BentoML services: the engine (owns the GPU and the pipelines) and the API (the HTTP front).
+"""BentoML services: the engine (owns the GPU and the pipelines) and the API (the HTTP flow).
 
 Thin by design: routes, HTTP types and error mapping only. The logic lives in ``t2i_core``.
 torch and diffusers are imported inside the engine's ``__init__``, so importing this module and
@@ -32,7 +32,7 @@ from t2i_core.common.startup import startup_settings
 from t2i_core.patches.gc_freeze import freeze_startup_objects
 from t2i_core.patches.uvicorn import bound_request_headers
 from t2i_core.api.engine_client import RemoteEngine
-from t2i_core.api.frontend import Frontend, until_disconnected
+from t2i_core.api.request_flow import RequestFlow, until_disconnected
 from t2i_core.api.responses import ErrorBodyMiddleware
 from t2i_core.api.guards import IN_FLIGHT, GuardMiddleware, cors_options
 from t2i_core.api.image_store import open_image_store
@@ -158,12 +158,12 @@ class Engine:
 
 @bentoml.service(name="t2i", workers=SETTINGS.api_workers, traffic=API_TRAFFIC)
 class API:
-    """HTTP front: validation, image decoding/encoding, and every public route."""
+    """HTTP flow: validation, image decoding/encoding, and every public route."""
 
     engine = bentoml.depends(Engine)
 
     def __init__(self) -> None:
-        self.front = Frontend(RemoteEngine(self.engine, SETTINGS), SETTINGS)
+        self.flow = RequestFlow(RemoteEngine(self.engine, SETTINGS), SETTINGS)
         # On SIGTERM, finish the requests in flight while answering new ones 503 (see t2i_core/common/shutdown.py).
         drain_on_sigterm(IN_FLIGHT.idle_since, max_s=SETTINGS.request_timeout_s, who="the API")
         freeze_startup_objects()  # see t2i_core/patches/gc_freeze.py
@@ -177,7 +177,7 @@ class API:
     async def edit(self, ctx: bentoml.Context, **fields: Any) -> Image:
         """Image to image: a file upload (multipart) or base64 in JSON. Answers the image bytes."""
         image, mask, control = (upload_bytes(fields.pop(name, None)) for name in ("image", "mask", "control_image"))
-        return await answer(ctx, self.front.edit(
+        return await answer(ctx, self.flow.edit(
             EditRequest.model_construct(**fields), image or b"", mask=mask, control_image=control,
             disconnected=lambda: until_disconnected(ctx.request.receive),
         ))
@@ -194,7 +194,7 @@ class API:
 
     async def _generate(self, fields: dict[str, Any], ctx: bentoml.Context) -> Response:
         # the fields were validated against GenerateRequest by BentoML: not validated twice
-        return await answer(ctx, self.front.generate(
+        return await answer(ctx, self.flow.generate(
             GenerateRequest.model_construct(**fields), disconnected=lambda: until_disconnected(ctx.request.receive),
         ))
 
@@ -227,15 +227,15 @@ API.add_asgi_middleware(
 )
 TASKS = TaskStore(STATE, SETTINGS.task_result_ttl_s, SETTINGS.task_store_max_bytes)
 API.add_asgi_middleware(TaskRoutes, routes=task_routes(
-    lambda: bentoml.get_current_service().front, TASKS,
-    TaskRunner(TASKS, lambda: bentoml.get_current_service().front, check_s=SETTINGS.task_store_check_s),
+    lambda: bentoml.get_current_service().flow, TASKS,
+    TaskRunner(TASKS, lambda: bentoml.get_current_service().flow, check_s=SETTINGS.task_store_check_s),
 ))
 API.add_asgi_middleware(ErrorBodyMiddleware, paths=frozenset(m.route for m in API.apis.values()))
 # OpenAI-compatible /v1, the seed servers' routes, task progress and the playground (/ui): adapters
-# over the same frontend.
+# over the same request flow.
 API.mount_asgi_app(
     build_surfaces_app(
-        lambda: bentoml.get_current_service().front,
+        lambda: bentoml.get_current_service().flow,
         open_image_store(image_store_spec(SETTINGS, RUN_DIR), SETTINGS.image_url_ttl_s, SETTINGS.image_store_max_bytes),
         open_caller_jobs(SETTINGS.api_workers, RUN_DIR),
     ),

@@ -28,7 +28,7 @@ ISOLATED_ENV = {
 os.environ.update(ISOLATED_ENV)
 for key in [k for k in os.environ if k.startswith("T2I_") and k != "T2I_CACHE_DIR"]:
     del os.environ[key]
-# In-process frontends encode in the test's own process: a Starlette TestClient runs each request on
+# In-process request flows encode in the test's own process: a Starlette TestClient runs each request on
 # an event loop of its own, and encoder processes are per loop (t2i_core/api/images/encode_pool.py has its own
 # tests). Servers started by the tests run with the default (encoder processes).
 IN_PROCESS_ENV = {"T2I_ENCODE_PROCESSES": "0"}

@@ -194,7 +194,7 @@ def test_the_registry_file_checks_control_entries(tmp_path):
 
 
 def test_request_fields_of_the_controls():
-    from t2i_core.api.frontend import parse
+    from t2i_core.api.request_flow import parse
     from t2i_core.common.schemas import GenerateRequest
 
     ok = parse(GenerateRequest, {"prompt": "x", "adapters": "tiny-ink:0.5, tiny-pastel"})

@@ -8,15 +8,15 @@ import asyncio
 import pytest
 
 from t2i_core.api.engine_client import LocalEngineClient
-from t2i_core.api.frontend import Frontend
+from t2i_core.api.request_flow import RequestFlow
 from t2i_core.common.config import Settings
 from t2i_core.common.registry import Registry
 from t2i_core.common.schemas import GenerateRequest
 
 
-def _worker(engine) -> Frontend:
+def _worker(engine) -> RequestFlow:
     """An API worker: its own Registry object (as in its own process), the shared engine."""
-    return Frontend(LocalEngineClient(engine), Settings(encode_processes=0), Registry(default=engine.registry.default_id))
+    return RequestFlow(LocalEngineClient(engine), Settings(encode_processes=0), Registry(default=engine.registry.default_id))
 
 
 def test_a_default_set_through_one_worker_is_used_by_the_others(engine):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from t2i_core.common.errors import InvalidRequest
-from t2i_core.api.frontend import parse
+from t2i_core.api.request_flow import parse
 from t2i_core.common.registry import Registry
 from t2i_core.common.schemas import EditRequest, GenerateRequest, to_engine
 

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from t2i_core.api.engine_client import LocalEngineClient
-from t2i_core.api.frontend import Frontend
+from t2i_core.api.request_flow import RequestFlow
 from t2i_core.api.images.codecs import encode_image
 from t2i_core.api.images.encode_pool import EncoderPool
 from t2i_core.api.images.parameters import parameters_text
@@ -65,12 +65,12 @@ def test_encoder_processes_write_the_same_file():
 
 @pytest.mark.parametrize("on", [1, 0])
 def test_served_images_carry_their_own_parameters_unless_turned_off(engine, on):
-    front = Frontend(LocalEngineClient(engine), Settings(encode_processes=0, image_parameters=on), engine.registry)
+    flow = RequestFlow(LocalEngineClient(engine), Settings(encode_processes=0, image_parameters=on), engine.registry)
 
     async def run():
-        made = await front.generate(GenerateRequest(prompt="a red kite", negative_prompt="fog", seed=11,
+        made = await flow.generate(GenerateRequest(prompt="a red kite", negative_prompt="fog", seed=11,
                                                     num_inference_steps=1, width=64, height=64), n=2)
-        edited = await front.edit(EditRequest(prompt="at night", strength=0.5, seed=3, format="jpeg"), made[0].data)
+        edited = await flow.edit(EditRequest(prompt="at night", strength=0.5, seed=3, format="jpeg"), made[0].data)
         return made, edited
 
     made, (edited,) = asyncio.run(run())

@@ -15,7 +15,7 @@ from PIL import Image
 from starlette.testclient import TestClient
 
 from t2i_core.api.engine_client import LocalEngineClient
-from t2i_core.api.frontend import Frontend
+from t2i_core.api.request_flow import RequestFlow
 from t2i_core.api.image_store import ImageStore
 from t2i_core.api.surfaces import build_surfaces_app
 from t2i_core.common.errors import InvalidRequest
@@ -87,14 +87,14 @@ def test_the_rule_reads_the_denoiser_config_on_disk():
 
 
 @pytest.fixture(scope="module")
-def front(engine) -> Frontend:
+def flow(engine) -> RequestFlow:
     ensure_tiny_pipeline("sd3")  # its config on disk: the API knows the model cannot inpaint
-    return Frontend(LocalEngineClient(engine), registry=engine.registry)
+    return RequestFlow(LocalEngineClient(engine), registry=engine.registry)
 
 
 @pytest.fixture(scope="module")
-def client(front) -> TestClient:
-    return TestClient(build_surfaces_app(lambda: front, ImageStore(60, 10_000_000)))
+def client(flow) -> TestClient:
+    return TestClient(build_surfaces_app(lambda: flow, ImageStore(60, 10_000_000)))
 
 
 def refused_naming_sd3(message: str) -> bool:
@@ -102,9 +102,9 @@ def refused_naming_sd3(message: str) -> bool:
 
 
 @pytest.mark.parametrize("image", [png(GRADIENT), NOT_AN_IMAGE])
-def test_native_edit_with_a_mask_on_sd3_is_a_400_before_the_image_is_decoded(front, image):
+def test_native_edit_with_a_mask_on_sd3_is_a_400_before_the_image_is_decoded(flow, image):
     with pytest.raises(InvalidRequest) as info:
-        asyncio.run(front.edit(EditRequest(model=SD3, prompt="a lighthouse", steps=2), image, mask=MASK_PNG))
+        asyncio.run(flow.edit(EditRequest(model=SD3, prompt="a lighthouse", steps=2), image, mask=MASK_PNG))
     assert refused_naming_sd3(info.value.message) and info.value.param == "mask"
 
 

@@ -16,7 +16,7 @@ from starlette.testclient import TestClient
 from t2i_core.api import request_log
 from t2i_core.common.config import Settings
 from t2i_core.api.engine_client import LocalEngineClient
-from t2i_core.api.frontend import Frontend
+from t2i_core.api.request_flow import RequestFlow
 from t2i_core.common.registry import TINY_SD_ID
 from t2i_core.common.schemas import EngineRequest, GenerateRequest
 
@@ -137,10 +137,10 @@ def test_error_code_is_on_the_line(lines):
 
 @pytest.mark.parametrize("log_prompts", [0, 1])
 def test_prompts_are_logged_only_when_configured(engine, lines, log_prompts):
-    front = Frontend(LocalEngineClient(engine), Settings(log_prompts=log_prompts), engine.registry)
+    flow = RequestFlow(LocalEngineClient(engine), Settings(log_prompts=log_prompts), engine.registry)
 
     async def handler(request):
-        (image,) = await front.generate(GenerateRequest(prompt="secret castle", negative_prompt="fog", seed=3))
+        (image,) = await flow.generate(GenerateRequest(prompt="secret castle", negative_prompt="fog", seed=3))
         return PlainTextResponse(str(image.seed))
 
     TestClient(_app(handler)).post("/generate")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from t2i_core.api.engine_client import LocalEngineClient
-from t2i_core.api.frontend import Frontend
+from t2i_core.api.request_flow import RequestFlow
 from t2i_core.common.config import Settings
 from t2i_core.common.errors import ContentFiltered, http_status
 from t2i_core.common.registry import TINY_SD_ID, Registry
@@ -70,8 +70,8 @@ def test_an_image_the_checker_passes_is_returned(checked_engine):
 
 def test_the_client_gets_a_400_naming_the_reason(checked_engine):
     eng = checked_engine(True)
-    front = Frontend(LocalEngineClient(eng), Settings(encode_processes=0), eng.registry)
+    flow = RequestFlow(LocalEngineClient(eng), Settings(encode_processes=0), eng.registry)
     with pytest.raises(ContentFiltered) as info:
-        asyncio.run(front.generate(GenerateRequest(prompt="x", width=64, height=64, num_inference_steps=1, seed=3)))
+        asyncio.run(flow.generate(GenerateRequest(prompt="x", width=64, height=64, num_inference_steps=1, seed=3)))
     assert info.value.code == "content_policy_violation" and info.value.param == "prompt"
     assert eng.stats()["errors_by_code"]["content_policy_violation"] == 1

@@ -17,7 +17,7 @@ from t2i_core.common.schemas import EngineRequest, EngineResult, Kind, Preview
 
 
 class EngineClient(Protocol):
-    """What the frontend asks of the engine."""
+    """What the request flow asks of the engine."""
 
     async def run(self, kind: Kind, requests: list[EngineRequest]) -> list[EngineResult]: ...
     async def model_states(self) -> list[dict[str, Any]]: ...

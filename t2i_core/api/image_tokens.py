@@ -2,7 +2,7 @@
 an object store prefix) recognises its own files by name and never serves, expires or deletes a file
 someone else put there, whatever its name.
 
-A token is ``<body><tag>``: the body is the store's (random, possibly with a time in front) and the tag
+A token is ``<body><tag>``: the body is the store's (random, possibly with a time in flow) and the tag
 the first 16 bytes of HMAC-SHA256(secret, body), URL-safe base64 (22 characters). Every process sharing
 the store shares its secret, kept in the store itself: a folder holds one key file (0600, linked into
 place on first use, so that concurrent first users agree on it); an object store, which has no atomic

@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, Response
 
 from t2i_core.api import request_log
 from t2i_core.common.errors import InvalidRequest, T2IError, describe_validation_errors, http_status
-from t2i_core.api.frontend import RenderedImage
+from t2i_core.api.request_flow import RenderedImage
 from t2i_core.api.images.codecs import decode_base64
 from t2i_core.common.paths import A1111_PREFIX, SEED_PATHS
 

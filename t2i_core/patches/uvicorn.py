@@ -13,7 +13,7 @@ installed, as here) has no limit and no timeout for headers. ``bound_request_hea
   it opened or after the request began (a connection that sends nothing included).
 
 Upstream: none known. Applied only on uvicorn ``WRITTEN_FOR`` (``version_guard``); elsewhere it warns
-once and changes nothing (then put a proxy with header limits in front).
+once and changes nothing (then put a proxy with header limits in flow).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from t2i_core.common.errors import Forbidden, InvalidRequest, Unauthorized
-from t2i_core.api.frontend import Frontend
+from t2i_core.api.request_flow import RequestFlow
 from t2i_core.api.responses import guarded
 from t2i_core.api.surfaces.reading import read_json_object
 
@@ -38,18 +38,18 @@ def check_admin_key(request: Request, admin_key: str) -> None:
         raise Unauthorized("admin routes need 'Authorization: Bearer <T2I_ADMIN_KEY>'")
 
 
-def admin_routes(get_frontend: Callable[[], Frontend]) -> list[Route]:
+def admin_routes(get_flow: Callable[[], RequestFlow]) -> list[Route]:
 
-    def authorized(request: Request) -> Frontend:
-        front = get_frontend()
-        check_admin_key(request, front.settings.admin_key)
-        return front
+    def authorized(request: Request) -> RequestFlow:
+        flow = get_flow()
+        check_admin_key(request, flow.settings.admin_key)
+        return flow
 
     @guarded
     async def list_models(request: Request) -> Response:
-        front = authorized(request)
-        rows = await front.model_states()  # the engine's states and default
-        return JSONResponse({"default": front.registry.default_id, "models": rows})
+        flow = authorized(request)
+        rows = await flow.model_states()  # the engine's states and default
+        return JSONResponse({"default": flow.registry.default_id, "models": rows})
 
     @guarded
     async def load(request: Request) -> Response:
@@ -61,11 +61,11 @@ def admin_routes(get_frontend: Callable[[], Frontend]) -> list[Route]:
 
     @guarded
     async def set_default(request: Request) -> Response:
-        front = authorized(request)
+        flow = authorized(request)
         model_id = (await read_json_object(request)).get("model")
         if not isinstance(model_id, str):
             raise InvalidRequest(f"model must be a model id string; got {model_id!r}", param="model")
-        return JSONResponse(await front.model_action("set_default", model_id))
+        return JSONResponse(await flow.model_action("set_default", model_id))
 
     return [
         Route("/admin/models", list_models, methods=["GET"]),

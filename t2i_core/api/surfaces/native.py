@@ -13,7 +13,7 @@ from typing import Annotated, Any, Awaitable
 from pydantic import BeforeValidator, Field
 from starlette.responses import Response
 
-from t2i_core.api.frontend import RenderedImage
+from t2i_core.api.request_flow import RenderedImage
 from t2i_core.api.responses import base64_image, error_response_for, image_response
 from t2i_core.common.errors import T2IError
 from t2i_core.common.schemas import EditRequest

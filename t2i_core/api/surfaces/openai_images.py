@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from t2i_core.common.errors import Gone, InvalidRequest, NotFound, UnknownModel
 from t2i_core.common.fields import N, OptionalImageFormat, PartialImages, ResponseFormat, Size, Strength
-from t2i_core.api.frontend import Frontend, RenderedImage, parse, until_disconnected
+from t2i_core.api.request_flow import RequestFlow, RenderedImage, parse, until_disconnected
 from t2i_core.api.responses import guarded
 from t2i_core.api.image_store import ImageStore, off_loop
 from t2i_core.api.images.codecs import MEDIA_TYPES
@@ -57,9 +57,9 @@ class OpenAIImageRequest(PromptSettings, ControlSettings):
     quality: str | None = Field(default=None, max_length=20)
     background: str | None = Field(default=None, max_length=20)
 
-    def checked(self, front: Frontend) -> "OpenAIImageRequest":
+    def checked(self, flow: RequestFlow) -> "OpenAIImageRequest":
         """OpenAI's options that need the server: n's limit, stream, background, quality."""
-        limit = front.settings.max_images_per_request
+        limit = flow.settings.max_images_per_request
         if self.n > limit:
             raise InvalidRequest(f"n must be between 1 and {limit} on this server; got {self.n}", param="n")
         if self.stream:
@@ -68,7 +68,7 @@ class OpenAIImageRequest(PromptSettings, ControlSettings):
             raise InvalidRequest("background transparent is not supported: these models draw opaque images; "
                                  "send background opaque or auto", param="background", code="unsupported_parameter")
         if self.quality is not None and self.num_inference_steps is None:
-            steps = steps_for(self.quality, front.registry.get(self.model).defaults.steps)
+            steps = steps_for(self.quality, flow.registry.get(self.model).defaults.steps)
             return self.model_copy(update={"num_inference_steps": steps})
         return self
 
@@ -131,9 +131,9 @@ async def _images_body(
     }
 
 
-async def models_body(front: Frontend, created: int) -> dict[str, Any]:
+async def models_body(flow: RequestFlow, created: int) -> dict[str, Any]:
     """OpenAI's model list and seed 002's ``models``, each model with its state."""
-    rows = await front.model_states()
+    rows = await flow.model_states()
     return {
         "object": "list",
         "data": [{"id": r["id"], "object": "model", "created": created, "owned_by": r["publisher"], **r} for r in rows],
@@ -141,25 +141,25 @@ async def models_body(front: Frontend, created: int) -> dict[str, Any]:
     }
 
 
-def openai_routes(get_frontend: Callable[[], Frontend], store: ImageStore) -> list[Route]:
+def openai_routes(get_flow: Callable[[], RequestFlow], store: ImageStore) -> list[Route]:
     created = int(time.time())
 
     @guarded
     async def generations(request: Request) -> Response:
-        front = get_frontend()
-        req = parse(OpenAIImageRequest, await read_json_object(request)).checked(front)
+        flow = get_flow()
+        req = parse(OpenAIImageRequest, await read_json_object(request)).checked(flow)
         native = req.native()
         watch = lambda: until_disconnected(request.receive)  # noqa: E731
-        prepared = await front.prepare_generate(native)  # every refusal is a 4xx, before a stream starts
+        prepared = await flow.prepare_generate(native)  # every refusal is a 4xx, before a stream starts
         if req.stream:
-            return stream_images(front, "image_generation", native.format, req.quality or "auto", lambda rid: front.run(
+            return stream_images(flow, "image_generation", native.format, req.quality or "auto", lambda rid: flow.run(
                 prepared, disconnected=watch, request_id=rid, partial_images=req.partial_images))
-        images = await front.run(prepared, n=req.n, disconnected=watch)
-        return JSONResponse(await _images_body(images, req, request, store, front.settings.public_url))
+        images = await flow.run(prepared, n=req.n, disconnected=watch)
+        return JSONResponse(await _images_body(images, req, request, store, flow.settings.public_url))
 
     @guarded
     async def edits(request: Request) -> Response:
-        front = get_frontend()
+        flow = get_flow()
         content_type = request.headers.get("content-type", "")
         if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
             data, files = await read_form(request)
@@ -180,28 +180,28 @@ def openai_routes(get_frontend: Callable[[], Frontend], store: ImageStore) -> li
             mask = optional_image_from_json(data, "mask")
             control = None
         req = parse(OpenAIEditRequest, data)
-        req = req.checked(front)
+        req = req.checked(flow)
         native = req.native()
         watch = lambda: until_disconnected(request.receive)  # noqa: E731
         # every refusal (fields, model, controls, the image, mask and control image) is a 4xx, before a stream starts
-        prepared = await front.prepare_edit(native, image, mask=mask, control_image=control, transparent_repaints=True)
+        prepared = await flow.prepare_edit(native, image, mask=mask, control_image=control, transparent_repaints=True)
         if req.stream:
-            return stream_images(front, "image_edit", native.format, req.quality or "auto", lambda rid: front.run(
+            return stream_images(flow, "image_edit", native.format, req.quality or "auto", lambda rid: flow.run(
                 prepared, disconnected=watch, request_id=rid, partial_images=req.partial_images))
-        images = await front.run(prepared, n=req.n, disconnected=watch)
-        return JSONResponse(await _images_body(images, req, request, store, front.settings.public_url))
+        images = await flow.run(prepared, n=req.n, disconnected=watch)
+        return JSONResponse(await _images_body(images, req, request, store, flow.settings.public_url))
 
     @guarded
     async def list_models(request: Request) -> Response:
-        return JSONResponse(await models_body(get_frontend(), created))
+        return JSONResponse(await models_body(get_flow(), created))
 
     @guarded
     async def get_model(request: Request) -> Response:
         model_id = request.path_params["model_id"]
-        for item in (await models_body(get_frontend(), created))["data"]:
+        for item in (await models_body(get_flow(), created))["data"]:
             if item["id"] == model_id:
                 return JSONResponse(item)
-        get_frontend().registry.get(model_id)  # raises UnknownModel naming the known ids
+        get_flow().registry.get(model_id)  # raises UnknownModel naming the known ids
         raise UnknownModel(f"model {model_id!r} is not in the registry", param="model")
 
     @guarded

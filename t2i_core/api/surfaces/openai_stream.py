@@ -2,7 +2,7 @@
 ``image_generation.partial_image`` (or ``image_edit.partial_image``) events carrying real intermediate
 decodes of the image's latents (``engine/previews.py``), then ``image_generation.completed`` (or
 ``image_edit.completed``) with the final image. The handler prepares the request first
-(``Frontend.prepare_generate`` / ``prepare_edit``): whatever can be refused before the engine runs is
+(``RequestFlow.prepare_generate`` / ``prepare_edit``): whatever can be refused before the engine runs is
 a 4xx with OpenAI's error body, before any byte of the stream. Only what fails while the image is
 made (an engine error, the time limit) is an ``error`` event with OpenAI's error body (the SDK raises
 it), noted on the request's log line. The official SDK's
@@ -22,7 +22,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 from starlette.responses import StreamingResponse
 
 from t2i_core.api import request_log
-from t2i_core.api.frontend import Frontend, RenderedImage
+from t2i_core.api.request_flow import RequestFlow, RenderedImage
 from t2i_core.common.errors import InvalidRequest, T2IError, http_status
 
 log = logging.getLogger("t2i.openai")
@@ -53,7 +53,7 @@ def _event(kind: str, body: dict[str, Any]) -> bytes:
 
 
 def stream_images(
-    front: Frontend, prefix: str, fmt: str, quality: str,
+    flow: RequestFlow, prefix: str, fmt: str, quality: str,
     start: Callable[[str], Awaitable[list[RenderedImage]]],
 ) -> StreamingResponse:
     """``start(request_id)`` makes the image; ``prefix`` is ``image_generation`` or ``image_edit``."""
@@ -69,7 +69,7 @@ def stream_images(
         try:
             while True:
                 finished = work.done()
-                for preview, data in await front.previews(request_id, sent, fmt):
+                for preview, data in await flow.previews(request_id, sent, fmt):
                     yield _event(f"{prefix}.partial_image", {
                         "b64_json": base64.b64encode(data).decode("ascii"), "partial_image_index": preview.index,
                         **common(preview.width, preview.height)})

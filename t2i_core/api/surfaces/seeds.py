@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from t2i_core.api.frontend import Frontend, RenderedImage, parse, until_disconnected
+from t2i_core.api.request_flow import RequestFlow, RenderedImage, parse, until_disconnected
 from t2i_core.api.responses import guarded, image_response
 from t2i_core.common.schemas import EditRequest, GenerateRequest
 from t2i_core.api.surfaces.reading import image_bytes_from_json, read_json_object
@@ -34,13 +34,13 @@ def _seed000_body(image: RenderedImage) -> dict[str, object]:
             "seed": image.seed, "model": image.model}
 
 
-def seed_routes(get_frontend: Callable[[], Frontend]) -> list[Route]:
+def seed_routes(get_flow: Callable[[], RequestFlow]) -> list[Route]:
 
     @guarded
     async def api_image_generate(request: Request) -> Response:
         """seed 000: {prompt, steps, format} -> {image, time, format}."""
         req = parse(GenerateRequest, await read_json_object(request))
-        (image,) = await get_frontend().generate(req, disconnected=lambda: until_disconnected(request.receive))
+        (image,) = await get_flow().generate(req, disconnected=lambda: until_disconnected(request.receive))
         return JSONResponse(_seed000_body(image))
 
     @guarded
@@ -49,21 +49,21 @@ def seed_routes(get_frontend: Callable[[], Frontend]) -> list[Route]:
         data = await read_json_object(request)
         source = image_bytes_from_json(data)
         req = parse(EditRequest, data)
-        (image,) = await get_frontend().edit(req, source, disconnected=lambda: until_disconnected(request.receive))
+        (image,) = await get_flow().edit(req, source, disconnected=lambda: until_disconnected(request.receive))
         return JSONResponse(_seed000_body(image))
 
     @guarded
     async def generate_image(request: Request) -> Response:
         """seed 001: {prompt} -> PNG bytes."""
         req = parse(GenerateRequest, await read_json_object(request))
-        (image,) = await get_frontend().generate(req, disconnected=lambda: until_disconnected(request.receive))
+        (image,) = await get_flow().generate(req, disconnected=lambda: until_disconnected(request.receive))
         return image_response(image)
 
     @guarded
     async def image_generate(request: Request) -> Response:
         """seed 004: {prompt, seed, guidance_scale} -> {message, image_data}."""
         req = parse(GenerateRequest, await read_json_object(request))
-        (image,) = await get_frontend().generate(req, disconnected=lambda: until_disconnected(request.receive))
+        (image,) = await get_flow().generate(req, disconnected=lambda: until_disconnected(request.receive))
         return JSONResponse({"message": "Image generated successfully", "image_data": _b64(image.data),
                              "seed": image.seed, "model": image.model}, headers=image.headers())
 

@@ -1,4 +1,4 @@
-"""AUTOMATIC1111 web UI API routes (``/sdapi/v1/...``) over the same frontend as every other surface:
+"""AUTOMATIC1111 web UI API routes (``/sdapi/v1/...``) over the same request flow as every other surface:
 its requests share engine batches with the rest.
 
 LoRA adapters come from the prompt (``<lora:name:weight>``), inpainting from img2img's ``mask``, a
@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from t2i_core.api.frontend import Frontend, parse, until_disconnected
+from t2i_core.api.request_flow import RequestFlow, parse, until_disconnected
 from t2i_core.api.responses import guarded
 from t2i_core.api.surfaces.a1111.callers import CallerJobs, caller_id
 from t2i_core.api.surfaces.a1111.protocol import (
@@ -43,7 +43,7 @@ def model_id_of(title: Any) -> str:
     return str(title).split(" [", 1)[0]
 
 
-def a1111_routes(get_frontend: Callable[[], Frontend], callers: CallerJobs | None = None) -> list[Route]:
+def a1111_routes(get_flow: Callable[[], RequestFlow], callers: CallerJobs | None = None) -> list[Route]:
     """``callers``: where each caller's latest request is kept (see callers.py); in memory by default."""
     jobs = callers if callers is not None else CallerJobs()
 
@@ -66,24 +66,24 @@ def a1111_routes(get_frontend: Callable[[], Frontend], callers: CallerJobs | Non
         """The model this caller chose with ``POST options`` (callers with a key only)."""
         return await jobs.checkpoint(caller_id(request)) if request.headers.get("authorization") else None
 
-    def model_for(front: Frontend, req: Txt2Img, chosen: str | None) -> str | None:
+    def model_for(flow: RequestFlow, req: Txt2Img, chosen: str | None) -> str | None:
         """The request's ``override_settings`` checkpoint, else the caller's, else None (the default)."""
         title = req.override_settings.get("sd_model_checkpoint", chosen)
         if title is None:
             return None
         model_id = model_id_of(title)
-        front.registry.get(model_id)  # 404 naming the known models
+        flow.registry.get(model_id)  # 404 naming the known models
         return model_id
 
-    def native_fields(front: Frontend, req: Txt2Img, chosen: str | None) -> dict[str, Any]:
-        model = model_for(front, req, chosen)
-        entry = front.registry.get(model)
+    def native_fields(flow: RequestFlow, req: Txt2Img, chosen: str | None) -> dict[str, Any]:
+        model = model_for(flow, req, chosen)
+        entry = flow.registry.get(model)
         prompt, adapters = split_loras(req.prompt)
         if not prompt:
             raise InvalidRequest(f"prompt holds nothing to draw besides its tags; got {req.prompt!r}"[:300], param="prompt")
         for use in adapters:  # named as the prompt names it
             try:
-                front.registry.adapter(use["id"], entry)
+                flow.registry.adapter(use["id"], entry)
             except UnknownAdapter as err:
                 raise UnknownAdapter(f"<lora:{use['id']}> in the prompt: {err.message}", param="prompt") from None
         return {"prompt": prompt, "negative_prompt": req.negative_prompt, "num_inference_steps": req.steps,
@@ -92,52 +92,52 @@ def a1111_routes(get_frontend: Callable[[], Frontend], callers: CallerJobs | Non
                 "scheduler": scheduler_for(req, entry.pipeline), "adapters": adapters or None,
                 **controlnet_fields(req)}
 
-    def images_count(front: Frontend, req: Txt2Img) -> int:
-        n, limit = req.batch_size * req.n_iter, front.settings.max_images_per_request
+    def images_count(flow: RequestFlow, req: Txt2Img) -> int:
+        n, limit = req.batch_size * req.n_iter, flow.settings.max_images_per_request
         if n > limit:
             raise InvalidRequest(f"batch_size * n_iter must be at most {limit} on this server; got {n}", param="batch_size")
         return n
 
     @guarded
     async def txt2img(request: Request) -> Response:
-        front = get_frontend()
+        flow = get_flow()
         req = parse(Txt2Img, await read_json_object(request))
-        fields = native_fields(front, req, await chosen_checkpoint(request))
+        fields = native_fields(flow, req, await chosen_checkpoint(request))
         if fields.get("controlnet") is not None and fields.get("control_image") is None:
             raise InvalidRequest("the ControlNet unit needs an image (txt2img has no init image to fall back on)",
                                  param="alwayson_scripts")
         native = parse(GenerateRequest, fields)
-        n = images_count(front, req)
+        n = images_count(flow, req)
         async with remembered(request) as request_id:
-            images = await front.generate(native, n=n, request_id=request_id,
+            images = await flow.generate(native, n=n, request_id=request_id,
                                           disconnected=lambda: until_disconnected(request.receive))
         return JSONResponse(answer(images, req, req.sampler_name or "default"))
 
     @guarded
     async def img2img(request: Request) -> Response:
-        front = get_frontend()
+        flow = get_flow()
         req = parse(Img2Img, await read_json_object(request))
         if not req.init_images:
             raise InvalidRequest("init_images must hold one base64 image", param="init_images")
-        fields = native_fields(front, req, await chosen_checkpoint(request))
+        fields = native_fields(flow, req, await chosen_checkpoint(request))
         if fields.get("controlnet") is not None and fields.get("control_image") is None:
             fields["control_image"] = req.init_images[0]  # as the ControlNet extension does in img2img
         native = parse(EditRequest, {**fields, "strength": req.denoising_strength})
-        front.check_edit(native, masked=bool(req.mask))  # before any image is decoded
+        flow.check_edit(native, masked=bool(req.mask))  # before any image is decoded
         source = decode_base64(req.init_images[0], field="init_images")
         mask = None
         if req.mask:
             mask = await asyncio.to_thread(a1111_mask, decode_base64(req.mask, field="mask"), req,
-                                           front.settings.max_input_pixels)
-        n = images_count(front, req)
+                                           flow.settings.max_input_pixels)
+        n = images_count(flow, req)
         async with remembered(request) as request_id:
-            images = await front.edit(native, source, n=n, request_id=request_id,
+            images = await flow.edit(native, source, n=n, request_id=request_id,
                                       disconnected=lambda: until_disconnected(request.receive), mask=mask)
         return JSONResponse(answer(images, req, req.sampler_name or "default"))
 
     @guarded
     async def progress(request: Request) -> Response:
-        front = get_frontend()
+        flow = get_flow()
         found = await jobs.latest(caller_id(request))
         state = {"skipped": False, "interrupted": False, "job": "", "job_count": 0, "job_timestamp": "", "job_no": 0,
                  "sampling_step": 0, "sampling_steps": 0}
@@ -146,7 +146,7 @@ def a1111_routes(get_frontend: Callable[[], Frontend], callers: CallerJobs | Non
         if found is None:
             return JSONResponse(body)
         request_id, started = found
-        engine = await front.progress(request_id)
+        engine = await flow.progress(request_id)
         step, steps = engine.get("step", 0), engine.get("steps") or 0
         running = engine.get("state") in ("queued", "running")
         fraction = 1.0 if engine.get("state") == "done" else (step / steps if steps else 0.0)
@@ -156,7 +156,7 @@ def a1111_routes(get_frontend: Callable[[], Frontend], callers: CallerJobs | Non
         body.update(progress=round(fraction, 4),
                     eta_relative=round(elapsed / fraction - elapsed, 3) if running and 0 < fraction < 1 else 0.0)
         if running and request.query_params.get("skip_current_image", "false").lower() != "true":
-            previews = await front.previews(request_id, 0, "png", want_next=True, caller=caller_id(request))
+            previews = await flow.previews(request_id, 0, "png", want_next=True, caller=caller_id(request))
             if previews:
                 import base64
 
@@ -167,21 +167,21 @@ def a1111_routes(get_frontend: Callable[[], Frontend], callers: CallerJobs | Non
     async def interrupt(request: Request) -> Response:
         found = await jobs.latest(caller_id(request))
         if found is not None:
-            await get_frontend().engine.cancel([found[0]])
+            await get_flow().engine.cancel([found[0]])
         return JSONResponse({})
 
     @guarded
     async def sd_models(request: Request) -> Response:
-        rows = await get_frontend().model_states()
+        rows = await get_flow().model_states()
         return JSONResponse([{"title": r["id"], "model_name": r["id"], "hash": None, "sha256": None,
                               "filename": r["id"], "config": None, "state": r["state"]} for r in rows])
 
     @guarded
     async def options(request: Request) -> Response:
-        front = get_frontend()
+        flow = get_flow()
         if request.method == "POST":
             data = await read_json_object(request)
-            admin = has_admin_key(request, front.settings.admin_key)
+            admin = has_admin_key(request, flow.settings.admin_key)
             if not admin and not request.headers.get("authorization"):
                 raise Unauthorized("setting options needs a key: 'Authorization: Bearer <API key>' sets the model of "
                                    "your own requests, the admin key (T2I_ADMIN_KEY) the server's default model")
@@ -192,14 +192,14 @@ def a1111_routes(get_frontend: Callable[[], Frontend], callers: CallerJobs | Non
             if "sd_model_checkpoint" in data:
                 model_id = model_id_of(data["sd_model_checkpoint"])
                 if admin:  # the default for everyone
-                    await front.model_action("set_default", model_id)
+                    await flow.model_action("set_default", model_id)
                 else:  # this caller's own requests: one client must not switch everyone's model
-                    front.registry.get(model_id)  # 404 naming the known models
+                    flow.registry.get(model_id)  # 404 naming the known models
                     await jobs.choose_checkpoint(caller_id(request), model_id)
             return JSONResponse({})
         chosen = await chosen_checkpoint(request)
-        await front.model_states()  # the engine's default
-        return JSONResponse({"sd_model_checkpoint": chosen or front.registry.default_id, "samples_format": "png",
+        await flow.model_states()  # the engine's default
+        return JSONResponse({"sd_model_checkpoint": chosen or flow.registry.default_id, "samples_format": "png",
                              "sd_checkpoint_hash": None})
 
     @guarded
@@ -209,12 +209,12 @@ def a1111_routes(get_frontend: Callable[[], Frontend], callers: CallerJobs | Non
             {"name": a.id, "alias": a.id, "path": a.source,
              "metadata": {"family": a.family, "weight": a.weight, "trigger_words": list(a.trigger_words),
                           "description": a.description}}
-            for a in get_frontend().registry.adapters()])
+            for a in get_flow().registry.adapters()])
 
     @guarded
     async def controlnet_models(request: Request) -> Response:
         """The ControlNet extension's model list: the registry's ControlNets."""
-        return JSONResponse({"model_list": [c.id for c in get_frontend().registry.controlnets()]})
+        return JSONResponse({"model_list": [c.id for c in get_flow().registry.controlnets()]})
 
     def constant(body: Any) -> Callable[[Request], Any]:
         async def handler(request: Request) -> Response:

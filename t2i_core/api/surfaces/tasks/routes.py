@@ -65,9 +65,9 @@ async def read_task_fields(request: Request) -> dict[str, Any]:
     return data
 
 
-def task_routes(get_frontend: Callable[[], Any], store: TaskStore, runner: TaskRunner) -> list[Route]:
+def task_routes(get_flow: Callable[[], Any], store: TaskStore, runner: TaskRunner) -> list[Route]:
     def caller(request: Request) -> Caller:
-        settings = get_frontend().settings
+        settings = get_flow().settings
         keys = any(k.strip() for k in settings.api_keys.split(","))
         return caller_of(request, api_keys=keys, admin_key=settings.admin_key)
 
@@ -75,7 +75,7 @@ def task_routes(get_frontend: Callable[[], Any], store: TaskStore, runner: TaskR
         return await call(store.state, store.read, request.query_params.get("task_id", ""), caller(request))
 
     async def start(fields: dict[str, Any], who: Caller) -> Response:
-        req = await get_frontend().check(fields)  # refused now, not as a task that fails later
+        req = await get_flow().check(fields)  # refused now, not as a task that fails later
         record = await call(store.state, store.create, fields, who, (request_log.current() or _NoRecord).request_id)
         runner.start(record, req)
         request_log.note(task_id=record.task_id)
@@ -117,9 +117,9 @@ def task_routes(get_frontend: Callable[[], Any], store: TaskStore, runner: TaskR
         step k of steps from the engine (``steps`` is null until the pipeline starts). With
         ``preview=1``: ``current_image`` (base64 PNG of the latents decoded at ``current_image_step``)."""
         record = await read(request)
-        front = get_frontend()
+        flow = get_flow()
         work_id = engine_request_id(record.task_id)
-        engine = await front.progress(work_id)
+        engine = await flow.progress(work_id)
         if record.status == "completed":
             engine = {**engine, "state": "done"}
         elif record.status in ("canceled", "failed") and engine.get("state") == "queued":  # ended before it ran
@@ -131,7 +131,7 @@ def task_routes(get_frontend: Callable[[], Any], store: TaskStore, runner: TaskR
         if request.query_params.get("preview", "").lower() in ("1", "true", "yes"):
             # the latest decode of the latents (null until one is made: the engine decodes after the next step)
             running = record.status == "in_progress" and engine.get("state") in ("queued", "running")
-            previews = await front.previews(work_id, 0, "png", want_next=running, caller=caller_id(request))
+            previews = await flow.previews(work_id, 0, "png", want_next=running, caller=caller_id(request))
             latest = previews[-1] if previews else None
             body["current_image"] = base64.b64encode(latest[1]).decode("ascii") if latest else None
             body["current_image_step"] = latest[0].step if latest else None

@@ -36,9 +36,9 @@ def engine_request_id(task_id: str) -> str:
 
 
 class TaskRunner:
-    def __init__(self, store: TaskStore, get_frontend: Callable[[], Any], check_s: float = 60.0):
+    def __init__(self, store: TaskStore, get_flow: Callable[[], Any], check_s: float = 60.0):
         self.store = store
-        self.get_frontend = get_frontend
+        self.get_flow = get_flow
         self.check_s = check_s
         self._running: dict[str, asyncio.Task[None]] = {}
         self._canceled: dict[str, asyncio.Event] = {}
@@ -83,7 +83,7 @@ class TaskRunner:
         task_id = record.task_id
         with request_log.recording(TASK_ROUTE, event="task", task_id=task_id) as logged:
             try:
-                (image,) = await self.get_frontend().generate(
+                (image,) = await self.get_flow().generate(
                     req, request_id=engine_request_id(task_id), disconnected=lambda: self._until_canceled(task_id))
                 response = image_response(image)
                 headers = {k: v for k, v in response.headers.items() if k.lower() in KEPT_HEADERS}

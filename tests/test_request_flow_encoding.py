@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from t2i_core.api.images import codecs as imaging
-from t2i_core.api.frontend import INLINE_ENCODE_MAX_PIXELS, Frontend
+from t2i_core.api.request_flow import INLINE_ENCODE_MAX_PIXELS, RequestFlow
 from t2i_core.common.schemas import EngineRequest, EngineResult, GenerateRequest
 
 
@@ -35,10 +35,10 @@ def test_small_images_are_encoded_on_the_loop_and_large_ones_on_threads(monkeypa
         return encode(*args, **kwargs)
 
     monkeypatch.setattr(imaging, "encode_image", recording_encode)
-    front = Frontend(PixelEngine())
+    flow = RequestFlow(PixelEngine())
 
     async def main():
-        images = await front.generate(GenerateRequest(prompt="x", width=side, height=side, seed=1), n=n)
+        images = await flow.generate(GenerateRequest(prompt="x", width=side, height=side, seed=1), n=n)
         return images, threading.current_thread()
 
     images, loop_thread = asyncio.run(main())
@@ -54,16 +54,16 @@ def test_with_encoder_processes_no_image_is_encoded_in_the_api_process(monkeypat
     calls: list[int] = []
     encode = imaging.encode_image
     monkeypatch.setattr(imaging, "encode_image", lambda *a, **kw: calls.append(1) or encode(*a, **kw))
-    front = Frontend(PixelEngine(), Settings(encode_processes=1))
+    flow = RequestFlow(PixelEngine(), Settings(encode_processes=1))
 
     async def main():
         try:
-            return await front.generate(GenerateRequest(prompt="x", width=96, height=64, seed=1, format="webp"), n=3)
+            return await flow.generate(GenerateRequest(prompt="x", width=96, height=64, seed=1, format="webp"), n=3)
         finally:
-            front.encoder.close()
+            flow.encoder.close()
 
     images = asyncio.run(main())
-    assert calls == [] and front.encoder.fallbacks == 0
+    assert calls == [] and flow.encoder.fallbacks == 0
     for image in images:
         decoded = Image.open(io.BytesIO(image.data))
         assert decoded.format == "WEBP" and decoded.size == (96, 64)

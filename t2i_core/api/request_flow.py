@@ -1,7 +1,7 @@
 """The API side of a request: validate, decode input images, call the engine, encode output images.
 
 Everything here runs in the API process, so decoding and encoding (CPU work) stay out of the GPU
-process. ``EngineClient`` is how the frontend reaches the engine: BentoML's inter-service client in
+process. ``EngineClient`` is how the request flow reaches the engine: BentoML's inter-service client in
 the server, ``LocalEngineClient`` (the engine in process) in tests.
 """
 
@@ -84,7 +84,7 @@ class RenderedImage:
 
 @dataclass(frozen=True)
 class Prepared:
-    """A request checked and its input images decoded (``Frontend.prepare_generate`` / ``prepare_edit``):
+    """A request checked and its input images decoded (``RequestFlow.prepare_generate`` / ``prepare_edit``):
     everything that can be refused before the engine is asked has been. A streamed answer starts only
     after this, so such a refusal is a 4xx rather than an error event in a 200 stream."""
 
@@ -106,7 +106,7 @@ def parse(model: type[M], data: dict[str, Any]) -> M:
         raise InvalidRequest(message, param=param) from None
 
 
-class Frontend:
+class RequestFlow:
     def __init__(self, engine: EngineClient, settings: Settings | None = None, registry: Registry | None = None):
         self.settings = settings or Settings.from_env()
         self.registry = registry or Registry(default=self.settings.model)
@@ -165,6 +165,7 @@ class Frontend:
         """``req`` checked and its image, mask and control image decoded, ready for ``run`` (as
         ``prepare_generate``)."""
         self._note_prompt(req)
+        entry = self.registry.get(req.model)
         self.check_edit(req, masked=mask is not None)  # refused before the image is decoded
         if control_image is None and isinstance(req.control_image, str):
             control_image = decode_base64(req.control_image, field="control_image")
