@@ -231,7 +231,7 @@ API.add_asgi_middleware(TaskRoutes, routes=task_routes(
     TaskRunner(TASKS, lambda: bentoml.get_current_service().flow, check_s=SETTINGS.task_store_check_s),
 ))
 API.add_asgi_middleware(ErrorBodyMiddleware, paths=frozenset(m.route for m in API.apis.values()))
-# OpenAI-compatible /v1, the seed servers' routes, task progress and the playground (/ui): adapters
+# OpenAI-compatible /v1, the replaced servers' routes, task progress and the playground (/ui): adapters
 # over the same request flow.
 API.mount_asgi_app(
     build_surfaces_app(

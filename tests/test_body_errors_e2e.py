@@ -63,7 +63,7 @@ ROUTES = {
     "/generate": "native", "/edit": "native", "/tasks/generate": "native", "/tasks/generate/submit": "native",
     "/v1/images/generations": "openai", "/v1/images/edits": "openai", "/admin/default": "openai",
     "/sdapi/v1/txt2img": "a1111", "/sdapi/v1/img2img": "a1111", "/sdapi/v1/options": "a1111",
-    "/api/image/generate": "seed", "/api/image/edit": "seed", "/generate-image": "seed", "/image/generate": "seed",
+    "/api/image/generate": "replaced", "/api/image/edit": "replaced", "/generate-image": "replaced", "/image/generate": "replaced",
 }
 #: the routes that read multipart bodies; the others read JSON whatever the Content-Type says, so a valid
 #: JSON body sent as multipart is damaged only here

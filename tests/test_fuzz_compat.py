@@ -1,4 +1,4 @@
-"""Property-based fuzzing of the routes that are not in /docs.json (OpenAI and seed routes), in
+"""Property-based fuzzing of the routes that are not in /docs.json (OpenAI and replaced servers' routes), in
 process: whatever JSON arrives, the answer is never a 5xx and never a traceback."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Responses of every surface: image replies, and the one path from an error to a response.
 
 Handlers raise ``T2IError``; ``error_response_for`` picks the status (``errors.http_status``) and the
-body shape of the surface the path belongs to (native, OpenAI, seed servers). Starlette routes are
+body shape of the surface the path belongs to (native, OpenAI, A1111, the replaced servers). Starlette routes are
 wrapped in ``guarded``, BentoML's routes reach it through ``service.py``, the guard middleware calls it
 directly, and ``ErrorBodyMiddleware`` rewrites BentoML's own error bodies into the native shape.
 
@@ -26,13 +26,13 @@ from t2i_core.api import request_log
 from t2i_core.common.errors import InvalidRequest, T2IError, describe_validation_errors, http_status
 from t2i_core.api.request_flow import RenderedImage
 from t2i_core.api.images.codecs import decode_base64
-from t2i_core.common.paths import A1111_PREFIX, SEED_PATHS
+from t2i_core.common.paths import A1111_PREFIX, REPLACED_SERVER_PATHS
 
 log = logging.getLogger("t2i.api")
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-Surface = Literal["native", "openai", "seed", "a1111"]
+Surface = Literal["native", "openai", "replaced", "a1111"]
 
 
 def surface_of(path: str) -> Surface:
@@ -41,17 +41,17 @@ def surface_of(path: str) -> Surface:
         return "openai"
     if path.startswith(A1111_PREFIX):
         return "a1111"
-    if path in SEED_PATHS:
-        return "seed"
+    if path in REPLACED_SERVER_PATHS:
+        return "replaced"
     return "native"
 
 
 def error_body(err: T2IError, surface: Surface = "native") -> dict[str, Any]:
     """native ``{"error": message, "param", "code"}``; OpenAI ``{"error": {"message", "type", "param",
-    "code"}}``; the seed servers' ``{"error": message}``; A1111's ``{"error", "detail", "body", "errors"}``."""
+    "code"}}``; the replaced servers' ``{"error": message}``; A1111's ``{"error", "detail", "body", "errors"}``."""
     if surface == "openai":
         return {"error": err.to_dict()}
-    if surface == "seed":
+    if surface == "replaced":
         return {"error": err.message}
     if surface == "a1111":  # A1111's own error body (its clients print detail / errors)
         return {"error": type(err).__name__, "detail": err.message, "body": "", "errors": err.message,

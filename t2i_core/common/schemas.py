@@ -37,7 +37,7 @@ Kind = Literal["generate", "edit"]
 
 class PromptSettings(BaseModel):
     """The generation settings every surface takes under these names (native, OpenAI extension
-    fields, seed routes). Declared once here; each surface's model adds its own fields."""
+    fields, replaced servers' routes). Declared once here; each surface's model adds its own fields."""
 
     model_config = ConfigDict(populate_by_name=True)
 
@@ -94,7 +94,7 @@ class ControlSettings(BaseModel):
 
 
 class GenerateRequest(PromptSettings, ControlSettings):
-    """The native ``/generate`` request (also the task route's and the seed routes')."""
+    """The native ``/generate`` request (also the task route's and the replaced servers' routes')."""
 
     width: Side = None
     height: Side = None

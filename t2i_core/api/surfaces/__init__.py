@@ -1,4 +1,4 @@
-"""Client compatibility: the OpenAI Images API under /v1 and the routes of the seed servers.
+"""Client compatibility: the OpenAI Images API under /v1 and the routes of the replaced servers.
 
 Every route is a thin adapter over ``RequestFlow`` (the same validation, engine calls and encoding as
 the native routes). ``build_surfaces_app`` returns one Starlette app that service.py mounts.
@@ -17,7 +17,7 @@ from t2i_core.api.surfaces.a1111.routes import a1111_routes
 from t2i_core.api.surfaces.admin import admin_routes
 from t2i_core.api.surfaces.controls import control_routes
 from t2i_core.api.surfaces.openai_images import openai_routes
-from t2i_core.api.surfaces.seeds import seed_routes
+from t2i_core.api.surfaces.replaced_servers import replaced_server_routes
 from t2i_core.api.surfaces.playground.routes import ui_routes
 
 
@@ -26,7 +26,7 @@ def build_surfaces_app(get_flow: Callable[[], RequestFlow], store: ImageStore,
     """The OpenAI, seed, admin and A1111 routes and the playground page (/ui).
     ``a1111_callers``: where A1111 callers' latest requests are kept (in memory by default)."""
     return Starlette(
-        routes=[*openai_routes(get_flow, store), *seed_routes(get_flow), *admin_routes(get_flow),
+        routes=[*openai_routes(get_flow, store), *replaced_server_routes(get_flow), *admin_routes(get_flow),
                 *a1111_routes(get_flow, a1111_callers), *control_routes(get_flow),
                 *ui_routes()]
     )

@@ -34,7 +34,7 @@ def _seed000_body(image: RenderedImage) -> dict[str, object]:
             "seed": image.seed, "model": image.model}
 
 
-def seed_routes(get_flow: Callable[[], RequestFlow]) -> list[Route]:
+def replaced_server_routes(get_flow: Callable[[], RequestFlow]) -> list[Route]:
 
     @guarded
     async def api_image_generate(request: Request) -> Response:

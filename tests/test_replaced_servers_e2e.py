@@ -1,4 +1,4 @@
-"""Every request documented in a seed server's README, sent as written (host and port aside),
+"""Every request documented in a replaced server's README, sent as written (host and port aside),
 answered with the shape that README documents."""
 
 from __future__ import annotations
