@@ -126,9 +126,9 @@ class Engine:
         return await asyncio.to_thread(self.core.model_states)
 
     @bentoml.api
-    async def control_states(self) -> dict[str, list[dict[str, Any]]]:
+    async def addon_states(self) -> dict[str, list[dict[str, Any]]]:
         """The registered LoRA adapters and ControlNets, with where they are loaded."""
-        return await asyncio.to_thread(self.core.control_states)
+        return await asyncio.to_thread(self.core.addon_states)
 
     @bentoml.api
     async def cancel(self, request_ids: list[str]) -> int:

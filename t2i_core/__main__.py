@@ -4,7 +4,7 @@
     python -m t2i_core pull MODEL_ID                          download a hub model into the local cache
     python -m t2i_core pull MODEL_ID --from-folder DIR        import a diffusers folder into the BentoML model store
     python -m t2i_core bench --preset tiny                    the benchmark (raw, served, no batching)
-    python -m t2i_core bench-pair | bench-vae | bench-prompts | bench-stop | bench-controls | bench-previews | bench-ledger
+    python -m t2i_core bench-pair | bench-vae | bench-prompts | bench-stop | bench-lora | bench-previews | bench-ledger
                                                               focused measurements (docs/performance.md)
     python -m t2i_core config-doc                             write docs/configuration.md from the settings
 """
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     stop.add_argument("--images", type=int, default=4)
     stop.add_argument("--steps", type=int, default=2)
     stop.add_argument("--repeats", type=int, default=3)
-    controls = sub.add_parser("bench-controls", help="LoRA adapters: load, switch between batches, step cost")
+    controls = sub.add_parser("bench-lora", help="LoRA adapters: load, switch between batches, step cost")
     controls.add_argument("--arch", choices=("tiny", "sd-turbo"), default="tiny")
     controls.add_argument("--size", type=int, default=64)
     controls.add_argument("--rank", type=int, default=16)
@@ -154,10 +154,10 @@ def run_bench_stop(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     return 0
 
 
-def run_bench_controls(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from t2i_core.devtools.bench.controls import main as run_controls_bench
+def run_bench_lora(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from t2i_core.devtools.bench.lora import main as run_lora_bench
 
-    run_controls_bench(args.arch, args.size, args.rank, args.repeats)
+    run_lora_bench(args.arch, args.size, args.rank, args.repeats)
     return 0
 
 
@@ -200,7 +200,7 @@ def run_tiny(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.ArgumentParser, argparse.Namespace], int]] = {
     "tiny": run_tiny, "pull": run_pull, "bench": run_bench, "bench-vae": run_bench_vae,
     "bench-prompts": run_bench_prompts, "bench-pair": run_bench_pair, "bench-stop": run_bench_stop,
-    "bench-controls": run_bench_controls, "bench-previews": run_bench_previews, "bench-ledger": run_bench_ledger,
+    "bench-lora": run_bench_lora, "bench-previews": run_bench_previews, "bench-ledger": run_bench_ledger,
     "config-doc": run_config_doc,
 }
 

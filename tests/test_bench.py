@@ -125,7 +125,7 @@ def test_bench_stop_reports_both_ways_of_stopping(capsys):
 def test_bench_controls_and_previews_report_their_figures(capsys):
     from t2i_core.__main__ import main
 
-    assert main(["bench-controls", "--arch", "tiny", "--repeats", "1"]) == 0
+    assert main(["bench-lora", "--arch", "tiny", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     assert out.count("load adapter") == 2 and "switch the active set: median" in out
     assert "two adapters: median" in out and "(1.000x)" in out

@@ -273,7 +273,7 @@ def tiny_sd3_loras(tiny_sd3, tmp_path_factory):
 
 def _adapter_images(pipe, loras) -> dict[str, object]:
     """Images with no adapter, ink, oil, ink again and none again, switched as the engine does."""
-    from t2i_core.engine.controls import AdapterSlots
+    from t2i_core.engine.lora import AdapterSlots
 
     slots = AdapterSlots()
     for name, path in loras.items():

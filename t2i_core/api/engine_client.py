@@ -21,7 +21,7 @@ class EngineClient(Protocol):
 
     async def run(self, kind: Kind, requests: list[EngineRequest]) -> list[EngineResult]: ...
     async def model_states(self) -> list[dict[str, Any]]: ...
-    async def control_states(self) -> dict[str, list[dict[str, Any]]]: ...
+    async def addon_states(self) -> dict[str, list[dict[str, Any]]]: ...
     async def model_action(self, action: str, model_id: str) -> dict[str, Any]: ...
     async def cancel(self, request_ids: list[str]) -> None: ...
     async def progress(self, request_ids: list[str]) -> dict[str, dict[str, Any]]: ...
@@ -40,8 +40,8 @@ class LocalEngineClient:
     async def model_states(self) -> list[dict[str, Any]]:
         return self.engine.model_states()
 
-    async def control_states(self) -> dict[str, list[dict[str, Any]]]:
-        return self.engine.control_states()
+    async def addon_states(self) -> dict[str, list[dict[str, Any]]]:
+        return self.engine.addon_states()
 
     async def model_action(self, action: str, model_id: str) -> dict[str, Any]:
         return await asyncio.to_thread(self.engine.model_action, action, model_id)
@@ -83,8 +83,8 @@ class RemoteEngine:
     async def model_states(self) -> list[dict[str, Any]]:
         return await retry_dropped(self.engine.to_async.model_states)
 
-    async def control_states(self) -> dict[str, list[dict[str, Any]]]:
-        return await retry_dropped(self.engine.to_async.control_states)
+    async def addon_states(self) -> dict[str, list[dict[str, Any]]]:
+        return await retry_dropped(self.engine.to_async.addon_states)
 
     async def model_action(self, action: str, model_id: str) -> dict[str, Any]:
         return await retry_dropped(lambda: self.engine.to_async.model_action(action=action, model_id=model_id))

@@ -142,7 +142,7 @@ class RequestFlow:
         ready for ``run``: what ``generate`` would refuse is raised here, before anything is answered."""
         self._note_prompt(req)
         entry = self.registry.get(req.model)
-        self._check_controls(req, entry, "generate")  # refused before any image is decoded
+        self._check_addons(req, entry, "generate")  # refused before any image is decoded
         if control_image is None and req.control_image is not None:
             control_image = decode_base64(req.control_image, field="control_image")
         size = (req.width or entry.defaults.width, req.height or entry.defaults.height)
@@ -192,9 +192,9 @@ class RequestFlow:
     def check_edit(self, req: EditRequest, masked: bool) -> None:
         """What ``edit`` refuses before decoding any image: adapters and a ControlNet that do not fit the
         model, a mask on a model that cannot inpaint, no mask on an inpainting checkpoint."""
-        self._check_controls(req, self.registry.get(req.model), "inpaint" if masked else "edit")
+        self._check_addons(req, self.registry.get(req.model), "inpaint" if masked else "edit")
 
-    def _check_controls(self, req: GenerateRequest, entry: ModelEntry, mode: str) -> None:
+    def _check_addons(self, req: GenerateRequest, entry: ModelEntry, mode: str) -> None:
         for use in req.adapters or []:
             self.registry.adapter(use.id, entry)
         if req.controlnet is not None:
@@ -282,9 +282,9 @@ class RequestFlow:
             rows.append(row)
         return rows
 
-    async def control_states(self) -> dict[str, list[dict[str, Any]]]:
+    async def addon_states(self) -> dict[str, list[dict[str, Any]]]:
         """The registered LoRA adapters and ControlNets: what each fits, and whether it is loaded."""
-        return await self.engine.control_states()
+        return await self.engine.addon_states()
 
     async def model_action(self, action: Literal["load", "unload", "set_default"], model_id: str) -> dict[str, Any]:
         """Load, unload or make default ``model_id`` (the admin API)."""

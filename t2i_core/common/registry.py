@@ -16,7 +16,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from t2i_core.common.controls import AdapterEntry, ControlNetEntry, SourceParts, check_source
+from t2i_core.common.addon_entries import AdapterEntry, ControlNetEntry, SourceParts, check_source
 from t2i_core.common.errors import ModelUnavailable, T2IError, UnknownAdapter, UnknownControlNet, UnknownModel, describe_validation_errors
 from t2i_core.common.fields import MAX_GUIDANCE, MAX_SIDE, MAX_STEPS, MIN_SIDE, SIDE_MULTIPLE
 from t2i_core.common.schedulers import SCHEDULERS, check_scheduler

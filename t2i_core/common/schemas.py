@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from t2i_core.common.control_fields import Adapters, ConditioningScale, ControlImageText, ControlNetId, GuidanceFraction
+from t2i_core.common.addon_fields import Adapters, ConditioningScale, ControlImageText, ControlNetId, GuidanceFraction
 from t2i_core.common.errors import InvalidRequest
 from t2i_core.common.fields import (
     MAX_STEPS,
@@ -60,7 +60,7 @@ class PromptSettings(BaseModel):
         return self
 
 
-class ControlSettings(BaseModel):
+class ControlNetSettings(BaseModel):
     """The ControlNet fields, taken under these names on every surface that has them (native, OpenAI
     extension fields)."""
 
@@ -93,7 +93,7 @@ class ControlSettings(BaseModel):
         return value
 
 
-class GenerateRequest(PromptSettings, ControlSettings):
+class GenerateRequest(PromptSettings, ControlNetSettings):
     """The native ``/generate`` request (also the task route's and the replaced servers' routes')."""
 
     width: Side = None

@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from t2i_core.common import metrics
-from t2i_core.common.controls import AdapterEntry, ControlNetEntry
+from t2i_core.common.addon_entries import AdapterEntry, ControlNetEntry
 from t2i_core.common.errors import ModelBusy, ModelUnavailable, T2IError
 from t2i_core.common.inpainting import loaded_channels, mode_refusal
 from t2i_core.common.registry import ModelEntry, Registry
-from t2i_core.engine.controls import AdapterSlots, assemble, pipeline_class
+from t2i_core.engine.lora import AdapterSlots
+from t2i_core.engine.pipeline_variants import assemble, pipeline_class
 from t2i_core.engine.prompt_dedupe import dedupe_text_encoders
 from t2i_core.engine.speedups import Speedups, apply as apply_speedups
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from t2i_core.engine.workers import BEAT_S, merge_control_states, merge_model_states, merge_stats, net_effect
+from t2i_core.engine.workers import BEAT_S, merge_addon_states, merge_model_states, merge_stats, net_effect
 
 log = logging.getLogger("t2i.engine")
 
@@ -63,7 +63,7 @@ class SharedWorkers:
         return results
 
     def _publish(self, with_stats: bool = False) -> None:
-        self.board.publish(self.models.states(), self._own_control_states(), self._own_stats() if with_stats else None)
+        self.board.publish(self.models.states(), self._own_addon_states(), self._own_stats() if with_stats else None)
 
     def _beat(self) -> None:
         """Heartbeat, published states, and new admin actions handed to the torch thread."""
@@ -89,12 +89,12 @@ class SharedWorkers:
             return self.models.states()
         return merge_model_states(self._live_views("states", self.models.states()))
 
-    def control_states(self) -> dict[str, list[dict[str, Any]]]:
+    def addon_states(self) -> dict[str, list[dict[str, Any]]]:
         if self.board is None:
-            return self._own_control_states()
-        return merge_control_states(self._live_views("controls", self._own_control_states()))
+            return self._own_addon_states()
+        return merge_addon_states(self._live_views("addons", self._own_addon_states()))
 
-    def _own_control_states(self) -> dict[str, list[dict[str, Any]]]:
+    def _own_addon_states(self) -> dict[str, list[dict[str, Any]]]:
         return {"adapters": self.models.adapter_states(), "controlnets": self.models.controlnet_states()}
 
     def _merged_stats(self) -> dict[str, Any]:

@@ -8,7 +8,7 @@ later (BentoML restarts a crashed one) applies the log's net effect first: the l
 models whose last action was a load.
 
 Each worker publishes its model states, control states and statistics; the engine's answers to
-``model_states``, ``control_states`` and ``stats`` merge those of the live workers, so that whichever
+``model_states``, ``addon_states`` and ``stats`` merge those of the live workers, so that whichever
 worker BentoML asks, ``/v1/models`` and ``/stats`` describe the whole engine.
 """
 
@@ -36,7 +36,7 @@ CREATE TABLE IF NOT EXISTS actions (seq INTEGER PRIMARY KEY AUTOINCREMENT, actio
 CREATE TABLE IF NOT EXISTS action_results (seq INTEGER NOT NULL, worker INTEGER NOT NULL, result TEXT NOT NULL,
     PRIMARY KEY (seq, worker));
 CREATE TABLE IF NOT EXISTS workers (worker INTEGER PRIMARY KEY, pid INTEGER NOT NULL, device TEXT NOT NULL,
-    applied INTEGER NOT NULL, beat REAL NOT NULL, states TEXT, controls TEXT, stats TEXT);
+    applied INTEGER NOT NULL, beat REAL NOT NULL, states TEXT, addons TEXT, stats TEXT);
 """
 
 
@@ -101,10 +101,10 @@ class WorkerBoard:
         return {int(w): json.loads(r) for w, r in rows if w in alive}
 
     # heartbeats and published states
-    def publish(self, states: list[dict[str, Any]] | None = None, controls: dict[str, Any] | None = None,
+    def publish(self, states: list[dict[str, Any]] | None = None, addons: dict[str, Any] | None = None,
                 stats: dict[str, Any] | None = None) -> None:
         sets, values = ["beat = ?"], [time.time()]
-        for name, value in (("states", states), ("controls", controls), ("stats", stats)):
+        for name, value in (("states", states), ("addons", addons), ("stats", stats)):
             if value is not None:
                 sets.append(f"{name} = ?")
                 values.append(json.dumps(value))
@@ -118,11 +118,11 @@ class WorkerBoard:
             conn.execute("DELETE FROM workers WHERE worker = ?", (self.worker,))
 
     def live(self) -> list[dict[str, Any]]:
-        rows = self.db.read("SELECT worker, pid, device, applied, beat, states, controls, stats FROM workers "
+        rows = self.db.read("SELECT worker, pid, device, applied, beat, states, addons, stats FROM workers "
                             "WHERE beat > ? ORDER BY worker", (time.time() - DEAD_AFTER_S,))
         return [
             {"worker": w, "pid": pid, "device": dev, "applied": applied, "beat": beat,
-             "states": json.loads(s) if s else None, "controls": json.loads(c) if c else None,
+             "states": json.loads(s) if s else None, "addons": json.loads(c) if c else None,
              "stats": json.loads(st) if st else None}
             for w, pid, dev, applied, beat, s, c, st in rows
             # a killed worker leaves at once, not after DEAD_AFTER_S; the workers of a server share one
@@ -156,7 +156,7 @@ def merge_model_states(per_worker: dict[int, list[dict[str, Any]]]) -> list[dict
     return merged
 
 
-def merge_control_states(per_worker: dict[int, dict[str, list[dict[str, Any]]]]) -> dict[str, list[dict[str, Any]]]:
+def merge_addon_states(per_worker: dict[int, dict[str, list[dict[str, Any]]]]) -> dict[str, list[dict[str, Any]]]:
     """Adapters and ControlNets of the whole engine: a row per id, ``loaded`` when any worker has it."""
     out: dict[str, list[dict[str, Any]]] = {}
     for kind in ("adapters", "controlnets"):

@@ -29,7 +29,7 @@ from t2i_core.api.request_flow import RequestFlow, RenderedImage, parse, until_d
 from t2i_core.api.responses import guarded
 from t2i_core.api.image_store import ImageStore, off_loop
 from t2i_core.api.images.codecs import MEDIA_TYPES
-from t2i_core.common.schemas import ControlSettings, EditRequest, GenerateRequest, PromptSettings
+from t2i_core.common.schemas import ControlNetSettings, EditRequest, GenerateRequest, PromptSettings
 from t2i_core.api.surfaces.openai_stream import check_stream, stream_images
 from t2i_core.api.surfaces.reading import (
     image_bytes_from_json, optional_form_image, optional_image_from_json, read_form, read_json_object,
@@ -40,7 +40,7 @@ FILES_PATH = "/v1/images/files"
 _EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 
 
-class OpenAIImageRequest(PromptSettings, ControlSettings):
+class OpenAIImageRequest(PromptSettings, ControlNetSettings):
     """OpenAI's fields; this server's own settings (``PromptSettings``) are accepted as extensions."""
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
@@ -77,7 +77,7 @@ class OpenAIImageRequest(PromptSettings, ControlSettings):
         settings = self.model_dump(include=set(PromptSettings.model_fields))
         # OpenAI's output_compression (0-100) is the JPEG / WebP quality here (0 is taken as 1)
         quality = None if self.output_compression is None else max(1, self.output_compression)
-        controls = self.model_dump(include=set(ControlSettings.model_fields))
+        controls = self.model_dump(include=set(ControlNetSettings.model_fields))
         # parse: the native model's checks across fields (a ControlNet needs its image) answer 400s
         return parse(GenerateRequest, {**settings, **controls, "width": width, "height": height,
                                        "format": self.output_format or "png", "output_quality": quality})

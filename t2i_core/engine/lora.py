@@ -1,66 +1,18 @@
-"""The engine's side of the creative controls: pipelines for inpainting and ControlNet built over a
-loaded model's modules, and the LoRA adapters loaded into a model.
-
-No weights are copied: an inpainting or ControlNet pipeline is a new pipeline object over the same
-module objects as the model's text-to-image pipeline (plus the ControlNet module). Adapters are loaded
-with diffusers' ``load_lora_weights`` (PEFT layers beside the base weights) and switched with
-``set_adapters`` / ``disable_lora``: the base weights are never changed (no fusing), so an image made
-without adapters, or with adapter A, is the same whatever other adapters are loaded.
+"""LoRA adapters loaded into a model: diffusers' ``load_lora_weights`` (PEFT layers beside the base
+weights), switched with ``set_adapters`` / ``disable_lora``. The base weights are never changed (no
+fusing), so an image made without adapters, or with adapter A, is the same whatever other adapters
+are loaded.
 """
 
 from __future__ import annotations
 
 import hashlib
-import inspect
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-log = logging.getLogger("t2i.controls")
-
-#: pipeline class per (family, mode, with a ControlNet)
-PIPELINE_CLASSES: dict[tuple[str, str, bool], str] = {
-    ("sd", "inpaint", False): "StableDiffusionInpaintPipeline",
-    ("sdxl", "inpaint", False): "StableDiffusionXLInpaintPipeline",
-    ("sd3", "inpaint", False): "StableDiffusion3InpaintPipeline",
-    ("sd", "generate", True): "StableDiffusionControlNetPipeline",
-    ("sd", "edit", True): "StableDiffusionControlNetImg2ImgPipeline",
-    ("sd", "inpaint", True): "StableDiffusionControlNetInpaintPipeline",
-    ("sdxl", "generate", True): "StableDiffusionXLControlNetPipeline",
-    ("sdxl", "edit", True): "StableDiffusionXLControlNetImg2ImgPipeline",
-    ("sdxl", "inpaint", True): "StableDiffusionXLControlNetInpaintPipeline",
-}
-
-
-def assemble(cls: type, pipe: Any, **overrides: Any) -> Any:
-    """A pipeline of class ``cls`` over ``pipe``'s module objects (and ``overrides``).
-
-    Built directly rather than with ``Pipeline.from_pipe``, which casts every shared module to its
-    ``dtype`` argument (float32 by default): that would silently change the model under the other
-    pipelines (and undo the modules a model keeps in float32).
-    """
-    params = inspect.signature(cls.__init__).parameters
-    kwargs = {k: v for k, v in pipe.components.items() if k in params}
-    kwargs.update({k: v for k, v in pipe.config.items() if k in params and k not in kwargs and not k.startswith("_")})
-    kwargs.update(overrides)
-    for name, param in params.items():  # optional components the base pipeline lacks (image_encoder...)
-        if name not in kwargs and name != "self" and param.default is inspect.Parameter.empty:
-            kwargs[name] = None
-    variant = cls(**kwargs)
-    variant.set_progress_bar_config(disable=True)
-    return variant
-
-
-def pipeline_class(family: str, mode: str, controlnet: bool) -> type:
-    import diffusers
-
-    name = PIPELINE_CLASSES.get((family, mode, controlnet))
-    if name is None:
-        from t2i_core.common.errors import InvalidRequest
-
-        raise InvalidRequest(f"ControlNet is not available for {family} models", param="controlnet")
-    return getattr(diffusers, name)
+log = logging.getLogger("t2i.lora")
 
 
 def peft_name(adapter_id: str) -> str:

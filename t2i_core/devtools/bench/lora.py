@@ -5,7 +5,7 @@ extra compute of an active (unfused) adapter in a denoising step.
 SD-Turbo UNet with random weights and two random rank-``--rank`` adapters on its attention projections
 (the shape of a typical style LoRA), built here, no download.
 
-    python -m t2i_core bench-controls --arch sd-turbo --size 512
+    python -m t2i_core bench-lora --arch sd-turbo --size 512
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def random_adapter(unet_folder: Path, out: Path, rank: int, seed: int) -> Path:
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    from t2i_core.devtools.tiny_controls import LORA_TARGETS
+    from t2i_core.devtools.tiny_addons import LORA_TARGETS
 
     unet = UNet2DConditionModel.from_pretrained(unet_folder, subfolder="unet", local_files_only=True)
     torch.manual_seed(seed)
@@ -47,11 +47,11 @@ def main(arch: str, size: int, rank: int, repeats: int) -> None:
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from t2i_core.engine.controls import AdapterSlots
+    from t2i_core.engine.lora import AdapterSlots
 
     if arch == "tiny":
         from t2i_core.devtools.tiny import ensure_tiny_pipeline
-        from t2i_core.devtools.tiny_controls import ensure_tiny_adapter
+        from t2i_core.devtools.tiny_addons import ensure_tiny_adapter
 
         folder, dtype = ensure_tiny_pipeline("sd"), torch.float64
         adapters = {"a": str(ensure_tiny_adapter("sd/ink")), "b": str(ensure_tiny_adapter("sd/pastel"))}
@@ -74,7 +74,7 @@ def main(arch: str, size: int, rank: int, repeats: int) -> None:
         slots.activate(pipe, active)
 
     flips = [[("a", 1.0)], [("b", 0.8)], [("a", 1.0), ("b", 0.5)], []]
-    from t2i_core.engine.controls import peft_name
+    from t2i_core.engine.lora import peft_name
 
     def with_diffusers(active: list[tuple[str, float]]) -> None:  # what the engine's switch replaces
         if active:

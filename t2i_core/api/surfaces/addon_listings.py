@@ -14,11 +14,11 @@ from t2i_core.api.request_flow import RequestFlow
 from t2i_core.api.responses import guarded
 
 
-def control_routes(get_flow: Callable[[], RequestFlow]) -> list[Route]:
+def addon_listing_routes(get_flow: Callable[[], RequestFlow]) -> list[Route]:
     def listing(kind: str) -> Callable[[Request], object]:
         @guarded
         async def handler(request: Request) -> Response:
-            rows = (await get_flow().control_states())[kind]
+            rows = (await get_flow().addon_states())[kind]
             return JSONResponse({"object": "list", "data": [{"object": kind[:-1], **row} for row in rows]})
 
         return handler

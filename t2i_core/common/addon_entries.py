@@ -46,7 +46,7 @@ class SourceParts:
         return self.source.split(":", 1)[1]
 
 
-class ControlEntry(SourceParts, BaseModel):
+class AddonEntry(SourceParts, BaseModel):
     """What adapters and ControlNets have in common: an id, the family they fit, where weights are."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -104,7 +104,7 @@ class ControlEntry(SourceParts, BaseModel):
         raise NotImplementedError
 
 
-class AdapterEntry(ControlEntry):
+class AdapterEntry(AddonEntry):
     """A LoRA adapter: loaded into its model with diffusers' ``load_lora_weights``."""
 
     kind_name: ClassVar[str] = "adapters"
@@ -116,7 +116,7 @@ class AdapterEntry(ControlEntry):
     weight_name: str | None = None
 
     def _tiny_path(self) -> str:
-        from t2i_core.devtools.tiny_controls import ensure_tiny_adapter
+        from t2i_core.devtools.tiny_addons import ensure_tiny_adapter
 
         return str(ensure_tiny_adapter(self.source_ref))
 
@@ -125,7 +125,7 @@ class AdapterEntry(ControlEntry):
                 "trigger_words": list(self.trigger_words), "description": self.description}
 
 
-class ControlNetEntry(ControlEntry):
+class ControlNetEntry(AddonEntry):
     """A ControlNet: conditions the denoiser on a control image (edges, pose, depth...), used as given."""
 
     kind_name: ClassVar[str] = "controlnet"
@@ -133,7 +133,7 @@ class ControlNetEntry(ControlEntry):
     conditioning_scale: float = Field(default=1.0, ge=0.0, le=MAX_CONDITIONING_SCALE)
 
     def _tiny_path(self) -> str:
-        from t2i_core.devtools.tiny_controls import ensure_tiny_controlnet
+        from t2i_core.devtools.tiny_addons import ensure_tiny_controlnet
 
         return str(ensure_tiny_controlnet(self.source_ref))
 

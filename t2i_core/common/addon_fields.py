@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo
 
-from t2i_core.common.controls import MAX_ADAPTER_WEIGHT, MAX_CONDITIONING_SCALE, MIN_ADAPTER_WEIGHT
+from t2i_core.common.addon_entries import MAX_ADAPTER_WEIGHT, MAX_CONDITIONING_SCALE, MIN_ADAPTER_WEIGHT
 from t2i_core.common.fields import _as_float, _float_in
 
 MAX_ADAPTERS = 4
