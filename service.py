@@ -31,7 +31,7 @@ from t2i_core.patches.starlette import strict_form_parsing
 from t2i_core.common.startup import startup_settings
 from t2i_core.patches.gc_freeze import freeze_startup_objects
 from t2i_core.patches.uvicorn import bound_request_headers
-from t2i_core.api.engine_client import RemoteEngine
+from t2i_core.api.engine_client import ServiceEngineClient
 from t2i_core.api.request_flow import RequestFlow, until_disconnected
 from t2i_core.api.responses import ErrorBodyMiddleware
 from t2i_core.api.guards import IN_FLIGHT, GuardMiddleware, cors_options
@@ -46,7 +46,7 @@ from t2i_core.api.surfaces.tasks.runner import TaskRunner
 from t2i_core.api.surfaces.tasks.store import TaskStore
 from t2i_core.state.open import open_state, resolve_spec
 from t2i_core.common.paths import TASK_ROUTE
-from t2i_core.common.workers import engine_worker_count, image_store_spec, pin_engine_worker, run_folder, visible_gpus
+from t2i_core.common.topology import engine_worker_count, image_store_spec, pin_engine_worker, run_folder, visible_gpus
 
 # a bad T2I_* value, registry file or default model stops the server at once, in one line naming it
 SETTINGS = startup_settings()
@@ -57,7 +57,7 @@ SETTINGS = startup_settings()
 ENGINE_TRAFFIC = {"timeout": SETTINGS.request_timeout_s + 30, "concurrency": SETTINGS.max_batch_size}
 API_TRAFFIC = {"timeout": SETTINGS.request_timeout_s + 30, "concurrency": SETTINGS.max_in_flight}
 log = logging.getLogger("t2i")
-# Workers (see t2i_core/common/workers.py): one engine worker per GPU by default, each pinned to its own;
+# Workers (see t2i_core/common/topology.py): one engine worker per GPU by default, each pinned to its own;
 # the run folder is shared by the workers of this server (made by `bentoml serve`'s main process).
 RUN_DIR = run_folder(in_worker=server_context.worker_index is not None)
 GPUS = visible_gpus()
@@ -80,7 +80,7 @@ BATCHING: dict[str, Any] = (
     name="t2i_engine", resources={"gpu": ENGINE_WORKERS if GPUS else 1}, workers=ENGINE_WORKERS, traffic=ENGINE_TRAFFIC,
     runner_connection=NO_SESSION_RENEWAL,
 )
-class Engine:
+class EngineService:
     """Owns the device: loads pipelines once and runs adaptive batches of images."""
 
     def __init__(self) -> None:
@@ -160,10 +160,10 @@ class Engine:
 class API:
     """HTTP flow: validation, image decoding/encoding, and every public route."""
 
-    engine = bentoml.depends(Engine)
+    engine = bentoml.depends(EngineService)
 
     def __init__(self) -> None:
-        self.flow = RequestFlow(RemoteEngine(self.engine, SETTINGS), SETTINGS)
+        self.flow = RequestFlow(ServiceEngineClient(self.engine, SETTINGS), SETTINGS)
         # On SIGTERM, finish the requests in flight while answering new ones 503 (see t2i_core/common/shutdown.py).
         drain_on_sigterm(IN_FLIGHT.idle_since, max_s=SETTINGS.request_timeout_s, who="the API")
         freeze_startup_objects()  # see t2i_core/patches/gc_freeze.py
@@ -204,7 +204,7 @@ class API:
         return await retry_dropped(self.engine.to_async.stats)
 
 
-memoize_media_types(Engine, API)
+memoize_media_types(EngineService, API)
 trace_only_when_exported()
 cache_local_callers()
 cancel_request_timers()

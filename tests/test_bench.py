@@ -65,7 +65,7 @@ def test_server_processes_are_told_apart_by_service_name():
     assert _role([*worker, "--service-name", "t2i", "--backlog", "2048"]) == "api"
     assert _role([*worker, "--service-name", "t2i_engine", "--worker-id", "1"]) == "engine"
     assert _role(["bentoml", "serve", "service:API"]) is None
-    assert _role(["/usr/bin/python3", "-m", "t2i_core.api.images.encode_worker"]) == "api"
+    assert _role(["/usr/bin/python3", "-m", "t2i_core.api.images.encoder_process"]) == "api"
 
 
 def test_vae_decode_benchmark_runs():

@@ -55,7 +55,7 @@ def test_model_listing_reports_the_engines_default(engine):
 def test_each_service_has_its_own_traffic_settings():
     import service
 
-    engine, api = service.Engine.config["traffic"], service.API.config["traffic"]
+    engine, api = service.EngineService.config["traffic"], service.API.config["traffic"]
     assert "external_queue" not in engine  # BentoML's task settings stay on the service with the task
     assert engine["concurrency"] == service.SETTINGS.max_batch_size
     assert api["concurrency"] == service.SETTINGS.max_in_flight

@@ -290,8 +290,8 @@ def test_bentocloud_services_are_the_bentos_services():
     import service
 
     config = yaml.safe_load(BENTOCLOUD.read_text())
-    assert set(config["services"]) == {service.API.name, service.Engine.name}
-    assert service.Engine.config["traffic"]["concurrency"] == service.SETTINGS.max_batch_size
+    assert set(config["services"]) == {service.API.name, service.EngineService.name}
+    assert service.EngineService.config["traffic"]["concurrency"] == service.SETTINGS.max_batch_size
     assert service.API.config["traffic"]["concurrency"] == service.SETTINGS.max_in_flight
 
 

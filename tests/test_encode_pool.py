@@ -45,7 +45,7 @@ def test_concurrent_images_each_come_back_to_their_own_request():
         pool = EncoderPool(2)
         try:
             results = await asyncio.gather(*(pool.encode(px, 64, 48, "png") for px in images))
-            return [data for data, _ in results], len(pool._workers), pool.fallbacks
+            return [data for data, _ in results], len(pool._processes), pool.fallbacks
         finally:
             pool.close()
 
@@ -62,7 +62,7 @@ def test_a_dead_worker_loses_no_image_and_is_replaced(monkeypatch):
         pool = EncoderPool(1)
         try:
             await pool.encode(images[0], 64, 64, "png")
-            (first,) = pool._workers
+            (first,) = pool._processes
             pending = [asyncio.ensure_future(pool.encode(px, 64, 64, "png")) for px in images]
             await asyncio.sleep(0)  # the jobs are written to the worker
             os.kill(first.transport.get_pid(), signal.SIGKILL)
@@ -70,7 +70,7 @@ def test_a_dead_worker_loses_no_image_and_is_replaced(monkeypatch):
             while first.alive:  # the pool notices the exit
                 await asyncio.sleep(0.01)
             after, _ = await pool.encode(images[1], 64, 64, "png")
-            replaced = [w is not first and w.alive for w in pool._workers]
+            replaced = [w is not first and w.alive for w in pool._processes]
             return during, after, replaced, pool.fallbacks
         finally:
             pool.close()
@@ -93,7 +93,7 @@ def test_a_hung_worker_is_killed_and_replaced_and_its_image_encoded_in_time(monk
         first = None
         try:
             await pool.encode(pixels, 64, 64, "png")  # a started, warm worker
-            (first,) = pool._workers
+            (first,) = pool._processes
             pid = first.transport.get_pid()
             monkeypatch.setattr(encode_pool, "ENCODE_BASE_S", bound)
             monkeypatch.setattr(encode_pool, "ENCODE_S_PER_MEGAPIXEL", 0.0)
@@ -112,7 +112,7 @@ def test_a_hung_worker_is_killed_and_replaced_and_its_image_encoded_in_time(monk
             monkeypatch.setattr(encode_pool, "ENCODE_BASE_S", base)
             monkeypatch.setattr(encode_pool, "ENCODE_S_PER_MEGAPIXEL", per_megapixel)
             after, _ = await asyncio.wait_for(pool.encode(later, 64, 64, "png"), timeout=30)
-            replaced = [w is not first and w.alive for w in pool._workers]
+            replaced = [w is not first and w.alive for w in pool._processes]
             return data, waited, fallbacks, code, after, replaced, pool.fallbacks
         finally:
             if first is not None and first.transport.get_returncode() is None:

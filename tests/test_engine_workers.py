@@ -14,7 +14,7 @@ import pytest
 from t2i_core.common.config import Settings
 from t2i_core.common.registry import TINY_SD_ID, Registry
 from t2i_core.common.schemas import EngineRequest
-from t2i_core.common.workers import (
+from t2i_core.common.topology import (
     cpu_memory_budget, engine_worker_count, image_store_spec, pin_engine_worker, run_folder,
 )
 from t2i_core.engine.core import Engine

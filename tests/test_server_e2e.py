@@ -184,7 +184,7 @@ def test_output_images_are_encoded_in_encoder_processes(server):
     responses = _concurrent(server, [{"prompt": f"encoded {i}", "seed": i} for i in range(6)])
     assert all(r.status_code == 200 for r in responses)
     workers = [p for p in psutil.Process(server.proc.pid).children(recursive=True)
-               if "t2i_core.api.images.encode_worker" in " ".join(p.cmdline())]
+               if "t2i_core.api.images.encoder_process" in " ".join(p.cmdline())]
     assert len(workers) >= 1
     image = Image.open(io.BytesIO(responses[0].content))
     parameters = image.text["parameters"]  # the generation parameters written into the file

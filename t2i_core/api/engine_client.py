@@ -1,4 +1,4 @@
-"""How the API reaches the engine: ``RemoteEngine`` over BentoML's inter-service client in the
+"""How the API reaches the engine: ``ServiceEngineClient`` over BentoML's inter-service client in the
 server, ``LocalEngineClient`` (the engine in this process) in tests, notebooks and the benchmark.
 
 Model operations answer ``{"ok": ...}`` or ``{"error": {...}}``: errors cross the process boundary as
@@ -59,7 +59,7 @@ class LocalEngineClient:
 
 
 
-class RemoteEngine:
+class ServiceEngineClient:
     """The frontend's ``EngineClient`` over BentoML's inter-service client; concurrent requests are
     merged into fewer engine calls (``T2I_COALESCE``, see t2i_core/api/coalesce.py)."""
 

@@ -102,7 +102,7 @@ class Settings:
     coalesce_linger_ms: int = 25
     #: Processes that encode output images beside each API worker's event loop (-1: one per CPU beyond
     #: the first, at most 8; 0: in the API process, small images on the event loop, larger on threads).
-    #: The processes run ``python -m t2i_core.api.images.encode_worker``, start on first use and are
+    #: The processes run ``python -m t2i_core.api.images.encoder_process``, start on first use and are
     #: replaced if one dies; no image is lost: without a worker it is encoded in the API process.
     encode_processes: int = -1
     #: Largest request body in bytes (413 beyond; checked from Content-Length before reading, and a

@@ -20,7 +20,7 @@ from typing import Any, Callable, TypeVar
 
 from t2i_core.common import metrics
 from t2i_core.common.config import Settings
-from t2i_core.common.workers import cpu_memory_budget
+from t2i_core.common.topology import cpu_memory_budget
 from t2i_core.engine.devices import pick_device
 from t2i_core.common.errors import (
     ClientClosed, ContentFiltered, DefaultModelChanged, EngineFailure, InvalidRequest, ModelUnavailable, OutOfMemory,

@@ -1,4 +1,4 @@
-"""Output images encoded in worker processes, beside the API's event loop instead of on it.
+"""Output images encoded in separate processes (encoders), beside the API's event loop instead of on it.
 
 Under load the server runs in lock step: the engine computes a batch while the API waits, then the
 API answers the batch's requests one after the other while the engine waits. Encoding a PNG was a
@@ -7,19 +7,19 @@ third of the API's busy time in that turn (py-spy at 16 clients on the tiny mode
 do. Threads do not help: Pillow's Python code needs the GIL the busy event loop holds, and a thread
 waits up to Python's switch interval (5 ms) for it (docs/performance.md). A process has its own.
 
-Each API worker starts ``processes`` encoder processes (``python -m t2i_core.api.images.encode_worker``) on first
+Each API worker starts ``processes`` encoder processes (``python -m t2i_core.api.images.encoder_process``) on first
 use, talks to them over pipes with asyncio's subprocess protocol (no thread in this process), sends
-each image to the worker with the fewest jobs and resolves each request's own future as its reply
+each image to the encoder with the fewest jobs and resolves each request's own future as its reply
 arrives, so a batch's first answers leave while its last images are still being encoded.
 
-A worker that dies, or cannot start, costs no request: its images are encoded in a thread of this
-process instead, and a new worker is started at the next use (at most every ``RESTART_DELAY_S``).
-A worker that hangs (stopped, deadlocked, swapped out) is treated the same way once it has spent
+An encoder that dies, or cannot start, costs no request: its images are encoded in a thread of this
+process instead, and a new encoder is started at the next use (at most every ``RESTART_DELAY_S``).
+An encoder that hangs (stopped, deadlocked, swapped out) is treated the same way once it has spent
 longer than ``encode_deadline_s`` on the image it is working on without a byte of reply: it is
 killed (SIGKILL, which also ends a stopped process), one WARNING is logged, and its images are
-encoded in this process. So no request waits on a hung worker for more than that bound (plus the
-encodes queued ahead of it on that worker, which are bounded the same way) and its own encode here.
-Pools are per event loop: a pool used from another loop (tests) starts workers of its own there.
+encoded in this process. So no request waits on a hung encoder for more than that bound (plus the
+encodes queued ahead of it on that encoder, which are bounded the same way) and its own encode here.
+Pools are per event loop: a pool used from another loop (tests) starts encoders of its own there.
 """
 
 from __future__ import annotations
@@ -32,15 +32,15 @@ import signal
 import sys
 from pathlib import Path
 
-from t2i_core.api.images.encode_worker import FORMATS, JOB, REPLY
+from t2i_core.api.images.encoder_process import FORMATS, JOB, REPLY
 from t2i_core.api.images.codecs import timed_encode
 
 log = logging.getLogger("t2i")
 
-#: Seconds between attempts to start a worker after one died or failed to start.
+#: Seconds between attempts to start an encoder after one died or failed to start.
 RESTART_DELAY_S = 5.0
-#: Seconds any one image may take in a worker before the worker counts as hung, on top of
-#: ``ENCODE_S_PER_MEGAPIXEL`` (see ``encode_deadline_s``): covers the pipe transfer, a worker's start
+#: Seconds any one image may take in an encoder before the encoder counts as hung, on top of
+#: ``ENCODE_S_PER_MEGAPIXEL`` (see ``encode_deadline_s``): covers the pipe transfer, an encoder's start
 #: (Python and Pillow's import before its first job) and a busy machine.
 ENCODE_BASE_S = 5.0
 #: Seconds per million pixels on top of ``ENCODE_BASE_S``. Measured in process with
@@ -48,7 +48,7 @@ ENCODE_BASE_S = 5.0
 #: load of 2: random noise 1.37 s as WebP (the slowest), 0.26 s as PNG, 0.07 s as JPEG; a smooth
 #: gradient 0.93 s as WebP. The bound for 2048x2048 is 5 + 2.5 * 4.19 = 15.5 s, over 10x the slowest.
 ENCODE_S_PER_MEGAPIXEL = 2.5
-#: The folder that holds this t2i_core package: the workers run ``-m t2i_core.api.images.encode_worker`` there
+#: The folder that holds this t2i_core package: the encoders run ``-m t2i_core.api.images.encoder_process`` there
 #: (first on their path, so that they run this very package).
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[3])
 
@@ -67,21 +67,21 @@ def default_processes(setting: int) -> int:
 
 
 def encode_deadline_s(width: int, height: int) -> float:
-    """Seconds a worker may spend on one ``width`` x ``height`` image before it counts as hung."""
+    """Seconds an encoder may spend on one ``width`` x ``height`` image before it counts as hung."""
     return ENCODE_BASE_S + ENCODE_S_PER_MEGAPIXEL * width * height / 1e6
 
 
 class EncoderGone(Exception):
-    """The worker holding the job exited, or was killed as hung, before it answered."""
+    """The encoder holding the job exited, or was killed as hung, before it answered."""
 
 
-class _Worker(asyncio.SubprocessProtocol):
+class _EncoderProcess(asyncio.SubprocessProtocol):
     """One encoder process: writes jobs to its stdin, parses replies from its stdout.
 
     The process encodes its jobs one after the other, in the order they were sent, so the oldest
     pending job is the one it is working on. A timer watches that job: it must be answered within
     ``encode_deadline_s`` of the last sign of progress (a reply's bytes arriving, or the job being
-    sent to an idle worker), or the worker is killed as hung and its jobs fail with ``EncoderGone``.
+    sent to an idle encoder), or the encoder is killed as hung and its jobs fail with ``EncoderGone``.
     """
 
     def __init__(self) -> None:
@@ -108,7 +108,7 @@ class _Worker(asyncio.SubprocessProtocol):
             future.set_exception(EncoderGone("the encoder process is not running"))
             return future
         self._loop = asyncio.get_running_loop()
-        if not self.pending:  # idle: the worker starts on this job now
+        if not self.pending:  # idle: the encoder starts on this job now
             self._progress = self._loop.time()
         self.pending[job] = future
         self._deadlines[job] = encode_deadline_s(width, height)
@@ -122,7 +122,7 @@ class _Worker(asyncio.SubprocessProtocol):
         return future
 
     def _watch(self) -> None:
-        """Arm the timer for the job the worker is on (the oldest pending one), if any."""
+        """Arm the timer for the job the encoder is on (the oldest pending one), if any."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -131,7 +131,7 @@ class _Worker(asyncio.SubprocessProtocol):
             self._timer = self._loop.call_at(deadline, self._check)
 
     def _check(self) -> None:
-        """The timer: kill the worker if it made no progress on its current job in time."""
+        """The timer: kill the encoder if it made no progress on its current job in time."""
         self._timer = None
         if not self.alive or not self.pending or self._loop is None:
             return
@@ -147,7 +147,7 @@ class _Worker(asyncio.SubprocessProtocol):
 
     def pipe_data_received(self, fd: int, data: bytes) -> None:
         if self._loop is not None:
-            self._progress = self._loop.time()  # the worker is running (a large reply comes in pieces)
+            self._progress = self._loop.time()  # the encoder is running (a large reply comes in pieces)
         buffer = self._buffer
         buffer += data
         while len(buffer) >= REPLY.size:
@@ -216,61 +216,61 @@ class EncoderPool:
     def __init__(self, processes: int):
         self.processes = max(0, processes)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._workers: list[_Worker] = []
+        self._processes: list[_EncoderProcess] = []
         self._starting: asyncio.Task[None] | None = None
         self._next_start = 0.0
         self._jobs = itertools.count()
-        #: images encoded in this process because no worker could (for tests and the log)
+        #: images encoded in this process because no encoder could (for tests and the log)
         self.fallbacks = 0
 
     async def encode(
         self, pixels: bytes, width: int, height: int, fmt: str, parameters: str = "", quality: int = 0
     ) -> tuple[bytes, float]:
-        worker = await self._worker() if fmt in FORMATS else None
-        if worker is not None:
+        encoder = await self._process() if fmt in FORMATS else None
+        if encoder is not None:
             try:
-                return await worker.submit(next(self._jobs), pixels, width, height, FORMATS.index(fmt), parameters, quality)
+                return await encoder.submit(next(self._jobs), pixels, width, height, FORMATS.index(fmt), parameters, quality)
             except EncoderGone:
                 pass
         self.fallbacks += 1
         return await asyncio.to_thread(timed_encode, pixels, width, height, fmt, parameters, quality)
 
-    async def _worker(self) -> _Worker | None:
-        """The live worker with the fewest jobs (starting missing ones), or None."""
+    async def _process(self) -> _EncoderProcess | None:
+        """The live encoder with the fewest jobs (starting missing ones), or None."""
         loop = asyncio.get_running_loop()
-        if self._loop is not loop:  # first use, or another loop: the old loop's workers cannot serve it
+        if self._loop is not loop:  # first use, or another loop: the old loop's encoders cannot serve it
             self.close()
             self._loop, self._next_start = loop, 0.0
-        self._workers = [w for w in self._workers if w.alive]
-        if len(self._workers) < self.processes and (self._starting is not None or loop.time() >= self._next_start):
+        self._processes = [w for w in self._processes if w.alive]
+        if len(self._processes) < self.processes and (self._starting is not None or loop.time() >= self._next_start):
             if self._starting is None:
-                self._starting = asyncio.ensure_future(self._start(self.processes - len(self._workers)))
+                self._starting = asyncio.ensure_future(self._start(self.processes - len(self._processes)))
             starting = self._starting
             await asyncio.shield(starting)
             if self._starting is starting:
                 self._starting = None
-            self._workers = [w for w in self._workers if w.alive]  # one may have died while starting
-        return min(self._workers, key=lambda w: len(w.pending)) if self._workers else None
+            self._processes = [w for w in self._processes if w.alive]  # one may have died while starting
+        return min(self._processes, key=lambda w: len(w.pending)) if self._processes else None
 
     async def _start(self, count: int) -> None:
         loop = asyncio.get_running_loop()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [PACKAGE_PARENT, os.environ.get("PYTHONPATH")]))}
         for _ in range(count):
             try:
-                _, worker = await loop.subprocess_exec(
-                    _Worker, sys.executable, "-m", "t2i_core.api.images.encode_worker", stdin=asyncio.subprocess.PIPE,
+                _, encoder = await loop.subprocess_exec(
+                    _EncoderProcess, sys.executable, "-m", "t2i_core.api.images.encoder_process", stdin=asyncio.subprocess.PIPE,
                     stdout=asyncio.subprocess.PIPE, stderr=None, env=env, cwd=PACKAGE_PARENT,
                 )
             except OSError as exc:
                 log.warning("could not start an image encoder process (%s); encoding in the API process", exc)
                 self._next_start = loop.time() + RESTART_DELAY_S
                 return
-            self._workers.append(worker)
-        self._next_start = loop.time() + RESTART_DELAY_S  # a worker that dies is replaced after this
+            self._processes.append(encoder)
+        self._next_start = loop.time() + RESTART_DELAY_S  # an encoder that dies is replaced after this
 
     def close(self) -> None:
-        """End the workers (a later ``encode`` starts new ones)."""
-        for worker in self._workers:
-            worker.stop()
-        self._workers = []
+        """End the encoders (a later ``encode`` starts new ones)."""
+        for encoder in self._processes:
+            encoder.stop()
+        self._processes = []
         self._starting = None

@@ -15,7 +15,7 @@ class CpuSample:
 
 
 def _role(cmdline: list[str]) -> str | None:
-    if any(part.endswith("t2i_core.api.images.encode_worker") for part in cmdline):
+    if any(part.endswith("t2i_core.api.images.encoder_process") for part in cmdline):
         return "api"  # an API worker's encoder process: the API's work, in another process
     if "--service-name" not in cmdline:
         return None

@@ -1,6 +1,6 @@
 """An image-encoding process: reads raw RGB jobs on stdin, writes encoded images on stdout.
 
-Run as ``python -m t2i_core.api.images.encode_worker`` by ``encode_pool.EncoderPool``. It imports Pillow and
+Run as ``python -m t2i_core.api.images.encoder_process`` by ``encode_pool.EncoderPool``. It imports Pillow and
 nothing heavy. Frames (little-endian):
 
 - job:   ``<QIIBBII`` job id, width, height, format code, JPEG/WebP quality (0: default), pixel bytes,
