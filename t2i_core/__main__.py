@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m t2i_core", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     tiny = sub.add_parser("tiny", help="write a tiny random-weight pipeline that diffusers loads offline")
-    from t2i_core.devtools.tiny import TINY_FAMILIES
+    from t2i_core.weights.tiny import TINY_FAMILIES
 
     tiny.add_argument("--family", choices=TINY_FAMILIES, default="sd")
     tiny.add_argument("--out", type=Path, required=True, help="folder to write (replaced if present)")
@@ -188,7 +188,7 @@ def run_pull(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 
 def run_tiny(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from t2i_core.devtools.tiny import build_tiny_pipeline
+    from t2i_core.weights.tiny import build_tiny_pipeline
 
     started = time.perf_counter()
     out = build_tiny_pipeline(args.family, args.out)

@@ -139,7 +139,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_bf16_unet_stays_within_3_percent_of_float32():
     from diffusers import UNet2DConditionModel
 
-    from t2i_core.devtools.random_arch import unet_config
+    from t2i_core.weights.random_arch import unet_config
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**{**unet_config("sd-turbo"), **UNET_SMALL}).eval()
@@ -160,7 +160,7 @@ def test_bf16_unet_stays_within_3_percent_of_float32():
 def test_bf16_vae_decode_stays_within_a_few_levels_of_float32():
     from diffusers import AutoencoderKL
 
-    from t2i_core.devtools.random_arch import VAE_CONFIG
+    from t2i_core.weights.random_arch import VAE_CONFIG
 
     torch.manual_seed(0)
     vae = AutoencoderKL(**{**VAE_CONFIG, **VAE_SMALL}).eval()

@@ -178,7 +178,7 @@ def test_fp8_keeps_tied_embeddings_out_of_float8():
 
 @pytest.fixture(scope="module")
 def tiny_sd3(tmp_path_factory):
-    from t2i_core.devtools.tiny import build_tiny_pipeline
+    from t2i_core.weights.tiny import build_tiny_pipeline
 
     return str(build_tiny_pipeline("sd3", tmp_path_factory.mktemp("quant") / "sd3"))
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from t2i_core.devtools.random_arch import VAE_CONFIG, text_configs, unet_config
+from t2i_core.weights.random_arch import VAE_CONFIG, text_configs, unet_config
 
 
 def count(module: torch.nn.Module) -> int:

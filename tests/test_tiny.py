@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from t2i_core.devtools.tiny import build_tiny_pipeline, ensure_tiny_pipeline, write_clip_tokenizer
+from t2i_core.weights.tiny import build_tiny_pipeline, ensure_tiny_pipeline, write_clip_tokenizer
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -62,7 +62,7 @@ def test_cli_writes_a_folder_diffusers_loads(tmp_path):
 def test_a_cache_folder_that_another_process_put_in_place_is_kept(tmp_path):
     """Engine workers build a missing cache entry together: the one that finishes second keeps the
     first one's folder (which the first may be loading from) instead of removing it."""
-    from t2i_core.devtools.tiny import write_folder
+    from t2i_core.weights.tiny import write_folder
 
     out = tmp_path / "entry"
 

@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from t2i_core.common.errors import InvalidRequest
+from t2i_core.weights import sources
+from t2i_core.weights.random_arch import random_folder
+from t2i_core.weights.tiny import tiny_folder
 
 #: the denoiser input channels of each family's inpainting pipelines: (plain, dedicated checkpoint)
 INPAINT_CHANNELS: dict[str, tuple[int, int]] = {"sd": (4, 9), "sdxl": (4, 9), "sd3": (16, 33)}
@@ -85,18 +88,13 @@ def _denoiser_configs(entry: Any) -> list[Path]:
         found = [try_to_load_from_cache(ref, f"{name}/config.json") for name in DENOISERS]
         return [Path(f) for f in found if isinstance(f, str)]
     if folder is None and kind == "tiny":
-        from t2i_core.devtools.tiny import tiny_folder
-
         folder = tiny_folder(ref)
     elif folder is None and kind == "random":
-        from t2i_core.devtools.random_arch import random_folder
-
         folder = random_folder(ref)
     elif folder is None and kind == "local":
         folder = ref
     elif folder is None and kind == "bentoml":
-        try:
-            folder = entry._bentoml_path()
-        except Exception:  # noqa: BLE001 - not in the store (bentoml raises several kinds)
+        if sources.unavailable_reason(entry.parsed_source, "pipeline", entry.id) is not None:
             return []
+        folder = sources.resolve(entry.parsed_source, "pipeline", entry.id)
     return [Path(folder) / name / "config.json" for name in DENOISERS]

@@ -16,15 +16,18 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from t2i_core.common.addon_entries import AdapterEntry, ControlNetEntry, SourceParts, check_source
-from t2i_core.common.errors import ModelUnavailable, T2IError, UnknownAdapter, UnknownControlNet, UnknownModel, describe_validation_errors
+from t2i_core.common.addon_entries import AdapterEntry, ControlNetEntry
+from t2i_core.common.errors import T2IError, UnknownAdapter, UnknownControlNet, UnknownModel, describe_validation_errors
 from t2i_core.common.fields import MAX_GUIDANCE, MAX_SIDE, MAX_STEPS, MIN_SIDE, SIDE_MULTIPLE
 from t2i_core.common.schedulers import SCHEDULERS, check_scheduler
+from t2i_core.weights import sources
+from t2i_core.weights.sources import Source, SourceFields
+from t2i_core.weights.tiny_vae import check_tiny_vae_source
 
 TINY_SD_ID = "builtin/tiny-sd"
 SD_TURBO_ID = "stabilityai/sd-turbo"
 DEFAULT_REGISTRY = Path(__file__).resolve().parents[2] / "models.json"
-SOURCE_KINDS = ("hub", "local", "bentoml", "tiny", "random")
+SOURCE_KINDS = sources.KINDS
 PipelineFamily = Literal["sd", "sdxl", "sd3"]
 
 
@@ -53,7 +56,7 @@ class MemoryOptions(BaseModel):
     attention_slicing: bool = False
 
 
-class ModelEntry(SourceParts, BaseModel):
+class ModelEntry(SourceFields, BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str = Field(min_length=1, max_length=200)
@@ -70,7 +73,7 @@ class ModelEntry(SourceParts, BaseModel):
     #: whatever the batch (fp32 kernels are not).
     cpu_dtype: Literal["auto", "float32", "float64", "bfloat16"] = "float32"
     #: an AutoencoderTiny (e.g. "hub:madebyollin/taesd") to decode with instead of the model's VAE
-    #: (faster, some detail lost; see t2i_core/engine/tiny_vae.py); null: the model's own VAE
+    #: (faster, some detail lost; see t2i_core/weights/tiny_vae.py); null: the model's own VAE
     tiny_vae: str | None = None
     #: a dedicated inpainting checkpoint (another entry's id) that runs this model's masked edits;
     #: null: the inpainting pipeline is built from this model's own components
@@ -80,14 +83,13 @@ class ModelEntry(SourceParts, BaseModel):
     @field_validator("tiny_vae")
     @classmethod
     def _tiny_vae_source(cls, value: str | None) -> str | None:
-        from t2i_core.engine.tiny_vae import check_source
-
-        return None if value is None else check_source(value)
+        return None if value is None else check_tiny_vae_source(value)
 
     @field_validator("source")
     @classmethod
     def _source_kind(cls, value: str) -> str:
-        return check_source(value, SOURCE_KINDS)
+        Source.parse(value, SOURCE_KINDS)
+        return value
 
     @model_validator(mode="after")
     def _scheduler_fits(self) -> "ModelEntry":
@@ -101,73 +103,19 @@ class ModelEntry(SourceParts, BaseModel):
     def store_copy(self) -> str | None:
         """The folder of this model's copy in the BentoML model store (``pull --to-store``, or shipped
         inside a Bento), which wins over the source; None when there is none."""
-        if self.source_kind == "bentoml":
-            return None
-        try:
-            import bentoml
-            from bentoml.exceptions import NotFound as StoreNotFound
-
-            from t2i_core.devtools.pull import store_name
-
-            return bentoml.models.get(f"{store_name(self.id)}:latest").path
-        except (StoreNotFound, ImportError, ValueError):
-            return None
+        return None if self.source_kind == "bentoml" else sources.store_copy(self.id)
 
     def unavailable_reason(self) -> str | None:
         """Why the weights cannot be loaded from disk now, or None when they can."""
-        return None if self.store_copy() is not None else self._source_unavailable_reason()
-
-    def _source_unavailable_reason(self) -> str | None:
-        """Why the source itself (not a store copy) cannot be loaded now, or None when it can."""
-        kind, ref = self.source_kind, self.source_ref
-        if kind in ("tiny", "random"):
+        if self.store_copy() is not None:
             return None
-        if kind == "local":
-            if (Path(ref) / "model_index.json").is_file():
-                return None
-            return f"model {self.id!r}: no diffusers folder at {ref} (model_index.json not found)"
-        if kind == "bentoml":
-            try:
-                self._bentoml_path()
-                return None
-            except Exception as exc:  # noqa: BLE001 - bentoml raises several kinds for a missing tag
-                return (f"model {self.id!r}: {ref!r} is not in the BentoML model store ({exc}); "
-                        f"import a folder with `python -m t2i_core pull {self.id} --from-folder DIR`")
-        from huggingface_hub import try_to_load_from_cache
-
-        if isinstance(try_to_load_from_cache(ref, "model_index.json"), str):
-            return None
-        from huggingface_hub.constants import HF_HUB_CACHE
-
-        return (
-            f"model {self.id!r}: weights are not in the local Hugging Face cache ({HF_HUB_CACHE}); "
-            f"download them once with `python -m t2i_core pull {self.id}` (or `hf download {ref}`) "
-            "on a machine that reaches the hub"
-        )
-
-    def _bentoml_path(self) -> str:
-        import bentoml
-
-        return bentoml.models.get(self.source_ref).path
+        return sources.unavailable_reason(self.parsed_source, "pipeline", f"model {self.id!r}", pull_id=self.id)
 
     def local_path(self) -> str:
         """A folder or cached repo id that ``from_pretrained(..., local_files_only=True)`` loads."""
         if (copy := self.store_copy()) is not None:
             return copy
-        reason = self._source_unavailable_reason()
-        if reason:
-            raise ModelUnavailable(reason, param="model")
-        if self.source_kind == "tiny":
-            from t2i_core.devtools.tiny import ensure_tiny_pipeline
-
-            return str(ensure_tiny_pipeline(self.source_ref))
-        if self.source_kind == "random":
-            from t2i_core.devtools.random_arch import ensure_random_pipeline
-
-            return str(ensure_random_pipeline(self.source_ref))
-        if self.source_kind == "bentoml":
-            return self._bentoml_path()
-        return self.source_ref
+        return sources.resolve(self.parsed_source, "pipeline", f"model {self.id!r}", param="model", pull_id=self.id)
 
 
 class RegistryFile(BaseModel):

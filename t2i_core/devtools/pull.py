@@ -15,22 +15,17 @@ Offline, a download fails at once with a message that says so.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from pathlib import Path
 
 from t2i_core.common.registry import ModelEntry, Registry
+from t2i_core.weights.sources import store_name
 
 DIFFUSERS_FILES = ["model_index.json", "*/*.json", "*/*.txt", "*/*.model", "*/*.safetensors"]
 
 
 class PullError(RuntimeError):
     pass
-
-
-def store_name(model_id: str) -> str:
-    """A BentoML model-store name for a model id (lowercase letters, digits, '-', '_', '.')."""
-    return "t2i-" + re.sub(r"[^a-z0-9_.-]+", "-", model_id.lower()).strip("-")
 
 
 def import_folder(model_id: str, folder: Path) -> str:
@@ -66,7 +61,7 @@ def pull(model_id: str, from_folder: Path | None = None, registry: Registry | No
         return f"imported {from_folder} into the BentoML model store as {tag}; registry source: \"bentoml:{tag}\""
     entry: ModelEntry = (registry or Registry()).get(model_id)
     if entry.source_kind == "tiny":
-        from t2i_core.devtools.tiny import ensure_tiny_pipeline
+        from t2i_core.weights.tiny import ensure_tiny_pipeline
 
         if (copy := entry.store_copy()) is not None:  # tiny models are deterministic: one copy is enough
             return f"{model_id} is already in the BentoML model store ({copy})"

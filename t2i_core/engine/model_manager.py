@@ -23,6 +23,8 @@ from t2i_core.common.errors import ModelBusy, ModelUnavailable, T2IError
 from t2i_core.common.inpainting import loaded_channels, mode_refusal
 from t2i_core.common.registry import ModelEntry, Registry
 from t2i_core.engine.lora import AdapterSlots
+from t2i_core.weights import sources, tiny_vae
+from t2i_core.weights.sources import Source
 from t2i_core.engine.pipeline_variants import assemble, pipeline_class
 from t2i_core.engine.prompt_dedupe import dedupe_text_encoders
 from t2i_core.engine.speedups import Speedups, apply as apply_speedups
@@ -227,13 +229,12 @@ class ModelManager:
         started = time.perf_counter()
         components: dict[str, Any] = {}
         if entry.tiny_vae:
-            from t2i_core.engine import tiny_vae
-
-            vae, reason = tiny_vae.load(entry.tiny_vae, dtype)
-            if vae is None:  # a speed option: the model still loads, with its own VAE
+            vae_source, label = Source.parse(entry.tiny_vae), f"tiny VAE {entry.tiny_vae}"
+            reason = sources.unavailable_reason(vae_source, "vae", label)
+            if reason is not None:  # a speed option: the model still loads, with its own VAE
                 log.warning("%s: tiny VAE %s not used: %s", entry.id, entry.tiny_vae, reason)
             else:
-                components["vae"] = vae
+                components["vae"] = tiny_vae.load(sources.resolve(vae_source, "vae", label), dtype)
         with FROM_PRETRAINED:
             t2i = AutoPipelineForText2Image.from_pretrained(path, dtype=dtype, local_files_only=True, **components)
         memory = entry.memory

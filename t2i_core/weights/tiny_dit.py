@@ -34,7 +34,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from t2i_core.devtools.tiny import write_clip_tokenizer, write_folder, write_t5_tokenizer
+from t2i_core.weights.tiny import write_clip_tokenizer, write_folder, write_t5_tokenizer
 
 DIT_FAMILIES = ("flux", "flux-kontext", "flux2-klein", "qwen-image", "qwen-image-edit", "z-image")
 # Bump when the architecture or the weights change.

@@ -93,8 +93,8 @@ def sized(preset: Preset, sizing: Sizing) -> Preset:
 
 def build_archs(plan: tuple[Run, ...]) -> dict[str, float]:
     """Build (or find cached) the random-weight pipelines ``plan`` needs; seconds per architecture."""
-    from t2i_core.devtools.random_arch import ensure_random_pipeline
-    from t2i_core.engine.tiny_vae import resolve
+    from t2i_core.weights.random_arch import ensure_random_pipeline
+    from t2i_core.weights.tiny_vae import ensure_built
 
     seconds = {}
     for arch in ARCHS:
@@ -103,7 +103,7 @@ def build_archs(plan: tuple[Run, ...]) -> dict[str, float]:
             ensure_random_pipeline(arch)
             seconds[arch] = round(time.perf_counter() - started, 1)
     if any(PRESETS[r.preset].model.endswith("-taesd") for r in plan):
-        resolve("random:taesd")
+        ensure_built("random:taesd")
     return seconds
 
 

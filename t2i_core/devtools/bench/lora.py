@@ -24,7 +24,7 @@ def random_adapter(unet_folder: Path, out: Path, rank: int, seed: int) -> Path:
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    from t2i_core.devtools.tiny_addons import LORA_TARGETS
+    from t2i_core.weights.tiny_addons import LORA_TARGETS
 
     unet = UNet2DConditionModel.from_pretrained(unet_folder, subfolder="unet", local_files_only=True)
     torch.manual_seed(seed)
@@ -50,14 +50,14 @@ def main(arch: str, size: int, rank: int, repeats: int) -> None:
     from t2i_core.engine.lora import AdapterSlots
 
     if arch == "tiny":
-        from t2i_core.devtools.tiny import ensure_tiny_pipeline
-        from t2i_core.devtools.tiny_addons import ensure_tiny_adapter
+        from t2i_core.weights.tiny import ensure_tiny_pipeline
+        from t2i_core.weights.tiny_addons import ensure_tiny_adapter
 
         folder, dtype = ensure_tiny_pipeline("sd"), torch.float64
         adapters = {"a": str(ensure_tiny_adapter("sd/ink")), "b": str(ensure_tiny_adapter("sd/pastel"))}
         scratch = None
     else:
-        from t2i_core.devtools.random_arch import ensure_random_pipeline
+        from t2i_core.weights.random_arch import ensure_random_pipeline
 
         folder, dtype = ensure_random_pipeline(arch), torch.float32
         scratch = tempfile.TemporaryDirectory(prefix="t2i-bench-lora-")

@@ -17,7 +17,7 @@ ENCODERS = {"vit-l": ("sdxl-turbo", 0), "vit-h": ("sd-turbo", 0), "vit-bigg": ("
 def _encoder(name: str, device: str, dtype: Any) -> tuple[Any, Any]:
     from transformers import CLIPTextModel
 
-    from t2i_core.devtools.random_arch import clip_text_configs, clip_tokenizer
+    from t2i_core.weights.random_arch import clip_text_configs, clip_tokenizer
 
     tokenizer = clip_tokenizer()
     arch, index = ENCODERS[name]

@@ -13,7 +13,7 @@ def decode_times(size: int = 512, repeats: int = 5, dtype: str = "float32") -> d
     from diffusers import AutoencoderKL, AutoencoderTiny
 
     from t2i_core.engine.devices import pick_device
-    from t2i_core.devtools.random_arch import VAE_CONFIG
+    from t2i_core.weights.random_arch import VAE_CONFIG
 
     device = pick_device("auto")
     torch_dtype = getattr(torch, dtype)

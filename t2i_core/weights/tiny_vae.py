@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from t2i_core.weights.tiny import tiny_cache_dir, write_folder
+
 TINY_VAE_KINDS = ("hub", "local", "random", "tiny")
 #: TAESD's architecture (diffusers' AutoencoderTiny defaults), and a tiny one for tests
 ARCH_CONFIGS: dict[str, dict[str, Any]] = {
@@ -21,7 +23,7 @@ ARCH_CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
-def check_source(value: str) -> str:
+def check_tiny_vae_source(value: str) -> str:
     kind, _, ref = value.partition(":")
     if kind not in TINY_VAE_KINDS or not ref or (kind in ("random", "tiny") and value not in ARCH_CONFIGS):
         raise ValueError(
@@ -30,23 +32,8 @@ def check_source(value: str) -> str:
     return value
 
 
-def resolve(source: str) -> tuple[str | None, str | None]:
-    """(a folder ``AutoencoderTiny.from_pretrained`` loads, None) or (None, why it cannot)."""
-    kind, _, ref = source.partition(":")
-    if kind == "local":
-        return (ref, None) if (Path(ref) / "config.json").is_file() else (None, f"no AutoencoderTiny folder at {ref}")
-    if kind == "hub":
-        from huggingface_hub import snapshot_download, try_to_load_from_cache
-
-        if not isinstance(try_to_load_from_cache(ref, "config.json"), str):
-            return None, f"{ref} is not in the local Hugging Face cache; download it once with `hf download {ref}`"
-        return snapshot_download(ref, local_files_only=True), None
-    return str(_ensure_built(source)), None
-
-
-def _ensure_built(source: str) -> Path:
-    from t2i_core.devtools.tiny import tiny_cache_dir, write_folder
-
+def ensure_built(source: str) -> Path:
+    """The folder of a built (``tiny:`` or ``random:``) tiny VAE, built once."""
     folder = tiny_cache_dir().parent / "tiny-vae" / source.replace(":", "-")
     if not (folder / "config.json").is_file():
         def build(staging: Path) -> None:
@@ -60,11 +47,8 @@ def _ensure_built(source: str) -> Path:
     return folder
 
 
-def load(source: str, dtype: Any) -> tuple[Any | None, str | None]:
-    """The AutoencoderTiny for ``source`` in ``dtype``, or (None, why not)."""
-    path, reason = resolve(source)
-    if path is None:
-        return None, reason
+def load(path: str, dtype: Any) -> Any:
+    """The AutoencoderTiny in the folder ``path`` (``weights.sources.resolve`` of a ``tiny_vae`` source)."""
     from diffusers import AutoencoderTiny
 
-    return AutoencoderTiny.from_pretrained(path, torch_dtype=dtype, local_files_only=True), None
+    return AutoencoderTiny.from_pretrained(path, torch_dtype=dtype, local_files_only=True)

@@ -57,7 +57,7 @@ def clip_tokenizer() -> Any:
     """The offline CLIP tokenizer of the tiny and random-weight pipelines."""
     from transformers import CLIPTokenizer
 
-    from t2i_core.devtools.tiny import write_clip_tokenizer
+    from t2i_core.weights.tiny import write_clip_tokenizer
 
     with tempfile.TemporaryDirectory() as scratch:
         write_clip_tokenizer(Path(scratch))
@@ -100,14 +100,14 @@ def build(arch: str, folder: Path) -> None:
 
 def random_folder(arch: str) -> Path:
     """Where the random-weight ``arch`` pipeline is cached (built or not)."""
-    from t2i_core.devtools.tiny import tiny_cache_dir
+    from t2i_core.weights.tiny import tiny_cache_dir
 
     return tiny_cache_dir().parent / "random" / arch
 
 
 def ensure_random_pipeline(arch: str) -> Path:
     """The cached folder of the random-weight ``arch`` pipeline, building it first if absent."""
-    from t2i_core.devtools.tiny import write_folder
+    from t2i_core.weights.tiny import write_folder
 
     folder = random_folder(arch)
     if not (folder / "model_index.json").is_file():
