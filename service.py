@@ -17,20 +17,17 @@ from PIL.Image import Image
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 
-from t2i_core.patches.openmp import shorten_openmp_spin
+from t2i_core.common.startup import startup_settings
+from t2i_core.patches import install_patches
 
-shorten_openmp_spin()  # before the engine's __init__ loads torch: see t2i_core/patches/openmp.py
+# a bad T2I_* value, registry file or default model stops the server at once, in one line naming it
+SETTINGS = startup_settings()
+install_patches(SETTINGS)  # every library patch, before anything loads torch (t2i_core/patches/)
 
 from t2i_core.api.surfaces import build_surfaces_app  # noqa: E402
-from t2i_core.api import request_log
-from t2i_core.patches.bentoml import (
-    NO_SESSION_RENEWAL, cache_local_callers, cancel_request_timers, client_faults_are_4xx, engine_not_ready_is_503,
-    memoize_media_types, strict_multipart_files, trace_only_when_exported,
-)
-from t2i_core.patches.starlette import strict_form_parsing
-from t2i_core.common.startup import startup_settings
-from t2i_core.patches.gc_freeze import freeze_startup_objects
-from t2i_core.patches.uvicorn import bound_request_headers
+from t2i_core.api import request_log  # noqa: E402
+from t2i_core.patches.bentoml import NO_SESSION_RENEWAL  # noqa: E402
+from t2i_core.patches.gc_freeze import freeze_startup_objects  # noqa: E402
 from t2i_core.api.engine_client import ServiceEngineClient
 from t2i_core.api.request_flow import RequestFlow, until_disconnected
 from t2i_core.api.responses import ErrorBodyMiddleware
@@ -48,8 +45,6 @@ from t2i_core.state.open import open_state, resolve_spec
 from t2i_core.common.paths import TASK_ROUTE
 from t2i_core.common.topology import engine_worker_count, image_store_spec, pin_engine_worker, run_folder, visible_gpus
 
-# a bad T2I_* value, registry file or default model stops the server at once, in one line naming it
-SETTINGS = startup_settings()
 # Each service its own traffic settings (BentoML adds its task settings, external_queue and
 # concurrency 1, to the dict of a service with a task: a shared dict would carry them to the engine).
 # BentoML's own timeout stays above ours, so that ours (504, work stopped) answers first.
@@ -203,16 +198,6 @@ class API:
         """What the engine has done: images, batches and the sizes of its batches."""
         return await retry_dropped(self.engine.to_async.stats)
 
-
-memoize_media_types(EngineService, API)
-trace_only_when_exported()
-cache_local_callers()
-cancel_request_timers()
-engine_not_ready_is_503()
-strict_multipart_files()
-client_faults_are_4xx()
-strict_form_parsing()
-bound_request_headers(SETTINGS.max_header_bytes, SETTINGS.header_timeout_s)
 
 # Outermost first: the request log (id, one line per request), CORS (when configured), then keys /
 # body cap / in-flight cap / strict fields, task cancellation, then the rewrite of BentoML's own

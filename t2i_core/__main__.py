@@ -19,9 +19,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from t2i_core.patches.openmp import shorten_openmp_spin
+from t2i_core.common.config import Settings
+from t2i_core.patches import install_patches
 
-shorten_openmp_spin()  # before torch loads: the benchmark's raw engine runs as the server's does
+install_patches(Settings.from_env())  # before torch loads: the benchmark's raw engine runs as the server's does
 
 
 def build_parser() -> argparse.ArgumentParser:

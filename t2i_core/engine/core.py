@@ -102,9 +102,6 @@ class Engine(SharedWorkers):
                  shared_dir: str | None = None, worker: int = 1):
         """``shared_dir``: the run folder that this engine worker shares with the other engine workers of
         its server (see t2i_core/engine/ledger.py and workers.py); None: the only worker."""
-        from t2i_core.patches.diffusers import skip_group_offload_lookup_until_used
-
-        skip_group_offload_lookup_until_used()
         self.settings = settings or Settings.from_env()
         self.registry = registry or Registry(default=self.settings.model)
         self.device = pick_device(self.settings.device)

@@ -18,14 +18,22 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from t2i_core.patches.version_guard import written_for
+
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
+#: the transformers version whose encoders' call form and outputs were checked (see the docstring)
+WRITTEN_FOR = "5.23"
 #: keyword arguments a wrapped call may carry (anything else: the call is passed through)
 _KNOWN_KWARGS = frozenset({"input_ids", "attention_mask", "output_hidden_states", "output_attentions", "return_dict"})
 _MARK = "_t2i_dedupes_prompts"
 
 
 def dedupe_text_encoders(pipe: Any) -> list[str]:
-    """Wrap the pipeline's text encoders (once each); returns the names wrapped now."""
+    """Wrap the pipeline's text encoders (once each); returns the names wrapped now. Only on the
+    transformers version the call form above was checked against (``WRITTEN_FOR``): on another, the
+    encoders run as they are."""
+    if not written_for("transformers", WRITTEN_FOR, "dedupe_text_encoders"):
+        return []
     wrapped = []
     for name in TEXT_ENCODERS:
         module = getattr(pipe, name, None)

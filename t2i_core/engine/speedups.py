@@ -65,9 +65,6 @@ def apply(pipe: Any, speedups: Speedups) -> list[str]:
                 module.to(memory_format=torch.channels_last)
         applied.append("channels-last")
     if speedups.compile and net is not None:
-        import torch.fx.experimental._config as fx_config
-
-        fx_config.use_duck_shape = False  # a batch equal to some other dimension must not specialize
         # forward only: the module's hooks (the stage timer's) stay outside the compiled graph
         net.forward = torch.compile(net.forward)
         applied.append("torch.compile (denoiser)")

@@ -6,7 +6,7 @@
 - ``memoize_media_types``: for a root output (e.g. ``list[EngineResult]``) BentoML works out the
   response's media type by generating the output model's whole JSON schema, on every response: a
   profile of the engine under load showed about 40% of its event loop's busy time there. The
-  media type never changes, so it is computed once.
+  media type of a model never changes, so it is computed once per model and kept on it.
 - ``trace_only_when_exported``: BentoML wraps every request in OpenTelemetry's ASGI middleware (a server
   span plus one span per ASGI message) even when no tracing exporter is configured, where no span can
   ever leave the process. Measured in process: about a quarter of the API's CPU per request
@@ -56,13 +56,22 @@ WRITTEN_FOR = "1.4.39"
 NO_SESSION_RENEWAL = {"max_requests": 2**31 - 1, "max_age": 1e12}
 
 
-def memoize_media_types(*services: Any) -> None:
+def memoize_media_types() -> None:
     if not written_for("bentoml", WRITTEN_FOR, "memoize_media_types"):
         return
-    for service in services:
-        for method in service.apis.values():
-            spec = method.output_spec
-            spec.media_type = spec.mime_type()
+    from _bentoml_sdk.io_models import IOMixin
+
+    original = IOMixin.__dict__["mime_type"].__func__
+    if getattr(original, "_t2i_patched", False):
+        return
+
+    def mime_type(cls: Any) -> str:
+        if cls.media_type is None:  # computed once per input/output model, then kept on the class
+            cls.media_type = original(cls)
+        return cls.media_type
+
+    mime_type._t2i_patched = True  # type: ignore[attr-defined]
+    IOMixin.mime_type = classmethod(mime_type)  # type: ignore[assignment,method-assign]
 
 
 def trace_only_when_exported() -> None:

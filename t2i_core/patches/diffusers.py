@@ -19,6 +19,8 @@ from typing import Any
 from t2i_core.patches.version_guard import written_for
 
 WRITTEN_FOR = "0.42"
+#: the module whose import installs the patch (``install_patches``)
+HOOKS_MODULE = "diffusers.hooks.group_offloading"
 
 
 def skip_group_offload_lookup_until_used() -> None:
