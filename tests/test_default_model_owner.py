@@ -39,17 +39,21 @@ def test_a_default_set_through_one_worker_is_used_by_the_others(engine):
     assert named == first  # a request that names its model is not affected
 
 
-def test_model_listing_reports_the_engines_default(engine):
+def test_model_listing_reports_the_engines_default_and_changes_nothing(engine):
+    """Listing is a read: it reports the engine's default without touching the worker's copy (which
+    the engine's answer to the next request corrects)."""
     first = engine.registry.default_id
     worker = _worker(engine)
     other = "builtin/tiny-sd3"
     engine.registry.set_default(other)  # e.g. through another worker
     try:
         rows = asyncio.run(worker.model_states())
+        assert [r["id"] for r in rows if r["default"]] == [other]
+        assert worker.registry.default_id == first
+        (image,) = asyncio.run(worker.generate(GenerateRequest(prompt="x", width=64, height=64, num_inference_steps=1)))
+        assert image.model == other and worker.registry.default_id == other
     finally:
         engine.registry.set_default(first)
-    assert [r["id"] for r in rows if r["default"]] == [other]
-    assert worker.registry.default_id == other
 
 
 def test_each_service_has_its_own_traffic_settings():

@@ -269,16 +269,16 @@ class RequestFlow:
         return to_rgb_pixels(img, *size), size
 
     async def model_states(self) -> list[dict[str, Any]]:
-        """Each registry model with its metadata and state (loaded, loading, available, unavailable)."""
+        """Each registry model with its metadata and state (loaded, loading, available, unavailable);
+        ``default`` marks the engine's default model (the engine owns it). Read only: this worker's
+        copy of the default is corrected by the engine's answers (``_resolved_run``), not by listings."""
         states = {row["id"]: row for row in await self.engine.model_states()}
-        for row in states.values():
-            if row.get("default"):  # the engine owns the default; this worker's copy follows it
-                self.registry.set_default(row["id"])
+        default = next((model_id for model_id, row in states.items() if row.get("default")), self.registry.default_id)
         rows = []
         for entry in self.registry.entries():
             row = {**entry.metadata(), "pipeline": entry.pipeline,  # the family adapters and ControlNets name
                    **states.get(entry.id, {"state": "available", "reason": None})}
-            row["default"] = entry.id == self.registry.default_id
+            row["default"] = entry.id == default
             rows.append(row)
         return rows
 

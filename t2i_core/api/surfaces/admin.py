@@ -49,7 +49,7 @@ def admin_routes(get_flow: Callable[[], RequestFlow]) -> list[Route]:
     async def list_models(request: Request) -> Response:
         flow = authorized(request)
         rows = await flow.model_states()  # the engine's states and default
-        return JSONResponse({"default": flow.registry.default_id, "models": rows})
+        return JSONResponse({"default": next((row["id"] for row in rows if row["default"]), None), "models": rows})
 
     @guarded
     async def load(request: Request) -> Response:

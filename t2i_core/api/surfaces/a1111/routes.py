@@ -198,8 +198,8 @@ def a1111_routes(get_flow: Callable[[], RequestFlow], callers: CallerJobs | None
                     await jobs.choose_checkpoint(caller_id(request), model_id)
             return JSONResponse({})
         chosen = await chosen_checkpoint(request)
-        await flow.model_states()  # the engine's default
-        return JSONResponse({"sd_model_checkpoint": chosen or flow.registry.default_id, "samples_format": "png",
+        default = next((row["id"] for row in await flow.model_states() if row["default"]), None)
+        return JSONResponse({"sd_model_checkpoint": chosen or default, "samples_format": "png",
                              "sd_checkpoint_hash": None})
 
     @guarded
