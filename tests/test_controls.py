@@ -86,8 +86,8 @@ def test_switching_adapter_sets_is_counted_and_a_repeated_set_costs_nothing(fres
 
 
 def test_inpainting_repaints_the_masked_area_in_batches(engine):
-    edit = pixels(engine.run([req(kind="edit", image=GRADIENT, strength=1.0)])[0])
-    out = engine.run([req(kind="edit", image=GRADIENT, strength=1.0, mask=TOP_HALF, seed=s) for s in (1, 2)])
+    edit = pixels(engine.run([req(mode="edit", image=GRADIENT, strength=1.0)])[0])
+    out = engine.run([req(mode="inpaint", image=GRADIENT, strength=1.0, mask=TOP_HALF, seed=s) for s in (1, 2)])
     assert [r.batch_size for r in out] == [2, 2]
     first = pixels(out[0]).astype(int)
     assert not np.array_equal(first, edit)
@@ -103,8 +103,8 @@ def test_a_dedicated_inpainting_checkpoint_is_used_when_the_registry_names_one()
     file = load_registry_file()
     models = [m.model_copy(update={"inpainting": "builtin/tiny-sd-inpaint"}) if m.id == TINY_SD_ID else m for m in file.models]
     own = Engine(Settings.from_env(), Registry(models, default=TINY_SD_ID, adapters=file.adapters, controlnets=file.controlnets))
-    built = pixels(Engine(Settings.from_env()).run([req(kind="edit", image=GRADIENT, strength=1.0, mask=TOP_HALF)])[0])
-    result = own.run([req(kind="edit", image=GRADIENT, strength=1.0, mask=TOP_HALF)])[0]
+    built = pixels(Engine(Settings.from_env()).run([req(mode="inpaint", image=GRADIENT, strength=1.0, mask=TOP_HALF)])[0])
+    result = own.run([req(mode="inpaint", image=GRADIENT, strength=1.0, mask=TOP_HALF)])[0]
     assert "builtin/tiny-sd-inpaint" in own.models.loaded_ids()
     assert not np.array_equal(pixels(result), built)
     # the checkpoint itself cannot make images without a mask: a clear 400
@@ -126,9 +126,9 @@ def test_controlnet_follows_its_control_image_per_item(engine):
 
 def test_controlnet_with_image_to_image_and_inpainting(engine):
     out = engine.run([
-        req(kind="edit", image=GRADIENT, strength=0.6, controlnet=CANNY, control_image=CHECKER),
-        req(kind="edit", image=GRADIENT, strength=0.6),
-        req(kind="edit", image=GRADIENT, strength=1.0, mask=TOP_HALF, controlnet=CANNY, control_image=CHECKER),
+        req(mode="edit", image=GRADIENT, strength=0.6, controlnet=CANNY, control_image=CHECKER),
+        req(mode="edit", image=GRADIENT, strength=0.6),
+        req(mode="inpaint", image=GRADIENT, strength=1.0, mask=TOP_HALF, controlnet=CANNY, control_image=CHECKER),
     ])
     assert not np.array_equal(pixels(out[0]), pixels(out[1]))
     pixels(out[2])

@@ -45,11 +45,28 @@ def test_fp32_batch_difference_is_bounded():
     assert np.abs(alone - pixels(batch[7]).astype(int)).max() <= 1
 
 
-def test_missing_seed_is_drawn_and_returned(engine):
-    first = engine.run([req(seed=None)])[0]
-    assert isinstance(first.seed, int)
-    again = engine.run([req(seed=first.seed)])[0]
-    assert np.array_equal(pixels(first), pixels(again))
+def test_the_engine_takes_only_requests_whose_seed_is_decided():
+    import pydantic
+
+    with pytest.raises(pydantic.ValidationError, match="seed"):
+        req(seed=None)
+
+
+def test_a_missing_seed_is_drawn_once_by_the_api_and_returned(engine):
+    """The request flow draws it (the only place a seed is drawn); n images take seed, seed + 1, ..."""
+    import asyncio
+
+    from t2i_core.api.engine_client import LocalEngineClient
+    from t2i_core.api.request_flow import RequestFlow
+    from t2i_core.common.config import Settings
+    from t2i_core.common.schemas import GenerateRequest
+
+    flow = RequestFlow(LocalEngineClient(engine), Settings(encode_processes=0), engine.registry)
+    ask = GenerateRequest(prompt="a kite", width=64, height=64, num_inference_steps=1)
+    first, second = asyncio.run(flow.generate(ask, n=2))
+    assert second.seed == first.seed + 1
+    (again,) = asyncio.run(flow.generate(ask.model_copy(update={"seed": first.seed + 1})))
+    assert again.data == second.data
 
 
 def test_groups_compatible_settings_and_keeps_order(engine):
@@ -66,7 +83,7 @@ def test_edit_shares_weights_and_uses_the_image(engine):
     assert loaded.image2image.vae is loaded.text2image.vae
     src = engine.run([req(seed=9)])[0].pixels
     gray = bytes([128]) * (64 * 64 * 3)
-    edit = dict(kind="edit", strength=0.5, steps=2, seed=3)
+    edit = dict(mode="edit", strength=0.5, steps=2, seed=3)
     a, b = engine.run([req(image=src, **edit), req(image=gray, **edit)])
     assert a.error is None and b.error is None
     assert not np.array_equal(pixels(a), pixels(b))  # the input image matters
@@ -111,7 +128,7 @@ def test_duplicate_prompts_are_encoded_once_and_images_stay_the_same(engine):
     same = [req(seed=s) for s in (11, 12, 13, 14)]
     assert prompt_arguments(same) == {"prompt": ["a lighthouse"], "negative_prompt": [""], "num_images_per_prompt": 4}
     assert len(prompt_arguments(same[:3] + [req(prompt="other", seed=14)])["prompt"]) == 4
-    assert "num_images_per_prompt" not in prompt_arguments([req(kind="edit", image=bytes(64 * 64 * 3), strength=0.5)] * 2)
+    assert "num_images_per_prompt" not in prompt_arguments([req(mode="edit", image=bytes(64 * 64 * 3), strength=0.5)] * 2)
     together = engine.run(same)
     assert [r.batch_size for r in together] == [4] * 4
     for request, result in zip(same, together):  # bit-exact with each image made alone (float64)

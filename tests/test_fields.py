@@ -7,7 +7,7 @@ import pytest
 from t2i_core.common.errors import InvalidRequest
 from t2i_core.api.request_flow import parse
 from t2i_core.common.registry import Registry
-from t2i_core.common.schemas import EditRequest, GenerateRequest, to_engine
+from t2i_core.common.schemas import EditRequest, GenerateRequest, nth_image, to_engine
 
 
 @pytest.mark.parametrize(
@@ -50,23 +50,24 @@ def test_aliases_and_normalisation():
 
 def test_unset_fields_take_the_model_defaults():
     entry = Registry().get("stabilityai/sd-turbo")
-    eng = to_engine(parse(GenerateRequest, {"prompt": "x"}), entry)
+    eng = to_engine(parse(GenerateRequest, {"prompt": "x"}), entry, seed=5)
     d = entry.defaults
     assert (eng.steps, eng.guidance_scale, eng.width, eng.height, eng.seed) == (
-        d.steps, d.guidance_scale, d.width, d.height, None
+        d.steps, d.guidance_scale, d.width, d.height, 5
     )
-    eng = to_engine(parse(GenerateRequest, {"prompt": "x", "width": 256, "seed": 7}), entry, seed_offset=2)
-    assert (eng.width, eng.height, eng.seed) == (256, d.height, 9)
+    eng = to_engine(parse(GenerateRequest, {"prompt": "x", "width": 256, "seed": 7}), entry, seed=7)
+    assert (eng.width, eng.height, nth_image(eng, 2).seed) == (256, d.height, 9)
+    assert nth_image(eng.model_copy(update={"seed": 2**64 - 1}), 2).seed == 1  # seeds wrap within their range
 
 
 def test_edit_keeps_one_denoising_step():
     entry = Registry().get("builtin/tiny-sd")
     # default steps (2) * strength 0.3 < 1: steps are raised so that one step runs
-    eng = to_engine(parse(EditRequest, {"prompt": "x", "strength": 0.3}), entry, image=b"", image_size=(64, 64))
+    eng = to_engine(parse(EditRequest, {"prompt": "x", "strength": 0.3}), entry, seed=1, mode="edit", image_size=(64, 64))
     assert eng.steps * eng.strength >= 1
     # explicit steps that leave no step are refused, naming both values
     with pytest.raises(InvalidRequest) as info:
-        to_engine(parse(EditRequest, {"prompt": "x", "strength": 0.3, "steps": 2}), entry, image=b"", image_size=(64, 64))
+        to_engine(parse(EditRequest, {"prompt": "x", "strength": 0.3, "steps": 2}), entry, seed=1, mode="edit", image_size=(64, 64))
     assert "2 * 0.3" in info.value.message
 
 
@@ -75,13 +76,13 @@ def test_a_tiny_strength_is_refused_instead_of_running_unbounded_steps(strength)
     """strength 1e-8 used to lay out 10^8 timesteps (7 s and +2.3 GB for one 64 px edit); 5e-324 overflowed."""
     entry = Registry().get("builtin/tiny-sd")
     with pytest.raises(InvalidRequest) as info:
-        to_engine(parse(EditRequest, {"prompt": "x", "strength": strength}), entry, image=b"", image_size=(64, 64))
+        to_engine(parse(EditRequest, {"prompt": "x", "strength": strength}), entry, seed=1, mode="edit", image_size=(64, 64))
     assert info.value.param == "strength" and "0.01" in info.value.message and repr(strength) in info.value.message
 
 
 def test_the_smallest_strength_runs_one_step_within_the_step_limit():
     entry = Registry().get("builtin/tiny-sd")
-    eng = to_engine(parse(EditRequest, {"prompt": "x", "strength": 0.01}), entry, image=b"", image_size=(64, 64))
+    eng = to_engine(parse(EditRequest, {"prompt": "x", "strength": 0.01}), entry, seed=1, mode="edit", image_size=(64, 64))
     assert eng.steps == 100 and int(eng.steps * eng.strength) == 1
 
 

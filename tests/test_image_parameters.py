@@ -31,11 +31,11 @@ def read_parameters(data: bytes) -> str | None:
 
 def test_the_text_reads_as_a1111_writes_it():
     item = EngineRequest(model="stabilityai/sd-turbo", prompt="a lighthouse", negative_prompt="blurry", steps=4,
-                         guidance_scale=0.0, width=512, height=512, scheduler="euler_a", strength=0.5)
-    assert parameters_text(item, 7) == ("a lighthouse\nNegative prompt: blurry\nSteps: 4, Sampler: euler_a, CFG scale: 0.0, "
+                         guidance_scale=0.0, width=512, height=512, scheduler="euler_a", strength=0.5, seed=7)
+    assert parameters_text(item) == ("a lighthouse\nNegative prompt: blurry\nSteps: 4, Sampler: euler_a, CFG scale: 0.0, "
                                         "Seed: 7, Size: 512x512, Model: stabilityai/sd-turbo, Denoising strength: 0.5")
-    plain = item.model_copy(update={"negative_prompt": "", "scheduler": None, "strength": None})
-    assert parameters_text(plain, 1).splitlines() == [
+    plain = item.model_copy(update={"negative_prompt": "", "scheduler": None, "strength": None, "seed": 1})
+    assert parameters_text(plain).splitlines() == [
         "a lighthouse", "Steps: 4, Sampler: default, CFG scale: 0.0, Seed: 1, Size: 512x512, Model: stabilityai/sd-turbo"]
 
 

@@ -45,10 +45,11 @@ def b64(data: bytes) -> str:
 MASK_PNG = png(np.frombuffer(TOP_HALF, np.uint8).reshape(SIDE, SIDE))
 
 
-def engine_edit(model: str, mask: bool, controlnet: bool = False, kind: str = "edit") -> EngineRequest:
+def engine_edit(model: str, mask: bool, controlnet: bool = False, generate: bool = False) -> EngineRequest:
     extra = {"controlnet": CONTROLNET.get(model, "tiny-canny"), "control_image": GRADIENT.tobytes()} if controlnet else {}
+    mode = "generate" if generate else "inpaint" if mask else "edit"
     return EngineRequest(model=model, prompt="a lighthouse", steps=2, guidance_scale=0.0, width=SIDE, height=SIDE, seed=1,
-                         kind=kind, **({"image": GRADIENT.tobytes(), "strength": 0.8} if kind == "edit" else {}),
+                         mode=mode, **({} if generate else {"image": GRADIENT.tobytes(), "strength": 0.8}),
                          mask=TOP_HALF if mask else None, **extra)
 
 
@@ -66,9 +67,9 @@ def test_the_engine_inpaints_with_every_family_that_can_and_refuses_the_others(e
 
 
 def test_the_engine_runs_sd3_without_a_mask_and_an_inpainting_checkpoint_only_with_one(engine):
-    for request in (engine_edit(SD3, mask=False), engine_edit(SD3, mask=False, kind="generate")):
+    for request in (engine_edit(SD3, mask=False), engine_edit(SD3, mask=False, generate=True)):
         assert engine.run([request])[0].error is None
-    for request in (engine_edit(SD_INPAINT, mask=False), engine_edit(SD_INPAINT, mask=False, kind="generate")):
+    for request in (engine_edit(SD_INPAINT, mask=False), engine_edit(SD_INPAINT, mask=False, generate=True)):
         error = engine.run([request])[0].error
         assert error["code"] == "invalid_value" and "is an inpainting checkpoint" in error["message"]
 

@@ -57,7 +57,7 @@ def test_results_carry_stage_timings_and_queue_wait(engine):
 
 def test_edit_stages_are_measured_too(engine):
     image = bytes(64 * 64 * 3)
-    (result,) = engine.run([req(kind="edit", image=image, strength=0.7, steps=3)])
+    (result,) = engine.run([req(mode="edit", image=image, strength=0.7, steps=3)])
     assert result.error is None
     assert set(result.stages) == {"text_encoding", "denoising", "vae_decoding"}
 
@@ -72,7 +72,7 @@ def test_progress_counts_denoising_steps(engine):
         "p2": {"state": "done", "step": 4, "steps": 4},
     }
     # an edit at strength 0.5 runs half of its steps: progress counts what really runs
-    engine.run([req(request_id="p3", kind="edit", image=bytes(64 * 64 * 3), strength=0.5, steps=6)])
+    engine.run([req(request_id="p3", mode="edit", image=bytes(64 * 64 * 3), strength=0.5, steps=6)])
     assert engine.progress(["p3"])["p3"] == {"state": "done", "step": 3, "steps": 3}
 
 

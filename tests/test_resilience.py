@@ -37,7 +37,7 @@ def test_an_image_that_never_fits_fails_alone_with_503(engine):
 
 def test_one_bad_item_inside_the_engine_fails_alone(engine):
     good = engine.run([req(seed=9)])[0].pixels
-    edit = dict(kind="edit", strength=0.5, steps=2)
+    edit = dict(mode="edit", strength=0.5, steps=2)
     poisoned = req(seed=2, image=b"\x00" * 10, **edit)  # wrong pixel count: fails inside the pipeline
     out = engine.run([req(seed=1, image=good, **edit), poisoned, req(seed=3, image=good, **edit)])
     assert out[0].error is None and out[2].error is None

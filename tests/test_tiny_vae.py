@@ -20,7 +20,7 @@ def engine_with(tiny_vae: str) -> Engine:
 
 def run(engine: Engine, kind: str) -> list:
     extra = dict(image=bytes(64 * 64 * 3), strength=0.5) if kind == "edit" else {}
-    return engine.run([EngineRequest(model="test/tiny-vae", kind=kind, prompt="x", steps=2, guidance_scale=0.0,
+    return engine.run([EngineRequest(model="test/tiny-vae", mode=kind, prompt="x", steps=2, guidance_scale=0.0,
                                      width=64, height=64, seed=s, **extra) for s in (1, 2)])
 
 

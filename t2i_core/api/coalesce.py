@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Awaitable, Callable, Literal
+from typing import Awaitable, Callable
 
-from t2i_core.common.schemas import EngineRequest, EngineResult
+from t2i_core.common.schemas import Endpoint, EngineRequest, EngineResult
 
-Kind = Literal["generate", "edit"]
-Send = Callable[[Kind, list[EngineRequest]], Awaitable[list[EngineResult]]]
+Send = Callable[[Endpoint, list[EngineRequest]], Awaitable[list[EngineResult]]]
 
 
 class Coalescer:
@@ -34,11 +33,11 @@ class Coalescer:
         self._linger_until = 0.0
         self._linger_target = 0  # images to wait for while the window is open
         self._linger_timer: asyncio.TimerHandle | None = None
-        self._pending: deque[tuple[Kind, list[EngineRequest], asyncio.Future[list[EngineResult]]]] = deque()
+        self._pending: deque[tuple[Endpoint, list[EngineRequest], asyncio.Future[list[EngineResult]]]] = deque()
         self._outstanding = 0
         self.calls = 0  # engine calls made (for tests and stats)
 
-    async def run(self, kind: Kind, items: list[EngineRequest]) -> list[EngineResult]:
+    async def run(self, kind: Endpoint, items: list[EngineRequest]) -> list[EngineResult]:
         future: asyncio.Future[list[EngineResult]] = asyncio.get_running_loop().create_future()
         self._pending.append((kind, items, future))
         self._pump()
@@ -72,12 +71,12 @@ class Coalescer:
     def _waiting(self) -> int:
         return sum(len(items) for _, items, future in self._pending if not future.done())
 
-    def _take(self) -> tuple[Kind, list[tuple[list[EngineRequest], asyncio.Future[list[EngineResult]]]]]:
+    def _take(self) -> tuple[Endpoint, list[tuple[list[EngineRequest], asyncio.Future[list[EngineResult]]]]]:
         """The oldest waiting request's kind, and as many waiting requests of that kind as fit."""
         kind = self._pending[0][0]
         group: list[tuple[list[EngineRequest], asyncio.Future[list[EngineResult]]]] = []
         size = 0
-        keep: deque[tuple[Kind, list[EngineRequest], asyncio.Future[list[EngineResult]]]] = deque()
+        keep: deque[tuple[Endpoint, list[EngineRequest], asyncio.Future[list[EngineResult]]]] = deque()
         while self._pending:
             entry = self._pending.popleft()
             k, items, future = entry
@@ -91,7 +90,7 @@ class Coalescer:
         self._pending = keep
         return kind, group
 
-    async def _flush(self, kind: Kind, group: list[tuple[list[EngineRequest], asyncio.Future[list[EngineResult]]]]) -> None:
+    async def _flush(self, kind: Endpoint, group: list[tuple[list[EngineRequest], asyncio.Future[list[EngineResult]]]]) -> None:
         try:
             results = await self._send(kind, [item for items, _ in group for item in items])
             start = 0

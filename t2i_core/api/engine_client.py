@@ -13,13 +13,13 @@ from typing import Any, Protocol
 from t2i_core.api.coalesce import Coalescer
 from t2i_core.api.retry import retry_dropped
 from t2i_core.common.config import Settings
-from t2i_core.common.schemas import EngineRequest, EngineResult, Kind, Preview
+from t2i_core.common.schemas import EngineRequest, EngineResult, Endpoint, Preview
 
 
 class EngineClient(Protocol):
     """What the request flow asks of the engine."""
 
-    async def run(self, kind: Kind, requests: list[EngineRequest]) -> list[EngineResult]: ...
+    async def run(self, kind: Endpoint, requests: list[EngineRequest]) -> list[EngineResult]: ...
     async def model_states(self) -> list[dict[str, Any]]: ...
     async def addon_states(self) -> dict[str, list[dict[str, Any]]]: ...
     async def model_action(self, action: str, model_id: str) -> dict[str, Any]: ...
@@ -34,7 +34,7 @@ class LocalEngineClient:
     def __init__(self, engine: Any):
         self.engine = engine
 
-    async def run(self, kind: Kind, requests: list[EngineRequest]) -> list[EngineResult]:
+    async def run(self, kind: Endpoint, requests: list[EngineRequest]) -> list[EngineResult]:
         return await asyncio.to_thread(self.engine.run, requests)
 
     async def model_states(self) -> list[dict[str, Any]]:
@@ -71,12 +71,12 @@ class ServiceEngineClient:
             if settings.coalesce > 0 else None
         )
 
-    async def run(self, kind: Kind, requests: list[EngineRequest]) -> list[EngineResult]:
+    async def run(self, kind: Endpoint, requests: list[EngineRequest]) -> list[EngineResult]:
         if self.coalescer is not None:
             return await self.coalescer.run(kind, requests)
         return await self._send(kind, requests)
 
-    async def _send(self, kind: Kind, requests: list[EngineRequest]) -> list[EngineResult]:
+    async def _send(self, kind: Endpoint, requests: list[EngineRequest]) -> list[EngineResult]:
         method = self.engine.to_async.generate if kind == "generate" else self.engine.to_async.edit
         return await retry_dropped(lambda: method(requests))
 

@@ -8,6 +8,7 @@ the server, ``LocalEngineClient`` (the engine in process) in tests.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 import uuid
 from dataclasses import dataclass
@@ -22,12 +23,11 @@ from t2i_core.common.config import Settings
 from t2i_core.api.images.encode_pool import EncoderPool, default_processes
 from t2i_core.api.images.parameters import parameters_text
 from t2i_core.common.errors import ClientClosed, DefaultModelChanged, InvalidRequest, RequestTimeout, T2IError, describe_validation_errors
-from t2i_core.common.inpainting import denoiser_channels, mode_refusal
 from t2i_core.api.images.codecs import MEDIA_TYPES, decode_base64, decode_image, output_size, timed_encode
 from t2i_core.api.images.masks import decode_mask
 from t2i_core.common.pixels import to_rgb_pixels
 from t2i_core.common.registry import ModelEntry, Registry
-from t2i_core.common.schemas import EditRequest, EngineRequest, EngineResult, GenerateRequest, Kind, Preview, to_engine
+from t2i_core.common.schemas import EditRequest, EngineRequest, EngineResult, GenerateRequest, Preview, nth_image, to_engine
 
 #: Without encoder processes (``T2I_ENCODE_PROCESSES=0``, or one CPU), a request's images are encoded
 #: on the event loop when they have this many pixels or fewer in all
@@ -37,6 +37,8 @@ from t2i_core.common.schemas import EditRequest, EngineRequest, EngineResult, Ge
 #: and the answers came out later, the threads waiting for the GIL held by the busy event loop
 #: (docs/performance.md).
 INLINE_ENCODE_MAX_PIXELS = 2 * 64 * 64
+#: seeds drawn for requests that give none stay below this: small enough for every JSON client
+DRAWN_SEEDS = 2**32
 
 
 #: Returns once the client has disconnected (``until_disconnected`` over the request's ASGI receive),
@@ -84,14 +86,17 @@ class RenderedImage:
 
 @dataclass(frozen=True)
 class Prepared:
-    """A request checked and its input images decoded (``RequestFlow.prepare_generate`` / ``prepare_edit``):
-    everything that can be refused before the engine is asked has been. A streamed answer starts only
-    after this, so such a refusal is a 4xx rather than an error event in a 200 stream."""
+    """A request validated, resolved and its input images decoded (``RequestFlow.prepare_generate`` /
+    ``prepare_edit``): everything that can be refused before the engine is asked has been. A streamed
+    answer starts only after this, so such a refusal is a 4xx rather than an error event in a 200
+    stream. The k-th of its n images is ``nth_image(first, k)``."""
 
-    kind: Kind
     req: GenerateRequest
-    #: the engine request of the k-th image on a model (the default model may change before it runs)
-    item: Callable[[ModelEntry, int], EngineRequest]
+    #: the engine request of its first image, seed decided, pixels attached
+    first: EngineRequest
+    #: the same request resolved on another model: only when it named none and the engine's default
+    #: changed meanwhile (``DefaultModelChanged``)
+    on_model: Callable[[ModelEntry], EngineRequest]
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -130,111 +135,105 @@ class RequestFlow:
         self, req: EditRequest, image: bytes, n: int = 1, disconnected: Disconnected | None = None,
         request_id: str | None = None, partial_images: int = 0, mask: bytes | None = None,
         control_image: bytes | None = None, transparent_repaints: bool = False,
+        mask_reader: Callable[[bytes], bytes] | None = None,
     ) -> list[RenderedImage]:
         """Edit the PNG/JPEG/WebP ``image`` (bytes) as ``req`` says; with ``mask``, only where the mask
-        is white (or, with ``transparent_repaints``, where a mask with alpha is transparent)."""
+        is white (or, with ``transparent_repaints``, where a mask with alpha is transparent).
+        ``mask_reader``: turns the mask as sent into that form first (a surface's own mask rules)."""
         prepared = await self.prepare_edit(req, image, mask=mask, control_image=control_image,
-                                           transparent_repaints=transparent_repaints)
+                                           transparent_repaints=transparent_repaints, mask_reader=mask_reader)
         return await self.run(prepared, n, disconnected, request_id, partial_images)
 
     async def prepare_generate(self, req: GenerateRequest, control_image: bytes | None = None) -> Prepared:
-        """``req`` checked (model, adapters, ControlNet, scheduler, steps) and its control image decoded,
-        ready for ``run``: what ``generate`` would refuse is raised here, before anything is answered."""
+        """``req`` resolved (model, adapters, ControlNet, scheduler, steps, its seed drawn when it has
+        none) and its control image decoded, ready for ``run``: what ``generate`` would refuse is
+        raised here, before anything is answered."""
         self._note_prompt(req)
-        entry = self.registry.get(req.model)
-        self._check_addons(req, entry, "generate")  # refused before any image is decoded
+        seed = self._seed(req)
+        first = to_engine(req, self.registry.get(req.model), seed=seed, registry=self.registry)
         if control_image is None and req.control_image is not None:
             control_image = decode_base64(req.control_image, field="control_image")
-        size = (req.width or entry.defaults.width, req.height or entry.defaults.height)
-        control = None
-        if control_image is not None:
-            control = await asyncio.to_thread(self._decode_rgb, control_image, size, "control_image")
 
-        def item(entry: ModelEntry, k: int) -> EngineRequest:
-            # the default model may have changed since: its size decides, the control image follows
-            own = (req.width or entry.defaults.width, req.height or entry.defaults.height)
-            pixels = control if own == size or control is None else self._decode_rgb(control_image or b"", own, "control_image")
-            return to_engine(req, entry, seed_offset=k, registry=self.registry, control_image=pixels)
+        async def with_pixels(item: EngineRequest) -> EngineRequest:
+            if control_image is None:
+                return item
+            pixels = await asyncio.to_thread(self._decode_rgb, control_image, (item.width, item.height), "control_image")
+            return item.model_copy(update={"control_image": pixels})
 
-        return self._checked(Prepared("generate", req, item), entry)
+        first = await with_pixels(first)
+
+        def on_model(entry: ModelEntry) -> EngineRequest:
+            item = to_engine(req, entry, seed=seed, registry=self.registry)
+            same_size = (item.width, item.height) == (first.width, first.height)
+            pixels = first.control_image if same_size or control_image is None else self._decode_rgb(
+                control_image, (item.width, item.height), "control_image")
+            return item.model_copy(update={"control_image": pixels})
+
+        return Prepared(req, first, on_model)
 
     async def prepare_edit(
         self, req: EditRequest, image: bytes, mask: bytes | None = None, control_image: bytes | None = None,
-        transparent_repaints: bool = False,
+        transparent_repaints: bool = False, mask_reader: Callable[[bytes], bytes] | None = None,
     ) -> Prepared:
-        """``req`` checked and its image, mask and control image decoded, ready for ``run`` (as
+        """``req`` resolved and its image, mask and control image decoded, ready for ``run`` (as
         ``prepare_generate``)."""
         self._note_prompt(req)
-        entry = self.registry.get(req.model)
-        self.check_edit(req, masked=mask is not None)  # refused before the image is decoded
+        seed, mode = self._seed(req), "inpaint" if mask is not None else "edit"
+        # resolved (and refused) before the image is decoded; its size comes with the image
+        to_engine(req, self.registry.get(req.model), seed=seed, mode=mode, registry=self.registry)
         if control_image is None and isinstance(req.control_image, str):
             control_image = decode_base64(req.control_image, field="control_image")
-        inputs = await asyncio.to_thread(self._prepare_inputs, req, image, mask, control_image, transparent_repaints)
-        pixels, size, mask_pixels, control = inputs
-        return self._checked(Prepared("edit", req, lambda entry, k: to_engine(
-            req, entry, image=pixels, image_size=size, seed_offset=k, registry=self.registry, mask=mask_pixels,
-            control_image=control)), entry)
+        pixels, size, mask_pixels, control = await asyncio.to_thread(
+            self._prepare_inputs, req, image, mask, control_image, transparent_repaints, mask_reader)
 
-    def _checked(self, prepared: Prepared, entry: ModelEntry) -> Prepared:
-        prepared.item(entry, 0)  # the checks that need the resolved request (scheduler, steps * strength)
-        return prepared
+        def on_model(entry: ModelEntry) -> EngineRequest:
+            item = to_engine(req, entry, seed=seed, mode=mode, registry=self.registry, image_size=size)
+            return item.model_copy(update={"image": pixels, "mask": mask_pixels, "control_image": control})
+
+        return Prepared(req, on_model(self.registry.get(req.model)), on_model)
+
+    @staticmethod
+    def _seed(req: GenerateRequest) -> int:
+        """The request's seed: the client's, or drawn here, once (the engine never draws one)."""
+        return req.seed if req.seed is not None else secrets.randbelow(DRAWN_SEEDS)
 
     async def run(
         self, prepared: Prepared, n: int = 1, disconnected: Disconnected | None = None, request_id: str | None = None,
         partial_images: int = 0,
     ) -> list[RenderedImage]:
-        """``n`` images of a prepared request: what can fail now fails in the engine (or times out)."""
-        return await self._resolved_run(
-            prepared.kind, prepared.req, lambda entry: [prepared.item(entry, k) for k in range(n)],
-            disconnected, request_id, partial_images,
-        )
-
-    def check_edit(self, req: EditRequest, masked: bool) -> None:
-        """What ``edit`` refuses before decoding any image: adapters and a ControlNet that do not fit the
-        model, a mask on a model that cannot inpaint, no mask on an inpainting checkpoint."""
-        self._check_addons(req, self.registry.get(req.model), "inpaint" if masked else "edit")
-
-    def _check_addons(self, req: GenerateRequest, entry: ModelEntry, mode: str) -> None:
-        for use in req.adapters or []:
-            self.registry.adapter(use.id, entry)
-        if req.controlnet is not None:
-            self.registry.controlnet(req.controlnet, entry)
-        # a masked edit runs on the model's dedicated inpainting checkpoint when the registry names one
-        runs_on = self.registry.get(entry.inpainting) if mode == "inpaint" and entry.inpainting else entry
-        refusal = mode_refusal(runs_on.id, runs_on.pipeline, denoiser_channels(runs_on), mode)
-        if refusal is not None:
-            raise refusal
+        """``n`` images of a prepared request (seeds seed, seed + 1, ...), batched together: what can fail
+        now fails in the engine (or times out). The engine owns the default model: this worker's copy is
+        a cache, corrected (and a request that named no model resolved again, once) when the engine
+        answers that the default has changed, e.g. through another API worker."""
+        first, req = prepared.first, prepared.req
+        if partial_images:
+            first = first.model_copy(update={"partial_images": partial_images})
+        for attempt in range(2):
+            items = [nth_image(first, k) for k in range(n)]
+            try:
+                return await self._run(items, req.format, disconnected, request_id, req.output_quality or 0)
+            except DefaultModelChanged as changed:
+                if attempt or changed.model is None:
+                    raise
+                self.registry.set_default(changed.model)
+                first = prepared.on_model(self.registry.get(changed.model)).model_copy(
+                    update={"partial_images": partial_images})
+        raise AssertionError("unreachable")
 
     def _decode_rgb(self, data: bytes, size: tuple[int, int], field: str) -> bytes:
         return to_rgb_pixels(decode_image(data, max_pixels=self.settings.max_input_pixels, field=field), *size)
 
     def _prepare_inputs(
         self, req: EditRequest, image: bytes, mask: bytes | None, control_image: bytes | None, transparent_repaints: bool,
+        mask_reader: Callable[[bytes], bytes] | None = None,
     ) -> tuple[bytes, tuple[int, int], bytes | None, bytes | None]:
         pixels, size = self._prepare_input(req, image)
+        if mask is not None and mask_reader is not None:
+            mask = mask_reader(mask)
         mask_pixels = None if mask is None else decode_mask(
             mask, *size, max_pixels=self.settings.max_input_pixels, transparent_repaints=transparent_repaints)
         control = None if control_image is None else self._decode_rgb(control_image, size, "control_image")
         return pixels, size, mask_pixels, control
-
-    async def _resolved_run(
-        self, kind: Kind, req: GenerateRequest, make_items: Callable[[ModelEntry], list[EngineRequest]],
-        disconnected: Disconnected | None, request_id: str | None, partial_images: int = 0,
-    ) -> list[RenderedImage]:
-        """Run ``req`` on its model, or on the default model when it names none. The engine owns the
-        default: this worker's copy is a cache, corrected (and the request resolved again, once) when
-        the engine answers that the default has changed, e.g. through another API worker."""
-        for attempt in range(2):
-            items = make_items(self.registry.get(req.model))
-            if partial_images:
-                items = [item.model_copy(update={"partial_images": partial_images}) for item in items]
-            try:
-                return await self._run(kind, items, req.format, disconnected, request_id, req.output_quality or 0)
-            except DefaultModelChanged as changed:
-                if attempt or changed.model is None:
-                    raise
-                self.registry.set_default(changed.model)
-        raise AssertionError("unreachable")
 
     async def check(self, data: dict[str, Any]) -> GenerateRequest:
         """What ``generate`` refuses before the engine is asked, for input that is not run now (a task
@@ -297,7 +296,7 @@ class RequestFlow:
         return answer
 
     async def _call_engine(
-        self, kind: Kind, items: list[EngineRequest], disconnected: Disconnected | None, request_id: str | None = None
+        self, items: list[EngineRequest], disconnected: Disconnected | None, request_id: str | None = None
     ) -> list[EngineResult]:
         """The engine's results, or RequestTimeout (504) / ClientClosed (499) after telling the
         engine to stop working on this request."""
@@ -308,7 +307,7 @@ class RequestFlow:
         items = [
             item.model_copy(update={"request_id": request_id, "deadline": deadline, "submitted_at": now}) for item in items
         ]
-        task = asyncio.ensure_future(self.engine.run(kind, items))
+        task = asyncio.ensure_future(self.engine.run(items[0].endpoint, items))
         watcher = asyncio.ensure_future(disconnected()) if disconnected is not None else None
         try:
             done, _ = await asyncio.wait({task, *([watcher] if watcher else [])},
@@ -330,18 +329,18 @@ class RequestFlow:
                 watcher.cancel()
 
     async def _run(
-        self, kind: Kind, items: list[EngineRequest], fmt: str, disconnected: Disconnected | None = None,
+        self, items: list[EngineRequest], fmt: str, disconnected: Disconnected | None = None,
         request_id: str | None = None, quality: int = 0,
     ) -> list[RenderedImage]:
         started = time.perf_counter()
         first = items[0]
-        request_log.note(kind=kind, model=first.model, width=first.width, height=first.height, steps=first.steps,
+        request_log.note(kind=first.endpoint, model=first.model, width=first.width, height=first.height, steps=first.steps,
                          guidance_scale=first.guidance_scale, n=len(items), format=fmt,
-                         **({"strength": first.strength} if kind == "edit" else {}),
+                         **({"strength": first.strength} if first.strength is not None else {}),
                          **({"adapters": [f"{a}:{w:g}" for a, w in first.adapters]} if first.adapters else {}),
                          **({"controlnet": first.controlnet} if first.controlnet else {}),
                          **({"mask": True} if first.mask is not None else {}))
-        results = await self._call_engine(kind, items, disconnected, request_id)
+        results = await self._call_engine(items, disconnected, request_id)
         if len(results) != len(items):
             raise T2IError(f"engine returned {len(results)} results for {len(items)} requests")
         request_log.note(seeds=[r.seed for r in results], batch_size=max(r.batch_size for r in results),
@@ -353,7 +352,7 @@ class RequestFlow:
                 if isinstance(err, DefaultModelChanged):
                     err.model = result.model  # the engine's default now
                 raise err
-        texts = ([parameters_text(item, int(r.seed or 0)) for item, r in zip(items, results)]
+        texts = ([parameters_text(item) for item in items]
                  if self.settings.image_parameters else [""] * len(results))
         encoded = await self._encode(results, fmt, texts, quality)
         encode_s = [seconds for _, seconds in encoded]

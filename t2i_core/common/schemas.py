@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from t2i_core.common.addon_fields import Adapters, ConditioningScale, ControlImageText, ControlNetId, GuidanceFraction
 from t2i_core.common.errors import InvalidRequest
 from t2i_core.common.fields import (
+    MAX_SEED,
     MAX_STEPS,
     Guidance,
     ImageFormat,
@@ -27,12 +28,15 @@ from t2i_core.common.fields import (
     Steps,
     Strength,
 )
+from t2i_core.common.inpainting import denoiser_channels, mode_refusal
 from t2i_core.common.registry import ModelEntry, Registry
 from t2i_core.common.schedulers import check_scheduler
 
 DEFAULT_STRENGTH = 0.6
-#: what a request makes: text to image, or image to image
-Kind = Literal["generate", "edit"]
+#: what an image request makes: text to image, image to image, or image to image where a mask says
+Mode = Literal["generate", "edit", "inpaint"]
+#: the engine's entry points (BentoML methods): text to image, and image to image (edits and inpainting)
+Endpoint = Literal["generate", "edit"]
 
 
 class PromptSettings(BaseModel):
@@ -109,9 +113,10 @@ class EditRequest(GenerateRequest):
 
 
 class EngineRequest(BaseModel):
-    """One image to make, with every setting resolved; what the API sends the engine."""
+    """One image to make, with every setting resolved (``to_engine``) and its seed decided: what the
+    API sends the engine. Nothing downstream looks a setting up again."""
 
-    kind: Kind = "generate"
+    mode: Mode = "generate"
     model: str
     prompt: str
     negative_prompt: str = ""
@@ -119,7 +124,8 @@ class EngineRequest(BaseModel):
     guidance_scale: float
     width: int
     height: int
-    seed: int | None = None
+    #: decided by the API (drawn when the client gave none); the engine never draws one
+    seed: int = Field(ge=0, le=MAX_SEED)
     strength: float | None = None
     scheduler: str | None = None
     #: intermediate decodes wanted while it denoises (0-3; ``engine/previews.py``); not part of the
@@ -146,16 +152,16 @@ class EngineRequest(BaseModel):
     #: when the API handed it to the engine (unix time): the engine's queue wait starts here
     submitted_at: float | None = None
 
+    @property
+    def endpoint(self) -> Endpoint:
+        """The engine method that runs it."""
+        return "generate" if self.mode == "generate" else "edit"
+
     def batch_key(self) -> tuple[Any, ...]:
         """Requests with equal keys can run in one pipeline call."""
-        return (self.kind, self.model, self.width, self.height, self.steps, self.guidance_scale,
-                self.strength, self.scheduler, self.mask is not None, tuple(self.adapters),
+        return (self.mode, self.model, self.width, self.height, self.steps, self.guidance_scale,
+                self.strength, self.scheduler, tuple(self.adapters),
                 self.controlnet, self.control_scale, self.control_start, self.control_end)
-
-    @property
-    def mode(self) -> str:
-        """generate, edit or inpaint (an edit with a mask)."""
-        return "inpaint" if self.mask is not None else self.kind
 
     def control_label(self) -> str:
         """none, adapters, controlnet or adapters+controlnet (a metrics label of few values)."""
@@ -205,29 +211,28 @@ def to_engine(
     req: GenerateRequest,
     entry: ModelEntry,
     *,
-    image: bytes | None = None,
-    image_size: tuple[int, int] | None = None,
-    seed_offset: int = 0,
+    seed: int,
+    mode: Mode = "generate",
     registry: Registry | None = None,
-    mask: bytes | None = None,
-    control_image: bytes | None = None,
+    image_size: tuple[int, int] | None = None,
 ) -> EngineRequest:
-    """Resolve ``req`` against the model's defaults into an ``EngineRequest``.
-
-    For an edit, ``image`` is RGB pixels of ``image_size`` (already resized to the output size), and
-    ``mask`` (inpainting) 8-bit pixels of the same size; ``control_image``: RGB pixels of the output
-    size. ``seed_offset`` gives the k-th of n images of one request the seed ``seed + k``. Adapters and
-    ControlNets are looked up in ``registry`` (400 when unknown or of another family).
+    """Resolve ``req`` on model ``entry`` into the ``EngineRequest`` of its first image (the k-th of n
+    has ``seed + k``: ``nth_image``): the model's defaults for what it leaves unset, its adapters and
+    ControlNet looked up in ``registry`` (400 when unknown or of another family), the scheduler and the
+    mode checked against the model. ``image_size``: an edit's input size (the output's, unless ``req``
+    gives one). The input pixels (image, mask, control image) are attached by the caller once decoded:
+    everything here is refused before any image is decoded.
     """
     d = entry.defaults
     steps = req.num_inference_steps if req.num_inference_steps is not None else d.steps
     width = req.width or (image_size[0] if image_size else d.width)
     height = req.height or (image_size[1] if image_size else d.height)
-    seed = None if req.seed is None else (req.seed + seed_offset) % 2**64
     strength = None
-    if isinstance(req, EditRequest):
+    if mode != "generate":
+        if not isinstance(req, EditRequest):
+            raise InvalidRequest(f"mode {mode!r} needs an edit request", param="image")
         # inpainting repaints the masked area from noise unless told otherwise
-        default_strength = 1.0 if mask is not None else DEFAULT_STRENGTH
+        default_strength = 1.0 if mode == "inpaint" else DEFAULT_STRENGTH
         strength = req.strength if req.strength is not None else default_strength
         # img2img runs int(steps * strength) denoising steps: at least one must remain.
         if steps * strength < 1:
@@ -249,12 +254,17 @@ def to_engine(
     scheduler = req.scheduler or d.scheduler
     if scheduler is not None:
         check_scheduler(scheduler, entry.pipeline)
+    if registry is not None:
+        # a masked edit runs on the model's dedicated inpainting checkpoint when the registry names one
+        runs_on = registry.get(entry.inpainting) if mode == "inpaint" and entry.inpainting else entry
+        refusal = mode_refusal(runs_on.id, runs_on.pipeline, denoiser_channels(runs_on), mode)
+        if refusal is not None:
+            raise refusal
     return EngineRequest(
-        **resolve_controls(req, entry, registry, control_image),
-        mask=mask,
+        **resolve_addons(req, entry, registry),
         model_defaulted=req.model is None,
         scheduler=scheduler,
-        kind="edit" if isinstance(req, EditRequest) else "generate",
+        mode=mode,
         model=entry.id,
         prompt=req.prompt,
         negative_prompt=req.negative_prompt or "",
@@ -264,13 +274,15 @@ def to_engine(
         height=height,
         seed=seed,
         strength=strength,
-        image=image,
     )
 
 
-def resolve_controls(
-    req: GenerateRequest, entry: ModelEntry, registry: Registry | None, control_image: bytes | None
-) -> dict[str, Any]:
+def nth_image(first: EngineRequest, k: int) -> EngineRequest:
+    """The k-th image (0-based) of a request whose first image is ``first``: seed ``seed + k``."""
+    return first if k == 0 else first.model_copy(update={"seed": (first.seed + k) % (MAX_SEED + 1)})
+
+
+def resolve_addons(req: GenerateRequest, entry: ModelEntry, registry: Registry | None) -> dict[str, Any]:
     """The ``EngineRequest`` fields of ``req``'s adapters and ControlNet, with the registry's defaults."""
     out: dict[str, Any] = {}
     if (req.adapters or req.controlnet) and registry is None:
@@ -281,7 +293,7 @@ def resolve_controls(
     if req.controlnet:
         controlnet = registry.controlnet(req.controlnet, entry)
         out.update(
-            controlnet=controlnet.id, control_image=control_image,
+            controlnet=controlnet.id,
             control_scale=(req.controlnet_conditioning_scale if req.controlnet_conditioning_scale is not None
                            else controlnet.conditioning_scale),
             control_start=req.control_guidance_start or 0.0,

@@ -10,7 +10,6 @@ sub-batch cannot fail the rest of the batch.
 from __future__ import annotations
 
 import logging
-import secrets
 import os
 import threading
 import time
@@ -51,7 +50,6 @@ def default_budget(device: str) -> int:
 
 
 T = TypeVar("T")
-SEED_RANGE = 2**32  # drawn seeds stay small enough for every JSON client
 
 
 def prompt_arguments(items: list[EngineRequest]) -> dict[str, Any]:
@@ -75,7 +73,7 @@ def control_arguments(items: list[EngineRequest]) -> dict[str, Any]:
 
     first = items[0]
     out: dict[str, Any] = {}
-    if first.kind == "edit":
+    if first.mode != "generate":
         out["image"] = [from_rgb_pixels(r.image or b"", r.width, r.height) for r in items]
         out["strength"] = first.strength
     if first.mask is not None:
@@ -83,7 +81,7 @@ def control_arguments(items: list[EngineRequest]) -> dict[str, Any]:
     if first.controlnet is not None:
         controls = [from_rgb_pixels(r.control_image or b"", r.width, r.height) for r in items]
         # text to image takes the control image as ``image``; image to image and inpainting as ``control_image``
-        out["control_image" if first.kind == "edit" else "image"] = controls
+        out["control_image" if first.mode != "generate" else "image"] = controls
         out.update(controlnet_conditioning_scale=first.control_scale, control_guidance_start=first.control_start,
                    control_guidance_end=first.control_end)
     return out
@@ -277,7 +275,7 @@ class Engine(SharedWorkers):
         return [r for r in results if r is not None]
 
     def _run_group(self, items: list[EngineRequest]) -> list[EngineResult]:
-        seeds = [r.seed if r.seed is not None else secrets.randbelow(SEED_RANGE) for r in items]
+        seeds = [r.seed for r in items]  # decided by the API
         now = time.time()
         waits = [now - r.submitted_at if r.submitted_at is not None else 0.0 for r in items]
         for req, wait in zip(items, waits):
@@ -430,7 +428,7 @@ class Engine(SharedWorkers):
             callback_on_step_end=self._stop_when_all_cancelled(items),
         )
         kwargs.update(control_arguments(items))
-        if first.kind == "generate" or "height" in inspect.signature(pipe.__call__).parameters:
+        if first.mode == "generate" or "height" in inspect.signature(pipe.__call__).parameters:
             kwargs["width"], kwargs["height"] = first.width, first.height  # SD3's edit needs them too
         self.ledger.set_progress([req.request_id for req in items], state="running", step=0, steps=None)
         self.stage_timer.attach(pipe)

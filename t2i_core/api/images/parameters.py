@@ -19,15 +19,15 @@ from typing import Any
 KEYWORD = "parameters"
 
 
-def parameters_text(item: Any, seed: int) -> str:
-    """The text for one image: ``item`` is the engine request it was made from (prompt, settings)."""
+def parameters_text(item: Any) -> str:
+    """The text for one image: ``item`` is the engine request it was made from (prompt, settings, seed)."""
     adapters = getattr(item, "adapters", None) or []
     # A1111 keeps its adapter syntax in the prompt: a client that reads the text back gets them again
     lines = [" ".join([item.prompt, *(f"<lora:{name}:{weight:g}>" for name, weight in adapters)])]
     if item.negative_prompt:
         lines.append(f"Negative prompt: {item.negative_prompt}")
     settings = [f"Steps: {item.steps}", f"Sampler: {item.scheduler or 'default'}", f"CFG scale: {item.guidance_scale}",
-                f"Seed: {seed}", f"Size: {item.width}x{item.height}", f"Model: {item.model}"]
+                f"Seed: {item.seed}", f"Size: {item.width}x{item.height}", f"Model: {item.model}"]
     if item.strength is not None:
         settings.append(f"Denoising strength: {item.strength}")
     if getattr(item, "controlnet", None):

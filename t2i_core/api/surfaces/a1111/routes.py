@@ -13,7 +13,6 @@ not switch everyone's model); with the admin key, the server's default model.
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -46,6 +45,14 @@ def model_id_of(title: Any) -> str:
 def a1111_routes(get_flow: Callable[[], RequestFlow], callers: CallerJobs | None = None) -> list[Route]:
     """``callers``: where each caller's latest request is kept (see callers.py); in memory by default."""
     jobs = callers if callers is not None else CallerJobs()
+
+    @asynccontextmanager
+    async def loras_named_in_the_prompt() -> AsyncIterator[None]:
+        """An adapter the model does not take is named as the prompt names it (``<lora:id>``)."""
+        try:
+            yield
+        except UnknownAdapter as err:
+            raise UnknownAdapter(f"<lora:...> in the prompt: {err.message}", param="prompt") from None
 
     @asynccontextmanager
     async def remembered(request: Request) -> AsyncIterator[str]:
@@ -81,11 +88,6 @@ def a1111_routes(get_flow: Callable[[], RequestFlow], callers: CallerJobs | None
         prompt, adapters = split_loras(req.prompt)
         if not prompt:
             raise InvalidRequest(f"prompt holds nothing to draw besides its tags; got {req.prompt!r}"[:300], param="prompt")
-        for use in adapters:  # named as the prompt names it
-            try:
-                flow.registry.adapter(use["id"], entry)
-            except UnknownAdapter as err:
-                raise UnknownAdapter(f"<lora:{use['id']}> in the prompt: {err.message}", param="prompt") from None
         return {"prompt": prompt, "negative_prompt": req.negative_prompt, "num_inference_steps": req.steps,
                 "guidance_scale": req.cfg_scale, "width": req.width, "height": req.height,
                 "seed": req.seed if 0 <= req.seed else None, "model": model,
@@ -108,7 +110,7 @@ def a1111_routes(get_flow: Callable[[], RequestFlow], callers: CallerJobs | None
                                  param="alwayson_scripts")
         native = parse(GenerateRequest, fields)
         n = images_count(flow, req)
-        async with remembered(request) as request_id:
+        async with remembered(request) as request_id, loras_named_in_the_prompt():
             images = await flow.generate(native, n=n, request_id=request_id,
                                           disconnected=lambda: until_disconnected(request.receive))
         return JSONResponse(answer(images, req, req.sampler_name or "default"))
@@ -123,16 +125,13 @@ def a1111_routes(get_flow: Callable[[], RequestFlow], callers: CallerJobs | None
         if fields.get("controlnet") is not None and fields.get("control_image") is None:
             fields["control_image"] = req.init_images[0]  # as the ControlNet extension does in img2img
         native = parse(EditRequest, {**fields, "strength": req.denoising_strength})
-        flow.check_edit(native, masked=bool(req.mask))  # before any image is decoded
         source = decode_base64(req.init_images[0], field="init_images")
-        mask = None
-        if req.mask:
-            mask = await asyncio.to_thread(a1111_mask, decode_base64(req.mask, field="mask"), req,
-                                           flow.settings.max_input_pixels)
+        mask = decode_base64(req.mask, field="mask") if req.mask else None
         n = images_count(flow, req)
-        async with remembered(request) as request_id:
-            images = await flow.edit(native, source, n=n, request_id=request_id,
-                                      disconnected=lambda: until_disconnected(request.receive), mask=mask)
+        async with remembered(request) as request_id, loras_named_in_the_prompt():
+            images = await flow.edit(native, source, n=n, request_id=request_id, mask=mask,
+                                      mask_reader=lambda raw: a1111_mask(raw, req, flow.settings.max_input_pixels),
+                                      disconnected=lambda: until_disconnected(request.receive))
         return JSONResponse(answer(images, req, req.sampler_name or "default"))
 
     @guarded
