@@ -207,3 +207,9 @@ def test_progress_with_preview_shows_the_image_while_it_is_made(server):
     assert image.size == (256, 256) and 1 <= body["current_image_step"] <= 60
     assert "current_image" not in progress(server, task_id)  # only when asked
     httpx.put(f"{server.url}/tasks/generate/cancel", params={"task_id": task_id}, timeout=30)
+
+
+def test_a_wrong_method_on_a_task_route_is_a_405(server):
+    for action in ("submit", "status", "get", "cancel", "retry", "progress"):
+        r = httpx.request("TRACE", f"{server.url}/tasks/generate/{action}", params={"task_id": "x"}, timeout=30)
+        assert r.status_code == 405, (action, r.status_code, r.text)

@@ -26,7 +26,8 @@ from typing import Any, Callable
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, Router
+from starlette.applications import Starlette
+from starlette.routing import Route
 
 from t2i_core.api import request_log
 from t2i_core.api.callers import Caller, caller_id, caller_of
@@ -151,7 +152,7 @@ class TaskRoutes:
 
     def __init__(self, app: Any, routes: list[Route]):
         self.app = app
-        self.router = Router(routes=routes)
+        self.router = Starlette(routes=routes)  # an app (not a bare Router): a wrong method is a 405
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope.get("path") in PATHS:
