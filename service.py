@@ -24,15 +24,17 @@ from t2i_core.patches import install_patches
 SETTINGS = startup_settings()
 install_patches(SETTINGS)  # every library patch, before anything loads torch (t2i_core/patches/)
 
-from t2i_core.api.surfaces import build_surfaces_app  # noqa: E402
+from t2i_core.api.surfaces import build_surfaces  # noqa: E402
+from t2i_core.api.error_shapes import INTERNAL, error_response  # noqa: E402
+from t2i_core.common.errors import T2IError  # noqa: E402
 from t2i_core.api import request_log  # noqa: E402
 from t2i_core.patches.bentoml import NO_SESSION_RENEWAL  # noqa: E402
 from t2i_core.patches.gc_freeze import freeze_startup_objects  # noqa: E402
 from t2i_core.api.engine_client import ServiceEngineClient
-from t2i_core.api.request_flow import RequestFlow, until_disconnected
+from t2i_core.api.request_flow import RequestFlow, client_left
 from t2i_core.api.responses import ErrorBodyMiddleware
 from t2i_core.api.guards import IN_FLIGHT, GuardMiddleware, cors_options
-from t2i_core.api.image_store import open_image_store
+from t2i_core.api.image_stores import open_image_store
 from t2i_core.api.retry import retry_dropped
 from t2i_core.common.shutdown import drain_on_sigterm
 from t2i_core.api.surfaces.native import EditUpload, answer, upload_bytes
@@ -174,7 +176,7 @@ class API:
         image, mask, control = (upload_bytes(fields.pop(name, None)) for name in ("image", "mask", "control_image"))
         return await answer(ctx, self.flow.edit(
             EditRequest.model_construct(**fields), image or b"", mask=mask, control_image=control,
-            disconnected=lambda: until_disconnected(ctx.request.receive),
+            disconnected=client_left(ctx.request),
         ))
 
     # The fields of /generate (the same input model, so the two cannot drift apart). Declared as a task
@@ -190,7 +192,7 @@ class API:
     async def _generate(self, fields: dict[str, Any], ctx: bentoml.Context) -> Response:
         # the fields were validated against GenerateRequest by BentoML: not validated twice
         return await answer(ctx, self.flow.generate(
-            GenerateRequest.model_construct(**fields), disconnected=lambda: until_disconnected(ctx.request.receive),
+            GenerateRequest.model_construct(**fields), disconnected=client_left(ctx.request),
         ))
 
     @bentoml.api(route="/stats")
@@ -199,30 +201,31 @@ class API:
         return await retry_dropped(self.engine.to_async.stats)
 
 
+# The surfaces beside the native routes (OpenAI /v1, admin, A1111, the replaced servers' routes, the
+# playground), each with its own error shape: adapters over the same request flow.
+SURFACES = build_surfaces(
+    lambda: bentoml.get_current_service().flow,
+    open_image_store(image_store_spec(SETTINGS, RUN_DIR), SETTINGS.image_url_ttl_s, SETTINGS.image_store_max_bytes),
+    open_caller_jobs(SETTINGS.api_workers, RUN_DIR),
+)
+TASKS = TaskStore(STATE, SETTINGS.task_result_ttl_s, SETTINGS.task_store_max_bytes)
+
 # Outermost first: the request log (id, one line per request), CORS (when configured), then keys /
-# body cap / in-flight cap / strict fields, task cancellation, then the rewrite of BentoML's own
-# error bodies on its routes.
-API.add_asgi_middleware(request_log.RequestLogMiddleware)
+# body cap / in-flight cap / strict fields, the task routes, then the rewrite of BentoML's own error
+# bodies on its routes. Errors before a route is reached take the shape of the surface it belongs to.
+API.add_asgi_middleware(request_log.RequestLogMiddleware,
+                        unanswered=lambda scope: error_response(T2IError(INTERNAL), SURFACES.shape_for(scope)))
 if (CORS := cors_options(SETTINGS)) is not None:
     API.add_asgi_middleware(CORSMiddleware, **CORS)
 API.add_asgi_middleware(
     GuardMiddleware,
     settings=SETTINGS,
     strict_fields={m.route: frozenset(m.input_spec.model_fields) for m in API.apis.values()},
+    shape_for=SURFACES.shape_for,
 )
-TASKS = TaskStore(STATE, SETTINGS.task_result_ttl_s, SETTINGS.task_store_max_bytes)
 API.add_asgi_middleware(TaskRoutes, routes=task_routes(
     lambda: bentoml.get_current_service().flow, TASKS,
     TaskRunner(TASKS, lambda: bentoml.get_current_service().flow, check_s=SETTINGS.task_store_check_s),
 ))
 API.add_asgi_middleware(ErrorBodyMiddleware, paths=frozenset(m.route for m in API.apis.values()))
-# OpenAI-compatible /v1, the replaced servers' routes, task progress and the playground (/ui): adapters
-# over the same request flow.
-API.mount_asgi_app(
-    build_surfaces_app(
-        lambda: bentoml.get_current_service().flow,
-        open_image_store(image_store_spec(SETTINGS, RUN_DIR), SETTINGS.image_url_ttl_s, SETTINGS.image_store_max_bytes),
-        open_caller_jobs(SETTINGS.api_workers, RUN_DIR),
-    ),
-    path="/",
-)
+API.mount_asgi_app(SURFACES, path="/")

@@ -69,7 +69,7 @@ def test_a1111_progress_after_a_request_that_could_not_run(engine):
     from t2i_core.api.engine_client import LocalEngineClient
     from t2i_core.api.request_flow import RequestFlow
     from t2i_core.api.image_store import ImageStore
-    from t2i_core.api.surfaces import build_surfaces_app
+    from t2i_core.api.surfaces import build_surfaces
     from t2i_core.common.registry import Registry
 
     if Registry().get("stabilityai/sd-turbo").unavailable_reason() is None:
@@ -77,7 +77,7 @@ def test_a1111_progress_after_a_request_that_could_not_run(engine):
 
         pytest.skip("sd-turbo's weights are in this machine's Hugging Face cache")
     flow = RequestFlow(LocalEngineClient(engine), registry=engine.registry)
-    client = TestClient(build_surfaces_app(lambda: flow, ImageStore(60, 10_000_000)))
+    client = TestClient(build_surfaces(lambda: flow, ImageStore(60, 10_000_000)))
     body = {"prompt": "a kite", "steps": 2, "width": 64, "height": 64, "cfg_scale": 0}
     assert client.post("/sdapi/v1/txt2img", json=body).status_code == 200
     failed = client.post("/sdapi/v1/txt2img",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from starlette.testclient import TestClient
 
-from t2i_core.api.surfaces import build_surfaces_app
+from t2i_core.api.surfaces import build_surfaces
 from t2i_core.api.engine_client import LocalEngineClient
 from t2i_core.api.request_flow import RequestFlow
 from t2i_core.api.image_store import ImageStore
@@ -23,7 +23,7 @@ def app_and_clock(engine):
     flow = RequestFlow(LocalEngineClient(engine), registry=engine.registry)
     clock = Clock()
     store = ImageStore(ttl_s=60, max_bytes=10_000_000, clock=clock)
-    return TestClient(build_surfaces_app(lambda: flow, store)), clock
+    return TestClient(build_surfaces(lambda: flow, store)), clock
 
 
 def test_url_link_expires_with_410(app_and_clock):
@@ -69,7 +69,7 @@ def test_links_use_the_public_url_when_set_else_the_host_asked(engine):
     for public, expected in (("", "http://asked.example:8080/v1/images/files/"),
                              ("https://images.example.com/t2i/", "https://images.example.com/t2i/v1/images/files/")):
         flow = RequestFlow(LocalEngineClient(engine), dataclasses.replace(Settings(), public_url=public), registry=engine.registry)
-        client = TestClient(build_surfaces_app(lambda: flow, ImageStore(ttl_s=60, max_bytes=10_000_000)))
+        client = TestClient(build_surfaces(lambda: flow, ImageStore(ttl_s=60, max_bytes=10_000_000)))
         url = client.post("/v1/images/generations", json=body, headers={"host": "asked.example:8080"}).json()["data"][0]["url"]
         assert url.startswith(expected), url
 

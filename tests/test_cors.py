@@ -7,12 +7,12 @@ from t2i_core.common.config import Settings
 
 
 def test_every_route_method_is_allowed():
-    from t2i_core.api.surfaces import build_surfaces_app
+    from t2i_core.api.surfaces import build_surfaces
 
     methods = {"POST", "GET", "PUT"}  # BentoML's routes: the APIs, task submit/status/get, task cancel (PUT)
 
-    app = build_surfaces_app(lambda: None, None)  # type: ignore[arg-type]
-    for route in app.routes:
+    surfaces = build_surfaces(lambda: None, None)  # type: ignore[arg-type]
+    for route in (route for s in surfaces.surfaces for route in s.app.routes):
         methods |= set(getattr(route, "methods", None) or ())
     allowed = set(cors_options(Settings(cors_origins="https://app.example"))["allow_methods"])
     assert methods - {"HEAD"} <= allowed, methods - allowed

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from t2i_core.api.surfaces import build_surfaces_app
+from t2i_core.api.surfaces import build_surfaces
 from t2i_core.api.engine_client import LocalEngineClient
 from t2i_core.api.request_flow import RequestFlow
 from t2i_core.api.image_store import ImageStore
@@ -31,7 +31,7 @@ PATHS = ["/v1/images/generations", "/v1/images/edits", "/api/image/generate", "/
 @pytest.fixture(scope="module")
 def client(engine):
     flow = RequestFlow(LocalEngineClient(engine), registry=engine.registry)
-    return TestClient(build_surfaces_app(lambda: flow, ImageStore(60, 10_000_000)), raise_server_exceptions=False)
+    return TestClient(build_surfaces(lambda: flow, ImageStore(60, 10_000_000)), raise_server_exceptions=False)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

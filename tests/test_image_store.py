@@ -70,7 +70,7 @@ def object_store(clock, **kw):
     """An object store on fsspec's in-memory file system (a real fsspec backend), under a fresh prefix."""
     import uuid
 
-    from t2i_core.api.image_store import open_image_store
+    from t2i_core.api.image_stores import open_image_store
     from t2i_core.api.object_image_store import ObjectImageStore
 
     url = f"memory://t2i-{uuid.uuid4().hex}/links"

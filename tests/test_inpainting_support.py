@@ -17,7 +17,7 @@ from starlette.testclient import TestClient
 from t2i_core.api.engine_client import LocalEngineClient
 from t2i_core.api.request_flow import RequestFlow
 from t2i_core.api.image_store import ImageStore
-from t2i_core.api.surfaces import build_surfaces_app
+from t2i_core.api.surfaces import build_surfaces
 from t2i_core.common.errors import InvalidRequest
 from t2i_core.common.inpainting import denoiser_channels, mode_refusal
 from t2i_core.common.registry import Registry
@@ -95,7 +95,7 @@ def flow(engine) -> RequestFlow:
 
 @pytest.fixture(scope="module")
 def client(flow) -> TestClient:
-    return TestClient(build_surfaces_app(lambda: flow, ImageStore(60, 10_000_000)))
+    return TestClient(build_surfaces(lambda: flow, ImageStore(60, 10_000_000)))
 
 
 def refused_naming_sd3(message: str) -> bool:

@@ -126,10 +126,10 @@ def test_request_id_is_taken_from_the_header_or_made_and_echoed(lines):
 
 def test_error_code_is_on_the_line(lines):
     from t2i_core.common.errors import InvalidRequest
-    from t2i_core.api.responses import error_response_for
+    from t2i_core.api.error_shapes import error_response, native
 
     async def handler(request):
-        return error_response_for("/generate", InvalidRequest("steps must be ...", param="steps"))
+        return error_response(InvalidRequest("steps must be ...", param="steps"), native)
 
     TestClient(_app(handler)).post("/generate")
     assert lines[-1]["status"] == 400 and lines[-1]["error"] == "invalid_value"

@@ -14,7 +14,7 @@ from t2i_core.api import request_log
 from t2i_core.api.engine_client import LocalEngineClient
 from t2i_core.api.request_flow import RequestFlow
 from t2i_core.api.image_store import ImageStore
-from t2i_core.api.surfaces import build_surfaces_app
+from t2i_core.api.surfaces import build_surfaces
 from t2i_core.common.config import Settings
 
 
@@ -42,7 +42,7 @@ def test_a_stream_that_times_out_ends_with_an_error_event_noted_on_its_line(engi
     settings = Settings(encode_processes=0)
     object.__setattr__(settings, "request_timeout_s", 0)
     flow = RequestFlow(LocalEngineClient(engine), settings, engine.registry)
-    app = request_log.RequestLogMiddleware(build_surfaces_app(lambda: flow, ImageStore(ttl_s=60, max_bytes=10**6)))
+    app = request_log.RequestLogMiddleware(build_surfaces(lambda: flow, ImageStore(ttl_s=60, max_bytes=10**6)))
     r = TestClient(app).post("/v1/images/generations", headers={"X-Request-ID": "timed-out-stream"},
                              json={"prompt": "x", "stream": True, "partial_images": 1, "num_inference_steps": 2})
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")

@@ -19,7 +19,7 @@ import asyncio
 import hmac
 import json
 import time
-from typing import Any
+from typing import Any, Callable
 
 from t2i_core.common import metrics
 from t2i_core.common.config import Settings
@@ -27,7 +27,7 @@ from t2i_core.common.errors import (
     BodyTimeout, ClientClosed, InvalidRequest, PayloadTooLarge, ShuttingDown, T2IError, TooManyRequests, Unauthorized,
 )
 from t2i_core.common.shutdown import DRAINING
-from t2i_core.api.responses import error_response_for
+from t2i_core.api.error_shapes import Shape, error_response, native
 from t2i_core.common.paths import GENERATION_PATHS
 
 OPEN_PREFIXES = ("/livez", "/readyz", "/healthz", "/metrics", "/docs.json", "/schema.json", "/static",
@@ -80,13 +80,16 @@ def _parsed_as_json(headers: dict[bytes, bytes]) -> bool:
 
 
 class GuardMiddleware:
-    def __init__(self, app: Any, settings: Settings | None = None, strict_fields: dict[str, frozenset[str]] | None = None):
+    def __init__(self, app: Any, settings: Settings | None = None, strict_fields: dict[str, frozenset[str]] | None = None,
+                 shape_for: Callable[[dict[str, Any]], Shape] | None = None):
         self.app = app
         self.settings = settings or Settings.from_env()
         self.keys = [k.strip().encode() for k in self.settings.api_keys.split(",") if k.strip()]
         if self.keys and self.settings.admin_key:  # the admin may do what any client may (the A1111 options
             self.keys.append(self.settings.admin_key.encode())  # route needs it and passes through here)
         self.strict_fields = strict_fields or {}
+        #: the error shape of the surface a request goes to (``Surfaces.shape_for``; native by default)
+        self.shape_for = shape_for or (lambda scope: native)
         self.in_flight = IN_FLIGHT
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -258,7 +261,7 @@ class GuardMiddleware:
             headers["WWW-Authenticate"] = "Bearer"
         if isinstance(err, ShuttingDown):
             headers["Connection"] = "close"
-        response = error_response_for(path, err, headers)
+        response = error_response(err, self.shape_for(scope), headers)
         await response(scope, _no_receive, send)
 
 

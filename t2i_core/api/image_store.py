@@ -224,18 +224,3 @@ async def off_loop(store: Any, fn: Callable[..., T], *args: Any) -> T:
     if getattr(store, "blocking_io", True):
         return await asyncio.to_thread(fn, *args)
     return fn(*args)
-
-
-def open_image_store(spec: str, ttl_s: float, max_bytes: int) -> Any:
-    """``memory`` (this process only), ``dir:<folder>`` (shared by processes) or ``fsspec:<url>``
-    (an object store shared by replicas: t2i_core/api/object_image_store.py)."""
-    kind, _, where = spec.partition(":")
-    if kind == "memory" and not where:
-        return ImageStore(ttl_s, max_bytes)
-    if kind == "dir" and where:
-        return DirectoryImageStore(where, ttl_s, max_bytes)
-    if kind == "fsspec" and where:
-        from t2i_core.api.object_image_store import ObjectImageStore
-
-        return ObjectImageStore(where, ttl_s, max_bytes)
-    raise ValueError(f"T2I_IMAGE_STORE must be memory, dir:<folder> or fsspec:<url>; got {spec!r}")

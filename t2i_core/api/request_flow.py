@@ -23,7 +23,8 @@ from t2i_core.common.config import Settings
 from t2i_core.api.images.encode_pool import EncoderPool, default_processes
 from t2i_core.api.images.parameters import parameters_text
 from t2i_core.common.errors import ClientClosed, DefaultModelChanged, InvalidRequest, RequestTimeout, T2IError, describe_validation_errors
-from t2i_core.api.images.codecs import MEDIA_TYPES, decode_base64, decode_image, output_size, timed_encode
+from t2i_core.api.images.codecs import decode_base64, decode_image, output_size, timed_encode
+from t2i_core.api.rendered_image import RenderedImage
 from t2i_core.api.images.masks import decode_mask
 from t2i_core.common.pixels import to_rgb_pixels
 from t2i_core.common.registry import ModelEntry, Registry
@@ -53,35 +54,10 @@ async def until_disconnected(receive: Callable[[], Awaitable[dict[str, Any]]]) -
         pass
 
 
-@dataclass(frozen=True)
-class RenderedImage:
-    """An encoded output image and what produced it."""
-
-    data: bytes
-    format: str
-    seed: int
-    model: str
-    width: int
-    height: int
-    batch_size: int
-    inference_s: float
-    total_s: float
-    #: the generation parameters written into the file (A1111's text; empty when turned off)
-    parameters: str = ""
-
-    @property
-    def media_type(self) -> str:
-        return MEDIA_TYPES[self.format]
-
-    def headers(self) -> dict[str, str]:
-        return {
-            "X-Seed": str(self.seed),
-            "X-Model": self.model,
-            "X-Image-Size": f"{self.width}x{self.height}",
-            "X-Batch-Size": str(self.batch_size),
-            "X-Inference-Time": f"{self.inference_s:.4f}",
-            "X-Total-Time": f"{self.total_s:.4f}",
-        }
+def client_left(request: Any) -> Disconnected:
+    """The one way a route says "stop the work when my client leaves": ``request`` is a Starlette
+    request (or anything with its ASGI ``receive``)."""
+    return lambda: until_disconnected(request.receive)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import uuid
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from t2i_core.common import metrics
 from t2i_core.common.paths import KNOWN_ROUTES
@@ -122,8 +122,12 @@ def emit(record: RequestRecord, status: int, event: str = "request") -> dict[str
 
 
 class RequestLogMiddleware:
-    def __init__(self, app: Any):
+    """One line per request (and the ``X-Request-ID`` header). ``unanswered(scope)``: the response for a
+    request whose layers below raised before answering (a 500 in its surface's shape)."""
+
+    def __init__(self, app: Any, unanswered: Callable[[dict[str, Any]], Any] | None = None):
         self.app = app
+        self.unanswered = unanswered
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -155,11 +159,9 @@ class RequestLogMiddleware:
             if started:
                 raise
             failures.exception("%s %s failed before answering", record.method, path)
-            from t2i_core.api.responses import error_response_for
-            from t2i_core.common.errors import T2IError
-
-            response = error_response_for(path, T2IError("internal error; the server log has the details"))
-            await response(scope, receive, send_with_id)
+            if self.unanswered is None:
+                raise
+            await self.unanswered(scope)(scope, receive, send_with_id)
         finally:
             if not logged and not quiet:
                 emit(record, status)

@@ -1,86 +1,24 @@
-"""Responses of every surface: image replies, and the one path from an error to a response.
+"""Image replies, and BentoML's own error bodies on the native routes rewritten into the native shape.
 
-Handlers raise ``T2IError``; ``error_response_for`` picks the status (``errors.http_status``) and the
-body shape of the surface the path belongs to (native, OpenAI, A1111, the replaced servers). Starlette routes are
-wrapped in ``guarded``, BentoML's routes reach it through ``service.py``, the guard middleware calls it
-directly, and ``ErrorBodyMiddleware`` rewrites BentoML's own error bodies into the native shape.
-
-Native error body: ``{"error": "<message naming field and value>", "param": <field|null>, "code": ...}``.
 BentoML answers its own validation errors as ``{"error": "1 validation error for Input", "detail":
-[...]}`` and other 4xx errors as a one-element list; the middleware rewrites both into ours.
+[...]}`` and other 4xx errors as a one-element list; ``ErrorBodyMiddleware`` rewrites both into ours
+(``error_shapes.native``). Errors raised by our own handlers get their surface's shape in
+``error_shapes``.
 """
 
 from __future__ import annotations
 
-from pydantic import ValidationInfo
-
-import functools
 import json
-import logging
-from typing import Any, Awaitable, Callable, Literal
+from typing import Any
 
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from pydantic import ValidationInfo
+from starlette.responses import Response
 
 from t2i_core.api import request_log
-from t2i_core.common.errors import InvalidRequest, T2IError, describe_validation_errors, http_status
-from t2i_core.api.request_flow import RenderedImage
+from t2i_core.api.error_shapes import native
 from t2i_core.api.images.codecs import decode_base64
-from t2i_core.common.paths import A1111_PREFIX, REPLACED_SERVER_PATHS
-
-log = logging.getLogger("t2i.api")
-Handler = Callable[[Request], Awaitable[Response]]
-
-
-Surface = Literal["native", "openai", "replaced", "a1111"]
-
-
-def surface_of(path: str) -> Surface:
-    """Which API surface a path belongs to, for the shape of its error bodies."""
-    if path.startswith(("/v1/", "/admin/")):
-        return "openai"
-    if path.startswith(A1111_PREFIX):
-        return "a1111"
-    if path in REPLACED_SERVER_PATHS:
-        return "replaced"
-    return "native"
-
-
-def error_body(err: T2IError, surface: Surface = "native") -> dict[str, Any]:
-    """native ``{"error": message, "param", "code"}``; OpenAI ``{"error": {"message", "type", "param",
-    "code"}}``; the replaced servers' ``{"error": message}``; A1111's ``{"error", "detail", "body", "errors"}``."""
-    if surface == "openai":
-        return {"error": err.to_dict()}
-    if surface == "replaced":
-        return {"error": err.message}
-    if surface == "a1111":  # A1111's own error body (its clients print detail / errors)
-        return {"error": type(err).__name__, "detail": err.message, "body": "", "errors": err.message,
-                "param": err.param, "code": err.code}
-    return {"error": err.message, "param": err.param, "code": err.code}
-
-
-def error_response_for(path: str, err: T2IError, headers: dict[str, str] | None = None) -> JSONResponse:
-    """The one place an error becomes a response: status from the hierarchy (``http_status``), body in
-    the shape of the surface ``path`` belongs to; its code goes on the request's log line."""
-    request_log.note(error=err.code, error_message=err.message[:300])
-    return JSONResponse(error_body(err, surface_of(path)), status_code=http_status(err), headers=headers)
-
-
-def guarded(handler: Handler) -> Handler:
-    """A Starlette route handler whose T2IError is answered by ``error_response_for``; anything else is
-    a logged 500 with no traceback in the body."""
-
-    @functools.wraps(handler)
-    async def run(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except T2IError as err:
-            return error_response_for(request.url.path, err)
-        except Exception:  # noqa: BLE001 - logged here, never shown to the client
-            log.exception("%s %s failed", request.method, request.url.path)
-            return error_response_for(request.url.path, T2IError("internal error; the server log has the details"))
-
-    return run
+from t2i_core.api.rendered_image import RenderedImage
+from t2i_core.common.errors import InvalidRequest, T2IError, describe_validation_errors
 
 
 def image_response(image: RenderedImage) -> Response:
@@ -110,7 +48,7 @@ def normalize_error_body(status: int, body: bytes) -> bytes | None:
         message, param = describe_validation_errors(details)
     err = InvalidRequest(message, param=param) if status < 500 else T2IError(message, code="server_error")
     request_log.note(error=err.code, error_message=err.message[:300])
-    return json.dumps(error_body(err)).encode()
+    return json.dumps(native(err)).encode()
 
 
 class ErrorBodyMiddleware:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from t2i_core.patches.version_guard import written_for
+from t2i_core.common.version_guard import written_for
 
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 #: the transformers version whose encoders' call form and outputs were checked (see the docstring)

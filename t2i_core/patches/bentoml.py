@@ -34,7 +34,7 @@
   ``HTTPException`` or a ``ValueError`` became 500s, and every parse failure, 400s included, was logged
   at ERROR with a traceback (``Exception on /edit [POST]``): a client sending bad bodies flooded the
   log. Any failure to read a native route's body now goes through ``t2i_core.api.body_errors``
-  (400 naming the problem, 499 for a client that left mid-body) and ``error_response_for``; BentoML's
+  (400 naming the problem, 499 for a client that left mid-body) in the native shape; BentoML's
   own 4xx errors (its 415 for a pickle body) are answered the same way. Client errors get the request
   log's one line; a traceback is left for the server's own faults.
 
@@ -49,7 +49,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from t2i_core.patches.version_guard import written_for
+from t2i_core.common.version_guard import written_for
 
 WRITTEN_FOR = "1.4.39"
 
@@ -283,7 +283,7 @@ def client_faults_are_4xx() -> None:
             raise _UnreadableBody(error) from None
 
     async def api_endpoint(self: Any, name: str, request: Any) -> Any:
-        from t2i_core.api.responses import error_response_for
+        from t2i_core.api.error_shapes import error_response, native
         from t2i_core.common.errors import client_error_for_status
 
         try:
@@ -295,7 +295,7 @@ def client_faults_are_4xx() -> None:
             if not 400 <= status < 500:
                 raise
             error = client_error_for_status(status, str(exc))
-        return error_response_for(request.url.path, error)
+        return error_response(error, native)  # BentoML's routes here are the native ones
 
     api_endpoint._t2i_patched = True  # type: ignore[attr-defined]
     IOMixin.from_http_request = classmethod(from_http_request)  # type: ignore[method-assign,assignment]

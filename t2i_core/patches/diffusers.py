@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from t2i_core.patches.version_guard import written_for
+from t2i_core.common.version_guard import written_for
 
 WRITTEN_FOR = "0.42"
 #: the module whose import installs the patch (``install_patches``)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from t2i_core.patches.version_guard import written_for
+from t2i_core.common.version_guard import written_for
 
 WRITTEN_FOR = "1.10"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from t2i_core.patches.version_guard import written_for
+from t2i_core.common.version_guard import written_for
 
 WRITTEN_FOR = "2.13"
 CONFIG_MODULE = "torch.fx.experimental._config"

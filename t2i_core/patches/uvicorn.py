@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from t2i_core.patches.version_guard import written_for
+from t2i_core.common.version_guard import written_for
 
 WRITTEN_FOR = "0.54"
 

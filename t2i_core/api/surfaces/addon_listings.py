@@ -11,12 +11,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from t2i_core.api.request_flow import RequestFlow
-from t2i_core.api.responses import guarded
 
 
 def addon_listing_routes(get_flow: Callable[[], RequestFlow]) -> list[Route]:
     def listing(kind: str) -> Callable[[Request], object]:
-        @guarded
         async def handler(request: Request) -> Response:
             rows = (await get_flow().addon_states())[kind]
             return JSONResponse({"object": "list", "data": [{"object": kind[:-1], **row} for row in rows]})

@@ -20,7 +20,6 @@ from starlette.routing import Route
 
 from t2i_core.common.errors import Forbidden, InvalidRequest, Unauthorized
 from t2i_core.api.request_flow import RequestFlow
-from t2i_core.api.responses import guarded
 from t2i_core.api.surfaces.reading import read_json_object
 
 
@@ -45,21 +44,17 @@ def admin_routes(get_flow: Callable[[], RequestFlow]) -> list[Route]:
         check_admin_key(request, flow.settings.admin_key)
         return flow
 
-    @guarded
     async def list_models(request: Request) -> Response:
         flow = authorized(request)
         rows = await flow.model_states()  # the engine's states and default
         return JSONResponse({"default": next((row["id"] for row in rows if row["default"]), None), "models": rows})
 
-    @guarded
     async def load(request: Request) -> Response:
         return JSONResponse(await authorized(request).model_action("load", request.path_params["model_id"]))
 
-    @guarded
     async def unload(request: Request) -> Response:
         return JSONResponse(await authorized(request).model_action("unload", request.path_params["model_id"]))
 
-    @guarded
     async def set_default(request: Request) -> Response:
         flow = authorized(request)
         model_id = (await read_json_object(request)).get("model")

@@ -13,8 +13,9 @@ from typing import Annotated, Any, Awaitable
 from pydantic import BeforeValidator, Field
 from starlette.responses import Response
 
-from t2i_core.api.request_flow import RenderedImage
-from t2i_core.api.responses import base64_image, error_response_for, image_response
+from t2i_core.api.rendered_image import RenderedImage
+from t2i_core.api.error_shapes import error_response, native
+from t2i_core.api.responses import base64_image, image_response
 from t2i_core.common.errors import T2IError
 from t2i_core.common.schemas import EditRequest
 
@@ -42,12 +43,12 @@ def upload_bytes(value: Path | bytes | None) -> bytes | None:
 
 
 async def answer(ctx: Any, work: Awaitable[list[RenderedImage]]) -> Response:
-    """The route's image, or its error through ``error_response_for``. BentoML applies
+    """The route's image, or its error in the native shape. BentoML applies
     ``ctx.response.status_code`` to whatever a route that takes ``ctx`` returns, so it is set here."""
     try:
         (image,) = await work
         response = image_response(image)
     except T2IError as err:
-        response = error_response_for(ctx.request.url.path, err)
+        response = error_response(err, native)
     ctx.response.status_code = response.status_code
     return response

@@ -25,8 +25,8 @@ from starlette.routing import Route
 
 from t2i_core.common.errors import Gone, InvalidRequest, NotFound, UnknownModel
 from t2i_core.common.fields import N, OptionalImageFormat, PartialImages, ResponseFormat, Size, Strength
-from t2i_core.api.request_flow import RequestFlow, RenderedImage, parse, until_disconnected
-from t2i_core.api.responses import guarded
+from t2i_core.api.rendered_image import RenderedImage
+from t2i_core.api.request_flow import RequestFlow, client_left, parse
 from t2i_core.api.image_store import ImageStore, off_loop
 from t2i_core.api.images.codecs import MEDIA_TYPES
 from t2i_core.common.schemas import ControlNetSettings, EditRequest, GenerateRequest, PromptSettings
@@ -144,12 +144,11 @@ async def models_body(flow: RequestFlow, created: int) -> dict[str, Any]:
 def openai_routes(get_flow: Callable[[], RequestFlow], store: ImageStore) -> list[Route]:
     created = int(time.time())
 
-    @guarded
     async def generations(request: Request) -> Response:
         flow = get_flow()
         req = parse(OpenAIImageRequest, await read_json_object(request)).checked(flow)
         native = req.native()
-        watch = lambda: until_disconnected(request.receive)  # noqa: E731
+        watch = client_left(request)
         prepared = await flow.prepare_generate(native)  # every refusal is a 4xx, before a stream starts
         if req.stream:
             return stream_images(flow, "image_generation", native.format, req.quality or "auto", lambda rid: flow.run(
@@ -157,7 +156,6 @@ def openai_routes(get_flow: Callable[[], RequestFlow], store: ImageStore) -> lis
         images = await flow.run(prepared, n=req.n, disconnected=watch)
         return JSONResponse(await _images_body(images, req, request, store, flow.settings.public_url))
 
-    @guarded
     async def edits(request: Request) -> Response:
         flow = get_flow()
         content_type = request.headers.get("content-type", "")
@@ -182,7 +180,7 @@ def openai_routes(get_flow: Callable[[], RequestFlow], store: ImageStore) -> lis
         req = parse(OpenAIEditRequest, data)
         req = req.checked(flow)
         native = req.native()
-        watch = lambda: until_disconnected(request.receive)  # noqa: E731
+        watch = client_left(request)
         # every refusal (fields, model, controls, the image, mask and control image) is a 4xx, before a stream starts
         prepared = await flow.prepare_edit(native, image, mask=mask, control_image=control, transparent_repaints=True)
         if req.stream:
@@ -191,11 +189,9 @@ def openai_routes(get_flow: Callable[[], RequestFlow], store: ImageStore) -> lis
         images = await flow.run(prepared, n=req.n, disconnected=watch)
         return JSONResponse(await _images_body(images, req, request, store, flow.settings.public_url))
 
-    @guarded
     async def list_models(request: Request) -> Response:
         return JSONResponse(await models_body(get_flow(), created))
 
-    @guarded
     async def get_model(request: Request) -> Response:
         model_id = request.path_params["model_id"]
         for item in (await models_body(get_flow(), created))["data"]:
@@ -204,7 +200,6 @@ def openai_routes(get_flow: Callable[[], RequestFlow], store: ImageStore) -> lis
         get_flow().registry.get(model_id)  # raises UnknownModel naming the known ids
         raise UnknownModel(f"model {model_id!r} is not in the registry", param="model")
 
-    @guarded
     async def image_file(request: Request) -> Response:
         token = request.path_params["name"].rsplit(".", 1)[0]
         found = await off_loop(store, store.get, token)

@@ -22,7 +22,8 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 from starlette.responses import StreamingResponse
 
 from t2i_core.api import request_log
-from t2i_core.api.request_flow import RequestFlow, RenderedImage
+from t2i_core.api.rendered_image import RenderedImage
+from t2i_core.api.request_flow import RequestFlow
 from t2i_core.common.errors import InvalidRequest, T2IError, http_status
 
 log = logging.getLogger("t2i.openai")

@@ -19,8 +19,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from t2i_core.api.request_flow import RequestFlow, RenderedImage, parse, until_disconnected
-from t2i_core.api.responses import guarded, image_response
+from t2i_core.api.rendered_image import RenderedImage
+from t2i_core.api.request_flow import RequestFlow, client_left, parse
+from t2i_core.api.responses import image_response
 from t2i_core.common.schemas import EditRequest, GenerateRequest
 from t2i_core.api.surfaces.reading import image_bytes_from_json, read_json_object
 
@@ -36,34 +37,30 @@ def _seed000_body(image: RenderedImage) -> dict[str, object]:
 
 def replaced_server_routes(get_flow: Callable[[], RequestFlow]) -> list[Route]:
 
-    @guarded
     async def api_image_generate(request: Request) -> Response:
         """seed 000: {prompt, steps, format} -> {image, time, format}."""
         req = parse(GenerateRequest, await read_json_object(request))
-        (image,) = await get_flow().generate(req, disconnected=lambda: until_disconnected(request.receive))
+        (image,) = await get_flow().generate(req, disconnected=client_left(request))
         return JSONResponse(_seed000_body(image))
 
-    @guarded
     async def api_image_edit(request: Request) -> Response:
         """seed 000: {image (base64), prompt, steps, strength, format} -> {image, time, format}."""
         data = await read_json_object(request)
         source = image_bytes_from_json(data)
         req = parse(EditRequest, data)
-        (image,) = await get_flow().edit(req, source, disconnected=lambda: until_disconnected(request.receive))
+        (image,) = await get_flow().edit(req, source, disconnected=client_left(request))
         return JSONResponse(_seed000_body(image))
 
-    @guarded
     async def generate_image(request: Request) -> Response:
         """seed 001: {prompt} -> PNG bytes."""
         req = parse(GenerateRequest, await read_json_object(request))
-        (image,) = await get_flow().generate(req, disconnected=lambda: until_disconnected(request.receive))
+        (image,) = await get_flow().generate(req, disconnected=client_left(request))
         return image_response(image)
 
-    @guarded
     async def image_generate(request: Request) -> Response:
         """seed 004: {prompt, seed, guidance_scale} -> {message, image_data}."""
         req = parse(GenerateRequest, await read_json_object(request))
-        (image,) = await get_flow().generate(req, disconnected=lambda: until_disconnected(request.receive))
+        (image,) = await get_flow().generate(req, disconnected=client_left(request))
         return JSONResponse({"message": "Image generated successfully", "image_data": _b64(image.data),
                              "seed": image.seed, "model": image.model}, headers=image.headers())
 

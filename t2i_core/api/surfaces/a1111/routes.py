@@ -22,8 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from t2i_core.api.request_flow import RequestFlow, parse, until_disconnected
-from t2i_core.api.responses import guarded
+from t2i_core.api.request_flow import RequestFlow, client_left, parse
 from t2i_core.api.surfaces.a1111.callers import CallerJobs, caller_id
 from t2i_core.api.surfaces.a1111.protocol import (
     Img2Img, Txt2Img, a1111_mask, answer, controlnet_fields, sampler_rows, schedule_rows, scheduler_for, split_loras,
@@ -100,7 +99,6 @@ def a1111_routes(get_flow: Callable[[], RequestFlow], callers: CallerJobs | None
             raise InvalidRequest(f"batch_size * n_iter must be at most {limit} on this server; got {n}", param="batch_size")
         return n
 
-    @guarded
     async def txt2img(request: Request) -> Response:
         flow = get_flow()
         req = parse(Txt2Img, await read_json_object(request))
@@ -112,10 +110,9 @@ def a1111_routes(get_flow: Callable[[], RequestFlow], callers: CallerJobs | None
         n = images_count(flow, req)
         async with remembered(request) as request_id, loras_named_in_the_prompt():
             images = await flow.generate(native, n=n, request_id=request_id,
-                                          disconnected=lambda: until_disconnected(request.receive))
+                                          disconnected=client_left(request))
         return JSONResponse(answer(images, req, req.sampler_name or "default"))
 
-    @guarded
     async def img2img(request: Request) -> Response:
         flow = get_flow()
         req = parse(Img2Img, await read_json_object(request))
@@ -131,10 +128,9 @@ def a1111_routes(get_flow: Callable[[], RequestFlow], callers: CallerJobs | None
         async with remembered(request) as request_id, loras_named_in_the_prompt():
             images = await flow.edit(native, source, n=n, request_id=request_id, mask=mask,
                                       mask_reader=lambda raw: a1111_mask(raw, req, flow.settings.max_input_pixels),
-                                      disconnected=lambda: until_disconnected(request.receive))
+                                      disconnected=client_left(request))
         return JSONResponse(answer(images, req, req.sampler_name or "default"))
 
-    @guarded
     async def progress(request: Request) -> Response:
         flow = get_flow()
         found = await jobs.latest(caller_id(request))
@@ -162,20 +158,17 @@ def a1111_routes(get_flow: Callable[[], RequestFlow], callers: CallerJobs | None
                 body["current_image"] = base64.b64encode(previews[-1][1]).decode("ascii")
         return JSONResponse(body)
 
-    @guarded
     async def interrupt(request: Request) -> Response:
         found = await jobs.latest(caller_id(request))
         if found is not None:
             await get_flow().engine.cancel([found[0]])
         return JSONResponse({})
 
-    @guarded
     async def sd_models(request: Request) -> Response:
         rows = await get_flow().model_states()
         return JSONResponse([{"title": r["id"], "model_name": r["id"], "hash": None, "sha256": None,
                               "filename": r["id"], "config": None, "state": r["state"]} for r in rows])
 
-    @guarded
     async def options(request: Request) -> Response:
         flow = get_flow()
         if request.method == "POST":
@@ -201,7 +194,6 @@ def a1111_routes(get_flow: Callable[[], RequestFlow], callers: CallerJobs | None
         return JSONResponse({"sd_model_checkpoint": chosen or default, "samples_format": "png",
                              "sd_checkpoint_hash": None})
 
-    @guarded
     async def loras(request: Request) -> Response:
         """A1111's LoRA list (``name``, ``alias``, ``path``, ``metadata``): the registry's adapters."""
         return JSONResponse([
@@ -210,7 +202,6 @@ def a1111_routes(get_flow: Callable[[], RequestFlow], callers: CallerJobs | None
                           "description": a.description}}
             for a in get_flow().registry.adapters()])
 
-    @guarded
     async def controlnet_models(request: Request) -> Response:
         """The ControlNet extension's model list: the registry's ControlNets."""
         return JSONResponse({"model_list": [c.id for c in get_flow().registry.controlnets()]})

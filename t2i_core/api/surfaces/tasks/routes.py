@@ -27,11 +27,12 @@ from typing import Any, Callable
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from t2i_core.api import request_log
 from t2i_core.api.callers import Caller, caller_id, caller_of
-from t2i_core.api.responses import error_body, guarded
+from t2i_core.api.error_shapes import SurfaceErrors, native
 from t2i_core.api.surfaces.reading import read_form, read_json_object
 from t2i_core.api.surfaces.tasks.runner import TaskRunner, engine_request_id
 from t2i_core.api.surfaces.tasks.store import TaskRecord, TaskStore
@@ -82,37 +83,31 @@ def task_routes(get_flow: Callable[[], Any], store: TaskStore, runner: TaskRunne
         request_log.note(task_id=record.task_id)
         return JSONResponse({"task_id": record.task_id, "status": record.status})
 
-    @guarded
     async def submit(request: Request) -> Response:
         return await start(await read_task_fields(request), caller(request))
 
-    @guarded
     async def retry(request: Request) -> Response:
         record = await read(request)
         if record.status == "in_progress":
             raise InvalidRequest(f"task {record.task_id} is not completed yet", param="task_id", code="task_in_progress")
         return await start(dict(record.input), caller(request))
 
-    @guarded
     async def status(request: Request) -> Response:
         return JSONResponse((await read(request)).status_body())
 
-    @guarded
     async def get(request: Request) -> Response:
         record, result = await call(store.state, store.result, request.query_params.get("task_id", ""), caller(request))
         if result is None:  # failed: the error it answered
             err = T2IError.from_dict(record.error or {})
-            return JSONResponse(error_body(err), status_code=record.error_status or 500)
+            return JSONResponse(native(err), status_code=record.error_status or 500)
         return Response(result.body, status_code=result.status_code, media_type=result.media_type,
                         headers=result.headers)
 
-    @guarded
     async def cancel(request: Request) -> Response:
         record = await call(store.state, store.cancel, request.query_params.get("task_id", ""), caller(request))
         runner.canceled_here(record.task_id)
         return JSONResponse({"task_id": record.task_id, "status": record.status})
 
-    @guarded
     async def progress(request: Request) -> Response:
         """``{"task_id", "status", "state", "step", "steps", "fraction"}``: status from the task store,
         step k of steps from the engine (``steps`` is null until the pipeline starts). With
@@ -152,7 +147,8 @@ class TaskRoutes:
 
     def __init__(self, app: Any, routes: list[Route]):
         self.app = app
-        self.router = Starlette(routes=routes)  # an app (not a bare Router): a wrong method is a 405
+        # an app (not a bare Router: a wrong method is a 405), answering errors in the native shape
+        self.router = Starlette(routes=routes, middleware=[Middleware(SurfaceErrors, shape=native)])
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope.get("path") in PATHS:
