@@ -47,7 +47,7 @@ def cuda_bento(bento_home):
 def test_bento_contents(cuda_bento, tmp_path):
     tag, bento, env = cuda_bento
     src = bento / "src"
-    for path in ("service.py", "configuration.yaml", "models.json", "t2i_core/engine/core.py", "t2i_core/devtools/tiny.py",
+    for path in ("service.py", "configuration.yaml", "models.json", "t2i_core/engine/core.py", "t2i_core/weights/tiny.py",
                  "t2i_core/api/surfaces/openai_images.py"):
         assert (src / path).is_file(), path
     assert not (src / "tests").exists() and not (src / ".venv").exists()

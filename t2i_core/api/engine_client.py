@@ -60,7 +60,7 @@ class LocalEngineClient:
 
 
 class ServiceEngineClient:
-    """The frontend's ``EngineClient`` over BentoML's inter-service client; concurrent requests are
+    """The request flow's ``EngineClient`` over BentoML's inter-service client; concurrent requests are
     merged into fewer engine calls (``T2I_COALESCE``, see t2i_core/api/coalesce.py)."""
 
     def __init__(self, engine: Any, settings: Settings):
