@@ -60,17 +60,14 @@ def test_without_cpuinfo_torch_is_asked(monkeypatch, tmp_path):
 ])
 def test_models_left_to_the_server_get_bf16_only_where_the_cpu_has_it(cpuinfo, monkeypatch, text, mode, want):
     cpuinfo(text)
-    if mode is not None:
-        monkeypatch.setenv("T2I_CPU_BF16", mode)
-    assert devices.pick_dtype("auto", "cpu", "auto") == want
+    assert devices.pick_dtype("auto", "cpu", "auto", mode or "auto") == want
 
 
 def test_explicit_dtypes_always_win(cpuinfo, monkeypatch):
     cpuinfo(X86_AMX)
-    monkeypatch.setenv("T2I_CPU_BF16", "on")
     # a registry entry that names its dtype keeps it: float64 keeps the tiny models bit-exact
     for name in ("float32", "float64", "bfloat16"):
-        assert devices.pick_dtype("auto", "cpu", name) == getattr(torch, name)
+        assert devices.pick_dtype("auto", "cpu", name, "on") == getattr(torch, name)
     assert devices.pick_dtype("auto", "cpu") == torch.float32  # the default argument: as before
     assert devices.pick_dtype("float32", "cpu", "auto") == torch.float32  # T2I_DTYPE wins
     assert devices.pick_dtype("auto", "cpu", "auto", cpu_bf16="off") == torch.float32  # the argument wins
@@ -83,10 +80,12 @@ def test_the_setting_is_checked_and_read_by_settings(monkeypatch):
 
     assert Settings().cpu_bf16 == "auto"
     monkeypatch.setenv("T2I_CPU_BF16", "off")
-    assert Settings.from_env().cpu_bf16 == "off" and devices.cpu_bf16_mode() == "off"
+    assert Settings.from_env().cpu_bf16 == "off" and devices.cpu_bf16_mode(Settings.from_env().cpu_bf16) == "off"
     monkeypatch.setenv("T2I_CPU_BF16", "fast")
     with pytest.raises(ValueError, match="T2I_CPU_BF16 must be one of auto, on, off; got 'fast'"):
-        devices.pick_dtype("auto", "cpu", "auto")
+        Settings.from_env()
+    with pytest.raises(ValueError, match="T2I_CPU_BF16 must be one of auto, on, off; got 'fast'"):
+        devices.pick_dtype("auto", "cpu", "auto", "fast")
 
 
 def test_bf16_runs_the_engine_on_this_cpu():
@@ -196,5 +195,5 @@ def test_a_registry_entry_with_cpu_dtype_auto_follows_the_setting(tmp_path, monk
         pytest.skip(f"this registry does not accept cpu_dtype auto yet: {err}")
     for mode, want in (("on", torch.bfloat16), ("off", torch.float32)):
         monkeypatch.setenv("T2I_CPU_BF16", mode)
-        engine = Engine(Settings(), registry=registry)
+        engine = Engine(Settings.from_env(), registry=registry)
         assert engine.load(TINY_SD_ID).text2image.unet.dtype == want

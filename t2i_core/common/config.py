@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, fields
-from typing import Callable
+
 from urllib.parse import urlsplit
 
 from t2i_core.state.open import check_spec
@@ -177,13 +177,10 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> "Settings":
-        readers: dict[str, Callable[[str, object], object]] = {}
         values: dict[str, object] = {}
         for f in fields(cls):
-            env = f"T2I_{f.name.upper()}"
             reader = _int if isinstance(f.default, int) else _str
-            readers[env] = reader
-            values[f.name] = reader(env, f.default)  # type: ignore[arg-type]
+            values[f.name] = reader(f"T2I_{f.name.upper()}", f.default)  # type: ignore[arg-type]
         return cls(**values)  # type: ignore[arg-type]
 
 

@@ -113,7 +113,7 @@ class Engine(SharedWorkers):
             self.registry, self.device, self.settings.dtype,
             self.settings.memory_budget_bytes or default_budget(self.device),
             load_timeout_s=self.settings.request_timeout_s,
-            speedups=Speedups.from_settings(self.settings),
+            speedups=Speedups.from_settings(self.settings), cpu_bf16=self.settings.cpu_bf16,
         )
         self._batch_sizes: deque[int] = deque(maxlen=10_000)
         #: batch sizes per kind of work (``EngineRequest.label``): generate, inpaint, +adapters, +controlnet

@@ -9,7 +9,6 @@ elsewhere: without those instructions bfloat16 is converted in software and runs
 
 from __future__ import annotations
 
-import os
 import platform
 from functools import lru_cache
 from typing import Any, Iterable
@@ -71,26 +70,25 @@ def _native_bf16_cached() -> bool:
     return native_bf16()
 
 
-def cpu_bf16_mode(mode: str | None = None) -> str:
-    """The ``T2I_CPU_BF16`` mode: ``mode`` when given, else the environment's (default auto)."""
-    if mode is None:
-        mode = (os.environ.get("T2I_CPU_BF16") or "auto").strip().lower() or "auto"
+def cpu_bf16_mode(mode: str = "auto") -> str:
+    """The ``T2I_CPU_BF16`` mode (``Settings.cpu_bf16``), checked."""
+    mode = mode.strip().lower()
     if mode not in CPU_BF16_MODES:
         raise ValueError(f"T2I_CPU_BF16 must be one of {', '.join(CPU_BF16_MODES)}; got {mode!r}")
     return mode
 
 
-def cpu_uses_bf16(mode: str | None = None) -> bool:
+def cpu_uses_bf16(mode: str = "auto") -> bool:
     """Whether a model left to the server (``cpu_dtype: "auto"``) runs in bfloat16 on this CPU."""
     mode = cpu_bf16_mode(mode)
     return mode == "on" or (mode == "auto" and _native_bf16_cached())
 
 
-def pick_dtype(preference: str, device: str, cpu_dtype: str = "float32", cpu_bf16: str | None = None) -> Any:
+def pick_dtype(preference: str, device: str, cpu_dtype: str = "float32", cpu_bf16: str = "auto") -> Any:
     """A torch dtype: ``preference`` (``T2I_DTYPE``) unless "auto", else the best one for ``device``.
 
     On CPU that is the registry entry's ``cpu_dtype``; for ``"auto"``, bfloat16 where the CPU has it
-    natively (``cpu_bf16``: ``T2I_CPU_BF16``, auto | on | off, read from the environment when None),
+    natively (``cpu_bf16``: ``T2I_CPU_BF16``, auto | on | off),
     else float32."""
     import torch
 

@@ -142,8 +142,9 @@ def estimate_bytes(folder: Path, dtype_size: int) -> int:
 
 class ModelManager:
     def __init__(self, registry: Registry, device: str, dtype_preference: str, budget_bytes: int,
-                 load_timeout_s: float, speedups: Speedups | None = None):
+                 load_timeout_s: float, speedups: Speedups | None = None, cpu_bf16: str = "auto"):
         self.registry = registry
+        self.cpu_bf16 = cpu_bf16
         self.speedups = speedups or Speedups()
         self.device = device
         self.dtype_preference = dtype_preference
@@ -218,7 +219,7 @@ class ModelManager:
             from huggingface_hub import snapshot_download
 
             path = snapshot_download(path, local_files_only=True)
-        dtype = pick_dtype(self.dtype_preference, self.device, entry.cpu_dtype)
+        dtype = pick_dtype(self.dtype_preference, self.device, entry.cpu_dtype, self.cpu_bf16)
         estimate = estimate_bytes(Path(path), dtype.itemsize)
         if self.budget_bytes and estimate > self.budget_bytes:
             raise ModelUnavailable(

@@ -46,9 +46,11 @@ def engine_dtype(preset: Preset) -> str:
     T2I_CPU_BF16=on, else float32), so that the table says which one was measured."""
     if preset.dtype != "auto":
         return preset.dtype
+    from t2i_core.common.config import Settings
     from t2i_core.engine.devices import pick_device, pick_dtype
 
-    return str(pick_dtype("auto", pick_device(os.environ.get("T2I_DEVICE") or "auto"), "auto")).removeprefix("torch.")
+    settings = Settings.from_env()
+    return str(pick_dtype("auto", pick_device(settings.device), "auto", settings.cpu_bf16)).removeprefix("torch.")
 
 
 def raw_engine(preset: Preset) -> Any:

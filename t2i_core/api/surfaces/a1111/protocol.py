@@ -34,7 +34,6 @@ SAMPLERS: dict[str, tuple[dict[str, str], list[str]]] = {
 }
 #: A1111 schedule types that need no change to the schedulers here
 SCHEDULES = {"automatic": "Automatic", "uniform": "Uniform"}
-MAX_SEED = 2**32 - 1
 #: A1111's extra-network syntax in prompts, ``<kind:arg:arg...>`` (its ``re_extra_net``)
 EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")
 #: the extra-network kinds that name a LoRA adapter (``lyco`` is the LyCORIS extension's older name)
