@@ -279,20 +279,25 @@ def write_folder(out: Path, build: Callable[[Path], None], replace: bool = False
     return out
 
 
+def write_built_folder(out: Path, build: Callable[[Path, Path], None], stamp: dict[str, Any], replace: bool = True) -> Path:
+    """``build(staging, scratch)`` into ``out`` (see ``write_folder``), with ``t2i_tiny.json`` holding
+    ``stamp`` (what built it: family, builder version, weight seed)."""
+
+    def staged(staging: Path) -> None:
+        with tempfile.TemporaryDirectory() as scratch:
+            build(staging, Path(scratch))
+        (staging / "t2i_tiny.json").write_text(json.dumps(stamp))
+
+    return write_folder(Path(out), staged, replace=replace)
+
+
 def build_tiny_pipeline(family: str, out: Path, replace: bool = True) -> Path:
     """Write a tiny pipeline of ``family`` to ``out`` (replacing what is there, unless ``replace`` is
     false: see ``write_folder``); return ``out``."""
     if family not in _BUILDERS:
         raise ValueError(f"family must be one of {', '.join(TINY_FAMILIES)}; got {family!r}")
-
-    def build(staging: Path) -> None:
-        with tempfile.TemporaryDirectory() as scratch:
-            _BUILDERS[family](staging, Path(scratch))
-        (staging / "t2i_tiny.json").write_text(
-            json.dumps({"family": family, "builder_version": BUILDER_VERSION, "seed": WEIGHT_SEED})
-        )
-
-    return write_folder(out, build, replace=replace)
+    stamp = {"family": family, "builder_version": BUILDER_VERSION, "seed": WEIGHT_SEED}
+    return write_built_folder(out, _BUILDERS[family], stamp, replace=replace)
 
 
 def tiny_cache_dir() -> Path:

@@ -30,11 +30,10 @@ Sizes (what each tiny mirrors):
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from t2i_core.weights.tiny import write_clip_tokenizer, write_folder, write_t5_tokenizer
+from t2i_core.weights.tiny import write_built_folder, write_clip_tokenizer, write_t5_tokenizer
 
 DIT_FAMILIES = ("flux", "flux-kontext", "flux2-klein", "qwen-image", "qwen-image-edit", "z-image")
 # Bump when the architecture or the weights change.
@@ -395,15 +394,9 @@ _BUILDERS: dict[str, Callable[[Path, Path], None]] = {
 
 def build_tiny_dit(family: str, out: Path, replace: bool = True) -> Path:
     """Write the tiny pipeline of ``family`` (one of ``DIT_FAMILIES``) to ``out``, replacing what is
-    there unless ``replace`` is false (see ``devtools.tiny.write_folder``); return ``out``."""
+    there unless ``replace`` is false (see ``weights.tiny.write_folder``); return ``out``."""
     if family not in _BUILDERS:
         raise ValueError(f"family must be one of {', '.join(DIT_FAMILIES)}; got {family!r}")
 
-    def build(staging: Path) -> None:
-        with tempfile.TemporaryDirectory() as scratch:
-            _BUILDERS[family](staging, Path(scratch))
-        (staging / "t2i_tiny.json").write_text(
-            json.dumps({"family": family, "builder_version": BUILDER_VERSION, "seed": WEIGHT_SEED})
-        )
-
-    return write_folder(Path(out), build, replace=replace)
+    stamp = {"family": family, "builder_version": BUILDER_VERSION, "seed": WEIGHT_SEED}
+    return write_built_folder(out, _BUILDERS[family], stamp, replace=replace)

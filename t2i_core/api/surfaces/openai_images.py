@@ -26,7 +26,7 @@ from starlette.routing import Route
 from t2i_core.common.errors import Gone, InvalidRequest, NotFound, UnknownModel
 from t2i_core.common.fields import N, OptionalImageFormat, PartialImages, ResponseFormat, Size, Strength
 from t2i_core.api.rendered_image import RenderedImage
-from t2i_core.api.request_flow import RequestFlow, client_left, parse
+from t2i_core.api.request_flow import Prepared, RequestFlow, client_left, parse
 from t2i_core.api.image_store import ImageStore, off_loop
 from t2i_core.api.images.codecs import MEDIA_TYPES
 from t2i_core.common.schemas import ControlNetSettings, EditRequest, GenerateRequest, PromptSettings
@@ -144,17 +144,22 @@ async def models_body(flow: RequestFlow, created: int) -> dict[str, Any]:
 def openai_routes(get_flow: Callable[[], RequestFlow], store: ImageStore) -> list[Route]:
     created = int(time.time())
 
+    async def answer(request: Request, flow: RequestFlow, req: OpenAIImageRequest, prepared: Prepared,
+                     event: str) -> Response:
+        """The images of a prepared request: a stream of ``event`` events, or the images body."""
+        watch = client_left(request)
+        if req.stream:
+            return stream_images(flow, event, prepared.req.format, req.quality or "auto", lambda rid: flow.run(
+                prepared, disconnected=watch, request_id=rid, partial_images=req.partial_images))
+        images = await flow.run(prepared, n=req.n, disconnected=watch)
+        return JSONResponse(await _images_body(images, req, request, store, flow.settings.public_url))
+
     async def generations(request: Request) -> Response:
         flow = get_flow()
         req = parse(OpenAIImageRequest, await read_json_object(request)).checked(flow)
         native = req.native()
-        watch = client_left(request)
         prepared = await flow.prepare_generate(native)  # every refusal is a 4xx, before a stream starts
-        if req.stream:
-            return stream_images(flow, "image_generation", native.format, req.quality or "auto", lambda rid: flow.run(
-                prepared, disconnected=watch, request_id=rid, partial_images=req.partial_images))
-        images = await flow.run(prepared, n=req.n, disconnected=watch)
-        return JSONResponse(await _images_body(images, req, request, store, flow.settings.public_url))
+        return await answer(request, flow, req, prepared, "image_generation")
 
     async def edits(request: Request) -> Response:
         flow = get_flow()
@@ -180,14 +185,9 @@ def openai_routes(get_flow: Callable[[], RequestFlow], store: ImageStore) -> lis
         req = parse(OpenAIEditRequest, data)
         req = req.checked(flow)
         native = req.native()
-        watch = client_left(request)
         # every refusal (fields, model, controls, the image, mask and control image) is a 4xx, before a stream starts
         prepared = await flow.prepare_edit(native, image, mask=mask, control_image=control, transparent_repaints=True)
-        if req.stream:
-            return stream_images(flow, "image_edit", native.format, req.quality or "auto", lambda rid: flow.run(
-                prepared, disconnected=watch, request_id=rid, partial_images=req.partial_images))
-        images = await flow.run(prepared, n=req.n, disconnected=watch)
-        return JSONResponse(await _images_body(images, req, request, store, flow.settings.public_url))
+        return await answer(request, flow, req, prepared, "image_edit")
 
     async def list_models(request: Request) -> Response:
         return JSONResponse(await models_body(get_flow(), created))
