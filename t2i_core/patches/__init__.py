@@ -8,6 +8,7 @@
 - ``uvicorn``: uvicorn 0.54's httptools protocol reads request headers without a size or time bound;
 - ``diffusers``: diffusers 0.42's group-offloading lookup on every pipeline call;
 - ``torch``: symbolic shapes without "duck" sizing, for ``torch.compile`` (``T2I_COMPILE``);
+- ``quiet_imports``: warnings the engine's libraries print on every import that say nothing here;
 - ``gc_freeze``: the API process's start-up objects kept out of full garbage collections (called once
   the API has started, by the API service itself).
 
@@ -29,6 +30,7 @@ from t2i_core.patches import diffusers as diffusers_patches
 from t2i_core.patches import torch as torch_patches
 from t2i_core.patches.on_import import when_imported
 from t2i_core.patches.openmp import shorten_openmp_spin
+from t2i_core.patches.quiet_imports import quiet_library_warnings
 from t2i_core.patches.starlette import strict_form_parsing
 from t2i_core.patches.uvicorn import bound_request_headers
 
@@ -37,6 +39,7 @@ def install_patches(settings: Any) -> None:
     """Every patch, once per process (``settings``: the server's ``Settings``). Call it before torch is
     imported (libgomp reads its spin setting when it loads)."""
     shorten_openmp_spin()
+    quiet_library_warnings()
     bentoml_patches.memoize_media_types()
     bentoml_patches.trace_only_when_exported()
     bentoml_patches.cache_local_callers()
