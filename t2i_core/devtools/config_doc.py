@@ -3,7 +3,7 @@
 The ``#:`` comment lines above each field of ``t2i_core/common/config.py``'s ``Settings`` are its
 documentation: a comment block documents the fields that follow it up to the next block. Each field's
 variable is ``T2I_<FIELD>`` and its default the dataclass default. The few ``T2I_*`` variables read
-outside ``Settings`` are listed in ``OTHER_VARIABLES`` below. tests/test_config_doc.py fails when the
+outside ``Settings`` are listed in ``OTHER_VARIABLES`` below. tests/devtools/test_config_doc.py fails when the
 committed file differs from what ``render()`` makes.
 """
 

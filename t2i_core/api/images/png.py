@@ -5,7 +5,7 @@ deflates with zlib: 0.26 ms for a 64x64 image from the tiny model and 19 ms for 
 this project's 2-core CPU. On those images Pillow chose Paeth for the rows (the files match its size
 to within 0.02%), so this encoder filters every row with Paeth (vectorised: 0.04 ms and 5 ms) and
 deflates with ISA-L's level 1 (``isal``: 0.02 ms and 1.8 ms, and 2-4% smaller than zlib's level 1):
-0.065 ms and ~7.5 ms in all (4x and 2.5-3x faster), for files as small or smaller (``tests/test_png.py``
+0.065 ms and ~7.5 ms in all (4x and 2.5-3x faster), for files as small or smaller (``tests/api/test_png.py``
 checks the sizes against Pillow's).
 Both numpy's arithmetic and the deflate release the GIL, so big images encode in parallel threads.
 Without ``isal`` (a platform it has no wheel for) zlib's level 1 deflates instead.

@@ -7,7 +7,7 @@ Sized to finish within ``--budget-s`` (default 450 s, for an H100): the runs go 
 ``PLAN`` (most wanted first), and a run whose expected duration (``Run.expect_s``, an estimate for an
 H100; the JSON records what each run took) would end past the budget is reported as skipped rather
 than started. ``--dry-run`` does the same on the CPU with the built-in tiny model (64 px), so the
-orchestration is checked where no GPU is at hand (``tests/test_gpu_bench.py``).
+orchestration is checked where no GPU is at hand (``tests/devtools/test_gpu_bench.py``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A real AUTOMATIC1111 API client library (webuiapi) against a live server: txt2img, img2img, model and
 sampler listing, options, progress with a preview, interrupt; errors in A1111's shape. The creative
-controls through this client (LoRA tags, masks, ControlNet units) are in test_controls_compat_e2e.py."""
+controls through this client (LoRA tags, masks, ControlNet units) are in test_addons_surfaces_e2e.py."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from pydantic import Field
 
 from t2i_core.patches.bentoml import cache_local_callers
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 MIDDLEWARE_CLASSES = """
 import service

@@ -17,7 +17,7 @@ def test_schemathesis_finds_no_server_error(server, tmp_path):
     proc = subprocess.run(
         # Valid but large requests take their time on a CPU (1320 px at 77 steps: ~20 s): the client waits
         # as long as the server may take. Task submits are left out: each valid one would queue its work
-        # after the run (minutes of engine time); tests/test_tasks_e2e.py and the hostile tests cover them.
+        # after the run (minutes of engine time); tests/e2e/test_tasks_e2e.py and the hostile tests cover them.
         [str(schemathesis), "run", f"{server.url}/docs.json", "--checks", "not_a_server_error",
          "--max-examples", "40", "--seed", "20261121", "--no-color", "--request-timeout", "150",
          "--exclude-path", "/tasks/generate/submit"],

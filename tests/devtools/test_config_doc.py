@@ -10,7 +10,7 @@ from pathlib import Path
 from t2i_core.common.config import Settings
 from t2i_core.devtools.config_doc import DOC_PATH, comment_groups, documented_variables, render, write
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 VARIABLE = re.compile(r"\bT2I_[A-Z0-9_]*[A-Z0-9]\b")
 
 

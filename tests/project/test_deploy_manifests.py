@@ -17,7 +17,7 @@ import kubernetes_validate  # requirements-test.txt; its schemas ship in the pac
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 BENTOCLOUD = ROOT / "deploy" / "bentocloud" / "deployment.yaml"
 #: the oldest Kubernetes minor the manifests promise to work on, and the newest the validator knows

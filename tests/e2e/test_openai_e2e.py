@@ -61,7 +61,7 @@ def test_edit_over_multipart(client, tmp_path):
 
 
 def test_edit_with_mask(client, tmp_path):
-    """OpenAI's mask: its fully transparent pixels are repainted (tests/test_controls_compat_e2e.py
+    """OpenAI's mask: its fully transparent pixels are repainted (tests/e2e/test_addons_surfaces_e2e.py
     checks the pixels against the native route)."""
     src, mask = tmp_path / "in.png", tmp_path / "mask.png"
     Image.new("RGB", (64, 64), (10, 120, 240)).save(src)

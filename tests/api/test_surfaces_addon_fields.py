@@ -1,6 +1,6 @@
 """The client-compatibility readers of the creative controls, in process: A1111's ``<lora:...>`` prompt
 tags, its mask options and ControlNet units, and the bracket form fields the OpenAI SDK writes lists and
-objects in (the live clients are driven in test_controls_compat_e2e.py)."""
+objects in (the live clients are driven in test_addons_surfaces_e2e.py)."""
 
 from __future__ import annotations
 
