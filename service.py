@@ -39,7 +39,6 @@ from t2i_core.api.retry import retry_dropped
 from t2i_core.common.shutdown import drain_on_sigterm
 from t2i_core.api.surfaces.native import EditUpload, answer, upload_bytes
 from t2i_core.common.schemas import EditRequest, EngineRequest, EngineResult, GenerateRequest, Preview
-from t2i_core.api.surfaces.a1111.callers import open_caller_jobs
 from t2i_core.api.surfaces.tasks.routes import TaskRoutes, task_routes
 from t2i_core.api.surfaces.tasks.runner import TaskRunner
 from t2i_core.api.surfaces.tasks.store import TaskStore
@@ -206,7 +205,7 @@ class API:
 SURFACES = build_surfaces(
     lambda: bentoml.get_current_service().flow,
     open_image_store(image_store_spec(SETTINGS, RUN_DIR), SETTINGS.image_url_ttl_s, SETTINGS.image_store_max_bytes),
-    open_caller_jobs(SETTINGS.api_workers, RUN_DIR),
+    STATE,
 )
 TASKS = TaskStore(STATE, SETTINGS.task_result_ttl_s, SETTINGS.task_store_max_bytes)
 

@@ -7,7 +7,9 @@ import asyncio
 from starlette.requests import Request
 
 from t2i_core.api.surfaces.a1111 import callers as callers_module
-from t2i_core.api.surfaces.a1111.callers import CallerJobs, SharedCallerJobs, caller_id, open_caller_jobs
+from t2i_core.api.surfaces.a1111.callers import CallerJobs, caller_id
+from t2i_core.state.memory import MemoryState
+from t2i_core.state.sqlite import SqliteState
 
 
 def request(auth: str | None = None, host: str = "10.0.0.7") -> Request:
@@ -23,23 +25,19 @@ def test_a_caller_is_its_key_else_its_address_and_keys_are_never_kept_as_given()
 
 
 def test_api_workers_share_the_latest_request_of_each_caller(tmp_path, monkeypatch):
-    monkeypatch.setattr(callers_module, "CALLERS_KEPT", 3)
-    path = str(tmp_path / "callers.sqlite")
-    one, two = SharedCallerJobs(path), SharedCallerJobs(path)  # two API worker processes
+    path = str(tmp_path / "state.sqlite")
+    one, two = CallerJobs(SqliteState(path)), CallerJobs(SqliteState(path))  # two API worker processes
+    monkeypatch.setattr(callers_module, "LATEST_KEPT_S", 0.2)
 
     async def scenario() -> None:
         await one.remember("addr:a", "job-1")
         assert (await two.latest("addr:a"))[0] == "job-1"
         await two.remember("addr:a", "job-2")  # the caller's next request, taken by the other worker
         assert (await one.latest("addr:a"))[0] == "job-2"
-        for caller in ("addr:b", "addr:c", "addr:d"):
-            await one.remember(caller, f"job-{caller}")
-        assert await two.latest("addr:a") is None  # the oldest caller beyond the cap is forgotten
-        assert (await two.latest("addr:d"))[0] == "job-addr:d"
+        await asyncio.sleep(0.3)
+        assert await two.latest("addr:a") is None  # forgotten once no job can still run
 
     asyncio.run(scenario())
-    assert type(open_caller_jobs(1, str(tmp_path))) is CallerJobs
-    assert isinstance(open_caller_jobs(2, str(tmp_path)), SharedCallerJobs)
 
 
 def test_a_request_that_fails_before_running_leaves_the_callers_previous_job(tmp_path):
@@ -57,8 +55,8 @@ def test_a_request_that_fails_before_running_leaves_the_callers_previous_job(tmp
         await jobs.restore("addr:b", "first", None)
         assert await jobs.latest("addr:b") is None
 
-    asyncio.run(scenario(CallerJobs()))
-    asyncio.run(scenario(SharedCallerJobs(str(tmp_path / "callers.sqlite"))))
+    asyncio.run(scenario(CallerJobs(MemoryState())))
+    asyncio.run(scenario(CallerJobs(SqliteState(str(tmp_path / "state.sqlite")))))
 
 
 def test_a1111_progress_after_a_request_that_could_not_run(engine):
@@ -89,7 +87,7 @@ def test_a1111_progress_after_a_request_that_could_not_run(engine):
 
 def test_each_callers_checkpoint_is_its_own_and_shared_by_the_api_workers(tmp_path, monkeypatch):
     monkeypatch.setattr(callers_module, "CALLERS_KEPT", 2)
-    path = str(tmp_path / "callers.sqlite")
+    path = str(tmp_path / "state.sqlite")
 
     async def scenario(one: CallerJobs, two: CallerJobs) -> None:
         assert await one.checkpoint("key:a") is None
@@ -101,6 +99,6 @@ def test_each_callers_checkpoint_is_its_own_and_shared_by_the_api_workers(tmp_pa
         await one.choose_checkpoint("key:c", "builtin/tiny-sd")
         assert await two.checkpoint("key:b") is None  # the oldest choice beyond the cap is forgotten
 
-    memory = CallerJobs()
+    memory = CallerJobs(MemoryState())
     asyncio.run(scenario(memory, memory))
-    asyncio.run(scenario(SharedCallerJobs(path), SharedCallerJobs(path)))  # two API worker processes
+    asyncio.run(scenario(CallerJobs(SqliteState(path)), CallerJobs(SqliteState(path))))  # two API worker processes

@@ -29,6 +29,8 @@ from t2i_core.api.surfaces.admin import admin_routes
 from t2i_core.api.surfaces.openai_images import openai_routes
 from t2i_core.api.surfaces.playground.routes import ui_routes
 from t2i_core.api.surfaces.replaced_servers import replaced_server_routes
+from t2i_core.state.memory import MemoryState
+from t2i_core.state.store import StateStore
 
 
 @dataclass(frozen=True)
@@ -76,13 +78,14 @@ class Surfaces:
         await found.app(scope, receive, send)
 
 
-def build_surfaces(get_flow: Callable[[], RequestFlow], store: ImageStore,
-                   a1111_callers: CallerJobs | None = None) -> Surfaces:
-    """Every surface. ``a1111_callers``: where A1111 callers' latest requests are kept (in memory by default)."""
+def build_surfaces(get_flow: Callable[[], RequestFlow], store: ImageStore, state: StateStore | None = None) -> Surfaces:
+    """Every surface. ``state``: what the API workers (and replicas) share, A1111 callers' latest jobs
+    among it (default: this process's memory)."""
+    state = state if state is not None else MemoryState()
     return Surfaces([
         surface("openai", error_shapes.openai, [*openai_routes(get_flow, store), *addon_listing_routes(get_flow)]),
         surface("admin", error_shapes.openai, admin_routes(get_flow)),
-        surface("a1111", error_shapes.a1111, a1111_routes(get_flow, a1111_callers)),
+        surface("a1111", error_shapes.a1111, a1111_routes(get_flow, CallerJobs(state))),
         surface("replaced", error_shapes.replaced, replaced_server_routes(get_flow)),
         surface("playground", error_shapes.native, ui_routes()),
     ])

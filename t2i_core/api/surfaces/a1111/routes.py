@@ -41,9 +41,8 @@ def model_id_of(title: Any) -> str:
     return str(title).split(" [", 1)[0]
 
 
-def a1111_routes(get_flow: Callable[[], RequestFlow], callers: CallerJobs | None = None) -> list[Route]:
-    """``callers``: where each caller's latest request is kept (see callers.py); in memory by default."""
-    jobs = callers if callers is not None else CallerJobs()
+def a1111_routes(get_flow: Callable[[], RequestFlow], jobs: CallerJobs) -> list[Route]:
+    """``jobs``: where each caller's latest request and chosen checkpoint are kept (see callers.py)."""
 
     @asynccontextmanager
     async def loras_named_in_the_prompt() -> AsyncIterator[None]:
