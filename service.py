@@ -44,7 +44,9 @@ from t2i_core.api.surfaces.tasks.runner import TaskRunner
 from t2i_core.api.surfaces.tasks.store import TaskStore
 from t2i_core.state.open import open_state, resolve_spec
 from t2i_core.common.paths import TASK_ROUTE
-from t2i_core.common.topology import engine_worker_count, image_store_spec, pin_engine_worker, run_folder, visible_gpus
+from t2i_core.common.topology import (
+    engine_worker_count, image_store_spec, pin_engine_worker, run_folder, server_name, visible_gpus,
+)
 
 # Each service its own traffic settings (BentoML adds its task settings, external_queue and
 # concurrency 1, to the dict of a service with a task: a shared dict would carry them to the engine).
@@ -84,7 +86,7 @@ class EngineService:
 
         index = server_context.worker_index or 1
         settings = pin_engine_worker(SETTINGS, index, ENGINE_WORKERS, GPUS)  # before torch starts
-        self.core = CoreEngine(settings, shared_dir=RUN_DIR if ENGINE_WORKERS > 1 else None, worker=index)
+        self.core = CoreEngine(settings, state=STATE, server=server_name(RUN_DIR), worker=index)
         registry = self.core.registry
         if registry.using_fallback:
             reason = registry.get("stabilityai/sd-turbo").unavailable_reason()

@@ -4,7 +4,7 @@
     python -m t2i_core pull MODEL_ID                          download a hub model into the local cache
     python -m t2i_core pull MODEL_ID --from-folder DIR        import a diffusers folder into the BentoML model store
     python -m t2i_core bench --preset tiny                    the benchmark (raw, served, no batching)
-    python -m t2i_core bench-pair | bench-vae | bench-prompts | bench-stop | bench-lora | bench-previews | bench-ledger
+    python -m t2i_core bench-pair | bench-vae | bench-prompts | bench-stop | bench-lora | bench-previews | bench-board
                                                               focused measurements (docs/performance.md)
     python -m t2i_core config-doc                             write docs/configuration.md from the settings
 """
@@ -81,9 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     previews.add_argument("--partial", type=int, default=3)
     previews.add_argument("--repeats", type=int, default=7)
     previews.add_argument("--decode", choices=("approx", "vae"), default="approx", help="T2I_PREVIEW_DECODE")
-    ledger = sub.add_parser("bench-ledger", help="the engine workers' shared ledger: cost per denoising step")
-    ledger.add_argument("--batch", type=int, default=8)
-    ledger.add_argument("--steps", type=int, default=2000)
+    board = sub.add_parser("bench-board", help="the engine's request board: cost per denoising step, cancel latency")
+    board.add_argument("--batch", type=int, default=8)
+    board.add_argument("--steps", type=int, default=2000)
+    board.add_argument("--rounds", type=int, default=100, help="cancels timed per backend")
+    board.add_argument("--redis", default=None, help="also Redis at this URL (redis://host:port/db)")
     pair = sub.add_parser("bench-pair", help="the same load against servers running side by side, alternating")
     pair.add_argument("servers", nargs="+", metavar="NAME=URL", help="e.g. before=http://127.0.0.1:3001 (the first is the reference)")
     pair.add_argument("--preset", default="tiny")
@@ -169,10 +171,10 @@ def run_bench_previews(parser: argparse.ArgumentParser, args: argparse.Namespace
     return 0
 
 
-def run_bench_ledger(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from t2i_core.devtools.bench.ledger import main as run_ledger_bench
+def run_bench_board(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from t2i_core.devtools.bench.board import main as run_board_bench
 
-    run_ledger_bench(args.batch, args.steps)
+    run_board_bench(args.batch, args.steps, args.rounds, args.redis)
     return 0
 
 
@@ -201,7 +203,7 @@ def run_tiny(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.ArgumentParser, argparse.Namespace], int]] = {
     "tiny": run_tiny, "pull": run_pull, "bench": run_bench, "bench-vae": run_bench_vae,
     "bench-prompts": run_bench_prompts, "bench-pair": run_bench_pair, "bench-stop": run_bench_stop,
-    "bench-lora": run_bench_lora, "bench-previews": run_bench_previews, "bench-ledger": run_bench_ledger,
+    "bench-lora": run_bench_lora, "bench-previews": run_bench_previews, "bench-board": run_bench_board,
     "config-doc": run_config_doc,
 }
 

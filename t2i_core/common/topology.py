@@ -7,7 +7,7 @@ GPU before torch starts (worker k of n takes the k-th visible GPU), so that one 
 one GPU. On CPU, several engine workers split the cores (``torch_threads``) instead of each taking all.
 
 The run folder (``T2I_RUN_DIR``, set by the server) holds what the workers of one server share on its machine: the
-engine workers' ledger (t2i_core/engine/ledger.py) and, with several API workers and
+shared state when there are several workers (``T2I_STATE=auto``: t2i_core/state/) and, with several API workers and
 ``T2I_IMAGE_STORE=auto``, the images behind "url" links. ``bentoml serve`` imports the service in its
 main process before it starts the workers, which inherit its environment: the main process makes
 the folder, the workers find it.
@@ -55,6 +55,13 @@ def run_folder(in_worker: bool) -> str:
     atexit.register(shutil.rmtree, made, ignore_errors=True)
     os.environ[RUN_DIR_ENV] = made
     return made
+
+
+def server_name(run_dir: str) -> str:
+    """This server's name among those sharing a state (replicas on one Redis): its host and run folder."""
+    import socket
+
+    return f"{socket.gethostname()}:{os.path.basename(run_dir)}"
 
 
 def image_store_spec(settings: Settings, run_dir: str) -> str:

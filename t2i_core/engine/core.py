@@ -10,7 +10,6 @@ sub-batch cannot fail the rest of the batch.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections import Counter, deque
@@ -30,11 +29,12 @@ from t2i_core.common.registry import Registry
 from t2i_core.common.schemas import EngineRequest, EngineResult, Preview
 from t2i_core.engine.speedups import Speedups
 from t2i_core.engine.stage_timer import StageTimer, device_sync
-from t2i_core.engine.ledger import LocalLedger, SharedLedger
+from t2i_core.engine.request_board import RequestBoard
 from t2i_core.engine.previews import approximate_rows, decode_rows, preview_steps
-from t2i_core.engine.shared_db import SharedDB
 from t2i_core.engine.worker_sync import SharedWorkers
-from t2i_core.engine.workers import ACTIONS, WorkerBoard
+from t2i_core.engine.worker_board import ACTIONS, WorkerBoard
+from t2i_core.state.memory import MemoryState
+from t2i_core.state.store import StateStore
 from t2i_core.engine.stop_points import Cancelled, StopPoints
 
 log = logging.getLogger("t2i.engine")
@@ -97,9 +97,10 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 class Engine(SharedWorkers):
     def __init__(self, settings: Settings | None = None, registry: Registry | None = None,
-                 shared_dir: str | None = None, worker: int = 1):
-        """``shared_dir``: the run folder that this engine worker shares with the other engine workers of
-        its server (see t2i_core/engine/ledger.py and workers.py); None: the only worker."""
+                 state: StateStore | None = None, server: str = "server", worker: int = 1):
+        """``state``: what this engine worker shares with the others (``T2I_STATE``; this process's memory
+        when None: the only worker); ``server`` names its server (its host and run folder) and ``worker``
+        is its number there (see request_board.py and worker_board.py)."""
         self.settings = settings or Settings.from_env()
         self.registry = registry or Registry(default=self.settings.model)
         self.device = pick_device(self.settings.device)
@@ -129,13 +130,12 @@ class Engine(SharedWorkers):
         self._collected_this_call = False
         self.worker = worker
         self.board: WorkerBoard | None = None
-        #: cancellations, progress, partial images (shared by the engine workers of a server)
+        state = state if state is not None else MemoryState()
+        #: cancellations, progress, partial images (shared by the engine workers, in the shared state)
         keep_s = float(self.settings.request_timeout_s)  # a request can run no longer: its wishes go then
-        self.ledger: LocalLedger = LocalLedger(keep_s)
-        if shared_dir is not None:
-            db = SharedDB(os.path.join(shared_dir, "engine.sqlite"))
-            self.ledger = SharedLedger(db, worker, keep_s)
-            self.board = WorkerBoard(db, worker, self.device)
+        self.requests = RequestBoard(state, keep_s)
+        if state.shared:
+            self.board = WorkerBoard(state, server, worker, self.device)
             self._applied = 0
             self._catching_up = threading.Event()
             self.on_torch_thread(self._join_workers)
@@ -150,7 +150,11 @@ class Engine(SharedWorkers):
         self._closed.set()
         if self.board is not None:
             self._beating.join(timeout=5)
-            self.board.leave()
+            try:
+                self.board.leave()
+            except T2IError:  # the shared state is away: the heartbeat's expiry takes this worker out
+                pass
+        self.requests.close()
         self._torch_pool.shutdown(wait=False, cancel_futures=True)
 
     def _init_torch_thread(self) -> threading.Thread:
@@ -255,7 +259,7 @@ class Engine(SharedWorkers):
         self._collected_this_call = False
         if self.board is not None:
             self._catch_up()
-        self.ledger.refresh()
+        self.requests.refresh([r.request_id for r in requests])
         results: list[EngineResult | None] = [None] * len(requests)
         groups: dict[tuple[Any, ...], list[int]] = {}
         default = self.registry.default_id
@@ -284,8 +288,8 @@ class Engine(SharedWorkers):
         results = self._run_split(items, seeds)
         stopped = {ClientClosed.code, RequestTimeout.code}
         cancelled = [bool(r.error and r.error.get("code") in stopped) for r in results]
-        self.ledger.set_progress([req.request_id for req, c in zip(items, cancelled) if not c], state="done")
-        self.ledger.set_progress([req.request_id for req, c in zip(items, cancelled) if c], state="cancelled")
+        self.requests.set_progress([req.request_id for req, c in zip(items, cancelled) if not c], state="done")
+        self.requests.set_progress([req.request_id for req, c in zip(items, cancelled) if c], state="cancelled")
         return [r.model_copy(update={"queue_s": round(max(0.0, w), 6)}) for r, w in zip(results, waits)]
 
     def _run_split(self, items: list[EngineRequest], seeds: list[int]) -> list[EngineResult]:
@@ -381,14 +385,14 @@ class Engine(SharedWorkers):
     # ---- cancellation -------------------------------------------------------------------------
     def cancel(self, request_ids: list[str]) -> int:
         """Stop working for these requests (their client left or timed out); returns how many."""
-        self.ledger.cancel(request_ids)
+        self.requests.cancel(request_ids)
         return len(request_ids)
 
     def _cancel_reason(self, req: EngineRequest) -> T2IError | None:
         if req.deadline is not None and time.time() > req.deadline:  # a timed-out request is cancelled too
             limit = self.settings.request_timeout_s
             return RequestTimeout(f"the request took longer than the {limit}s limit (T2I_REQUEST_TIMEOUT_S); its work was stopped")
-        if req.request_id and self.ledger.is_cancelled(req.request_id):
+        if req.request_id and self.requests.is_cancelled(req.request_id):
             return ClientClosed("the request was cancelled (its client left, interrupted it or cancelled its task); "
                                 "its work was stopped")
         return None
@@ -430,7 +434,7 @@ class Engine(SharedWorkers):
         kwargs.update(control_arguments(items))
         if first.mode == "generate" or "height" in inspect.signature(pipe.__call__).parameters:
             kwargs["width"], kwargs["height"] = first.width, first.height  # SD3's edit needs them too
-        self.ledger.set_progress([req.request_id for req in items], state="running", step=0, steps=None)
+        self.requests.set_progress([req.request_id for req in items], state="running", step=0, steps=None)
         self.stage_timer.attach(pipe)
         self.stop_points.attach(pipe, denoiser_compiled=self.models.speedups.compile)
         self.stage_timer.start()
@@ -452,7 +456,7 @@ class Engine(SharedWorkers):
 
         def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             steps = getattr(pipe, "num_timesteps", None)
-            self.ledger.set_progress([req.request_id for req in items], step=step + 1, steps=steps)
+            self.requests.set_progress([req.request_id for req in items], step=step + 1, steps=steps)
             if self._all_unwanted(items):
                 raise Cancelled()
             self._store_previews(pipe, items, step + 1, steps, tensors)
@@ -466,7 +470,7 @@ class Engine(SharedWorkers):
         if steps is None or "latents" not in tensors:
             return
         live = {r.request_id for r in items if r.request_id and self._cancel_reason(r) is None}
-        wanted = self.ledger.take_wanted(list(live))
+        wanted = self.requests.take_wanted(list(live))
         rows = [i for i, r in enumerate(items) if r.request_id in live and (
             r.request_id in wanted or (r.partial_images and step in preview_steps(r.partial_images, steps)))]
         if not rows:
@@ -476,25 +480,25 @@ class Engine(SharedWorkers):
             decoded = approximate_rows(pipe, tensors["latents"], rows)
         for i, (pixels, width, height) in zip(rows, decoded or decode_rows(pipe, tensors["latents"], rows)):
             rid = items[i].request_id
-            self.ledger.add_preview(rid, Preview(step=step, steps=steps, pixels=pixels, width=width, height=height),
+            self.requests.add_preview(rid, Preview(step=step, steps=steps, pixels=pixels, width=width, height=height),
                                     caller=wanted.get(rid, ""))
 
     def take_previews(self, request_id: str, since: int = 0) -> list[Preview]:
         """The partial images of ``request_id`` made so far, from index ``since`` on."""
-        return self.ledger.previews(request_id, since)
+        return self.requests.previews(request_id, since)
 
     def want_preview(self, request_id: str, caller: str = "") -> None:
         """Decode ``request_id``'s latents after its next step (a live preview asked for while it runs),
         for ``caller`` (an API key's hash or a client address): kept while the request can still run,
-        one per request, a bounded number per caller (see t2i_core/engine/preview_wishes.py)."""
-        self.ledger.want_preview(request_id, caller)
+        one per request, a bounded number per caller (see t2i_core/engine/request_board.py)."""
+        self.requests.want_preview(request_id, caller)
 
     # ---- progress -----------------------------------------------------------------------------
     def progress(self, request_ids: list[str]) -> dict[str, dict[str, Any]]:
         """Where these requests are: ``{"state": "queued"|"running"|"done"|"cancelled", "step": k, "steps": n}``
         (``steps`` is the number of denoising steps, known once the pipeline has started), whichever
         engine worker runs them."""
-        return self.ledger.progress(request_ids)
+        return self.requests.progress(request_ids)
 
     # ---- observability ------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -528,6 +532,6 @@ class Engine(SharedWorkers):
                 for label, b in sorted(self._batch_sizes_by_kind.items())
             },
             "loaded_controlnets": self.models.controlnet_ids(),
-            **self.ledger.kept(),
+            **self.requests.kept(),
             **self.models.adapter_switches(),
         }

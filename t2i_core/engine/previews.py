@@ -14,16 +14,8 @@ demand after its next step (``Engine.want_preview``: the task progress route's `
 
 from __future__ import annotations
 
-import threading
-import time
-from collections import OrderedDict, deque
 from typing import Any
 
-#: requests whose previews are kept (the latest), the previews kept per request, and the requests per
-#: caller (see ``PreviewStore``)
-KEPT = 64
-PER_REQUEST = 4
-PER_CALLER = 16
 
 
 def preview_steps(partial_images: int, steps: int) -> list[int]:
@@ -90,52 +82,3 @@ def decode_rows(pipe: Any, latents: Any, rows: list[int]) -> list[tuple[bytes, i
     return [(np.ascontiguousarray(a).tobytes(), a.shape[1], a.shape[0]) for a in array]
 
 
-class PreviewStore:
-    """``Preview``s by request id, numbered in the order they were made. Bounded: the latest
-    ``PER_REQUEST`` of a request (a stream asks for at most 3 and reads each at once; a live preview
-    wants the latest), the latest ``PER_CALLER`` requests of a caller whose live-preview wishes made
-    them (one caller's many tasks evict only its own), the latest ``KEPT`` requests in all (a 512x512
-    preview is 0.8 MB), and those made in the last ``keep_s`` seconds (the request timeout: a request
-    that can no longer run adds none, and its client has read them)."""
-
-    def __init__(self, keep_s: float = 600.0) -> None:
-        self.keep_s = keep_s
-        self._lock = threading.Lock()
-        #: request id -> (previews made, the latest kept, caller, when the latest was made)
-        self._by_request: OrderedDict[str, tuple[int, deque[Any], str, float]] = OrderedDict()
-
-    def count(self, now: float | None = None) -> int:
-        """How many requests have previews kept (the expired ones gone)."""
-        with self._lock:
-            self._expire(time.time() if now is None else now)
-            return len(self._by_request)
-
-    def add(self, request_id: str, preview: Any, caller: str = "", now: float | None = None) -> None:
-        """Keep ``preview``; ``caller``: who asked for it with a live-preview wish ("": the request's own
-        ``partial_images``, bounded by the requests in flight)."""
-        now = time.time() if now is None else now
-        with self._lock:
-            self._expire(now)
-            made, kept, _, _ = self._by_request.pop(request_id, (0, deque(maxlen=PER_REQUEST), caller, now))
-            kept.append(preview.model_copy(update={"index": made}))
-            self._by_request[request_id] = (made + 1, kept, caller, now)
-            if caller:
-                mine = [rid for rid, entry in self._by_request.items() if entry[2] == caller]
-                for rid in mine[:-PER_CALLER]:
-                    del self._by_request[rid]
-            while len(self._by_request) > KEPT:
-                self._by_request.popitem(last=False)
-
-    def take(self, request_id: str, since: int = 0, now: float | None = None) -> list[Any]:
-        """The kept previews of ``request_id`` with an index of ``since`` or more."""
-        with self._lock:
-            self._expire(time.time() if now is None else now)
-            kept = self._by_request.get(request_id, (0, ()))[1]
-            return [p for p in kept if p.index >= since]
-
-    def _expire(self, now: float) -> None:
-        while self._by_request:
-            rid, entry = next(iter(self._by_request.items()))
-            if entry[3] + self.keep_s > now:
-                return
-            del self._by_request[rid]

@@ -84,6 +84,7 @@ class RequestBoard:
         #: cancelled request ids (pushed, or found at a batch's start) -> when they were seen
         self._cancelled: dict[str, float] = {}
         self._closed = threading.Event()
+        self._warned = float("-inf")
         self._listener: threading.Thread | None = None
         if listen:
             self._listener = threading.Thread(target=self._listen, name="t2i-cancels", daemon=True)
@@ -99,11 +100,14 @@ class RequestBoard:
         ids = [rid for rid in request_ids if rid]
         if not ids:
             return
-        self._note_cancelled(ids)
-        self.state.put_many({f"cancel:{rid}": b"1" for rid in ids}, ttl_s=CANCEL_KEPT_S)
-        for rid in ids:
-            self.state.publish(CANCELS, rid.encode())
-        self._drop_wishes(ids)
+        self._note_cancelled(ids)  # this worker stops them whatever happens next
+        try:
+            self.state.put_many({f"cancel:{rid}": b"1" for rid in ids}, ttl_s=CANCEL_KEPT_S)
+            for rid in ids:
+                self.state.publish(CANCELS, rid.encode())
+            self._drop_wishes(ids)
+        except T2IError:
+            self._away("cancels for the other workers")
 
     def is_cancelled(self, request_id: str) -> bool:
         return request_id in self._cancelled
@@ -148,9 +152,23 @@ class RequestBoard:
                 subscription.close()
 
     # ---- progress --------------------------------------------------------------------------------
+    def _away(self, what: str) -> None:
+        """The shared state could not be reached while a batch ran: the batch goes on (its progress and
+        previews are lost meanwhile); said once a minute."""
+        now = time.monotonic()
+        if now - self._warned > 60:
+            self._warned = now
+            log.warning("engine: the shared state is unreachable; %s is not recorded meanwhile", what)
+
     def set_progress(self, request_ids: Iterable[str], **fields: Any) -> None:
         """Write ``fields`` (state, step, steps) of these requests; a field not given keeps its value
-        (a new entry starts ``running`` at step 0)."""
+        (a new entry starts ``running`` at step 0). Never fails a batch: see ``_away``."""
+        try:
+            self._set_progress(request_ids, **fields)
+        except T2IError:
+            self._away("progress")
+
+    def _set_progress(self, request_ids: Iterable[str], **fields: Any) -> None:
         ids = [rid for rid in request_ids if rid]
         if not ids:
             return
@@ -198,7 +216,14 @@ class RequestBoard:
 
     def take_wanted(self, request_ids: list[str]) -> dict[str, str]:
         """Which of ``request_ids`` asked for a live preview, with the caller that asked (each wish is
-        taken once)."""
+        taken once). None while the shared state is away."""
+        try:
+            return self._take_wanted(request_ids)
+        except T2IError:
+            self._away("live previews")
+            return {}
+
+    def _take_wanted(self, request_ids: list[str]) -> dict[str, str]:
         ids = [rid for rid in request_ids if rid]
         if not ids:
             return {}
@@ -237,6 +262,12 @@ class RequestBoard:
     def add_preview(self, request_id: str, preview: Preview, caller: str = "") -> None:
         """Keep ``preview``; ``caller``: who asked for it with a live-preview wish ("": the request's own
         ``partial_images``, bounded by the requests in flight)."""
+        try:
+            self._add_preview(request_id, preview, caller)
+        except T2IError:
+            self._away("partial images")
+
+    def _add_preview(self, request_id: str, preview: Preview, caller: str) -> None:
         now = time.time()
         raw = self.state.get(f"previews:{request_id}")
         made = json.loads(raw)["made"] if raw else 0

@@ -1,13 +1,14 @@
 """The engine's side of several engine workers (``Engine`` inherits it): joining the others, applying
-the admin action log, heartbeats, and the merged views (see workers.py for the shared file's side).
-Used only when the engine has a ``board`` (a run folder shared with other workers)."""
+the admin action log, heartbeats, and the merged views (see worker_board.py for the shared state's
+side). Used only when the engine has a ``board`` (its state is shared with other workers)."""
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
-from t2i_core.engine.workers import BEAT_S, merge_addon_states, merge_model_states, merge_stats, net_effect
+from t2i_core.engine.worker_board import ACTIONS_CHANNEL, BEAT_S, merge_addon_states, merge_model_states, merge_stats, net_effect
 
 log = logging.getLogger("t2i.engine")
 
@@ -32,8 +33,9 @@ class SharedWorkers:
         # a batch or the heartbeat may have applied it first (both catch up): then its result is recorded
         mine = self.on_torch_thread(self._catch_up).get(seq) or self.board.result(seq)
         results = self.board.wait_applied(seq, timeout_s=self.settings.request_timeout_s)
-        results[self.worker] = mine
-        return {**mine, "workers": {str(w): "ok" if r.get("ok") else r.get("error", {}).get("message", "?")
+        results[self.board.worker] = mine
+        own = f"{self.board.server}/"  # this server's workers by number, another replica's by its name
+        return {**mine, "workers": {w.removeprefix(own): "ok" if r.get("ok") else r.get("error", {}).get("message", "?")
                                     for w, r in sorted(results.items())}}
 
     def _join_workers(self) -> None:
@@ -66,20 +68,33 @@ class SharedWorkers:
         self.board.publish(self.models.states(), self._own_addon_states(), self._own_stats() if with_stats else None)
 
     def _beat(self) -> None:
-        """Heartbeat, published states, and new admin actions handed to the torch thread."""
-        beats = 0
-        while not self._closed.wait(BEAT_S):
-            beats += 1
+        """Heartbeat, published states, and new admin actions handed to the torch thread: at once when
+        one is pushed, else at the next beat."""
+        beats, subscription, next_beat = 0, None, 0.0
+        while not self._closed.is_set():
             try:
-                self._publish(with_stats=beats % 4 == 0)
+                if subscription is None:
+                    subscription = self.board.state.subscribe(ACTIONS_CHANNEL)
+                pushed = subscription.get(max(0.0, next_beat - time.monotonic()))
+                if pushed is None:  # a beat: the heartbeat and the published states
+                    beats += 1
+                    next_beat = time.monotonic() + BEAT_S
+                    self._publish(with_stats=beats % 4 == 0)
                 if self.board.latest() > self._applied and not self._catching_up.is_set():
                     self._catching_up.set()
                     self._torch_pool.submit(self._catch_up)
-            except Exception:  # a busy file or a failed action: the next beat tries again
-                log.exception("engine worker %d: heartbeat failed", self.worker)
+            except Exception:  # the shared state is away, or a failed action: the next beat tries again
+                log.warning("engine worker %s: heartbeat failed; trying again", self.board.worker, exc_info=True)
+                if subscription is not None:
+                    subscription.close()
+                subscription = None
+                self._closed.wait(1.0)
+        if subscription is not None:
+            subscription.close()
 
     def _live_views(self, key: str, own: Any) -> dict[int, Any]:
-        views = {row["worker"]: row[key] for row in self.board.live() if row[key] is not None}
+        """This server's live workers' published ``key``, by worker number (this one's ``own``, fresh)."""
+        views = {row["index"]: row[key] for row in self.board.live() if row[key] is not None}
         views[self.worker] = own
         return views
 

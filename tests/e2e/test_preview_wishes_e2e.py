@@ -1,7 +1,7 @@
 """On a real server: progress polls with ``preview=1`` on tasks that failed or finished keep no live-preview
 wish in the engine (each used to stay until restart; 10,000 of them switched previews off for every
 client), and a live preview of a running task still arrives. The 10,000-wish flood itself is in
-test_preview_wishes.py, on both engine ledgers."""
+tests/engine/test_request_board.py, on every state backend."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
-"""Several engine workers sharing a run folder behave as one engine: a cancel, a progress or a preview
-call taken by any worker reaches the work on another; admin actions apply to all; states and
-statistics merge. Two in-process engines stand for two worker processes (the server test,
-test_scale_out_e2e.py, runs real ones)."""
+"""Several engine workers sharing a state behave as one engine: a cancel, a progress or a preview call
+taken by any worker reaches the work on another; admin actions apply to all; states and statistics
+merge. Two in-process engines on one SQLite state stand for two worker processes of one server (the
+server test, test_scale_out_e2e.py, runs real ones); on Redis, two engines of two servers stand for
+replicas."""
 
 from __future__ import annotations
 
@@ -18,9 +19,8 @@ from t2i_core.common.topology import (
     cpu_memory_budget, engine_worker_count, image_store_spec, pin_engine_worker, run_folder,
 )
 from t2i_core.engine.core import Engine
-from t2i_core.engine.ledger import SharedLedger
-from t2i_core.engine.shared_db import SharedDB
-from t2i_core.engine.workers import merge_stats, net_effect
+from t2i_core.engine.worker_board import merge_stats, net_effect
+from t2i_core.state.sqlite import SqliteState
 
 
 def req(**kw) -> EngineRequest:
@@ -30,10 +30,10 @@ def req(**kw) -> EngineRequest:
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    folder = str(tmp_path_factory.mktemp("run"))
+    path = str(tmp_path_factory.mktemp("run") / "state.sqlite")
     settings = Settings(request_timeout_s=20)
-    one = Engine(settings, registry=Registry(), shared_dir=folder, worker=1)
-    two = Engine(settings, registry=Registry(), shared_dir=folder, worker=2)
+    one = Engine(settings, registry=Registry(), state=SqliteState(path), server="test", worker=1)
+    two = Engine(settings, registry=Registry(), state=SqliteState(path), server="test", worker=2)
     yield one, two
     for engine in (one, two):
         engine.close()
@@ -137,16 +137,20 @@ def test_a_killed_worker_leaves_the_live_view_at_once(pair):
     one, _ = pair
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    with one.board.db.write() as conn:  # a worker process that was killed: its last beat is fresh
-        conn.execute("INSERT INTO workers (worker, pid, device, applied, beat) VALUES (9, ?, 'cpu', 0, ?)",
-                     (gone.pid, time.time()))
+    import json
+    import socket
+
+    # a worker process that was killed: its last beat is fresh
+    row = {"worker": "test/9", "server": "test", "index": 9, "host": socket.gethostname(), "pid": gone.pid,
+           "device": "cpu", "applied": 0, "beat": time.time(), "states": None, "addons": None, "stats": None}
+    one.board.state.put("worker:test/9", json.dumps(row).encode(), ttl_s=60)
+    one.board.state.index_add("workers", "test/9", time.time())
     try:
-        assert 9 not in [r["worker"] for r in one.board.live()]
+        assert 9 not in [r["index"] for r in one.board.live()]
         answer = one.model_action("set_default", TINY_SD_ID)  # does not wait for worker 9
         assert answer["ok"] and answer["workers"] == {"1": "ok", "2": "ok"}
     finally:
-        with one.board.db.write() as conn:
-            conn.execute("DELETE FROM workers WHERE worker = 9")
+        one.board.state.delete("worker:test/9")
 
 
 def test_the_default_cannot_be_a_model_whose_weights_are_absent(pair):
@@ -163,14 +167,14 @@ def test_the_default_cannot_be_a_model_whose_weights_are_absent(pair):
 
 def test_a_worker_that_starts_late_applies_the_log(pair):
     one, _ = pair
-    folder = one.board.db.path.rsplit("/", 1)[0]
-    third = Engine(Settings(preload=0), registry=Registry(), shared_dir=folder, worker=3)
+    third = Engine(Settings(preload=0), registry=Registry(), state=SqliteState(one.board.state.path), server="test",
+                   worker=3)
     assert TINY_SD_ID in third.models.loaded_ids()  # the last action on it was a load
-    assert [r["worker"] for r in one.board.live()] == [1, 2, 3]
+    assert [r["index"] for r in one.board.live()] == [1, 2, 3]
     # a worker that shuts down leaves at once: the next admin action does not wait for it
     third.close()
     assert not third._beating.is_alive()
-    assert [r["worker"] for r in one.board.live()] == [1, 2]
+    assert [r["index"] for r in one.board.live()] == [1, 2]
     answer = one.model_action("set_default", TINY_SD_ID)
     assert answer["ok"] and answer["workers"] == {"1": "ok", "2": "ok"}
     assert net_effect([(1, "load", "a"), (2, "set_default", "a"), (3, "unload", "a"), (4, "load", "b")]) == ("a", ["b"])
@@ -185,22 +189,6 @@ def test_stats_sum_the_workers(pair):
     assert merged["images"] == sum(own.values()) and {"1", "2"} <= set(own)
     assert merge_stats({1: {"images": 2, "batch_size_histogram": {"2": 1}}, 2: {"images": 1, "batch_size_histogram": {"1": 1, "2": 1}}})[
         "batch_size_histogram"] == {"1": 1, "2": 2}
-
-
-def test_the_shared_ledger_prunes_previews_and_takes_wishes_once(tmp_path):
-    from t2i_core.common.schemas import Preview
-    from t2i_core.engine.previews import KEPT, PER_REQUEST
-
-    ledger = SharedLedger(SharedDB(str(tmp_path / "l.sqlite")), worker=1)
-    for i in range(PER_REQUEST + 3):
-        ledger.add_preview("r", Preview(step=i, steps=99, width=1, height=1, pixels=b"abc"))
-    kept = ledger.previews("r")
-    assert [p.index for p in kept] == list(range(3, PER_REQUEST + 3))
-    for i in range(KEPT + 5):
-        ledger.add_preview(f"other{i}", Preview(step=1, steps=2, width=1, height=1, pixels=b"x"))
-    assert ledger.previews("r") == [] and ledger.previews(f"other{KEPT + 4}")
-    ledger.want_preview("w")
-    assert ledger.take_wanted(["w", "x"]) == {"w": ""} and ledger.take_wanted(["w"]) == {}
 
 
 def test_worker_counts_pinning_and_the_run_folder(monkeypatch):
@@ -225,9 +213,34 @@ def test_worker_counts_pinning_and_the_run_folder(monkeypatch):
     assert image_store_spec(Settings(api_workers=2, image_store="memory"), made) == "memory"
 
 
-def test_the_ledger_benchmark_runs(capsys):
-    from t2i_core.devtools.bench.ledger import main
+def test_the_board_benchmark_runs(capsys, redis_server):
+    from t2i_core.devtools.bench.board import main
 
-    main(batch=2, steps=20)
+    main(batch=2, steps=20, rounds=5, redis=redis_server.url)
     out = capsys.readouterr().out
-    assert "in memory (one worker)" in out and "shared file (several workers)" in out
+    assert "memory (one worker)" in out and "sqlite (workers of one server)" in out and "redis (replicas)" in out
+    assert out.count("median") == 5  # three step rows, two cancel rows
+
+
+def test_replicas_on_redis_apply_each_others_admin_actions(redis_server):
+    """Two servers' engines on one Redis: an action taken on one is applied by the other, whose own
+    views stay its own server's; a server that starts later replays the log."""
+    from t2i_core.state.redis import RedisState
+
+    url = f"{redis_server.url}?prefix=replicas{time.monotonic_ns()}:"
+    settings = Settings(request_timeout_s=20, preload=0)
+    a = Engine(settings, registry=Registry(), state=RedisState(url), server="a", worker=1)
+    b = Engine(settings, registry=Registry(), state=RedisState(url), server="b", worker=1)
+    late = None
+    try:
+        answer = a.model_action("load", TINY_SD_ID)
+        assert answer["ok"] and answer["workers"] == {"1": "ok", "b/1": "ok"}
+        assert TINY_SD_ID in b.models.loaded_ids()
+        row = next(r for r in b.model_states() if r["id"] == TINY_SD_ID)
+        assert row["loaded_on"] == [1] and row["workers"] == 1  # b's own server's view
+        late = Engine(settings, registry=Registry(), state=RedisState(url), server="c", worker=1)
+        assert TINY_SD_ID in late.models.loaded_ids()
+    finally:
+        for engine in (a, b, late):
+            if engine is not None:
+                engine.close()

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import TMP
 from t2i_core.common.schemas import Preview
-from t2i_core.engine.request_board import KEPT, PER_CALLER, PER_REQUEST, WISHES_KEPT, WISHES_PER_CALLER, RequestBoard
+from t2i_core.engine.request_board import KEPT, PER_CALLER, PER_REQUEST, WISHES_PER_CALLER, RequestBoard
 from t2i_core.state.memory import MemoryState
 from t2i_core.state.redis import RedisState
 from t2i_core.state.sqlite import SqliteState
