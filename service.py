@@ -61,8 +61,9 @@ RUN_DIR = run_folder(in_worker=server_context.worker_index is not None)
 GPUS = visible_gpus()
 ENGINE_WORKERS = engine_worker_count(SETTINGS, GPUS)
 # What the workers of this server (and, with Redis, its replicas) share: tasks, ... (t2i_core/state/).
-STATE = open_state(resolve_spec(SETTINGS.state, api_workers=SETTINGS.api_workers, engine_workers=ENGINE_WORKERS,
-                                run_dir=RUN_DIR))
+STATE_SPEC = resolve_spec(SETTINGS.state, api_workers=SETTINGS.api_workers, engine_workers=ENGINE_WORKERS,
+                          run_dir=RUN_DIR)
+STATE = open_state(STATE_SPEC)
 
 
 # Adaptive batching across requests; T2I_MAX_BATCH_SIZE=1 turns it off (BentoML refuses a batchable
@@ -206,7 +207,8 @@ class API:
 # playground), each with its own error shape: adapters over the same request flow.
 SURFACES = build_surfaces(
     lambda: bentoml.get_current_service().flow,
-    open_image_store(image_store_spec(SETTINGS, RUN_DIR), SETTINGS.image_url_ttl_s, SETTINGS.image_store_max_bytes),
+    open_image_store(image_store_spec(SETTINGS, RUN_DIR, STATE_SPEC), SETTINGS.image_url_ttl_s,
+                     SETTINGS.image_store_max_bytes, STATE),
     STATE,
 )
 TASKS = TaskStore(STATE, SETTINGS.task_result_ttl_s, SETTINGS.task_store_max_bytes)

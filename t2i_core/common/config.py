@@ -136,19 +136,23 @@ class Settings:
     #: the bytes the store keeps (the oldest images dropped first).
     image_url_ttl_s: int = 3600
     image_store_max_bytes: int = 256 * 1024 * 1024
-    #: Where those images are kept: "memory" (this API process only), "dir:<folder>", a folder shared by
+    #: Where those images are kept: "memory" (this API process only), "state" (the shared state,
+    #: ``T2I_STATE``: with Redis, every replica serves every link), "dir:<folder>", a folder shared by
     #: API workers, server processes or replicas (a shared volume), or "fsspec:<url>", an object store
     #: such as "fsspec:s3://bucket/prefix" (any fsspec file system; S3 through s3fs): a link made by one
     #: is served by all. S3 credentials and endpoint come from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and
-    #: AWS_ENDPOINT_URL. "auto": memory with one API worker, a folder in the server's run folder with more.
+    #: AWS_ENDPOINT_URL. "auto": the shared state when it is Redis, else memory with one API worker and a
+    #: folder in the server's run folder with more.
     image_store: str = "auto"
     #: The base of those links, e.g. "https://images.example.com" behind a proxy or ingress; empty: the
     #: URL each request came to (its Host header, which a client controls).
     public_url: str = ""
-    #: Where the workers of this server (and the replicas of a deployment) share their state: tasks,
-    #: ... (see t2i_core/state/). "auto": in memory with one API worker and one engine worker, else a
-    #: SQLite file in the server's run folder; "memory"; "sqlite:<file>" (one machine);
-    #: "redis://host:port/db" (a Redis server that several replicas share).
+    #: Where the workers of this server (and the replicas of a deployment) share their state: tasks, the
+    #: engine's cancels, progress and partial images, the admin action log, A1111 callers' jobs (see
+    #: t2i_core/state/). "auto": in memory with one API worker and one engine worker, else a SQLite
+    #: file in the server's run folder; "memory"; "sqlite:<file>" (one machine); "redis://host:port/db"
+    #: (a Redis server that several replicas share: they act as one server; "?prefix=" in the URL
+    #: keeps several deployments apart on one Redis).
     state: str = "auto"
     #: Tasks (/tasks/generate): seconds a finished task (its status and result) is kept (0: 24 h), the
     #: most bytes the results may take in all (past it the oldest are removed until they take 90% of it;
@@ -206,8 +210,8 @@ def check_settings(settings: Settings) -> None:
     if settings.preview_decode not in PREVIEW_DECODERS:
         raise bad("preview_decode", f"one of {', '.join(PREVIEW_DECODERS)}")
     kind, sep, where = settings.image_store.partition(":")
-    if not (settings.image_store in ("auto", "memory") or (kind in ("dir", "fsspec") and sep and where)):
-        raise bad("image_store", "auto, memory, dir:<folder> or fsspec:<url>")
+    if not (settings.image_store in ("auto", "memory", "state") or (kind in ("dir", "fsspec") and sep and where)):
+        raise bad("image_store", "auto, memory, state, dir:<folder> or fsspec:<url>")
     if settings.public_url:
         url = urlsplit(settings.public_url)
         if url.scheme not in ("http", "https"):

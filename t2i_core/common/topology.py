@@ -22,6 +22,7 @@ import shutil
 import tempfile
 
 from t2i_core.common.config import Settings
+from t2i_core.state.open import REDIS_SCHEMES
 
 RUN_DIR_ENV = "T2I_RUN_DIR"
 
@@ -64,10 +65,13 @@ def server_name(run_dir: str) -> str:
     return f"{socket.gethostname()}:{os.path.basename(run_dir)}"
 
 
-def image_store_spec(settings: Settings, run_dir: str) -> str:
-    """``T2I_IMAGE_STORE``, with "auto" resolved: memory for one API worker, the run folder for more."""
+def image_store_spec(settings: Settings, run_dir: str, state_spec: str = "memory") -> str:
+    """``T2I_IMAGE_STORE``, with "auto" resolved: the shared state when it is Redis (replicas), memory
+    for one API worker, a folder of the run folder for more."""
     if settings.image_store != "auto":
         return settings.image_store
+    if state_spec.startswith(REDIS_SCHEMES):
+        return "state"
     return "memory" if settings.api_workers <= 1 else f"dir:{os.path.join(run_dir, 'images')}"
 
 

@@ -251,3 +251,25 @@ def test_object_stores_that_made_their_keys_at_once_serve_each_others_links():
     token = second.put(b"from the second", "image/png")
     assert first.get(token).data == b"from the second"  # read its keys again
     assert second.get(first.put(b"from the first", "image/png")).data == b"from the first"
+
+
+def test_links_in_the_shared_state_are_served_by_any_server_and_bounded(redis_server):
+    """T2I_IMAGE_STORE=state (auto with Redis): two API processes on one Redis serve each other's links;
+    the byte cap drops the oldest, whose link then answers gone."""
+    import time as clock
+
+    from t2i_core.api.state_image_store import StateImageStore
+    from t2i_core.state.redis import RedisState
+
+    url = f"{redis_server.url}?prefix=images{clock.monotonic_ns()}:"
+    a, b = StateImageStore(RedisState(url), ttl_s=60, max_bytes=250), StateImageStore(RedisState(url), ttl_s=60, max_bytes=250)
+    first = a.put(b"x" * 100, "image/png")
+    found = b.get(first)
+    assert found is not None and found != "gone" and found.data == b"x" * 100 and found.media_type == "image/png"
+    second, third = b.put(b"y" * 100, "image/webp"), a.put(b"z" * 100, "image/jpeg")
+    assert a.get(first) == "gone" and b.get(second).data == b"y" * 100 and b.get(third).media_type == "image/jpeg"
+    assert a.get("never-made") is None
+    short = StateImageStore(RedisState(url), ttl_s=0.2, max_bytes=10_000)
+    token = short.put(b"q", "image/png")
+    clock.sleep(0.3)
+    assert short.get(token) == "gone"
