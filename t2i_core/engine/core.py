@@ -258,7 +258,7 @@ class Engine(SharedWorkers):
     def _run(self, requests: list[EngineRequest]) -> list[EngineResult]:
         self._collected_this_call = False
         if self.board is not None:
-            self._catch_up()
+            self._board_chore(self._catch_up)
         self.requests.refresh([r.request_id for r in requests])
         results: list[EngineResult | None] = [None] * len(requests)
         groups: dict[tuple[Any, ...], list[int]] = {}
@@ -275,8 +275,16 @@ class Engine(SharedWorkers):
             for i, result in zip(indices, self._run_group(items)):
                 results[i] = result
         if self.board is not None:
-            self._publish(with_stats=True)
+            self._board_chore(self._publish, True)
         return [r for r in results if r is not None]
+
+    def _board_chore(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Worker-board work around a batch (apply new admin actions, publish states): the batch runs
+        whether or not the shared state can be reached (the heartbeat retries)."""
+        try:
+            fn(*args)
+        except T2IError as err:
+            log.warning("engine worker %d: %s skipped: %s", self.worker, fn.__name__, err.message)
 
     def _run_group(self, items: list[EngineRequest]) -> list[EngineResult]:
         seeds = [r.seed for r in items]  # decided by the API

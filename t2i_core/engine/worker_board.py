@@ -32,6 +32,7 @@ from typing import Any
 
 import psutil
 
+from t2i_core.common.errors import T2IError
 from t2i_core.state.store import StateStore
 
 #: seconds between two heartbeats (and looks at the action log) of a worker
@@ -71,7 +72,10 @@ class WorkerBoard:
         self.device = device
         self.host = socket.gethostname()
         self._applied = 0
-        self.publish()
+        try:
+            self.publish()
+        except T2IError:  # the shared state is away: the heartbeat publishes once it is back
+            pass
 
     # the action log
     def append(self, action: str, model_id: str) -> int:

@@ -8,6 +8,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from t2i_core.common.errors import T2IError
 from t2i_core.engine.worker_board import ACTIONS_CHANNEL, BEAT_S, merge_addon_states, merge_model_states, merge_stats, net_effect
 
 log = logging.getLogger("t2i.engine")
@@ -39,17 +40,22 @@ class SharedWorkers:
                                     for w, r in sorted(results.items())}}
 
     def _join_workers(self) -> None:
-        """A worker that starts after admin actions were taken applies their net effect first."""
-        log_rows = self.board.after(0)
-        default, loads = net_effect(log_rows)
-        if default is not None:
-            self._model_action("set_default", default)
-        for model_id in loads:
-            self._model_action("load", model_id)
-        if log_rows:
-            self._applied = log_rows[-1][0]
-            self.board.record(self._applied, {"ok": True, "replayed": len(log_rows)})
-        self._publish()
+        """A worker that starts after admin actions were taken applies their net effect first. With the
+        shared state away it starts anyway, and applies the whole log once the state is back."""
+        try:
+            log_rows = self.board.after(0)
+            default, loads = net_effect(log_rows)
+            if default is not None:
+                self._model_action("set_default", default)
+            for model_id in loads:
+                self._model_action("load", model_id)
+            if log_rows:
+                self._applied = log_rows[-1][0]
+                self.board.record(self._applied, {"ok": True, "replayed": len(log_rows)})
+            self._publish()
+        except T2IError as err:
+            log.warning("engine worker %s: the admin action log cannot be read now (%s); it is applied once "
+                        "the shared state is back", self.board.worker, err.message)
 
     def _catch_up(self) -> dict[int, dict[str, Any]]:
         """Apply the admin actions of the log this worker has not applied yet (on the torch thread,
