@@ -59,7 +59,7 @@ def _config() -> dict[str, str]:
 def test_the_expected_files_are_there():
     kinds = sorted({d["kind"] for _, d in DOCS})
     assert kinds == ["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "Job", "PersistentVolumeClaim",
-                     "PodDisruptionBudget", "Service"]
+                     "PodDisruptionBudget", "Service", "StatefulSet"]
     assert set(DEPLOYMENTS) == {MAIN, PER_POD}
 
 
@@ -218,7 +218,7 @@ def test_selectors_match_the_pods():
     assert DEPLOYMENTS[PER_POD]["spec"]["template"]["metadata"]["labels"] == labels
     for kind in ("PodDisruptionBudget",):
         assert _one(kind)["spec"]["selector"]["matchLabels"].items() <= labels.items()
-    svc = _one("Service")
+    svc = next(d for p, d in DOCS if d["kind"] == "Service" and p.endswith("service.yaml"))
     assert svc["spec"]["selector"].items() <= labels.items()
     assert {p["targetPort"] for p in svc["spec"]["ports"]} <= {p["name"] for p in _server(DEPLOYMENTS[MAIN])["ports"]}
 
@@ -313,3 +313,22 @@ def test_the_container_port_is_the_servers_port():
     config = yaml.safe_load((ROOT / "configuration.yaml").read_text())
     for dep in DEPLOYMENTS.values():
         assert {p["containerPort"] for p in _server(dep)["ports"]} == {config["services"]["t2i"]["http"]["port"]}
+
+
+def test_the_replicas_share_their_state_in_the_redis_the_manifests_run():
+    """T2I_STATE names the Redis Service of redis.yaml, on its port: no session affinity is needed."""
+    from urllib.parse import urlsplit
+
+    from t2i_core.state.open import check_spec
+
+    state = _config()["T2I_STATE"]
+    check_spec(state)
+    url = urlsplit(state)
+    redis_service = next(d for p, d in DOCS if d["kind"] == "Service" and p.endswith("redis.yaml"))
+    assert url.hostname == redis_service["metadata"]["name"]
+    assert url.port == redis_service["spec"]["ports"][0]["port"]
+    statefulset = next(d for _, d in DOCS if d["kind"] == "StatefulSet")
+    assert statefulset["spec"]["template"]["metadata"]["labels"] == redis_service["spec"]["selector"]
+    for path, doc in DOCS:
+        if doc["kind"] == "Service":
+            assert "sessionAffinity" not in doc["spec"], path
