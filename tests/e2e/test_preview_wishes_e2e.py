@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 pytestmark = pytest.mark.e2e
-#: a task that passes the submit checks, then fails without running: the model's weights are absent
+#: a task that passes the submit checks, then fails in the engine before any step: the model's weights are absent
 #: (sd-turbo is in the registry, not in the tests' Hugging Face cache)
 FAILS_BEFORE_THE_ENGINE = {"prompt": "x", "model": "stabilityai/sd-turbo"}
 
@@ -47,7 +47,7 @@ def test_stale_preview_polls_keep_nothing_and_a_live_preview_still_arrives(serve
     finals = [wait_for(lambda t=t: (lambda p: p if p["status"] != "in_progress" else None)(progress(server, t)))
               for t in stale]
     assert [p["status"] for p in finals] == ["failed"] * 12 + ["completed"]
-    assert finals[0]["state"] == "queued"  # the engine never saw that work: only the task's status says it ended
+    assert finals[0]["state"] == "done" and finals[0]["step"] == 0  # the engine refused it before any step
     for task_id in stale:  # polled again, by callers with API keys and without
         for headers in ({"Authorization": "Bearer one"}, {"Authorization": "Bearer two"}, None):
             assert progress(server, task_id, headers)["current_image"] is None

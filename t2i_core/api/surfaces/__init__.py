@@ -45,11 +45,13 @@ def surface(name: str, shape: Shape, routes: list[BaseRoute]) -> Surface:
     return Surface(name, shape, Starlette(routes=routes, middleware=[Middleware(SurfaceErrors, shape=shape)]))
 
 
-class Surfaces:
+class Surfaces(Starlette):
     """ASGI app of several surfaces: a request goes to the one whose routes match it (a path with
-    another method: that surface's 405); no match: 404."""
+    another method: that surface's 405); no match: 404. A Starlette app listing every surface's routes,
+    so that BentoML's mount (``PassiveMount``) passes it only the paths it serves."""
 
     def __init__(self, surfaces: list[Surface], default_shape: Shape = error_shapes.native):
+        super().__init__(routes=[route for s in surfaces for route in s.app.routes])
         self.surfaces = surfaces
         self.default_shape = default_shape
 
