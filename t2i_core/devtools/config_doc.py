@@ -30,7 +30,7 @@ OTHER_VARIABLES: tuple[tuple[str, str, str], ...] = (
      "Where built tiny pipelines (and the benchmark's random-weight ones) are kept."),
     ("T2I_RUN_DIR", "set by the server",
      "The server's run folder (made under `TMPDIR`, removed when the server exits), which its workers "
-     "share on one machine: the engine workers' ledger, the shared state's SQLite file, the `url` images "
+     "share on one machine: the shared state's SQLite file (several workers), the `url` images "
      "with several API workers. The server sets it for its workers; a value inherited from elsewhere is "
      "never reused (two servers must not share one)."),
 )
