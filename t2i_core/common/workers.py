@@ -82,7 +82,9 @@ def pin_engine_worker(settings: Settings, index: int, workers: int, gpus: list[s
 
 
 def cpu_memory_budget() -> int:
-    """The memory an engine on the CPU may fill with models by default: half the RAM."""
-    import psutil
+    """The memory an engine on the CPU may fill with models and their activations by default: 75% of
+    the RAM, or of the container's memory limit where that is smaller (the rest: the Python runtime,
+    the API processes, the system)."""
+    from t2i_core.common.memory_limits import total_bytes
 
-    return int(psutil.virtual_memory().total * 0.5)
+    return int(total_bytes("cpu") * 0.75)

@@ -1,0 +1,114 @@
+"""``python -m t2i_core bench-memory``: the activation estimate (t2i_core/engine/activations.py) against
+measured peaks on the CPU, one fresh process per measurement (memory_probe.py), and what a memory
+budget admits.
+
+    python -m t2i_core bench-memory --calibrate                 # stages: VAE decode, UNet step (minutes)
+    python -m t2i_core bench-memory --admits --budget 4GiB      # largest square SD-Turbo image a 4 GiB engine admits
+    python -m t2i_core bench-memory --engine 512 --model random/sd-turbo-arch   # one engine call, measured
+
+Each row: the estimate, the measured peak (resident set above what the process held before the stage),
+and estimate / measured (at least 1 means the estimate is on the safe side).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from t2i_core.devtools.bench.memory_probe import VAES, measure
+from t2i_core.engine.activations import Estimate, Shapes, decode_bytes, denoise_bytes, encode_bytes, estimate, shapes_from_configs
+
+DTYPE_SIZES = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
+TAESD = dict(decoder_block_out_channels=(64, 64, 64, 64), encoder_block_out_channels=(64, 64, 64, 64),
+             upsampling_scaling_factor=2)
+TINY_UNET = dict(block_out_channels=(32, 64), layers_per_block=1,
+                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"))
+
+#: the calibration set: stage, architecture, sizes, dtypes (see the docstring of activations.py)
+CALIBRATION: list[dict[str, Any]] = (
+    [dict(part="vae-decode", vae="tiny", size=s, dtype=d) for d in ("float64", "float32") for s in (256, 512)]
+    + [dict(part="vae-decode", vae="sd-quarter", size=s, dtype="float32") for s in (256, 512, 1024, 2048)]
+    + [dict(part="vae-decode", vae="sd-quarter", size=1024, dtype="bfloat16"),
+       dict(part="vae-decode", vae="sd-quarter", size=2048, dtype="float32", tiling=True),
+       dict(part="vae-decode", vae="sd-quarter", size=1024, dtype="float32", batch=2),
+       dict(part="vae-decode", vae="sd-quarter", size=1024, dtype="float32", batch=2, slicing=True),
+       dict(part="vae-decode", vae="taesd", size=1024, dtype="float32"),
+       dict(part="vae-encode", vae="sd-quarter", size=1024, dtype="float32")]
+    + [dict(part="vae-decode", vae="sd", size=s, dtype=d) for s in (256, 512) for d in ("float32", "bfloat16")]
+    + [dict(part="unet", unet="tiny-sd", size=s, dtype=d) for d in ("float64", "float32") for s in (256, 512)]
+    + [dict(part="unet", unet="sd-turbo", size=s, dtype=d) for s in (256, 512) for d in ("bfloat16", "float32")]
+    + [dict(part="unet", unet="sd-turbo", size=1024, dtype="bfloat16")]
+)
+
+
+def spec_shapes(spec: dict[str, Any]) -> Shapes:
+    """The estimate's view of a probe's architecture (no weights built)."""
+    from t2i_core.devtools.random_arch import unet_config
+
+    size = DTYPE_SIZES[spec.get("dtype", "float32")]
+    vae = TAESD if spec.get("vae") == "taesd" else dict(VAES[spec.get("vae", "sd")])
+    unet = TINY_UNET if spec.get("unet") == "tiny-sd" else unet_config(spec.get("unet", "sd-turbo"))
+    return shapes_from_configs(vae, size, unet=unet, im2col=spec.get("dtype") == "float64")
+
+
+def stage_estimate(spec: dict[str, Any]) -> int:
+    """The estimate of the one stage a probe measures."""
+    shapes = spec_shapes(spec)
+    size = int(spec["size"])
+    batch = int(spec.get("batch", 1))
+    per_decode = 1 if spec.get("slicing") else batch
+    tile = shapes.tile_px if spec.get("tiling") else 0
+    if spec["part"] == "vae-decode":
+        return decode_bytes(shapes, size, size, per_decode, tile)  # sliced: one image after another
+    if spec["part"] == "vae-encode":
+        return encode_bytes(shapes, size, size, per_decode, tile)
+    return denoise_bytes(shapes, size, size, batch)
+
+
+def mib(n: float) -> str:
+    return f"{n / 2**20:9.1f}"
+
+
+def calibrate(specs: list[dict[str, Any]], threads: int, out: Path | None) -> list[dict[str, Any]]:
+    rows = []
+    print(f"{'stage':50s} {'estimate MiB':>12s} {'measured MiB':>12s} {'ratio':>6s}")
+    for spec in specs:
+        result = measure({**spec, "threads": threads})
+        name = " ".join(f"{k}={v}" for k, v in spec.items())
+        if "failed" in result:
+            print(f"{name:50s} failed: {result['failed'][-300:]}")
+            continue
+        est = stage_estimate(spec)
+        rows.append({**result, "estimate": est})
+        print(f"{name:50s} {mib(est):>12s} {mib(result['extra']):>12s} {est / max(1, result['extra']):6.2f}", flush=True)
+    if out:
+        out.write_text(json.dumps(rows, indent=2))
+    return rows
+
+
+def largest_admitted(shapes: Shapes, weights: int, budget: int, guidance: bool = False) -> dict[str, Any]:
+    """The largest square side (multiple of 64) whose one image fits ``budget`` less ``weights``, and
+    how it decodes; with the estimate of 2048 px."""
+    from t2i_core.engine.activations import tile_sizes
+
+    capacity = budget - weights
+    best: tuple[int, Estimate] | None = None
+    for side in range(64, 2048 + 1, 64):
+        fitting = [e for e in (estimate(shapes, side, side, 1, guidance=guidance, tile=t) for t in [0] + tile_sizes(shapes))
+                   if e.total <= capacity]
+        if fitting:
+            best = (side, fitting[0])
+    whole = estimate(shapes, 2048, 2048, 1, guidance=guidance)
+    smallest_tile = estimate(shapes, 2048, 2048, 1, guidance=guidance, tile=(tile_sizes(shapes) or [0])[-1])
+    return {"capacity": capacity, "largest_side": best[0] if best else None,
+            "largest": best[1].as_dict() if best else None, "2048": whole.as_dict(), "2048_tiled": smallest_tile.as_dict()}
+
+
+def parse_bytes(text: str) -> int:
+    units = {"gib": 2**30, "mib": 2**20, "gb": 10**9, "mb": 10**6, "": 1}
+    low = text.strip().lower()
+    for unit, factor in units.items():
+        if unit and low.endswith(unit):
+            return int(float(low[: -len(unit)]) * factor)
+    return int(low)
