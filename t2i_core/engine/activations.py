@@ -35,10 +35,18 @@ from typing import Any
 CONV_RATIO = 4.2
 #: the same without oneDNN (float64): im2col buffers
 IM2COL_RATIO = 13.0
+#: the encoder's full-resolution level pads its input before downsampling: a copy more (measured 4.8)
+ENCODE_EXTRA = 1.0
 #: UNet: peak / (channels x tokens) of the widest attention level (feed-forward, attention inputs) and
-#: of a level without attention; plus the skip connections, which all live until the up blocks
+#: of a level without attention; plus the skip connections, which all live until the up blocks. In
+#: bfloat16 / float16 on the CPU the norms and softmax keep float32 temporaries: a larger ratio.
 UNET_ATTENTION_RATIO = 16.0
+UNET_ATTENTION_RATIO_HALF = 28.0
 UNET_RESNET_RATIO = 6.0
+#: what a denoiser step holds whatever the size (the kernels' packed weights, scratch): this share of its
+#: weights, at least the floor
+DENOISER_FIXED_SHARE = 0.04
+DENOISER_FIXED_FLOOR = 8 * 2**20
 #: DiT (SD3's MMDiT): peak / (width x tokens, image and text) (feed-forward 4x, joint attention inputs)
 DIT_RATIO = 16.0
 #: output: the decoded tensor, diffusers' post-processing (clamp, float32 numpy) and the engine's uint8
@@ -83,6 +91,7 @@ class Shapes:
     tile_px: int
     #: the denoiser: "unet" with per level (channels, attention?), or "dit" with width and patch
     denoiser: str
+    denoiser_bytes: int = 0  # its weights
     unet_levels: tuple[tuple[int, bool], ...] = ()
     unet_layers: int = 2
     dit_width: int = 0
@@ -123,7 +132,7 @@ def _kl_levels(block_out_channels: tuple[int, ...], decoder: bool) -> Levels:
 
 def shapes_from_configs(vae: dict[str, Any], dtype_size: int, *, unet: dict[str, Any] | None = None,
                         dit: dict[str, Any] | None = None, im2col: bool = False, decode_dtype_size: int | None = None,
-                        tile_px: int | None = None) -> Shapes:
+                        tile_px: int | None = None, denoiser_bytes: int = 0) -> Shapes:
     """The structure of a pipeline from its components' configs (``config.json`` of vae, unet or
     transformer): enough to estimate a model that is not loaded (benchmarks, tests)."""
     if "decoder_block_out_channels" in vae:  # AutoencoderTiny (TAESD): one width at every level
@@ -138,7 +147,8 @@ def shapes_from_configs(vae: dict[str, Any], dtype_size: int, *, unet: dict[str,
         sample = vae.get("sample_size", 512)
         tile_px = int(tile_px or (sample[0] if isinstance(sample, (list, tuple)) else sample))
     common: dict[str, Any] = dict(dtype_size=dtype_size, decode_dtype_size=decode_dtype_size or dtype_size,
-                                  im2col=im2col, scale=scale, decoder=decoder, encoder=encoder, tile_px=tile_px)
+                                  im2col=im2col, scale=scale, decoder=decoder, encoder=encoder, tile_px=tile_px,
+                                  denoiser_bytes=denoiser_bytes)
     if unet is not None:
         levels = tuple((int(c), "CrossAttn" in kind) for c, kind in zip(unet["block_out_channels"], unet["down_block_types"]))
         layers = unet.get("layers_per_block", 2)
@@ -166,6 +176,7 @@ def shapes_of(pipe: Any) -> Shapes:
         dit=dict(pipe.transformer.config) if unet is None else None, im2col=dtype == torch.float64 and device.type == "cpu",
         decode_dtype_size=4 if upcast else torch.empty((), dtype=vae.dtype).element_size(),
         tile_px=getattr(vae, "tile_sample_min_size", None),
+        denoiser_bytes=sum(p.numel() * p.element_size() for p in denoiser.parameters()),
     )
 
 
@@ -181,22 +192,23 @@ def _peak(values: float, largest: float, dtype_size: int) -> int:
 def denoise_bytes(shapes: Shapes, width: int, height: int, images: int) -> int:
     """One denoising step of ``images`` latents (twice the batch with classifier-free guidance)."""
     tokens = (width // shapes.scale) * (height // shapes.scale)
+    fixed = max(DENOISER_FIXED_SHARE * shapes.denoiser_bytes, DENOISER_FIXED_FLOOR)
     if shapes.denoiser == "dit":
         patches = tokens // (shapes.dit_patch ** 2)
         largest = 4 * shapes.dit_width * (patches + DIT_TEXT_TOKENS)  # the feed-forward's hidden layer
-        return _peak(DIT_RATIO * shapes.dit_width * (patches + DIT_TEXT_TOKENS) * images, largest * images,
-                     shapes.dtype_size)
+        return int(fixed) + _peak(DIT_RATIO * shapes.dit_width * (patches + DIT_TEXT_TOKENS) * images,
+                                  largest * images, shapes.dtype_size)
     skips = shapes.unet_levels[0][0] * tokens  # conv_in's output
     working = largest = 0.0
+    attention_ratio = UNET_ATTENTION_RATIO_HALF if shapes.dtype_size == 2 else UNET_ATTENTION_RATIO
     for level, (channels, attention) in enumerate(shapes.unet_levels):
         at = tokens / 4**level
         last = level == len(shapes.unet_levels) - 1
         skips += shapes.unet_layers * channels * at + (0 if last else channels * at / 4)
-        ratio = UNET_ATTENTION_RATIO if attention else UNET_RESNET_RATIO
-        working = max(working, ratio * channels * at)
+        working = max(working, (attention_ratio if attention else UNET_RESNET_RATIO) * channels * at)
         largest = max(largest, (8 if attention else 1) * channels * at)  # GEGLU's projection: 8x the width
     values = skips + working * (_conv_ratio(shapes) / CONV_RATIO)
-    return _peak(values * images, largest * images, shapes.dtype_size)
+    return int(fixed) + _peak(values * images, largest * images, shapes.dtype_size)
 
 
 def tile_sizes(shapes: Shapes) -> list[int]:
@@ -231,7 +243,7 @@ def encode_bytes(shapes: Shapes, width: int, height: int, images: int, tile: int
     if _tiles(shapes, width, height, tile):
         width, height = min(tile, width), min(tile, height)
     largest = shapes.encoder.largest(width, height) * images
-    return _peak(_conv_ratio(shapes) * largest, largest, shapes.decode_dtype_size)
+    return _peak((_conv_ratio(shapes) + ENCODE_EXTRA) * largest, largest, shapes.decode_dtype_size)
 
 
 def estimate(shapes: Shapes, width: int, height: int, batch: int, *, guidance: bool = False, edit: bool = False,

@@ -28,6 +28,13 @@ VAES: dict[str, dict[str, Any]] = {
 }
 
 
+#: the tiny SD pipeline's UNet (t2i_core/devtools/tiny.py)
+TINY_UNET_CONFIG: dict[str, Any] = dict(
+    block_out_channels=(32, 64), layers_per_block=1, sample_size=8, out_channels=4, in_channels=4,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    norm_num_groups=8, cross_attention_dim=32, attention_head_dim=8)
+
+
 def _kib(field: str) -> int:
     with open("/proc/self/status", encoding="ascii") as f:
         match = re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M)
@@ -68,13 +75,7 @@ def _unet(spec: dict[str, Any], dtype: Any) -> Any:
 
     from t2i_core.devtools.random_arch import unet_config
 
-    if spec["unet"] == "tiny-sd":
-        config = dict(block_out_channels=(32, 64), layers_per_block=1, sample_size=8, out_channels=4, in_channels=4,
-                      down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                      up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), norm_num_groups=8,
-                      cross_attention_dim=32, attention_head_dim=8)
-    else:
-        config = unet_config(spec["unet"])
+    config = TINY_UNET_CONFIG if spec["unet"] == "tiny-sd" else unet_config(spec["unet"])
     return UNet2DConditionModel(**config).to(dtype).eval()
 
 
@@ -118,9 +119,12 @@ def _probe_engine(spec: dict[str, Any], width: int, height: int, batch: int) -> 
     """One engine call of ``batch`` images of ``spec["model"]`` (a registry id), after a warm-up call."""
     from t2i_core.common.config import Settings
     from t2i_core.common.schemas import EngineRequest
+    from t2i_core.devtools.bench.registry import bench_registry_file
     from t2i_core.engine.core import Engine
 
-    engine = Engine(Settings(model=spec["model"], memory_budget_bytes=int(spec.get("budget", 0)), preload=0))
+    os.environ["T2I_REGISTRY"] = str(bench_registry_file())  # the served models and the random architectures
+    engine = Engine(Settings(model=spec["model"], memory_budget_bytes=int(spec.get("budget", 0)), preload=0,
+                             dtype=spec.get("engine_dtype", "auto")))
     entry = engine.registry.get(spec["model"])
 
     def call(w: int, h: int, n: int) -> list[Any]:
@@ -132,19 +136,21 @@ def _probe_engine(spec: dict[str, Any], width: int, height: int, batch: int) -> 
     started = time.perf_counter()
     results: list[Any] = []
     out = peak_of(lambda: results.extend(call(width, height, batch)))
-    errors = [r.error for r in results if r.error]
-    estimate = engine.admission.last_estimate if hasattr(engine, "admission") else None
-    return {**out, "seconds": round(time.perf_counter() - started, 2), "errors": errors,
-            "estimate": estimate.as_dict() if estimate is not None else None}
+    plan = engine.admission.last_plan
+    return {**out, "seconds": round(time.perf_counter() - started, 2), "errors": [r.error for r in results if r.error],
+            "batch_sizes": [r.batch_size for r in results], "weights": engine.models.used_bytes(),
+            "plan": {"tile": plan.tile, "sliced": plan.sliced, **plan.estimate.as_dict()} if plan else None}
 
 
-def measure(spec: dict[str, Any], timeout_s: float = 3600) -> dict[str, Any]:
-    """``probe(spec)`` in a fresh Python process."""
+def measure(spec: dict[str, Any], timeout_s: float = 3600, cgroup: Any = None) -> dict[str, Any]:
+    """``probe(spec)`` in a fresh Python process (inside ``cgroup``, a devtools.cgroup.MemoryCgroup,
+    when given: under its memory limit)."""
     done = subprocess.run([sys.executable, "-m", "t2i_core.devtools.bench.memory_probe", json.dumps(spec)],
-                          capture_output=True, text=True, timeout=timeout_s, env={**os.environ})
+                          capture_output=True, text=True, timeout=timeout_s, env={**os.environ},
+                          preexec_fn=cgroup.join if cgroup is not None else None)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
-        return {**spec, "failed": f"exit {done.returncode}: {done.stderr.strip()[-2000:]}"}
+        return {**spec, "failed": f"exit {done.returncode}: {done.stderr.strip()[-2000:]}", "returncode": done.returncode}
     return json.loads(lines[-1])
 
 
