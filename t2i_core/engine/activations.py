@@ -8,21 +8,33 @@ decoder (and encoder, for edits) at each resolution, the denoiser's channels and
 (UNet) or width and tokens (DiT), the compute dtype. Each stage's peak is a calibrated multiple of its
 largest activations; the call's peak is the largest stage's, plus the output image's buffers.
 
-Calibration (``python -m t2i_core bench-memory``, CPU, torch 2.13, peak resident set of a fresh process
-around one stage, Linux ``VmHWM``; ``t2i_core/devtools/bench/memory_probe.py``):
+Calibration: ``python -m t2i_core bench-memory --calibrate`` (CPU, torch 2.13, diffusers 0.42; the peak
+resident set of a fresh process around one stage, Linux ``VmHWM`` reset just before it, less what the
+process held; t2i_core/devtools/bench/memory_probe.py). Estimate / measured, all at least 1:
 
-- VAE decode. The full-resolution stage dominates: an upsampled tensor and its convolution (256
-  channels in SD's decoder) at the image's size. Attention in the decoder's mid-block is *not*
-  quadratic here: torch's CPU ``scaled_dot_product_attention`` is a flash kernel (measured: 4096 tokens
-  add 4-6 MB, not the 64 MB of a 4096 x 4096 matrix). Peak / (channels x pixels x dtype size) of the
-  largest level, measured: SD's VAE at a quarter width, float32: 6.5 (256 px), 5.1 (512), 3.9 (1024),
-  3.75 (2048: 4.03 GB); bfloat16 halves it (1024: 0.53 GB). Tensors under glibc's 32 MB mmap threshold
-  come from the heap and fragment, hence the larger ratio of small images: a fixed reserve covers it.
-  float64 (the bit-exact tiny models) has no oneDNN kernels: torch's im2col convolution keeps a
-  9 x input-channels buffer, ratio 12 (tiny VAE, 256 and 512 px).
-- Denoiser: see ``UNET_*`` and ``DIT_*`` below.
-- VAE tiling (diffusers ``enable_tiling``) decodes tiles of the VAE's ``sample_size`` pixels one after
-  another: the decoder's peak is one tile's, plus the decoded tiles kept for blending (3 channels).
+- VAE decode: the full-resolution stage dominates (SD's decoder: an upsampled 256-channel tensor and
+  its convolution at the image's size). Its attention is *not* quadratic here: torch's CPU
+  ``scaled_dot_product_attention`` is a flash kernel (4096 tokens add 4-6 MB, not a 64 MB matrix).
+  Peak / largest level (channels x pixels x dtype size): SD's VAE at a quarter of its width, float32,
+  3.9 at 1024 px and 3.75 at 2048 px (3.84 GiB); SD's own VAE 3.8 (float32) and 4.1 (bfloat16) at
+  512 px: ``CONV_RATIO`` 4.2. Estimate / measured over 20 decodes (tiny, quarter-width and full SD
+  VAEs, TAESD, 64-2048 px, float32/bfloat16/float64, batch 2, sliced, tiled): 1.04-1.46 (small tiny
+  decodes up to 4.8, a few MB). Tensors under glibc's 32 MiB mmap threshold come from the heap, which
+  fragments: ``HEAP_RATIO``. float64 (the bit-exact tiny models) has no oneDNN kernels: torch's im2col
+  convolution keeps a 9 x input-channels buffer, ratio 12 (``IM2COL_RATIO`` 13).
+- VAE encode (edits): 4.8 (quarter-width SD VAE, 1024 px): the input is padded before downsampling.
+- UNet step: SD-Turbo's UNet, bfloat16: 75 MiB (256 px), 91 (512), 331 (1024), 739 (1536), 1142 (2048);
+  float32: 132, 211, 733 (1024). A fixed part (~4% of the weights: the kernels' packed weights) and
+  ~11000 values per latent token at the largest sizes, the feed-forward of the first attention level
+  and the skip connections: estimate / measured 1.27-2.35.
+- DiT (SD3): not calibrated (no full-size SD3 architecture measured); ``DIT_RATIO`` is a guess on the
+  safe side.
+- VAE tiling (diffusers ``enable_tiling``) decodes tiles of the VAE's ``sample_size`` one after
+  another: the decoder's peak is one tile's, plus the decoded tiles kept for blending (3 channels):
+  2048 px in 512 px tiles, quarter-width VAE, float32: 483 MiB measured, against 3841 MiB whole.
+
+On CUDA the same estimate is used (uncalibrated there: the caching allocator and cuDNN's workspaces
+differ); an out-of-memory error still splits the batch (t2i_core/engine/core.py).
 """
 
 from __future__ import annotations
@@ -38,15 +50,13 @@ IM2COL_RATIO = 13.0
 #: the encoder's full-resolution level pads its input before downsampling: a copy more (measured 4.8)
 ENCODE_EXTRA = 1.0
 #: UNet: peak / (channels x tokens) of the widest attention level (feed-forward, attention inputs) and
-#: of a level without attention; plus the skip connections, which all live until the up blocks. In
-#: bfloat16 / float16 on the CPU the norms and softmax keep float32 temporaries: a larger ratio.
-UNET_ATTENTION_RATIO = 16.0
-UNET_ATTENTION_RATIO_HALF = 28.0
+#: of a level without attention; plus the skip connections, which all live until the up blocks
+UNET_ATTENTION_RATIO = 30.0
 UNET_RESNET_RATIO = 6.0
-#: what a denoiser step holds whatever the size (the kernels' packed weights, scratch): this share of its
-#: weights, at least the floor
-DENOISER_FIXED_SHARE = 0.04
-DENOISER_FIXED_FLOOR = 8 * 2**20
+#: what the denoiser's first step allocates whatever the size and holds through the decode (the
+#: kernels' packed weights, scratch): this share of its weights, at least the floor
+DENOISER_HELD_SHARE = 0.04
+DENOISER_HELD_FLOOR = 8 * 2**20
 #: DiT (SD3's MMDiT): peak / (width x tokens, image and text) (feed-forward 4x, joint attention inputs)
 DIT_RATIO = 16.0
 #: output: the decoded tensor, diffusers' post-processing (clamp, float32 numpy) and the engine's uint8
@@ -106,6 +116,7 @@ class Estimate:
     height: int
     batch: int
     tile: int  # the VAE decodes tiles of this side (pixels); 0: the whole image at once
+    held: int  # through the whole call (see DENOISER_HELD_SHARE)
     denoise: int
     encode: int
     decode: int
@@ -113,7 +124,7 @@ class Estimate:
 
     @property
     def total(self) -> int:
-        return max(self.denoise, self.encode, self.decode + self.output) + RESERVE_BYTES
+        return self.held + max(self.denoise, self.encode, self.decode + self.output) + RESERVE_BYTES
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "total": self.total}
@@ -192,23 +203,26 @@ def _peak(values: float, largest: float, dtype_size: int) -> int:
 def denoise_bytes(shapes: Shapes, width: int, height: int, images: int) -> int:
     """One denoising step of ``images`` latents (twice the batch with classifier-free guidance)."""
     tokens = (width // shapes.scale) * (height // shapes.scale)
-    fixed = max(DENOISER_FIXED_SHARE * shapes.denoiser_bytes, DENOISER_FIXED_FLOOR)
     if shapes.denoiser == "dit":
         patches = tokens // (shapes.dit_patch ** 2)
         largest = 4 * shapes.dit_width * (patches + DIT_TEXT_TOKENS)  # the feed-forward's hidden layer
-        return int(fixed) + _peak(DIT_RATIO * shapes.dit_width * (patches + DIT_TEXT_TOKENS) * images,
+        return _peak(DIT_RATIO * shapes.dit_width * (patches + DIT_TEXT_TOKENS) * images,
                                   largest * images, shapes.dtype_size)
     skips = shapes.unet_levels[0][0] * tokens  # conv_in's output
     working = largest = 0.0
-    attention_ratio = UNET_ATTENTION_RATIO_HALF if shapes.dtype_size == 2 else UNET_ATTENTION_RATIO
     for level, (channels, attention) in enumerate(shapes.unet_levels):
         at = tokens / 4**level
         last = level == len(shapes.unet_levels) - 1
         skips += shapes.unet_layers * channels * at + (0 if last else channels * at / 4)
-        working = max(working, (attention_ratio if attention else UNET_RESNET_RATIO) * channels * at)
+        working = max(working, (UNET_ATTENTION_RATIO if attention else UNET_RESNET_RATIO) * channels * at)
         largest = max(largest, (8 if attention else 1) * channels * at)  # GEGLU's projection: 8x the width
     values = skips + working * (_conv_ratio(shapes) / CONV_RATIO)
-    return int(fixed) + _peak(values * images, largest * images, shapes.dtype_size)
+    return _peak(values * images, largest * images, shapes.dtype_size)
+
+
+def held_bytes(shapes: Shapes) -> int:
+    """What the denoiser allocates once per call, whatever the size, and holds to its end."""
+    return int(max(DENOISER_HELD_SHARE * shapes.denoiser_bytes, DENOISER_HELD_FLOOR))
 
 
 def tile_sizes(shapes: Shapes) -> list[int]:
@@ -260,7 +274,7 @@ def estimate(shapes: Shapes, width: int, height: int, batch: int, *, guidance: b
     per_decode = 1 if sliced else batch
     return Estimate(
         width=width, height=height, batch=batch, tile=tile if _tiles(shapes, width, height, tile) else 0,
-        denoise=denoise, encode=encode_bytes(shapes, width, height, per_decode, tile) if edit else 0,
+        held=held_bytes(shapes), denoise=denoise, encode=encode_bytes(shapes, width, height, per_decode, tile) if edit else 0,
         decode=decode_bytes(shapes, width, height, per_decode, tile),
         output=batch * 3 * width * height * (OUTPUT_BYTES_PER_VALUE + shapes.decode_dtype_size),
     )

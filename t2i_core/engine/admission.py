@@ -53,6 +53,7 @@ class Plan:
     estimate: Estimate
     tile: int  # decode in tiles of this side (pixels); 0: whole
     sliced: bool
+    scale: int  # pixels per latent value, per side
 
 
 def gib(n: int) -> str:
@@ -146,7 +147,7 @@ class Admission:
         for sliced in (configured_sliced, True):
             batch = cost(len(items), tile, sliced)
             if batch.total <= available:
-                return Plan(batch, tile, sliced)
+                return Plan(batch, tile, sliced, shapes.scale)
         fits = max(n for n in range(1, len(items)) if cost(n, tile, True).total <= available)
         self.splits += 1
         needed = cost(len(items), tile, True).total
@@ -160,7 +161,7 @@ class Admission:
         modes they need (see ``plan``)."""
         plan = self.plan(model, pipe, items)
         self.last_plan = plan
-        with vae_modes(pipe.vae, shapes_of(pipe).scale, plan.tile, plan.sliced):
+        with vae_modes(pipe.vae, plan.scale, plan.tile, plan.sliced):
             yield plan
 
     def _make_room(self, need: int, model: Any) -> int:
@@ -171,18 +172,18 @@ class Admission:
         return self.available()
 
     def _too_large(self, req: EngineRequest, shapes: Shapes, one: Estimate, capacity: int) -> ImageTooLarge:
-        limit = min(self.models.budget_bytes or self._total, self._total)
-        what = "the memory budget T2I_MEMORY_BUDGET_BYTES" if limit < self._total else f"the memory of {self.device}"
-        tiles = tile_sizes(shapes)
-        side = _largest_fitting(req.width, req.height, lambda w, h: estimate(
-            shapes, w, h, 1, guidance=req.guidance_scale > 1, edit=req.kind == "edit", tile=tiles[-1] if tiles else 0,
-            sliced=True, controlnet=req.controlnet is not None).total <= capacity)
+        budget = self.models.budget_bytes
+        limit = (f"the memory budget T2I_MEMORY_BUDGET_BYTES={budget} ({gib(budget)})" if budget and budget < self._total
+                 else f"the memory of {self.device} ({gib(self._total)})")
+        tiles = [0] + tile_sizes(shapes)
+        side = _largest_fitting(req.width, req.height, lambda w, h: any(estimate(
+            shapes, w, h, 1, guidance=req.guidance_scale > 1, edit=req.kind == "edit", tile=t, sliced=True,
+            controlnet=req.controlnet is not None).total <= capacity for t in tiles))
         hint = f"; the largest size of these proportions that fits is {side[0]}x{side[1]}" if side else ""
         return ImageTooLarge(
             f"a {req.width}x{req.height} image of model {req.model!r} needs about {gib(one.total)} of memory for its "
             f"activations{' even with the VAE decoding tiles' if one.tile else ''}, more than this engine can ever "
-            f"give it: {gib(max(0, capacity))} ({what}, {gib(limit)}, less {gib(self.models.pinned_bytes())} of "
-            f"weights){hint}",
+            f"give it: {gib(max(0, capacity))} ({limit} less {gib(self.models.pinned_bytes())} of model weights){hint}",
             param="size",
         )
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from t2i_core.devtools.bench.memory_probe import VAES, measure
-from t2i_core.engine.activations import Estimate, Shapes, decode_bytes, denoise_bytes, encode_bytes, estimate, shapes_from_configs
+from t2i_core.engine.activations import (Estimate, Shapes, decode_bytes, denoise_bytes, encode_bytes, estimate, held_bytes,
+                                         shapes_from_configs)
 
 DTYPE_SIZES = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
 TAESD = dict(decoder_block_out_channels=(64, 64, 64, 64), encoder_block_out_channels=(64, 64, 64, 64),
@@ -72,7 +73,7 @@ def stage_estimate(spec: dict[str, Any]) -> int:
         return decode_bytes(shapes, size, size, per_decode, tile)  # sliced: one image after another
     if spec["part"] == "vae-encode":
         return encode_bytes(shapes, size, size, per_decode, tile)
-    return denoise_bytes(shapes, size, size, batch)
+    return held_bytes(shapes) + denoise_bytes(shapes, size, size, batch)
 
 
 def mib(n: float) -> str:

@@ -136,7 +136,7 @@ def _probe_engine(spec: dict[str, Any], width: int, height: int, batch: int) -> 
     started = time.perf_counter()
     results: list[Any] = []
     out = peak_of(lambda: results.extend(call(width, height, batch)))
-    plan = engine.admission.last_plan
+    plan = getattr(getattr(engine, "admission", None), "last_plan", None)  # None before the admission existed
     return {**out, "seconds": round(time.perf_counter() - started, 2), "errors": [r.error for r in results if r.error],
             "batch_sizes": [r.batch_size for r in results], "weights": engine.models.used_bytes(),
             "plan": {"tile": plan.tile, "sliced": plan.sliced, **plan.estimate.as_dict()} if plan else None}
