@@ -68,6 +68,9 @@ HEAP_RATIO = 3.0
 MMAP_THRESHOLD = 32 * 2**20
 #: what every call takes besides: text encoding, the scheduler, small tensors
 RESERVE_BYTES = 8 * 2**20
+#: the whole call against the sum of its stages' estimates: an engine call of SD-Turbo's architecture
+#: (bfloat16, 1 step) measured 662 MB at 512 px and 803 MB at 1024 px (512 px tiles), 4% under its stages
+SAFETY = 1.1
 #: the smallest tile a tiled decode is given (pixels)
 SMALLEST_TILE = 512
 #: the text tokens a DiT attends to beside the image's (SD3: 77 CLIP + 256 T5)
@@ -124,7 +127,7 @@ class Estimate:
 
     @property
     def total(self) -> int:
-        return self.held + max(self.denoise, self.encode, self.decode + self.output) + RESERVE_BYTES
+        return int(SAFETY * (self.held + max(self.denoise, self.encode, self.decode + self.output) + RESERVE_BYTES))
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "total": self.total}

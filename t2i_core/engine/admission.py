@@ -71,20 +71,32 @@ def trim_heap() -> None:
 
 
 @contextmanager
-def vae_modes(vae: Any, scale: int, tile: int, sliced: bool) -> Iterator[None]:
+def vae_modes(vae: Any, scale: int, tile: int, sliced: bool, trim: bool) -> Iterator[None]:
     """Decode (and encode) in ``tile`` pixel tiles (0: as the VAE is set) and one image at a time for
-    the block; the VAE's own settings come back after."""
+    the block; the VAE's own settings come back after. ``trim``: give the heap's free pages back before
+    each decode (the CPU: the denoiser's freed activations, 10 MB tensors at 1024 px, stay in the heap
+    otherwise and the decode's peak comes on top of them: 887 MB measured at 1024 px instead of ~700)."""
     names = ("use_tiling", "use_slicing", "tile_sample_min_size", "tile_latent_min_size")
     before = {name: getattr(vae, name) for name in names if hasattr(vae, name)}
     if sliced:
         vae.use_slicing = True
     if tile:
         vae.use_tiling, vae.tile_sample_min_size, vae.tile_latent_min_size = True, tile, tile // scale
+    if trim:
+        decode = vae.decode
+
+        def decode_after_trim(*args: Any, **kwargs: Any) -> Any:
+            trim_heap()
+            return decode(*args, **kwargs)
+
+        vae.decode = decode_after_trim
     try:
         yield
     finally:
         for name, value in before.items():
             setattr(vae, name, value)
+        if trim:
+            del vae.decode
 
 
 class Admission:
@@ -161,7 +173,7 @@ class Admission:
         modes they need (see ``plan``)."""
         plan = self.plan(model, pipe, items)
         self.last_plan = plan
-        with vae_modes(pipe.vae, plan.scale, plan.tile, plan.sliced):
+        with vae_modes(pipe.vae, plan.scale, plan.tile, plan.sliced, trim=self.device == "cpu"):
             yield plan
 
     def _make_room(self, need: int, model: Any) -> int:
