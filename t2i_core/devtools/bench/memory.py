@@ -158,7 +158,7 @@ def main(args: Any) -> int:
     if args.calibrate:
         calibrate(CALIBRATION, args.threads, args.out)
     if args.admits:
-        report = admits(args.model, parse_bytes(args.budget), args.guidance, list(range(256, 2048 + 1, 128)))
+        report = admits(args.model, parse_bytes(args.budget), args.guidance, list(range(256, 2048 + 1, 64)))
         print(f"{args.model}: budget {mib(report['budget']).strip()} MiB, weights {mib(report['weights']).strip()} MiB, "
               f"left for activations {mib(report['capacity']).strip()} MiB")
         for row in report["rows"]:
