@@ -14,7 +14,9 @@ checked against what is left: the budget less the weights loaded, and the device
 - a batch that does not fit decodes one image at a time (VAE slicing: same pixels), else runs in
   sub-batches that fit, one after another;
 - not even one image fits *now* (other processes hold the memory): idle models are unloaded and the
-  caches freed; if that is not enough, ``out_of_memory`` (503, try again).
+  caches freed; if that is not enough, ``out_of_memory`` (503, try again), except where what others
+  hold does not come and go (one engine on the CPU: the server's API processes), where it is
+  ``image_too_large`` against what is free.
 
 On the CPU this is the only guard: past the container's limit the kernel kills the engine, there is
 no out-of-memory error to recover from (on CUDA the split-on-error path stays as a second line).
@@ -100,9 +102,13 @@ def vae_modes(vae: Any, scale: int, tile: int, sliced: bool, trim: bool) -> Iter
 
 
 class Admission:
-    def __init__(self, models: Any, device: str):
+    def __init__(self, models: Any, device: str, shared: bool = False):
         self.models = models  # the ModelManager: budget, weights loaded, eviction
         self.device = device
+        #: what other processes hold of this device's free memory comes and goes: on a GPU (other
+        #: programs), or with several engine workers; else (one engine on the CPU: the server's API
+        #: processes) what is free with the engine idle is what it will ever have
+        self.steady = device == "cpu" and not shared
         self._total = total_bytes(device)
         #: the plan of the last batch admitted (benchmarks and tests read it)
         self.last_plan: Plan | None = None
@@ -151,6 +157,8 @@ class Admission:
             if one.total > available and smaller:
                 tile, one = smaller[0], cost(1, smaller[0], True)  # made, with more seams blended than usual
                 log.warning("%dx%d decoded in %d px tiles: %s free now", first.width, first.height, tile, gib(available))
+            if one.total > available and self.steady:
+                raise self._too_large(first, shapes, cost(1, candidates[-1], True), available, now=True)
             if one.total > available:
                 raise OutOfMemory(
                     f"not enough free memory now for one {first.width}x{first.height} image of model {first.model!r} "
@@ -183,10 +191,16 @@ class Admission:
         trim_heap()
         return self.available()
 
-    def _too_large(self, req: EngineRequest, shapes: Shapes, one: Estimate, capacity: int) -> ImageTooLarge:
+    def _too_large(self, req: EngineRequest, shapes: Shapes, one: Estimate, capacity: int,
+                   now: bool = False) -> ImageTooLarge:
+        """``capacity``: the most the activations may take; ``now``: what is free with the engine idle."""
         budget = self.models.budget_bytes
-        limit = (f"the memory budget T2I_MEMORY_BUDGET_BYTES={budget} ({gib(budget)})" if budget and budget < self._total
-                 else f"the memory of {self.device} ({gib(self._total)})")
+        if now:
+            limit = f"what is free of {self.device}'s {gib(self._total)}{self._whose_limit()} beside the server's processes"
+        elif budget and budget < self._total:
+            limit = f"the memory budget T2I_MEMORY_BUDGET_BYTES={budget} ({gib(budget)}) less {gib(self.models.pinned_bytes())} of model weights"
+        else:
+            limit = f"the memory of {self.device} ({gib(self._total)}{self._whose_limit()}) less {gib(self.models.pinned_bytes())} of model weights"
         tiles = [0] + tile_sizes(shapes)
         side = _largest_fitting(req.width, req.height, lambda w, h: any(estimate(
             shapes, w, h, 1, guidance=req.guidance_scale > 1, edit=req.kind == "edit", tile=t, sliced=True,
@@ -195,9 +209,16 @@ class Admission:
         return ImageTooLarge(
             f"a {req.width}x{req.height} image of model {req.model!r} needs about {gib(one.total)} of memory for its "
             f"activations{' even with the VAE decoding tiles' if one.tile else ''}, more than this engine can ever "
-            f"give it: {gib(max(0, capacity))} ({limit} less {gib(self.models.pinned_bytes())} of model weights){hint}",
+            f"give it: {gib(max(0, capacity))} ({limit}){hint}",
             param="size",
         )
+
+    def _whose_limit(self) -> str:
+        if self.device != "cpu":
+            return ""
+        import psutil
+
+        return ", this container's limit" if self._total < psutil.virtual_memory().total else ""
 
 
 def _largest_fitting(width: int, height: int, fits: Any) -> tuple[int, int] | None:

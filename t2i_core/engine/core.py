@@ -122,7 +122,7 @@ class Engine(SharedWorkers):
             speedups=Speedups.from_settings(self.settings),
         )
         #: activation memory: every batch is admitted (split, tiled, refused) before it runs
-        self.admission = Admission(self.models, self.device)
+        self.admission = Admission(self.models, self.device, shared=shared_dir is not None)
         self._batch_sizes: deque[int] = deque(maxlen=10_000)
         #: batch sizes per kind of work (``EngineRequest.label``): generate, inpaint, +adapters, +controlnet
         self._batch_sizes_by_kind: dict[str, deque[int]] = {}

@@ -133,12 +133,14 @@ def _probe_engine(spec: dict[str, Any], width: int, height: int, batch: int) -> 
                            for i in range(n)])
 
     call(64, 64, 1)  # loads the model; the kernels' one-time allocations
+    admission = getattr(engine, "admission", None)
+    available = admission.available() if admission is not None else None  # for activations, now (idle)
     started = time.perf_counter()
     results: list[Any] = []
     out = peak_of(lambda: results.extend(call(width, height, batch)))
     plan = getattr(getattr(engine, "admission", None), "last_plan", None)  # None before the admission existed
     return {**out, "seconds": round(time.perf_counter() - started, 2), "errors": [r.error for r in results if r.error],
-            "batch_sizes": [r.batch_size for r in results], "weights": engine.models.used_bytes(),
+            "batch_sizes": [r.batch_size for r in results], "weights": engine.models.used_bytes(), "available": available,
             "plan": {"tile": plan.tile, "sliced": plan.sliced, **plan.estimate.as_dict()} if plan else None}
 
 
