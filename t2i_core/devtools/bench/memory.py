@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from t2i_core.devtools.bench.memory_probe import VAES, measure
-from t2i_core.engine.activations import (Estimate, Shapes, decode_bytes, denoise_bytes, encode_bytes, estimate, held_bytes,
-                                         shapes_from_configs)
+from t2i_core.engine.activations import Shapes, decode_bytes, denoise_bytes, encode_bytes, held_bytes, shapes_from_configs
 
 DTYPE_SIZES = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
 TAESD = dict(decoder_block_out_channels=(64, 64, 64, 64), encoder_block_out_channels=(64, 64, 64, 64),
@@ -37,7 +36,9 @@ CALIBRATION: list[dict[str, Any]] = (
     + [dict(part="vae-decode", vae="sd", size=s, dtype=d) for s in (256, 512) for d in ("float32", "bfloat16")]
     + [dict(part="unet", unet="tiny-sd", size=s, dtype=d) for d in ("float64", "float32") for s in (256, 512)]
     + [dict(part="unet", unet="sd-turbo", size=s, dtype=d) for s in (256, 512) for d in ("bfloat16", "float32")]
-    + [dict(part="unet", unet="sd-turbo", size=1024, dtype="bfloat16")]
+    + [dict(part="vae-decode", vae="sd", size=1024, dtype="bfloat16", tiling=True)]
+    + [dict(part="unet", unet="sd-turbo", size=s, dtype="bfloat16") for s in (1024, 1536, 2048)]
+    + [dict(part="unet", unet="sd-turbo", size=1024, dtype="float32")]
 )
 
 
@@ -95,24 +96,6 @@ def calibrate(specs: list[dict[str, Any]], threads: int, out: Path | None) -> li
     if out:
         out.write_text(json.dumps(rows, indent=2))
     return rows
-
-
-def largest_admitted(shapes: Shapes, weights: int, budget: int, guidance: bool = False) -> dict[str, Any]:
-    """The largest square side (multiple of 64) whose one image fits ``budget`` less ``weights``, and
-    how it decodes; with the estimate of 2048 px."""
-    from t2i_core.engine.activations import tile_sizes
-
-    capacity = budget - weights
-    best: tuple[int, Estimate] | None = None
-    for side in range(64, 2048 + 1, 64):
-        fitting = [e for e in (estimate(shapes, side, side, 1, guidance=guidance, tile=t) for t in [0] + tile_sizes(shapes))
-                   if e.total <= capacity]
-        if fitting:
-            best = (side, fitting[0])
-    whole = estimate(shapes, 2048, 2048, 1, guidance=guidance)
-    smallest_tile = estimate(shapes, 2048, 2048, 1, guidance=guidance, tile=(tile_sizes(shapes) or [0])[-1])
-    return {"capacity": capacity, "largest_side": best[0] if best else None,
-            "largest": best[1].as_dict() if best else None, "2048": whole.as_dict(), "2048_tiled": smallest_tile.as_dict()}
 
 
 def parse_bytes(text: str) -> int:
