@@ -1,5 +1,6 @@
 """The device's memory as the engine sees it: a container's cgroup limit (v2 and v1), the tightest on
-the way up to the root, its usage less the page cache the kernel can drop."""
+the way up to the root, its usage less the page cache (active and inactive: the kernel drops both
+before it kills)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,10 @@ def write(folder: Path, **files: str) -> None:
         (folder / name.replace("__", ".")).write_text(text)
 
 
-def test_cgroup_v2_the_tightest_limit_up_the_tree_less_inactive_page_cache(tmp_path):
+def test_cgroup_v2_the_tightest_limit_up_the_tree_less_the_page_cache(tmp_path):
     root = tmp_path / "cg"
     write(root, cgroup__controllers="cpu memory")
-    write(root / "box", memory__max=str(4 * GIB), memory__current=str(3 * GIB), memory__stat="anon 1\ninactive_file 1073741824\n")
+    write(root / "box", memory__max=str(4 * GIB), memory__current=str(3 * GIB), memory__stat="anon 1\ninactive_file 805306368\nactive_file 268435456\n")
     write(root / "box" / "engine", memory__max="max", memory__current=str(GIB), memory__stat="inactive_file 0\n")
     proc = tmp_path / "cgroup"
     proc.write_text("0::/box/engine\n")
@@ -32,7 +33,7 @@ def test_cgroup_v1_memory_hierarchy_and_no_limit(tmp_path):
     unlimited = str(9223372036854771712)  # v1's "no limit"
     write(root / "memory", memory__limit_in_bytes=unlimited, memory__usage_in_bytes=str(GIB))
     write(root / "memory" / "docker" / "abc", memory__limit_in_bytes=str(2 * GIB), memory__usage_in_bytes=str(GIB),
-          memory__stat="total_inactive_file 268435456\n")
+          memory__stat="total_inactive_file 134217728\ntotal_active_file 134217728\n")
     proc = tmp_path / "cgroup"
     proc.write_text("12:cpu,cpuacct:/docker/abc\n4:memory:/docker/abc\n0::/\n")
     limit = cgroup_memory(root, proc)

@@ -202,9 +202,12 @@ class Admission:
         else:
             limit = f"the memory of {self.device} ({gib(self._total)}{self._whose_limit()}) less {gib(self.models.pinned_bytes())} of model weights"
         tiles = [0] + tile_sizes(shapes)
+        room = capacity
+        if self.steady and not now:  # the size to suggest must also fit what is free beside the other processes
+            room = min(capacity, self.available() + self.models.used_bytes() - self.models.pinned_bytes())
         side = _largest_fitting(req.width, req.height, lambda w, h: any(estimate(
             shapes, w, h, 1, guidance=req.guidance_scale > 1, edit=req.kind == "edit", tile=t, sliced=True,
-            controlnet=req.controlnet is not None).total <= capacity for t in tiles))
+            controlnet=req.controlnet is not None).total <= room for t in tiles))
         hint = f"; the largest size of these proportions that fits is {side[0]}x{side[1]}" if side else ""
         return ImageTooLarge(
             f"a {req.width}x{req.height} image of model {req.model!r} needs about {gib(one.total)} of memory for its "
