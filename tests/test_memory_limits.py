@@ -1,6 +1,6 @@
 """The device's memory as the engine sees it: a container's cgroup limit (v2 and v1), the tightest on
-the way up to the root, its usage less the page cache (active and inactive: the kernel drops both
-before it kills)."""
+the way up to the root, its usage less the page cache no process maps (active or inactive: the kernel
+drops it before it kills)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def write(folder: Path, **files: str) -> None:
 def test_cgroup_v2_the_tightest_limit_up_the_tree_less_the_page_cache(tmp_path):
     root = tmp_path / "cg"
     write(root, cgroup__controllers="cpu memory")
-    write(root / "box", memory__max=str(4 * GIB), memory__current=str(3 * GIB), memory__stat="anon 1\ninactive_file 805306368\nactive_file 268435456\n")
+    write(root / "box", memory__max=str(4 * GIB), memory__current=str(3 * GIB), memory__stat="anon 1\ninactive_file 805306368\nactive_file 536870912\nfile_mapped 268435456\n")
     write(root / "box" / "engine", memory__max="max", memory__current=str(GIB), memory__stat="inactive_file 0\n")
     proc = tmp_path / "cgroup"
     proc.write_text("0::/box/engine\n")

@@ -5,9 +5,9 @@ caching allocator holds unused (free for this process). On the CPU: the RAM, or 
 memory limit where one is set (a cgroup's ``memory.max`` / ``memory.limit_in_bytes``, the smallest
 on the way up to the root: a container's limit is what counts, not the host's RAM), and free: the
 smaller of what the kernel says is available and what is left under that limit (its usage, less the
-page cache, which the kernel drops before it kills: reading a model's 2.6 GB of weights charges them
-to the container as "active" file pages, and counting them left 160 MB "free" of a 4 GiB limit
-where 1.2 GB could be used).
+page cache that no process maps, which the kernel drops before it kills: reading a model's 2.6 GB of
+weights charges them to the container as "active" file pages, and counting them left 160 MB "free"
+of a 4 GiB limit where 1.2 GB could be used).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ _NO_LIMIT = 1 << 60
 
 @dataclass(frozen=True)
 class CgroupMemory:
-    """A cgroup's memory limit and its usage less its page cache (bytes)."""
+    """A cgroup's memory limit and its usage less the page cache no process maps (bytes)."""
 
     limit: int
     usage: int
@@ -97,16 +97,18 @@ def cgroup_memory(root: Path = CGROUP_ROOT, proc_cgroup: Path = Path("/proc/self
         for folder in _ancestors(root, v2):
             limit = _read_int(folder / "memory.max")
             if limit is not None:
-                cache = _stat(folder / "memory.stat", "inactive_file") + _stat(folder / "memory.stat", "active_file")
-                usage = (_read_int(folder / "memory.current") or 0) - cache
+                stat = folder / "memory.stat"
+                cache = _stat(stat, "inactive_file") + _stat(stat, "active_file") - _stat(stat, "file_mapped")
+                usage = (_read_int(folder / "memory.current") or 0) - max(0, cache)
                 candidates.append(CgroupMemory(limit, max(0, usage)))
     if v1 is not None and (root / "memory").is_dir():
         for folder in _ancestors(root / "memory", v1):
             limit = _read_int(folder / "memory.limit_in_bytes")
             if limit is not None:
-                cache = (_stat(folder / "memory.stat", "total_inactive_file")
-                         + _stat(folder / "memory.stat", "total_active_file"))
-                usage = (_read_int(folder / "memory.usage_in_bytes") or 0) - cache
+                stat = folder / "memory.stat"
+                cache = (_stat(stat, "total_inactive_file") + _stat(stat, "total_active_file")
+                         - _stat(stat, "total_mapped_file"))
+                usage = (_read_int(folder / "memory.usage_in_bytes") or 0) - max(0, cache)
                 candidates.append(CgroupMemory(limit, max(0, usage)))
     return min(candidates, key=lambda c: c.free, default=None)
 
