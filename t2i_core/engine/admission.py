@@ -124,11 +124,12 @@ class Admission:
         return left if free is None else min(left, free - self.headroom())
 
     def headroom(self) -> int:
-        """What the device's free memory keeps back: an engine call's peak varies from run to run (the
-        heap, thread timing) and a container's limit is a wall. SD-Turbo's architecture at 1664 px in a
-        4 GiB cgroup, admitted with 1.26 GB estimated against 1.28 GB free, used 1.14 GB in one run and
-        was killed in the next. 5% of the device's memory, 256 MiB to 1 GiB."""
-        return int(min(max(0.05 * self._total, 256 * 2**20), GIB))
+        """What the device's free memory keeps back for the kernel and the allocator, beside the
+        estimate's own margin: a container's limit is a wall. (SD-Turbo's architecture at 1664 px in a
+        4 GiB cgroup, admitted with 1.26 GB estimated against 1.28 GB free before the estimate had its
+        margin, used 1.14 GB in one run and was killed in the next.) 3% of the device's memory,
+        128 MiB to 1 GiB."""
+        return int(min(max(0.03 * self._total, 128 * 2**20), GIB))
 
     # ---- the decision ------------------------------------------------------------------------
     def plan(self, model: Any, pipe: Any, items: list[EngineRequest]) -> Plan:
