@@ -7,6 +7,7 @@
     python -m t2i_core bench-pair | bench-vae | bench-prompts | bench-stop | bench-lora | bench-previews | bench-board
                                                               focused measurements (docs/performance.md)
     python -m t2i_core config-doc                             write docs/configuration.md from the settings
+    python -m t2i_core bench-memory --admits --budget 4GiB    activation memory: what a budget admits, measured peaks
 """
 
 from __future__ import annotations
@@ -86,6 +87,18 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--steps", type=int, default=2000)
     board.add_argument("--rounds", type=int, default=100, help="cancels timed per backend")
     board.add_argument("--redis", default=None, help="also Redis at this URL (redis://host:port/db)")
+    memory = sub.add_parser("bench-memory", help="activation memory: the estimate against measured peaks (CPU), "
+                                                 "and what a memory budget admits")
+    memory.add_argument("--calibrate", action="store_true", help="measure each stage of the calibration set (slow)")
+    memory.add_argument("--admits", action="store_true", help="the admission of one square image per size, 256-2048 px")
+    memory.add_argument("--engine", type=int, metavar="SIDE", help="measure one engine call of SIDE x SIDE images")
+    memory.add_argument("--model", default="random/sd-turbo-arch", help="registry id (with the benchmark's models)")
+    memory.add_argument("--budget", default="", help="T2I_MEMORY_BUDGET_BYTES for --admits / --engine, e.g. 4GiB")
+    memory.add_argument("--cgroup-limit", default="", help="--engine inside a cgroup with this memory limit, e.g. 4GiB")
+    memory.add_argument("--batch", type=int, default=1)
+    memory.add_argument("--guidance", type=float, default=0.0)
+    memory.add_argument("--threads", type=int, default=0, help="torch threads in each measurement (0: torch's default)")
+    memory.add_argument("--out", type=Path, help="write the figures as JSON")
     pair = sub.add_parser("bench-pair", help="the same load against servers running side by side, alternating")
     pair.add_argument("servers", nargs="+", metavar="NAME=URL", help="e.g. before=http://127.0.0.1:3001 (the first is the reference)")
     pair.add_argument("--preset", default="tiny")
@@ -178,6 +191,16 @@ def run_bench_board(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     return 0
 
 
+def run_bench_memory(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from t2i_core.devtools.bench.memory import main as run_memory_bench
+
+    if not (args.calibrate or args.admits or args.engine):
+        parser.error("bench-memory needs --calibrate, --admits or --engine SIDE")
+    if args.admits and not args.budget:
+        parser.error("--admits needs --budget, e.g. 4GiB")
+    return run_memory_bench(args)
+
+
 def run_pull(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from t2i_core.common.errors import T2IError
     from t2i_core.devtools.pull import PullError, pull as do_pull
@@ -204,7 +227,7 @@ COMMANDS: dict[str, Callable[[argparse.ArgumentParser, argparse.Namespace], int]
     "tiny": run_tiny, "pull": run_pull, "bench": run_bench, "bench-vae": run_bench_vae,
     "bench-prompts": run_bench_prompts, "bench-pair": run_bench_pair, "bench-stop": run_bench_stop,
     "bench-lora": run_bench_lora, "bench-previews": run_bench_previews, "bench-board": run_bench_board,
-    "config-doc": run_config_doc,
+    "bench-memory": run_bench_memory, "config-doc": run_config_doc,
 }
 
 

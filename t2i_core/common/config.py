@@ -87,9 +87,12 @@ class Settings:
     api_workers: int = 1
     #: Load the default model when the engine starts (1) or on first use (0).
     preload: int = 1
-    #: Bytes of accelerator memory (RAM on CPU) that loaded models may take; loading past it unloads
-    #: the least recently used idle models first; a model with requests in flight is never unloaded. Per
-    #: engine worker. 0: 85% of the GPU's memory, or half the RAM shared by the CPU engine workers.
+    #: Bytes of accelerator memory (RAM on CPU) that loaded models and the activations of the batch in
+    #: progress may take. Loading past it unloads the least recently used idle models first; a batch
+    #: whose estimated activations do not fit what is left runs in parts, or decodes in tiles, or is
+    #: refused (422 image_too_large) when one image never fits (t2i_core/engine/admission.py). 0: 85% of
+    #: the GPU's memory; on CPU, 90% of the RAM or of the container's memory limit (cgroup), the smaller
+    #: (every batch is also checked against the memory free now).
     memory_budget_bytes: int = 0
     #: Key for the admin API (Authorization: Bearer <key>); the admin API is disabled when unset.
     admin_key: str = ""

@@ -161,6 +161,15 @@ class OutOfMemory(T2IError):
     type = "server_error"
 
 
+class ImageTooLarge(T2IError):
+    """The image is within the request limits but this engine can never hold its activations (its
+    memory budget or device, less the model's weights): a smaller size is needed, not a retry."""
+
+    status = 422
+    code = "image_too_large"
+    type = "invalid_request_error"
+
+
 class RequestTimeout(T2IError):
     status = 504
     code = "timeout"
@@ -222,7 +231,7 @@ class EngineFailure(T2IError):
 
 
 _BY_CODE: dict[str, type[T2IError]] = {
-    c.code: c for c in (T2IError, InvalidRequest, NotFound, UnknownModel, Gone, Conflict, ModelBusy, Unauthorized, Forbidden, OutOfMemory, RequestTimeout, ClientClosed, TaskCanceled, TooManyRequests, PayloadTooLarge, ModelUnavailable, EngineFailure, DefaultModelChanged, BodyTimeout, ContentFiltered, ShuttingDown,
+    c.code: c for c in (T2IError, InvalidRequest, NotFound, UnknownModel, Gone, Conflict, ModelBusy, Unauthorized, Forbidden, OutOfMemory, ImageTooLarge, RequestTimeout, ClientClosed, TaskCanceled, TooManyRequests, PayloadTooLarge, ModelUnavailable, EngineFailure, DefaultModelChanged, BodyTimeout, ContentFiltered, ShuttingDown,
               UnknownAdapter, UnknownControlNet, UnsupportedMediaType, TaskLost, StateUnavailable)
 }
 

@@ -25,6 +25,8 @@ from t2i_core.common.config import Settings
 from t2i_core.state.open import REDIS_SCHEMES
 
 RUN_DIR_ENV = "T2I_RUN_DIR"
+#: the share of the RAM (or container limit) an engine on the CPU may fill by default
+CPU_BUDGET_SHARE = 0.9
 
 
 def visible_gpus() -> list[str]:
@@ -93,7 +95,12 @@ def pin_engine_worker(settings: Settings, index: int, workers: int, gpus: list[s
 
 
 def cpu_memory_budget() -> int:
-    """The memory an engine on the CPU may fill with models by default: half the RAM."""
-    import psutil
+    """The memory an engine on the CPU may fill with models and their activations by default: 90% of
+    the RAM, or of the container's memory limit where that is smaller. What the rest of the machine
+    holds (the Python runtime, the API processes, the system) is not guessed here: every batch is also
+    checked against the memory actually free (engine/admission.py), which is what stops a large
+    request before the kernel would kill the engine. 75% refused SD-Turbo's own 512 px in a 4 GiB
+    container (3 GiB budget, 2.4 GiB of weights) that had room for 1384 px."""
+    from t2i_core.common.memory_limits import total_bytes
 
-    return int(psutil.virtual_memory().total * 0.5)
+    return int(total_bytes("cpu") * CPU_BUDGET_SHARE)

@@ -24,6 +24,7 @@ from t2i_core.common.errors import (
     ClientClosed, ContentFiltered, DefaultModelChanged, EngineFailure, InvalidRequest, ModelUnavailable, OutOfMemory,
     RequestTimeout, T2IError,
 )
+from t2i_core.engine.admission import Admission, BatchTooLarge
 from t2i_core.engine.model_manager import LoadedModel, ModelManager
 from t2i_core.common.registry import Registry
 from t2i_core.common.schemas import EngineRequest, EngineResult, Preview
@@ -41,7 +42,7 @@ log = logging.getLogger("t2i.engine")
 
 
 def default_budget(device: str) -> int:
-    """85% of the GPU's memory; on CPU or MPS, half the RAM."""
+    """85% of the GPU's memory; on CPU or MPS, 90% of the RAM or of the container's memory limit."""
     if device.startswith("cuda"):
         import torch
 
@@ -131,6 +132,9 @@ class Engine(SharedWorkers):
         self.worker = worker
         self.board: WorkerBoard | None = None
         state = state if state is not None else MemoryState()
+        #: activation memory: every batch is admitted (split, tiled, refused) before it runs; with other
+        #: engine workers beside it, memory short now may be theirs (a 503 to retry, not a 422)
+        self.admission = Admission(self.models, self.device, shared=state.shared)
         #: cancellations, progress, partial images (shared by the engine workers, in the shared state)
         keep_s = float(self.settings.request_timeout_s)  # a request can run no longer: its wishes go then
         self.requests = RequestBoard(state, keep_s)
@@ -320,13 +324,15 @@ class Engine(SharedWorkers):
     def _attempt(self, items: list[EngineRequest], seeds: list[int]) -> list[EngineResult]:
         # Every retry runs after the ``except`` block has been left: a live exception keeps its
         # traceback, whose frames hold the failed call's tensors (activations on the GPU), alive.
-        cancelled, failure = False, None  # failure: (out of memory, "Type: message")
+        cancelled, failure, fits = False, None, 0  # failure: (out of memory, "Type: message")
         try:
             started = time.perf_counter()
             pixels, stages, flagged = self._call_pipeline(items, seeds)
             elapsed = time.perf_counter() - started
         except Cancelled:
             cancelled = True
+        except BatchTooLarge as too_large:  # its activations do not fit: in sub-batches, one after another
+            fits = too_large.fits
         except T2IError as err:  # the same for every item (e.g. the model is unavailable)
             return [self._failed(r, s, err) for r, s in zip(items, seeds)]
         except Exception as exc:  # noqa: BLE001 - split, or reported to the one item
@@ -336,6 +342,9 @@ class Engine(SharedWorkers):
             failure = (oom, f"{type(exc).__name__}: {exc}")
         if cancelled:
             return self._run_split(items, seeds)  # every item is cancelled now: each gets its reason
+        if fits:
+            return [result for start in range(0, len(items), fits)
+                    for result in self._run_split(items[start:start + fits], seeds[start:start + fits])]
         if failure is not None:
             return self._recover(items, seeds, *failure)
         self._batch_sizes.append(len(items))
@@ -417,7 +426,8 @@ class Engine(SharedWorkers):
         with self.models.use(model_id) as loaded, self.models.use_controlnet(first.controlnet, loaded) as controlnet:
             self.models.activate_adapters(loaded, first.adapters)
             pipe = loaded.pipeline(first.mode, first.scheduler, first.controlnet, controlnet)
-            return self._denoise(pipe, items, seeds)
+            with self.admission.admit(loaded, pipe, items):
+                return self._denoise(pipe, items, seeds)
 
     def _denoise(
         self, pipe: Any, items: list[EngineRequest], seeds: list[int]
@@ -525,6 +535,7 @@ class Engine(SharedWorkers):
             "evicted_models": list(self.models.evicted),
             "memory_used_bytes": self.models.used_bytes(),
             "memory_budget_bytes": self.models.budget_bytes,
+            "memory_splits": self.admission.splits,
             "images": self._counts["images"],
             "errors": self._counts["errors"],
             "engine_calls": self._counts["engine_calls"],

@@ -272,6 +272,24 @@ class ModelManager:
         return (sum(m.bytes + m.adapters.bytes() for m in self._loaded.values())
                 + sum(c.bytes for c in self._controlnets.values()))
 
+    def pinned_bytes(self) -> int:
+        """Bytes of the weights in use by a request now (models and ControlNets in flight, with the
+        models' active adapters): what unloading idle models and adapters cannot free."""
+        with self._cond:
+            models = [m for m in self._loaded.values() if m.in_flight]
+            return (sum(m.bytes + sum(m.adapters.loaded[a].bytes for a, _ in m.adapters.active if a in m.adapters.loaded)
+                        for m in models)
+                    + sum(c.bytes for c in self._controlnets.values() if c.in_flight))
+
+    def make_room(self, need: int, model: LoadedModel) -> None:
+        """Unload idle models, adapters and ControlNets, least recently used first, until ``need`` more
+        bytes (the activations of a batch of ``model``, whose active adapters stay) fit the budget."""
+        self._keep = (model.entry.id, frozenset(a for a, _ in model.adapters.active), None)
+        try:
+            self._make_room(need)
+        finally:
+            self._keep = (None, frozenset(), None)
+
     def _make_room(self, need: int, exclude: str | None = None) -> None:
         """Unload the least recently used idle models, adapters and ControlNets until ``need`` more
         bytes fit the budget (never what the request being prepared uses)."""

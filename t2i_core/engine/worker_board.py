@@ -203,7 +203,8 @@ def merge_addon_states(per_worker: dict[int, dict[str, list[dict[str, Any]]]]) -
     return out
 
 
-SUMMED = ("images", "errors", "engine_calls", "oom_retries", "busy_s", "batches", "memory_used_bytes", "memory_budget_bytes")
+SUMMED = ("images", "errors", "engine_calls", "oom_retries", "busy_s", "batches", "memory_used_bytes", "memory_budget_bytes",
+          "memory_splits")
 
 
 def merge_stats(per_worker: dict[int, dict[str, Any]]) -> dict[str, Any]:
