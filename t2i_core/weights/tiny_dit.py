@@ -4,7 +4,7 @@ Qwen-Image-Edit, Z-Image), built offline.
 Each folder is a real ``save_pretrained`` pipeline of its family: the family's transformer, a VAE with the
 real down-scale factor 8 and the family's real latent channels, its text encoder(s) and scheduler
 configured as the published checkpoints are; only the widths and depths are tiny. Tokenizers are
-written by the code (CLIP and T5 as in ``devtools.tiny``; a small byte-level BPE vocabulary in the Qwen2
+written by the code (CLIP and T5 as in ``weights.tiny``; a small byte-level BPE vocabulary in the Qwen2
 format for the Qwen text encoders, whose prompt-template prefixes tokenize to exactly as many tokens as
 with the real vocabulary, since the pipelines drop that many tokens from the encoder's output). Weights
 come from a fixed seed, so every machine writes the same folder.

@@ -10,7 +10,7 @@ from t2i_core.common.config import Settings
 from t2i_core.common.errors import T2IError, http_status
 from t2i_core.common.registry import TINY_SD_ID
 from t2i_core.common.schemas import EngineRequest
-from t2i_core.devtools.random_arch import VAE_CONFIG, unet_config
+from t2i_core.weights.random_arch import VAE_CONFIG, unet_config
 from t2i_core.engine.activations import estimate, shapes_from_configs, shapes_of, tile_sizes
 from t2i_core.engine.core import Engine
 

@@ -54,7 +54,7 @@ def unet_parameters(config: dict[str, Any]) -> int:
 def spec_shapes(spec: dict[str, Any]) -> Shapes:
     """The estimate's view of a probe's architecture (no weights built)."""
     from t2i_core.devtools.bench.memory_probe import TINY_UNET_CONFIG
-    from t2i_core.devtools.random_arch import unet_config
+    from t2i_core.weights.random_arch import unet_config
 
     size = DTYPE_SIZES[spec.get("dtype", "float32")]
     vae = TAESD if spec.get("vae") == "taesd" else dict(VAES[spec.get("vae", "sd")])

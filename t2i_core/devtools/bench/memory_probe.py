@@ -73,7 +73,7 @@ def _vae(spec: dict[str, Any], dtype: Any) -> Any:
 def _unet(spec: dict[str, Any], dtype: Any) -> Any:
     from diffusers import UNet2DConditionModel
 
-    from t2i_core.devtools.random_arch import unet_config
+    from t2i_core.weights.random_arch import unet_config
 
     config = TINY_UNET_CONFIG if spec["unet"] == "tiny-sd" else unet_config(spec["unet"])
     return UNet2DConditionModel(**config).to(dtype).eval()
