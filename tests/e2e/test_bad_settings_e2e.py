@@ -20,7 +20,7 @@ PREFIX = "t2i-server cannot start: "
     ({"T2I_MAX_IN_FLIGHT": "0"}, "T2I_MAX_IN_FLIGHT must be an integer of 1 or more; got 0"),
     ({"T2I_DEVICE": "gpu0"}, "T2I_DEVICE must be auto, cpu, mps, cuda or xpu"),
     ({"T2I_PUBLIC_URL": "images.example.com"}, "T2I_PUBLIC_URL must start with http:// or https://; got 'images.example.com'"),
-    ({"T2I_IMAGE_STORE": "s3://bucket"}, "T2I_IMAGE_STORE must be auto, memory, dir:<folder> or fsspec:<url>; got 's3://bucket'"),
+    ({"T2I_IMAGE_STORE": "s3://bucket"}, "T2I_IMAGE_STORE must be auto, memory, state, dir:<folder> or fsspec:<url>; got 's3://bucket'"),
     ({"T2I_REGISTRY": "<a file whose default is no model of it>"}, "field default: model 'nope/none' is not in the registry"),
 ], ids=lambda v: next(iter(v)) if isinstance(v, dict) else None)
 def test_a_bad_setting_stops_the_server_at_once_in_one_line(env, says, tmp_path):
