@@ -20,6 +20,7 @@ from t2i_core.common.addon_entries import AdapterEntry, ControlNetEntry
 from t2i_core.common.errors import T2IError, UnknownAdapter, UnknownControlNet, UnknownModel, describe_validation_errors
 from t2i_core.common.fields import MAX_GUIDANCE, MAX_SIDE, MAX_STEPS, MIN_SIDE, SIDE_MULTIPLE
 from t2i_core.common.schedulers import SCHEDULERS, check_scheduler
+from t2i_core.common.speed_tiers import SpeedTier, check_tiers
 from t2i_core.weights import sources
 from t2i_core.weights.sources import Source, SourceFields
 from t2i_core.weights.tiny_vae import check_tiny_vae_source
@@ -78,7 +79,15 @@ class ModelEntry(SourceFields, BaseModel):
     #: a dedicated inpainting checkpoint (another entry's id) that runs this model's masked edits;
     #: null: the inpainting pipeline is built from this model's own components
     inpainting: str | None = None
+    #: the speed tiers this model offers besides ``quality`` (the full computation): ``balanced`` and
+    #: ``fast``, each a step cache on the denoiser and/or a factor on the steps (common/speed_tiers.py)
+    speed: dict[str, SpeedTier] = {}
     description: str = ""
+
+    @field_validator("speed")
+    @classmethod
+    def _speed_tiers(cls, value: dict[str, SpeedTier]) -> dict[str, SpeedTier]:
+        return check_tiers(value)
 
     @field_validator("tiny_vae")
     @classmethod

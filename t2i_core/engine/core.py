@@ -29,6 +29,7 @@ from t2i_core.engine.model_manager import LoadedModel, ModelManager
 from t2i_core.common.registry import Registry
 from t2i_core.common.schemas import EngineRequest, EngineResult, Preview
 from t2i_core.engine.speedups import Speedups
+from t2i_core.engine.step_cache import CacheCount, step_cache
 from t2i_core.engine.stage_timer import StageTimer, device_sync
 from t2i_core.engine.request_board import RequestBoard
 from t2i_core.engine.previews import approximate_rows, decode_rows, preview_steps
@@ -129,6 +130,8 @@ class Engine(SharedWorkers):
         self.stage_timer = StageTimer(device_sync(self.device))
         self.stop_points = StopPoints()
         self._collected_this_call = False
+        #: the step cache's count of the last pipeline call (a speed tier's; empty without one)
+        self._cache_count = CacheCount()
         self.worker = worker
         self.board: WorkerBoard | None = None
         state = state if state is not None else MemoryState()
@@ -354,6 +357,9 @@ class Engine(SharedWorkers):
         self._counts["images"] += len(items)
         self._busy_s += elapsed
         metrics.record_batch(items[0].model, items[0].mode, len(items), stages, items[0].control_label())
+        cache = self._cache_count
+        metrics.record_speed(items[0].model, items[0].speed, len(items), cache.calls, cache.skipped,
+                             sum(r.steps_skipped for r in items))
         results: list[EngineResult] = []
         for r, s, p, bad in zip(items, seeds, pixels, flagged):
             # an image whose request was cancelled while its batch-mates kept the batch going is dropped:
@@ -368,6 +374,7 @@ class Engine(SharedWorkers):
             results.append(self._failed(r, s, reason) if reason is not None else EngineResult(
                 model=r.model, seed=s, width=r.width, height=r.height, pixels=p,
                 batch_size=len(items), inference_s=elapsed, stages=stages,
+                cache_calls=cache.calls, cache_skipped=cache.skipped,
             ))
         return results
 
@@ -456,8 +463,10 @@ class Engine(SharedWorkers):
         self.stage_timer.attach(pipe)
         self.stop_points.attach(pipe, denoiser_compiled=self.models.speedups.compile)
         self.stage_timer.start()
+        tier = self.registry.get(first.model).speed.get(first.speed)  # (None for quality)
         try:
-            with torch.inference_mode(), self.stop_points.watching(lambda: self._all_unwanted(items)):
+            with torch.inference_mode(), self.stop_points.watching(lambda: self._all_unwanted(items)), \
+                    step_cache(pipe, tier, first.steps) as self._cache_count:
                 output = pipe(**kwargs)
         finally:
             stages = self.stage_timer.stop()
