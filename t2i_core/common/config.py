@@ -178,6 +178,12 @@ class Settings:
     fuse_qkv: int = 0
     compile: int = 0
     warmup_sizes: str = ""
+    #: With ``compile``: the rank of the LoRA slot every adapter of a compiled model is swapped into in
+    #: place (no recompile when requests change adapters; t2i_core/engine/lora_slot.py). The adapters of
+    #: one request must add up to at most this rank (400 beyond). 0: the sum of the 4 largest ranks of
+    #: the adapters registered for the model's family (any request fits). The slot is computed for every
+    #: image of the model, so a smaller rank costs less.
+    compile_lora_rank: int = 0
 
     def __post_init__(self) -> None:
         check_settings(self)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from t2i_core.common.speed_tiers import SpeedTier
-from t2i_core.engine.speedups import denoiser
+from t2i_core.engine.speedups import block_lists, denoiser
 
 #: the hook names of the supported caches (diffusers.hooks.*)
 CACHE_HOOKS = ("taylorseer_cache", "fbc_leader_block_hook", "fbc_block_hook", "mag_cache_leader_block_hook",
@@ -45,15 +45,6 @@ class CacheCount:
     @property
     def skipped(self) -> int:
         return self.calls - self.computed
-
-
-def block_lists(net: Any) -> list[tuple[str, Any]]:
-    """The denoiser's top-level transformer block lists (name, ModuleList), as diffusers' caches find them."""
-    import torch
-    from diffusers.hooks._common import _ALL_TRANSFORMER_BLOCK_IDENTIFIERS
-
-    return [(name, child) for name, child in net.named_children()
-            if name in _ALL_TRANSFORMER_BLOCK_IDENTIFIERS and isinstance(child, torch.nn.ModuleList)]
 
 
 def cache_config(tier: SpeedTier, net: Any, steps: int, timestep: Callable[[], float]) -> Any:
