@@ -192,8 +192,9 @@ class RequestFlow:
                 if attempt or changed.model is None:
                     raise
                 self.registry.set_default(changed.model)
-                first = prepared.on_model(self.registry.get(changed.model)).model_copy(
-                    update={"partial_images": partial_images})
+                # may decode the control image again at the new model's size: off the event loop
+                resolved = await asyncio.to_thread(prepared.on_model, self.registry.get(changed.model))
+                first = resolved.model_copy(update={"partial_images": partial_images})
         raise AssertionError("unreachable")
 
     def _decode_rgb(self, data: bytes, size: tuple[int, int], field: str) -> bytes:

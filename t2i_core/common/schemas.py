@@ -299,4 +299,9 @@ def resolve_addons(req: GenerateRequest, entry: ModelEntry, registry: Registry |
             control_start=req.control_guidance_start or 0.0,
             control_end=req.control_guidance_end if req.control_guidance_end is not None else 1.0,
         )
+        if out["control_start"] >= out["control_end"]:  # one given, the other's default (0 and 1)
+            given = "control_guidance_start" if req.control_guidance_end is None else "control_guidance_end"
+            raise InvalidRequest(
+                f"control_guidance_end must be above control_guidance_start; got {out['control_end']:g} and "
+                f"{out['control_start']:g} ({given} given, the other its default)", param=given)
     return out
