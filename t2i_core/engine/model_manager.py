@@ -25,7 +25,7 @@ from t2i_core.common.registry import ModelEntry, Registry
 from t2i_core.engine.lora import AdapterSlots
 from t2i_core.weights import sources, tiny_vae
 from t2i_core.weights.sources import Source
-from t2i_core.engine.pipeline_variants import assemble, pipeline_class
+from t2i_core.engine.pipeline_variants import assemble, mode_pipeline, pipeline_class
 from t2i_core.engine.prompt_dedupe import dedupe_text_encoders
 from t2i_core.engine.speedups import Speedups, apply as apply_speedups
 
@@ -73,7 +73,7 @@ class LoadedModel:
                 from t2i_core.common.schedulers import build_scheduler
 
                 extra["scheduler"] = build_scheduler(scheduler, base.scheduler.config)
-            self._variants[key] = assemble(cls, self.text2image, **extra)
+            self._variants[key] = assemble(cls, base, **extra)
         return self._variants[key]
 
     def forget_controlnet(self, controlnet: str) -> None:
@@ -236,8 +236,14 @@ class ModelManager:
                 log.warning("%s: tiny VAE %s not used: %s", entry.id, entry.tiny_vae, reason)
             else:
                 components["vae"] = tiny_vae.load(sources.resolve(vae_source, "vae", label), dtype)
+        family = entry.family_traits
         with FROM_PRETRAINED:
-            t2i = AutoPipelineForText2Image.from_pretrained(path, dtype=dtype, local_files_only=True, **components)
+            if family.dit:  # the class its folder names; the modes' pipelines are built over its modules below
+                from diffusers import DiffusionPipeline
+
+                t2i = DiffusionPipeline.from_pretrained(path, dtype=dtype, local_files_only=True, **components)
+            else:
+                t2i = AutoPipelineForText2Image.from_pretrained(path, dtype=dtype, local_files_only=True, **components)
         memory = entry.memory
         if memory.cpu_offload and self.device.startswith("cuda"):
             t2i.enable_model_cpu_offload(device=self.device)
@@ -254,7 +260,11 @@ class ModelManager:
         if self.speedups.any:
             log.info("%s: %s", entry.id, ", ".join(apply_speedups(t2i, self.speedups)))
         # The edit pipeline reuses the same modules: no second copy of the weights.
-        i2i = AutoPipelineForImage2Image.from_pipe(t2i)
+        if family.dit:
+            loaded, t2i = t2i, mode_pipeline(t2i, family.generate)
+            i2i = mode_pipeline(loaded, entry.edit_traits.pipeline or family.edit)
+        else:
+            i2i = AutoPipelineForImage2Image.from_pipe(t2i)
         i2i.set_progress_bar_config(disable=True)
         model = LoadedModel(entry, t2i, i2i, time.perf_counter() - started, module_bytes(t2i))
         log.info("loaded %s on %s as %s in %.2fs (%d bytes)", entry.id, self.device, dtype, model.load_s, model.bytes)
