@@ -274,6 +274,7 @@ class RequestFlow:
         for entry in self.registry.entries():
             row = {**entry.metadata(), "pipeline": entry.pipeline,  # the family adapters and ControlNets name
                    "edits": entry.edit_traits.model_dump(exclude={"pipeline"}),  # strength or reference, max images
+                   "quantization": entry.quantization_spec.describe() or None,  # component -> fp8, int8, gguf, nf4
                    **states.get(entry.id, {"state": "available", "reason": None})}
             row["default"] = entry.id == default
             rows.append(row)

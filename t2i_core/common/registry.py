@@ -23,6 +23,7 @@ from t2i_core.common.fields import MAX_GUIDANCE, MAX_SIDE, MAX_STEPS, MIN_SIDE, 
 from t2i_core.common.schedulers import SCHEDULERS, check_scheduler
 from t2i_core.weights import sources
 from t2i_core.weights.sources import Source, SourceFields
+from t2i_core.weights.quantize import Quantization, parse_quantization
 from t2i_core.weights.tiny_vae import check_tiny_vae_source
 
 TINY_SD_ID = "builtin/tiny-sd"
@@ -94,6 +95,10 @@ class ModelEntry(SourceFields, BaseModel):
     inpainting: str | None = None
     #: what an edit of this model is; null: its family's (see ``EditTraits``)
     edits: EditTraits | None = None
+    #: quantized components (t2i_core/weights/quantize.py): ``{"transformer": "fp8", "text_encoder_2":
+    #: "int8"}``; a GGUF denoiser as ``{"method": "gguf", "file": "<path>|hub:<owner>/<repo>/<file>.gguf"}``;
+    #: ``nf4`` needs CUDA; null: none
+    quantization: dict[str, Any] | None = None
     description: str = ""
 
     @field_validator("tiny_vae")
@@ -106,6 +111,16 @@ class ModelEntry(SourceFields, BaseModel):
     def _source_kind(cls, value: str) -> str:
         Source.parse(value, SOURCE_KINDS)
         return value
+
+    @field_validator("quantization")
+    @classmethod
+    def _quantization_spec(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        parse_quantization(value)  # QuantizationError (a ValueError) names the field and the value
+        return value
+
+    @property
+    def quantization_spec(self) -> Quantization:
+        return parse_quantization(self.quantization)
 
     @model_validator(mode="after")
     def _scheduler_fits(self) -> "ModelEntry":

@@ -24,6 +24,10 @@ from t2i_core.common.inpainting import loaded_channels, mode_refusal
 from t2i_core.common.registry import ModelEntry, Registry
 from t2i_core.engine.lora import AdapterSlots
 from t2i_core.weights import sources, tiny_vae
+from t2i_core.weights.quantize import (
+    Quantization, apply_quantization, check_available, component_bytes, load_gguf_transformer, load_time_config,
+    resolve_gguf_file, unavailable_reason as quantization_unavailable,
+)
 from t2i_core.weights.sources import Source
 from t2i_core.engine.pipeline_variants import assemble, mode_pipeline, pipeline_class
 from t2i_core.engine.prompt_dedupe import dedupe_text_encoders
@@ -99,9 +103,9 @@ def module_bytes(pipe: Any) -> int:
 
 
 def module_bytes_of(module: Any) -> int:
-    """Bytes of one torch module's parameters and buffers."""
-    return sum(t.numel() * t.element_size() for t in module.parameters()) + sum(
-        t.numel() * t.element_size() for t in module.buffers())
+    """Bytes one torch module's parameters and buffers hold: their real storage, quantized ones by what
+    they are made of (float8 at 1 byte, torchao int8 data and scales, GGUF and 4-bit packed bytes)."""
+    return component_bytes(module)
 
 
 def _weights_bytes(path: Path) -> int:
@@ -124,20 +128,49 @@ def _control_state(entry: AdapterEntry | ControlNetEntry, loaded: dict[str, int]
     return row
 
 
-def estimate_bytes(folder: Path, dtype_size: int) -> int:
+#: bytes per weight value once loaded, per quantization method applied after loading or while loading
+_QUANTIZED_VALUE_BYTES = {"fp8": 1.0, "int8": 1.0, "nf4": 0.5}
+
+
+def estimate_bytes(folder: Path, dtype_size: int, quantization: Quantization | None = None) -> int:
     """Memory a diffusers folder will take once loaded: its weight files, scaled to the dtype.
 
     Per component folder, the full-precision files are counted (the ``.fp16.`` variants only when
-    nothing else is there), assuming they are stored as float32.
+    nothing else is there), assuming they are stored as float32. A quantized component counts at its
+    method's bytes per value (fp8 and int8 1, nf4 half), a GGUF one at its file's size.
     """
     total = 0
     for component in (p for p in folder.iterdir() if p.is_dir()):
+        spec = quantization.components.get(component.name) if quantization else None
+        if spec is not None and spec.method == "gguf" and spec.file:
+            total += Path(resolve_gguf_file(spec.file)).stat().st_size
+            continue
         files = [f for f in component.iterdir() if f.name.endswith(_WEIGHT_SUFFIXES)]
         safetensors = [f for f in files if f.name.endswith(".safetensors")] or files
         full = [f for f in safetensors if ".fp16." not in f.name]
         chosen, stored_size = (full, 4) if full else (safetensors, 2)
-        total += sum(f.stat().st_size for f in chosen) * dtype_size // stored_size
+        value_bytes = _QUANTIZED_VALUE_BYTES.get(spec.method, dtype_size) if spec is not None else dtype_size
+        total += int(sum(f.stat().st_size for f in chosen) * value_bytes // stored_size)
     return total
+
+
+def load_time_components(path: str, spec: Quantization, dtype: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What ``from_pretrained`` takes for the components quantized while loading: GGUF denoisers
+    (loaded here, by the class the folder's model_index.json names) and the ``quantization_config`` of
+    the nf4 ones (bitsandbytes)."""
+    import json
+
+    index = json.loads((Path(path) / "model_index.json").read_text(encoding="utf-8"))
+    libraries = {name: value[0] for name, value in index.items() if isinstance(value, list) and len(value) == 2}
+    components: dict[str, Any] = {}
+    for name, comp in spec.components.items():
+        if comp.method == "gguf":
+            import diffusers
+
+            cls = getattr(diffusers, index[name][1])
+            components[name] = load_gguf_transformer(comp.file or "", cls, path, dtype, subfolder=name)
+    config = load_time_config(spec, libraries, dtype)
+    return components, ({"quantization_config": config} if config is not None else {})
 
 
 class ModelManager:
@@ -220,7 +253,9 @@ class ModelManager:
 
             path = snapshot_download(path, local_files_only=True)
         dtype = pick_dtype(self.dtype_preference, self.device, entry.cpu_dtype, self.cpu_bf16)
-        estimate = estimate_bytes(Path(path), dtype.itemsize)
+        quantization = entry.quantization_spec
+        check_available(quantization, self.device)  # nf4 without CUDA: refused with the reason
+        estimate = estimate_bytes(Path(path), dtype.itemsize, quantization)
         if self.budget_bytes and estimate > self.budget_bytes:
             raise ModelUnavailable(
                 f"model {entry.id!r} needs about {estimate} bytes, more than the memory budget "
@@ -238,12 +273,20 @@ class ModelManager:
                 components["vae"] = tiny_vae.load(sources.resolve(vae_source, "vae", label), dtype)
         family = entry.family_traits
         with FROM_PRETRAINED:
+            extra: dict[str, Any] = {}
+            if quantization:
+                quantized, extra = load_time_components(path, quantization, dtype)
+                components.update(quantized)
             if family.dit:  # the class its folder names; the modes' pipelines are built over its modules below
                 from diffusers import DiffusionPipeline
 
-                t2i = DiffusionPipeline.from_pretrained(path, dtype=dtype, local_files_only=True, **components)
+                t2i = DiffusionPipeline.from_pretrained(path, dtype=dtype, local_files_only=True, **components, **extra)
             else:
-                t2i = AutoPipelineForText2Image.from_pretrained(path, dtype=dtype, local_files_only=True, **components)
+                t2i = AutoPipelineForText2Image.from_pretrained(path, dtype=dtype, local_files_only=True,
+                                                                **components, **extra)
+        if quantization:  # fp8 and int8 now, before the weights move to the device; gguf and nf4 checked
+            sizes = apply_quantization(t2i, quantization, self.device)
+            log.info("%s: quantized %s; component bytes %s", entry.id, quantization.describe(), sizes)
         memory = entry.memory
         if memory.cpu_offload and self.device.startswith("cuda"):
             t2i.enable_model_cpu_offload(device=self.device)
@@ -486,7 +529,8 @@ class ModelManager:
             elif entry.id in loading:
                 row["state"] = "loading"
             else:
-                reason = entry.unavailable_reason() or failures.get(entry.id)
+                reason = (entry.unavailable_reason() or quantization_unavailable(entry.quantization_spec, self.device)
+                          or failures.get(entry.id))
                 if reason:
                     row.update(state="unavailable", reason=reason)
             out.append(row)

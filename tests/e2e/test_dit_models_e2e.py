@@ -99,3 +99,36 @@ def test_models_list_what_their_edits_are(server):
     assert rows["builtin/tiny-qwen-image-edit"]["edits"] == {"kind": "reference", "max_images": 3}
     assert rows["builtin/tiny-flux"]["edits"] == {"kind": "strength", "max_images": 1}
     assert rows["black-forest-labs/FLUX.1-schnell"]["state"] == "unavailable"
+
+
+def test_sixteen_clients_on_flux_share_engine_calls_and_each_image_is_its_own(server):
+    """Different prompts, seeds and (distilled, per-row) guidance scales: batched together, and each image
+    bit-identical to the same request served alone (the float64 tiny model: no tolerance needed)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    bodies = [{"prompt": f"a fox number {i}", "model": "builtin/tiny-flux", "seed": 100 + i,
+               "guidance_scale": (1.5, 3.5, 6.0)[i % 3]} for i in range(16)]
+    with ThreadPoolExecutor(16) as pool:
+        together = list(pool.map(lambda body: post(server, "/generate", json=body), bodies))
+    assert [r.status_code for r in together] == [200] * 16, [r.text for r in together if r.status_code != 200]
+    assert max(int(r.headers["x-batch-size"]) for r in together) > 1
+    for body, response in zip(bodies, together):
+        alone = post(server, "/generate", json=body)
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(alone.content))),
+                              np.asarray(Image.open(io.BytesIO(response.content)))), body
+
+
+def test_quantized_entries_generate_and_are_listed_with_their_bytes(server):
+    """fp8, int8 and GGUF entries of the tiny FLUX.1 model (their quality bound against the unquantized
+    model: tests/engine/test_quantized_models.py)."""
+    quantized = {"builtin/tiny-flux-fp8": {"transformer": "fp8", "text_encoder_2": "fp8"},
+                 "builtin/tiny-flux-int8": {"transformer": "int8", "text_encoder_2": "int8"},
+                 "builtin/tiny-flux-gguf": {"transformer": "gguf"}}
+    for model in ["builtin/tiny-flux", *quantized]:
+        r = post(server, "/generate", json={"prompt": "a lighthouse", "model": model, "seed": 3})
+        assert r.status_code == 200 and size_of(r.content) == (64, 64), r.text
+    rows = {r["id"]: r for r in httpx.get(f"{server.url}/v1/models", timeout=30).json()["data"]}
+    assert rows["builtin/tiny-flux"]["quantization"] is None
+    for model, spec in quantized.items():
+        assert rows[model]["quantization"] == spec and rows[model]["state"] == "loaded"
+        assert rows[model]["bytes"] < rows["builtin/tiny-flux"]["bytes"], (model, rows[model]["bytes"])

@@ -56,6 +56,9 @@ PRESETS = {
     # CPU: the built-in tiny model at 64 px, 1 step, in float32 (the CPU dtype of every real model;
     # the tiny model's float64 default exists for the bit-exact batch-invariance tests)
     "tiny": Preset("tiny", "builtin/tiny-sd", 64, 64, 1, "float32"),
+    # CPU: the built-in tiny FLUX.1 model (a DiT: packed latents, CLIP + T5, distilled guidance) at 64 px,
+    # 2 steps, float32
+    "tiny-flux": Preset("tiny-flux", "builtin/tiny-flux", 64, 64, 2, "float32", guidance_scale=3.5),
     # GPU: full-size architectures with random weights (the same compute as the real models)
     "sd-turbo-arch": Preset("sd-turbo-arch", "random/sd-turbo-arch", 512, 512, 1, "bfloat16",
                             batch_sizes=(1, 2, 4, 8, 16, 32), concurrency=(1, 4, 16, 32, 64)),
