@@ -52,6 +52,10 @@ class MemoryOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     cpu_offload: bool = False  # enable_model_cpu_offload (CUDA only): modules visit the GPU in turn
+    #: big models on small GPUs (t2i_core/engine/offload.py): "model" (each component visits the device
+    #: in turn), "sequential" (each layer), "group" (blocks of ``offload_blocks`` layers); "none"
+    offload: Literal["none", "model", "sequential", "group"] = "none"
+    offload_blocks: int = Field(default=1, ge=1, le=64)
     vae_slicing: bool = False
     vae_tiling: bool = False
     attention_slicing: bool = False

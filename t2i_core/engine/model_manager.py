@@ -23,6 +23,7 @@ from t2i_core.common.errors import ModelBusy, ModelUnavailable, T2IError
 from t2i_core.common.inpainting import loaded_channels, mode_refusal
 from t2i_core.common.registry import ModelEntry, Registry
 from t2i_core.engine.lora import AdapterSlots
+from t2i_core.engine.offload import apply_offload, resident_bytes
 from t2i_core.weights import sources, tiny_vae
 from t2i_core.weights.quantize import (
     Quantization, apply_quantization, check_available, component_bytes, load_gguf_transformer, load_time_config,
@@ -139,19 +140,24 @@ def estimate_bytes(folder: Path, dtype_size: int, quantization: Quantization | N
     nothing else is there), assuming they are stored as float32. A quantized component counts at its
     method's bytes per value (fp8 and int8 1, nf4 half), a GGUF one at its file's size.
     """
-    total = 0
+    return sum(component_estimates(folder, dtype_size, quantization).values())
+
+
+def component_estimates(folder: Path, dtype_size: int, quantization: Quantization | None = None) -> dict[str, int]:
+    """``estimate_bytes`` per component folder."""
+    out: dict[str, int] = {}
     for component in (p for p in folder.iterdir() if p.is_dir()):
         spec = quantization.components.get(component.name) if quantization else None
         if spec is not None and spec.method == "gguf" and spec.file:
-            total += Path(resolve_gguf_file(spec.file)).stat().st_size
+            out[component.name] = Path(resolve_gguf_file(spec.file)).stat().st_size
             continue
         files = [f for f in component.iterdir() if f.name.endswith(_WEIGHT_SUFFIXES)]
         safetensors = [f for f in files if f.name.endswith(".safetensors")] or files
         full = [f for f in safetensors if ".fp16." not in f.name]
         chosen, stored_size = (full, 4) if full else (safetensors, 2)
         value_bytes = _QUANTIZED_VALUE_BYTES.get(spec.method, dtype_size) if spec is not None else dtype_size
-        total += int(sum(f.stat().st_size for f in chosen) * value_bytes // stored_size)
-    return total
+        out[component.name] = int(sum(f.stat().st_size for f in chosen) * value_bytes // stored_size)
+    return out
 
 
 def load_time_components(path: str, spec: Quantization, dtype: Any) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -255,7 +261,10 @@ class ModelManager:
         dtype = pick_dtype(self.dtype_preference, self.device, entry.cpu_dtype, self.cpu_bf16)
         quantization = entry.quantization_spec
         check_available(quantization, self.device)  # nf4 without CUDA: refused with the reason
-        estimate = estimate_bytes(Path(path), dtype.itemsize, quantization)
+        parts = component_estimates(Path(path), dtype.itemsize, quantization)
+        offloaded = entry.memory.offload != "none" and self.device != "cpu"
+        # offloaded to the CPU, the device holds about one component at a time (cautious for the finer modes)
+        estimate = max(parts.values(), default=0) if offloaded else sum(parts.values())
         if self.budget_bytes and estimate > self.budget_bytes:
             raise ModelUnavailable(
                 f"model {entry.id!r} needs about {estimate} bytes, more than the memory budget "
@@ -288,8 +297,10 @@ class ModelManager:
             sizes = apply_quantization(t2i, quantization, self.device)
             log.info("%s: quantized %s; component bytes %s", entry.id, quantization.describe(), sizes)
         memory = entry.memory
-        if memory.cpu_offload and self.device.startswith("cuda"):
-            t2i.enable_model_cpu_offload(device=self.device)
+        offload = memory.offload if memory.offload != "none" else (
+            "model" if memory.cpu_offload and self.device.startswith("cuda") else "none")
+        if offload != "none":
+            apply_offload(t2i, offload, self.device, memory.offload_blocks)
         else:
             t2i.to(self.device)
         if memory.vae_slicing:
@@ -309,7 +320,9 @@ class ModelManager:
         else:
             i2i = AutoPipelineForImage2Image.from_pipe(t2i)
         i2i.set_progress_bar_config(disable=True)
-        model = LoadedModel(entry, t2i, i2i, time.perf_counter() - started, module_bytes(t2i))
+        # the budget counts what stays on the device (on the CPU, every weight is in the same RAM anyway)
+        on_device = module_bytes(t2i) if self.device == "cpu" else resident_bytes(t2i, offload, memory.offload_blocks)
+        model = LoadedModel(entry, t2i, i2i, time.perf_counter() - started, on_device)
         log.info("loaded %s on %s as %s in %.2fs (%d bytes)", entry.id, self.device, dtype, model.load_s, model.bytes)
         metrics.record_model_load(entry.id, model.load_s)
         return model
