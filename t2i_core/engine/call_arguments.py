@@ -86,4 +86,6 @@ def call_arguments(pipe: Any, family: str, items: list[EngineRequest], generator
         kwargs.update(max_area=first.width * first.height, _auto_resize=False)
     if first.mode == "generate" or "height" in params:
         kwargs["width"], kwargs["height"] = first.width, first.height  # SD3's edit needs them too
+    if first.controlnet is not None and first.mode == "generate" and "control_image" in params:
+        kwargs["control_image"] = kwargs.pop("image")  # FLUX's ControlNet pipeline names it so
     return {k: v for k, v in kwargs.items() if k in params or k == "num_images_per_prompt"}

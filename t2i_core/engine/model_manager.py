@@ -30,7 +30,7 @@ from t2i_core.weights.quantize import (
     resolve_gguf_file, unavailable_reason as quantization_unavailable,
 )
 from t2i_core.weights.sources import Source
-from t2i_core.engine.pipeline_variants import assemble, mode_pipeline, pipeline_class
+from t2i_core.engine.pipeline_variants import CONTROLNET_CLASSES, assemble, mode_pipeline, pipeline_class
 from t2i_core.engine.prompt_dedupe import dedupe_text_encoders
 from t2i_core.engine.speedups import Speedups, apply as apply_speedups
 
@@ -447,21 +447,23 @@ class ModelManager:
                 loaded.last_used = time.monotonic()
 
     def _load_controlnet(self, entry: ControlNetEntry, model: LoadedModel) -> LoadedControlNet:
-        from diffusers import ControlNetModel
+        import diffusers
 
+        controlnet_class = getattr(diffusers, CONTROLNET_CLASSES[entry.family])
         path = Path(entry.local_path())
-        dtype = model.text2image.unet.dtype
+        denoiser = getattr(model.text2image, "unet", None) or model.text2image.transformer
+        dtype = denoiser.dtype
         self._keep = (model.entry.id, frozenset(a for a, _ in model.adapters.active), entry.id)
         try:
             self._make_room(_weights_bytes(path) * dtype.itemsize // 4)
             started = time.perf_counter()
             try:
                 with FROM_PRETRAINED:
-                    module = ControlNetModel.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
+                    module = controlnet_class.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
             except Exception as exc:  # noqa: BLE001 - a bad folder: the request's error, not the engine's
                 raise ModelUnavailable(f"controlnet {entry.id!r} failed to load: {type(exc).__name__}: {exc}",
                                        param="controlnet") from exc
-            module.to(model.text2image.unet.device)
+            module.to(denoiser.device)
             loaded = LoadedControlNet(entry.id, module, module_bytes_of(module), time.perf_counter() - started)
             with self._cond:
                 self._controlnets[entry.id] = loaded

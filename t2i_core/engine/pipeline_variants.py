@@ -13,6 +13,8 @@ from t2i_core.common.families import FAMILIES
 
 
 #: pipeline class per (family, mode, with a ControlNet)
+#: the ControlNet model class per family
+CONTROLNET_CLASSES: dict[str, str] = {"sd": "ControlNetModel", "sdxl": "ControlNetModel", "flux": "FluxControlNetModel"}
 PIPELINE_CLASSES: dict[tuple[str, str, bool], str] = {
     ("sd", "inpaint", False): "StableDiffusionInpaintPipeline",
     ("sdxl", "inpaint", False): "StableDiffusionXLInpaintPipeline",
@@ -23,6 +25,9 @@ PIPELINE_CLASSES: dict[tuple[str, str, bool], str] = {
     ("sdxl", "generate", True): "StableDiffusionXLControlNetPipeline",
     ("sdxl", "edit", True): "StableDiffusionXLControlNetImg2ImgPipeline",
     ("sdxl", "inpaint", True): "StableDiffusionXLControlNetInpaintPipeline",
+    ("flux", "generate", True): "FluxControlNetPipeline",
+    ("flux", "edit", True): "FluxControlNetImg2ImgPipeline",
+    ("flux", "inpaint", True): "FluxControlNetInpaintPipeline",
     # the DiT families' inpainting pipelines (t2i_core/common/families.py)
     **{(f.name, "inpaint", False): f.inpaint for f in FAMILIES.values() if f.dit and f.inpaint},
 }

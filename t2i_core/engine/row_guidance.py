@@ -22,11 +22,11 @@ from t2i_core.common.schemas import EngineRequest
 def per_row_guidance(pipe: Any, items: list[EngineRequest]) -> Iterator[None]:
     """During the block, ``pipe``'s transformer sees row i's guidance as ``items[i].guidance_scale``
     (when the requests ask for it and differ; otherwise the pipeline's own scalar is the same)."""
-    transformer = getattr(pipe, "transformer", None)
     values = [r.guidance_scale for r in items]
-    config = getattr(transformer, "config", None)
-    if (not items[0].row_guidance or config is None or not getattr(config, "guidance_embeds", False)
-            or len(set(values)) == 1):
+    # the transformer, and FLUX's ControlNet, which embeds the guidance as the transformer does
+    modules = [m for m in (getattr(pipe, "transformer", None), getattr(pipe, "controlnet", None))
+               if getattr(getattr(m, "config", None), "guidance_embeds", False)]
+    if not items[0].row_guidance or not modules or len(set(values)) == 1:
         yield
         return
     import torch
@@ -41,8 +41,9 @@ def per_row_guidance(pipe: Any, items: list[EngineRequest]) -> Iterator[None]:
         per_row = torch.tensor(values, dtype=guidance.dtype, device=guidance.device).repeat(rows // len(values))
         return args, {**kwargs, "guidance": per_row}
 
-    handle = transformer.register_forward_pre_hook(swap, with_kwargs=True)
+    handles = [m.register_forward_pre_hook(swap, with_kwargs=True) for m in modules]
     try:
         yield
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()

@@ -132,3 +132,20 @@ def test_quantized_entries_generate_and_are_listed_with_their_bytes(server):
     for model, spec in quantized.items():
         assert rows[model]["quantization"] == spec and rows[model]["state"] == "loaded"
         assert rows[model]["bytes"] < rows["builtin/tiny-flux"]["bytes"], (model, rows[model]["bytes"])
+
+
+def test_a1111_lora_tag_works_for_flux(server):
+    """``<lora:...>`` in an A1111 prompt on a FLUX.1 model: the same image as the native route's adapter."""
+    body = {"seed": 5, "override_settings": {"sd_model_checkpoint": "builtin/tiny-flux"}}
+    tagged = post(server, "/sdapi/v1/txt2img", json={"prompt": "a kite <lora:tiny-flux-ink:0.8>", **body})
+    plain = post(server, "/sdapi/v1/txt2img", json={"prompt": "a kite", **body})
+    assert tagged.status_code == 200 and plain.status_code == 200, tagged.text
+    native = post(server, "/generate", json={"prompt": "a kite", "model": "builtin/tiny-flux", "seed": 5,
+                                             "adapters": [{"id": "tiny-flux-ink", "weight": 0.8}]})
+    assert native.status_code == 200, native.text
+
+    def image(answer) -> np.ndarray:
+        return np.asarray(Image.open(io.BytesIO(base64.b64decode(answer.json()["images"][0]))))
+
+    assert np.array_equal(image(tagged), np.asarray(Image.open(io.BytesIO(native.content))))
+    assert not np.array_equal(image(tagged), image(plain))
