@@ -116,4 +116,11 @@ def test_the_shipped_tiers_are_valid_and_turbo_models_list_none():
     registry = Registry()
     assert set(registry.get(SD3).speed) == {"balanced", "fast"}
     assert registry.get("stabilityai/sd-turbo").speed == {} and registry.get("stabilityai/sdxl-turbo").speed == {}
+    # the DiT families' many-step models have both tiers; models distilled to about 4 steps none
+    for model in ("black-forest-labs/FLUX.1-dev", "black-forest-labs/FLUX.1-Kontext-dev", "Qwen/Qwen-Image",
+                  "Qwen/Qwen-Image-Edit", "Qwen/Qwen-Image-Edit-2509", "builtin/tiny-flux", "builtin/tiny-z-image"):
+        assert set(registry.get(model).speed) == {"balanced", "fast"}, model
+    for model in ("black-forest-labs/FLUX.1-schnell", "black-forest-labs/FLUX.2-klein-4B",
+                  "stabilityai/stable-diffusion-3.5-large-turbo"):
+        assert registry.get(model).speed == {}, model
     assert SpeedTier(steps=0.5).steps_for(3) == 2 and SpeedTier(steps=0.1).steps_for(3) == 1

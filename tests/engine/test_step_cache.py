@@ -91,3 +91,50 @@ def test_the_caches_hook_any_dit_family_and_leave_it_as_it_was(tmp_path):
         assert not np.array_equal(cached, full), tier.cache
         assert {name: module.__dict__.get("forward") for name, module in pipe.transformer.named_modules()} == before
         assert np.array_equal(run(), full), tier.cache
+
+
+FLUX = "builtin/tiny-flux"
+#: the tiny DiT builtins besides SD3 and FLUX.1: each family's tiers are registry data only
+OTHER_DITS = ["builtin/tiny-flux-kontext", "builtin/tiny-flux2-klein", "builtin/tiny-qwen-image",
+              "builtin/tiny-qwen-image-edit", "builtin/tiny-z-image"]
+
+
+@pytest.fixture(scope="module")
+def dit_engine() -> Engine:
+    from t2i_core.patches.transformers import video_processor_optional
+
+    video_processor_optional()  # what install_patches does in the server (Qwen-Image-Edit's processor)
+    engine = Engine(Settings(torch_threads=1))  # each tiny DiT in its entry's cpu_dtype
+    yield engine
+    engine.close()
+
+
+def dit_request(model: str, speed: str, seed: int, steps: int = 8) -> EngineRequest:
+    return EngineRequest(model=model, prompt=f"p{seed}", steps=steps, guidance_scale=3.5, width=64, height=64, seed=seed,
+                         speed=speed)
+
+
+def test_a_tier_changes_the_work_on_the_tiny_flux_and_batches_apart(dit_engine):
+    results = dit_engine.run([dit_request(FLUX, "quality", 1), dit_request(FLUX, "fast", 2),
+                              dit_request(FLUX, "balanced", 3), dit_request(FLUX, "fast", 4)])
+    assert [r.batch_size for r in results] == [1, 2, 1, 2]
+    # tiny-flux: one double-stream and one single-stream block, both hooked: 2 calls a step over 8 steps;
+    # balanced computes steps 0, 2, 4, 6 (4 predicted per block), fast 0, 2, 5 (5 predicted per block)
+    assert [r.cache_calls for r in results] == [0, 16, 16, 16]
+    assert [r.cache_skipped for r in results] == [0, 10, 8, 10]
+    (full,) = dit_engine.run([dit_request(FLUX, "quality", 2)])
+    (alone,) = dit_engine.run([dit_request(FLUX, "fast", 2)])
+    assert not np.array_equal(pixels(alone), pixels(full))
+    # float64: the cache's schedule, not the batch, decides; an image is the same alone and batched (1 level
+    # of 255 allowed for the order of float sums over a batch)
+    assert np.abs(pixels(alone) - pixels(results[1])).max() <= 1
+
+
+@pytest.mark.parametrize("model", OTHER_DITS)
+def test_every_dit_familys_tiers_skip_block_work(dit_engine, model):
+    (quality,) = dit_engine.run([dit_request(model, "quality", 1, steps=4)])
+    (fast,) = dit_engine.run([dit_request(model, "fast", 1, steps=4)])
+    assert quality.cache_calls == 0 and fast.cache_calls > 0
+    # fast (every 3rd step after the first computed): steps 1 and 3 of 4 predicted in every hooked block
+    assert fast.cache_skipped * 2 == fast.cache_calls, (fast.cache_calls, fast.cache_skipped)
+    assert not np.array_equal(pixels(fast), pixels(quality))
