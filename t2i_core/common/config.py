@@ -173,7 +173,9 @@ class Settings:
     #: GPU speed options (see t2i_core/engine/speedups.py), off by default: channels-last memory format, fused
     #: QKV projections, torch.compile of the denoiser, compiled at startup at batch 1, 2 and
     #: ``max_batch_size`` for each of these warm-up sizes ("512x512,768x768"; empty: the default model's
-    #: size), so that traffic never waits for a compile.
+    #: size), so that traffic never waits for a compile: ``/readyz`` answers 503 until it is done (with
+    #: ``preload``), and a graph compiled later is logged and counted in
+    #: ``t2i_compiled_graphs_total{phase="serving"}``.
     channels_last: int = 0
     fuse_qkv: int = 0
     compile: int = 0

@@ -55,6 +55,11 @@ def _make() -> dict[str, Any]:
             name="t2i_stage_seconds",
             documentation="Time per stage: text_encoding, denoising, vae_decoding per engine batch; image_encoding per image",
             labelnames=["stage"], buckets=SECONDS_BUCKETS),
+        "compiled_graphs": bentoml.metrics.Counter(
+            name="t2i_compiled_graphs_total",
+            documentation="Graphs torch.compile compiled (T2I_COMPILE), by phase: startup (the warm-up) or serving "
+                          "(a recompile under traffic; 0 when the warm-up covered it)",
+            labelnames=["phase"]),
         "model_load": bentoml.metrics.Histogram(
             name="t2i_model_load_seconds", documentation="Time to load a model onto the device",
             labelnames=["model"], buckets=SECONDS_BUCKETS),
@@ -104,6 +109,12 @@ def record_speed(model: str, speed: str, images: int, cache_calls: int, cache_sk
         m["cache_calls"].labels(model=model, speed=speed, outcome="skipped").inc(cache_skipped)
     if steps_skipped:
         m["steps_skipped"].labels(model=model, speed=speed).inc(steps_skipped)
+
+
+def record_compiled_graphs(phase: str, graphs: int) -> None:
+    """Graphs torch.compile compiled (``T2I_COMPILE``): at ``startup`` (the warm-up) or while ``serving``
+    (a recompile under traffic)."""
+    _metrics()["compiled_graphs"].labels(phase=phase).inc(graphs)
 
 
 def record_queue_wait(seconds: float) -> None:

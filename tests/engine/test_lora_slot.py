@@ -64,3 +64,23 @@ def test_a_set_over_the_slots_rank_is_a_400_and_unread_adapters_are_refused(slot
     with pytest.raises(ModelUnavailable, match="T2I_COMPILE=1"):
         slots.load(pipe, "tiny-xl-ink", "/nowhere", None)
     assert not slots.evictable and slots.bytes() > 0
+
+
+def test_an_adapter_that_does_not_fit_the_model_is_left_out_without_a_trace():
+    """A registered adapter of the family made for another size of model (here the tiny SDXL's, onto the
+    tiny SD) is listed as missing; the model keeps no layer of it and makes the images it made before."""
+    from peft.tuners.lora import LoraLayer
+
+    engine = Engine(Settings(dtype="float64"))
+    before = images(engine, [])
+    model = engine.load(TINY_SD_ID)
+    registry = engine.registry
+    known = {a.id: a for a in registry.adapters()}
+    misfit, ink = known["tiny-xl-ink"], known[INK]
+    slots = CompiledAdapterSlots.prepare(model.text2image, [(misfit.id, misfit.local_path(), misfit.weight_name),
+                                                            (ink.id, ink.local_path(), ink.weight_name)])
+    model.adapters = slots
+    assert set(slots.missing) == {"tiny-xl-ink"} and set(slots.harvested) == {INK}
+    names = {name for m in model.text2image.unet.modules() if isinstance(m, LoraLayer) for name in m.lora_A}
+    assert names == {SLOT}, names
+    assert np.array_equal(images(engine, []), before)
