@@ -204,7 +204,7 @@ def measure_speed(run: Run) -> dict[str, Any]:
     dtype, size, started = engine_dtype(preset), (preset.width, preset.height), time.perf_counter()
     base = bench_registry_file()
     entry = Registry(path=base).get(preset.model)
-    folder = Path(sources.resolve(entry.parsed_source(), "pipeline", entry.id))
+    folder = Path(sources.resolve(entry.parsed_source, "pipeline", entry.id))
     scratch = Path(tempfile.mkdtemp(prefix="t2i-bench-lora-"))
     try:
         adapters = {f"bench-lora-{i}": random_lora(folder, scratch / f"lora-{i}", rank=16, seed=i) for i in (1, 2)}
