@@ -212,6 +212,7 @@ def measure_speed(run: Run) -> dict[str, Any]:
         with environment(run.env):
             engine = speed.make_engine({"T2I_MODEL": preset.model}, registry_path, dtype)
             tier_rows = speed.tiers(engine, preset.model, run.speed_steps, batch=1, repeats=2, size=size)
+            engine.close()
             del engine
             gc.collect()
             _empty_cuda_cache()

@@ -138,6 +138,7 @@ def compile_switches(model: str, steps: int, adapters: list[str], max_batch: int
 
     plain.run(requests(plain, model, "quality", 1, steps, size))  # loads
     plain_s, plain_images = run_plan(plain)
+    plain.close()
     del plain
     gc.collect()
     before = compiled_graphs()
@@ -149,13 +150,15 @@ def compile_switches(model: str, steps: int, adapters: list[str], max_batch: int
     compiled_s, compiled_images = run_plan(compiled)
     images = sum(batch for batch, _, _ in plan)
     largest = max(int(np.abs(a - b).max()) for a, b in zip(compiled_images, plain_images))
-    return {"model": model, "steps": steps, "batches": len(plan), "images": images, "batch_sizes": sizes,
-            "adapter_sets": [[a for a, _ in s] for s in sets], "tiers": tier_names,
-            "startup_s": round(startup_s, 2), "graphs_startup": startup_graphs,
-            "graphs_serving": compiled.compile_watch.graphs["serving"],
-            "images_per_s": {"compiled": round(images / compiled_s, 3), "uncompiled": round(images / plain_s, 3)},
-            "speedup": round(plain_s / compiled_s, 3), "max_abs_diff_vs_uncompiled": largest,
-            "adapter_switches": compiled.models.adapter_switches().get("adapter_switches", 0)}
+    result = {"model": model, "steps": steps, "batches": len(plan), "images": images, "batch_sizes": sizes,
+              "adapter_sets": [[a for a, _ in s] for s in sets], "tiers": tier_names,
+              "startup_s": round(startup_s, 2), "graphs_startup": startup_graphs,
+              "graphs_serving": compiled.compile_watch.graphs["serving"],
+              "images_per_s": {"compiled": round(images / compiled_s, 3), "uncompiled": round(images / plain_s, 3)},
+              "speedup": round(plain_s / compiled_s, 3), "max_abs_diff_vs_uncompiled": largest,
+              "adapter_switches": compiled.models.adapter_switches().get("adapter_switches", 0)}
+    compiled.close()
+    return result
 
 
 def tiers_table(model: str, rows: list[dict[str, Any]]) -> str:
