@@ -57,6 +57,9 @@ class Family:
     addons: bool = False
     #: edit pipelines an entry may choose (``edits.pipeline``) besides ``edit``
     other_edit_pipelines: tuple[str, ...] = ()
+    #: whether the model reads a negative prompt: FLUX.1 and Kontext (guidance-distilled: no
+    #: classifier-free pass) and FLUX.2 klein (no negative prompt argument) do not
+    negative_prompt: bool = True
 
     @property
     def edit_pipelines(self) -> tuple[str, ...]:
@@ -73,9 +76,11 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("sdxl", None, None, None, "strength", 1, "cfg", 8, addons=True),
     Family("sd3", None, None, None, "strength", 1, "cfg", 16),
     Family("flux", "FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline", "strength", 1, "embedded", 16,
-           addons=True),
-    Family("flux-kontext", "FluxKontextPipeline", "FluxKontextPipeline", None, "reference", 1, "embedded", 16),
-    Family("flux2-klein", "Flux2KleinPipeline", "Flux2KleinPipeline", None, "reference", 4, "cfg", 16),
+           addons=True, negative_prompt=False),
+    Family("flux-kontext", "FluxKontextPipeline", "FluxKontextPipeline", None, "reference", 1, "embedded", 16,
+           negative_prompt=False),
+    Family("flux2-klein", "Flux2KleinPipeline", "Flux2KleinPipeline", None, "reference", 4, "cfg", 16,
+           negative_prompt=False),
     Family("qwen-image", "QwenImagePipeline", "QwenImageImg2ImgPipeline", "QwenImageInpaintPipeline", "strength", 1,
            "true_cfg", 16),
     Family("qwen-image-edit", "QwenImagePipeline", "QwenImageEditPipeline", None, "reference", 1, "true_cfg", 16,

@@ -279,6 +279,10 @@ def to_engine(
     width = req.width or (image_size[0] if image_size else d.width)
     height = req.height or (image_size[1] if image_size else d.height)
     check_size_multiple(entry, width, height)
+    if req.negative_prompt and not entry.family_traits.negative_prompt:
+        raise InvalidRequest(
+            f"model {entry.id!r} ({entry.pipeline}) reads no negative prompt: leave negative_prompt out "
+            f"(got {req.negative_prompt[:80]!r})", param="negative_prompt")
     strength = None
     edits = entry.edit_traits
     reference_batching = None

@@ -53,7 +53,19 @@ class AdapterSlots:
             import os
 
             path, kwargs = os.path.dirname(path) or ".", {"weight_name": os.path.basename(path)}
-        pipe.load_lora_weights(path, adapter_name=name, local_files_only=True, **kwargs)
+        try:
+            pipe.load_lora_weights(path, adapter_name=name, local_files_only=True, **kwargs)
+        except BaseException:
+            # diffusers adds the PEFT layers and switches the new adapter on before a later step can fail:
+            # take them out again and put the active set back, so later requests run as before
+            try:
+                pipe.delete_adapters([name])
+            except Exception:  # noqa: BLE001 - nothing of it was added
+                pass
+            self._layers = None
+            if self._lora_layers(pipe):
+                self._apply(pipe, self.active)
+            raise
         self._layers = None
         adapter = LoadedAdapter(adapter_id, adapter_bytes(pipe, name), time.perf_counter() - started)
         self.loaded[adapter_id] = adapter

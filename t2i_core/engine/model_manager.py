@@ -134,11 +134,13 @@ _QUANTIZED_VALUE_BYTES = {"fp8": 1.0, "int8": 1.0, "nf4": 0.5}
 
 
 def estimate_bytes(folder: Path, dtype_size: int, quantization: Quantization | None = None) -> int:
-    """Memory a diffusers folder will take once loaded: its weight files, scaled to the dtype.
+    """Memory a diffusers folder will take once loaded: its weights' values, at the dtype's size.
 
-    Per component folder, the full-precision files are counted (the ``.fp16.`` variants only when
-    nothing else is there), assuming they are stored as float32. A quantized component counts at its
-    method's bytes per value (fp8 and int8 1, nf4 half), a GGUF one at its file's size.
+    Per component folder, the values are counted from the safetensors headers (whatever dtype they are
+    stored in: FLUX, Qwen-Image and SD 3.5 ship bfloat16 files without an ``.fp16.`` name); the
+    full-precision files when a folder also holds ``.fp16.`` variants, else those. ``.bin`` files count
+    as float32. A quantized component counts at its method's bytes per value (fp8 and int8 1, nf4 half),
+    a GGUF one at its file's size.
     """
     return sum(component_estimates(folder, dtype_size, quantization).values())
 
@@ -153,11 +155,25 @@ def component_estimates(folder: Path, dtype_size: int, quantization: Quantizatio
             continue
         files = [f for f in component.iterdir() if f.name.endswith(_WEIGHT_SUFFIXES)]
         safetensors = [f for f in files if f.name.endswith(".safetensors")] or files
-        full = [f for f in safetensors if ".fp16." not in f.name]
-        chosen, stored_size = (full, 4) if full else (safetensors, 2)
+        chosen = [f for f in safetensors if ".fp16." not in f.name] or safetensors
         value_bytes = _QUANTIZED_VALUE_BYTES.get(spec.method, dtype_size) if spec is not None else dtype_size
-        out[component.name] = int(sum(f.stat().st_size for f in chosen) * value_bytes // stored_size)
+        out[component.name] = int(sum(stored_values(f) for f in chosen) * value_bytes)
     return out
+
+
+def stored_values(file: Path) -> int:
+    """How many weight values a file holds: a safetensors file's header names every tensor's shape
+    (read without loading the data); a ``.bin`` pickle is taken as float32."""
+    import json
+    import math
+    import struct
+
+    if not file.name.endswith(".safetensors"):
+        return file.stat().st_size // 4
+    with file.open("rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(length))
+    return sum(math.prod(t["shape"]) for name, t in header.items() if name != "__metadata__")
 
 
 def load_time_components(path: str, spec: Quantization, dtype: Any) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -262,7 +278,10 @@ class ModelManager:
         quantization = entry.quantization_spec
         check_available(quantization, self.device)  # nf4 without CUDA: refused with the reason
         parts = component_estimates(Path(path), dtype.itemsize, quantization)
-        offloaded = entry.memory.offload != "none" and self.device != "cpu"
+        memory = entry.memory
+        offload = memory.offload if memory.offload != "none" else (
+            "model" if memory.cpu_offload and self.device.startswith("cuda") else "none")
+        offloaded = offload != "none" and self.device != "cpu"
         # offloaded to the CPU, the device holds about one component at a time (cautious for the finer modes)
         estimate = max(parts.values(), default=0) if offloaded else sum(parts.values())
         if self.budget_bytes and estimate > self.budget_bytes:
@@ -296,9 +315,6 @@ class ModelManager:
         if quantization:  # fp8 and int8 now, before the weights move to the device; gguf and nf4 checked
             sizes = apply_quantization(t2i, quantization, self.device)
             log.info("%s: quantized %s; component bytes %s", entry.id, quantization.describe(), sizes)
-        memory = entry.memory
-        offload = memory.offload if memory.offload != "none" else (
-            "model" if memory.cpu_offload and self.device.startswith("cuda") else "none")
         if offload != "none":
             apply_offload(t2i, offload, self.device, memory.offload_blocks)
         else:
@@ -456,7 +472,8 @@ class ModelManager:
         dtype = denoiser.dtype
         self._keep = (model.entry.id, frozenset(a for a, _ in model.adapters.active), entry.id)
         try:
-            self._make_room(_weights_bytes(path) * dtype.itemsize // 4)
+            files = [path] if path.is_file() else [f for f in path.iterdir() if f.name.endswith(_WEIGHT_SUFFIXES)]
+            self._make_room(sum(stored_values(f) for f in files) * dtype.itemsize)
             started = time.perf_counter()
             try:
                 with FROM_PRETRAINED:
@@ -464,7 +481,8 @@ class ModelManager:
             except Exception as exc:  # noqa: BLE001 - a bad folder: the request's error, not the engine's
                 raise ModelUnavailable(f"controlnet {entry.id!r} failed to load: {type(exc).__name__}: {exc}",
                                        param="controlnet") from exc
-            module.to(denoiser.device)
+            # the engine's device, not the denoiser's: an offloaded denoiser waits on the CPU between calls
+            module.to(self.device)
             loaded = LoadedControlNet(entry.id, module, module_bytes_of(module), time.perf_counter() - started)
             with self._cond:
                 self._controlnets[entry.id] = loaded

@@ -138,3 +138,14 @@ def test_batch_keys_follow_how_the_pipeline_takes_its_references(registry):
     z = registry.get("builtin/tiny-z-image")
     assert (to_engine(GenerateRequest(prompt="x", guidance_scale=1), z, seed=1).batch_key()
             != to_engine(GenerateRequest(prompt="x", guidance_scale=2), z, seed=1).batch_key())
+
+
+@pytest.mark.parametrize("model", ["builtin/tiny-flux", "builtin/tiny-flux-kontext", "builtin/tiny-flux2-klein"])
+def test_a_negative_prompt_is_refused_where_the_model_reads_none(registry, model):
+    with pytest.raises(InvalidRequest) as info:
+        to_engine(GenerateRequest(prompt="a cat", negative_prompt="a dog"), registry.get(model), seed=1)
+    assert info.value.param == "negative_prompt" and model in info.value.message and "a dog" in info.value.message
+    assert to_engine(GenerateRequest(prompt="a cat", negative_prompt=""), registry.get(model), seed=1).negative_prompt == ""
+    for reads in ("builtin/tiny-z-image", "builtin/tiny-qwen-image", "builtin/tiny-sd3"):
+        assert to_engine(GenerateRequest(prompt="a cat", negative_prompt="a dog"), registry.get(reads),
+                         seed=1).negative_prompt == "a dog"

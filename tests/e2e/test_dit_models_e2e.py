@@ -60,14 +60,31 @@ def test_kontext_edits_an_uploaded_image_and_refuses_strength_naming_it(server):
     native = post(server, "/edit", json={"prompt": "x", "model": "builtin/tiny-flux-kontext", "strength": 0.5,
                                          "image": base64.b64encode(png(1)).decode()})
     assert native.status_code == 400 and native.json()["param"] == "strength", native.text
-    a1111 = post(server, "/sdapi/v1/img2img", json={
-        "prompt": "x", "init_images": [base64.b64encode(png(1)).decode()], "denoising_strength": 0.5,
-        "override_settings": {"sd_model_checkpoint": "builtin/tiny-flux-kontext"}})
-    assert a1111.status_code == 400 and a1111.json()["param"] == "strength", a1111.text
+    # A1111 clients send denoising_strength with every img2img (webuiapi: 0.7): not applied, not refused
+    a1111 = [post(server, "/sdapi/v1/img2img", json={
+        "prompt": "x", "init_images": [base64.b64encode(png(1)).decode()], "seed": 5,
+        "override_settings": {"sd_model_checkpoint": "builtin/tiny-flux-kontext"}, **extra})
+        for extra in ({"denoising_strength": 0.5}, {})]
+    assert [r.status_code for r in a1111] == [200, 200], a1111[0].text
+    assert a1111[0].json()["images"] == a1111[1].json()["images"]
     two = post(server, "/v1/images/edits", files=files + [("image[]", ("b.png", png(2), "image/png"))],
                data={"prompt": "x", "model": "builtin/tiny-flux-kontext"})
     assert two.status_code == 400, two.text
     assert "model 'builtin/tiny-flux-kontext' takes at most 1 input image per edit; got 2" in two.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("model", ["builtin/tiny-flux", "builtin/tiny-flux-kontext", "builtin/tiny-flux2-klein"])
+def test_a_negative_prompt_to_a_model_that_reads_none_is_refused_naming_it(server, model):
+    """FLUX.1 and Kontext (guidance-distilled) and FLUX.2 klein read no negative prompt: the native and
+    OpenAI-style surfaces refuse it; A1111 clients send one by habit, so that surface runs without it."""
+    refused = post(server, "/generate", json={"prompt": "a cat", "negative_prompt": "a dog", "model": model})
+    assert refused.status_code == 400 and refused.json()["param"] == "negative_prompt", refused.text
+    assert model in refused.json()["error"]
+    a1111 = [post(server, "/sdapi/v1/txt2img", json={"prompt": "a cat", "seed": 4, **extra,
+                                                      "override_settings": {"sd_model_checkpoint": model}})
+             for extra in ({"negative_prompt": "a dog"}, {})]
+    assert [r.status_code for r in a1111] == [200, 200], a1111[0].text
+    assert a1111[0].json()["images"] == a1111[1].json()["images"]
 
 
 def test_native_edit_takes_a_list_of_images_for_klein(server):

@@ -77,3 +77,33 @@ def test_flux_adapters_and_controlnets_fit_flux_models_only(engine):
         registry.adapter("tiny-ink", registry.get("builtin/tiny-flux"))
     with pytest.raises(UnknownControlNet):
         registry.controlnet(CANNY, registry.get("builtin/tiny-sd"))
+
+
+def test_a_failed_adapter_load_leaves_the_model_as_it_was(engine):
+    """diffusers switches a new adapter on before its load can fail (here: re-enabling model offload on
+    a machine without an accelerator): the slots take it out again, so later images are unchanged."""
+    from pathlib import Path
+
+    import torch
+    from diffusers import FluxPipeline
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from t2i_core.engine.lora import AdapterSlots
+    from t2i_core.engine.offload import apply_offload
+
+    pipe = FluxPipeline.from_pretrained(Path(engine.registry.get("builtin/tiny-flux").local_path()), dtype=torch.float32)
+    apply_offload(pipe, "model", "cpu")
+
+    def image():
+        return pipe("a red fox", num_inference_steps=2, width=64, height=64, output_type="np",
+                    generator=torch.Generator().manual_seed(3)).images[0]
+
+    plain = image()
+    slots = AdapterSlots()
+    entry = engine.registry.adapter(INK, engine.registry.get("builtin/tiny-flux"))
+    with pytest.raises(Exception):
+        slots.load(pipe, INK, entry.local_path(), entry.weight_name)
+    assert slots.loaded == {}
+    layers = [m for m in pipe.transformer.modules() if isinstance(m, BaseTunerLayer)]
+    assert all(layer.disable_adapters or not layer.active_adapters for layer in layers)
+    assert np.array_equal(image(), plain)

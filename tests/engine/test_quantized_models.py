@@ -71,6 +71,23 @@ def test_the_estimate_before_loading_counts_quantized_bytes():
         assert estimate_bytes(folder, 4, registry.get(model).quantization_spec) < plain, model
 
 
+def test_the_estimate_counts_values_whatever_dtype_the_files_store(tmp_path):
+    """FLUX, Qwen-Image and SD 3.5 ship bfloat16 files named like float32 ones: the estimate counts the
+    values the headers name, so a bf16 file of 1M values is 2 MB in bf16 and 4 MB in float32."""
+    import torch
+    from safetensors.torch import save_file
+
+    from t2i_core.engine.model_manager import estimate_bytes
+
+    for name, dtype in (("transformer", torch.bfloat16), ("text_encoder", torch.float32)):
+        (tmp_path / name).mkdir()
+        save_file({"a": torch.zeros(1000, 600, dtype=dtype), "b": torch.zeros(400, 1000, dtype=dtype)},
+                  str(tmp_path / name / "diffusion_pytorch_model.safetensors"))
+    (tmp_path / "text_encoder" / "model.fp16.safetensors").write_bytes(b"")  # a variant beside: not counted
+    assert estimate_bytes(tmp_path, 2) == 2 * 2_000_000
+    assert estimate_bytes(tmp_path, 4) == 4 * 2_000_000
+
+
 def test_nf4_is_refused_without_cuda_naming_the_reason(tmp_path):
     from t2i_core.common.registry import DEFAULT_REGISTRY, Registry
     from t2i_core.engine.core import Engine

@@ -86,7 +86,10 @@ def a1111_routes(get_flow: Callable[[], RequestFlow], jobs: CallerJobs) -> list[
         prompt, adapters = split_loras(req.prompt)
         if not prompt:
             raise InvalidRequest(f"prompt holds nothing to draw besides its tags; got {req.prompt!r}"[:300], param="prompt")
-        return {"prompt": prompt, "negative_prompt": req.negative_prompt, "num_inference_steps": req.steps,
+        # A1111 clients send a negative prompt out of habit (templates, UI defaults): a model that reads
+        # none runs without it here, where the native and OpenAI surfaces refuse it
+        negative = req.negative_prompt if entry.family_traits.negative_prompt else None
+        return {"prompt": prompt, "negative_prompt": negative, "num_inference_steps": req.steps,
                 "guidance_scale": req.cfg_scale, "width": req.width, "height": req.height,
                 "seed": req.seed if 0 <= req.seed else None, "model": model,
                 "scheduler": scheduler_for(req, entry.pipeline), "adapters": adapters or None,
@@ -122,11 +125,11 @@ def a1111_routes(get_flow: Callable[[], RequestFlow], jobs: CallerJobs) -> list[
         fields = native_fields(flow, req, await chosen_checkpoint(request))
         if fields.get("controlnet") is not None and fields.get("control_image") is None:
             fields["control_image"] = req.init_images[0]  # as the ControlNet extension does in img2img
-        # an instruction edit model reads init_images as references: denoising_strength is refused only
-        # when the client sent it (A1111 clients often send its default), else it applies as in A1111
+        # an instruction edit model reads init_images as references and makes the image anew: A1111
+        # clients send denoising_strength with every img2img (webuiapi: 0.7), so it is not applied here,
+        # where the native and OpenAI surfaces refuse a strength for these models
         reference = flow.registry.get(fields["model"]).edit_traits.kind == "reference"
-        given = "denoising_strength" in req.model_fields_set
-        native = parse(EditRequest, {**fields, "strength": req.denoising_strength if given or not reference else None})
+        native = parse(EditRequest, {**fields, "strength": None if reference else req.denoising_strength})
         # the others edit the first image, as before (A1111 itself takes one init image per batch image)
         sources = [decode_base64(image, field="init_images") for image in req.init_images[:None if reference else 1]]
         mask = decode_base64(req.mask, field="mask") if req.mask else None
