@@ -299,6 +299,6 @@ def cors_options(settings: Settings) -> dict[str, Any] | None:
         "allow_methods": list(CORS_METHODS),
         "allow_headers": ["Authorization", "Content-Type", "X-Request-ID"],
         "expose_headers": ["X-Seed", "X-Model", "X-Image-Size", "X-Batch-Size", "X-Inference-Time", "X-Total-Time",
-                           "X-Request-ID"],
+                           "X-Request-ID", "X-Speed", "X-Steps-Skipped", "X-Cache-Skipped"],
         "max_age": 600,
     }

@@ -22,6 +22,11 @@ class RenderedImage:
     total_s: float
     #: the generation parameters written into the file (A1111's text; empty when turned off)
     parameters: str = ""
+    #: its speed tier, the steps the tier cut, and its batch's step cache: hooked calls, and those skipped
+    speed: str = "quality"
+    steps_skipped: int = 0
+    cache_calls: int = 0
+    cache_skipped: int = 0
 
     @property
     def media_type(self) -> str:
@@ -35,4 +40,10 @@ class RenderedImage:
             "X-Batch-Size": str(self.batch_size),
             "X-Inference-Time": f"{self.inference_s:.4f}",
             "X-Total-Time": f"{self.total_s:.4f}",
+            **self.speed_headers(),
         }
+
+    def speed_headers(self) -> dict[str, str]:
+        """The work its speed tier saved: the steps it cut, and its batch's step cache (skipped / hooked calls)."""
+        return {"X-Speed": self.speed, "X-Steps-Skipped": str(self.steps_skipped),
+                "X-Cache-Skipped": f"{self.cache_skipped}/{self.cache_calls}"}

@@ -274,6 +274,7 @@ class RequestFlow:
         rows = []
         for entry in self.registry.entries():
             row = {**entry.metadata(), "pipeline": entry.pipeline,  # the family adapters and ControlNets name
+                   "speed": ["quality", *entry.speed],  # the speed tiers it offers
                    "edits": entry.edit_traits.model_dump(exclude={"pipeline"}),  # strength or reference, max images
                    "quantization": entry.quantization_spec.describe() or None,  # component -> fp8, int8, gguf, nf4
                    **states.get(entry.id, {"state": "available", "reason": None})}
@@ -339,13 +340,16 @@ class RequestFlow:
                          **({"strength": first.strength} if first.strength is not None else {}),
                          **({"adapters": [f"{a}:{w:g}" for a, w in first.adapters]} if first.adapters else {}),
                          **({"controlnet": first.controlnet} if first.controlnet else {}),
-                         **({"mask": True} if first.mask is not None else {}))
+                         **({"mask": True} if first.mask is not None else {}),
+                         **({"speed": first.speed, "steps_skipped": first.steps_skipped} if first.speed != "quality" else {}))
         results = await self._call_engine(items, disconnected, request_id)
         if len(results) != len(items):
             raise T2IError(f"engine returned {len(results)} results for {len(items)} requests")
         request_log.note(seeds=[r.seed for r in results], batch_size=max(r.batch_size for r in results),
                          queue_s=max(r.queue_s for r in results), inference_s=round(max(r.inference_s for r in results), 4),
-                         **{f"{stage}_s": seconds for stage, seconds in results[0].stages.items()})
+                         **{f"{stage}_s": seconds for stage, seconds in results[0].stages.items()},
+                         **({"cache_skipped": results[0].cache_skipped, "cache_calls": results[0].cache_calls}
+                            if results[0].cache_calls else {}))
         for result in results:
             if result.error is not None:
                 err = T2IError.from_dict(result.error)
@@ -366,8 +370,9 @@ class RequestFlow:
             RenderedImage(
                 data=data, format=fmt, seed=int(r.seed or 0), model=r.model, width=r.width,
                 height=r.height, batch_size=r.batch_size, inference_s=r.inference_s, total_s=total, parameters=text,
+                speed=item.speed, steps_skipped=item.steps_skipped, cache_calls=r.cache_calls, cache_skipped=r.cache_skipped,
             )
-            for r, (data, _), text in zip(results, encoded, texts)
+            for r, item, (data, _), text in zip(results, items, encoded, texts)
         ]
 
     async def _encode(

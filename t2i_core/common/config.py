@@ -173,11 +173,19 @@ class Settings:
     #: GPU speed options (see t2i_core/engine/speedups.py), off by default: channels-last memory format, fused
     #: QKV projections, torch.compile of the denoiser, compiled at startup at batch 1, 2 and
     #: ``max_batch_size`` for each of these warm-up sizes ("512x512,768x768"; empty: the default model's
-    #: size), so that traffic never waits for a compile.
+    #: size), so that traffic never waits for a compile: ``/readyz`` answers 503 until it is done (with
+    #: ``preload``), and a graph compiled later is logged and counted in
+    #: ``t2i_compiled_graphs_total{phase="serving"}``.
     channels_last: int = 0
     fuse_qkv: int = 0
     compile: int = 0
     warmup_sizes: str = ""
+    #: With ``compile``: the rank of the LoRA slot every adapter of a compiled model is swapped into in
+    #: place (no recompile when requests change adapters; t2i_core/engine/lora_slot.py). The adapters of
+    #: one request must add up to at most this rank (400 beyond). 0: the sum of the 4 largest ranks of
+    #: the adapters registered for the model's family (any request fits). The slot is computed for every
+    #: image of the model, so a smaller rank costs less.
+    compile_lora_rank: int = 0
 
     def __post_init__(self) -> None:
         check_settings(self)

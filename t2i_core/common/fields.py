@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, Field, ValidationInfo
 
 from t2i_core.common.schedulers import SCHEDULERS
+from t2i_core.common.speed_tiers import TIERS as SPEED_TIERS
 
 MAX_PROMPT_CHARS = 2000
 MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE = 64, 2048, 8
@@ -225,6 +226,14 @@ Size = Annotated[str | None, BeforeValidator(parse_size), Field(description="'WI
 ResponseFormat = Annotated[str | None, BeforeValidator(_choice(*RESPONSE_FORMATS))]
 OptionalImageFormat = Annotated[
     str | None, BeforeValidator(_format), Field(json_schema_extra={"enum": list(IMAGE_FORMATS)})
+]
+SpeedName = Annotated[
+    str | None,
+    BeforeValidator(_choice(*SPEED_TIERS)),
+    Field(description="Speed tier: quality (the full computation, the default), balanced or fast: a step cache "
+                      "or fewer steps, as the model's registry entry says (GET /v1/models lists each model's tiers); "
+                      "a tier the model does not offer is a 400.",
+          json_schema_extra={"enum": list(SPEED_TIERS)}),
 ]
 SchedulerName = Annotated[
     str | None,

@@ -55,6 +55,11 @@ def _make() -> dict[str, Any]:
             name="t2i_stage_seconds",
             documentation="Time per stage: text_encoding, denoising, vae_decoding per engine batch; image_encoding per image",
             labelnames=["stage"], buckets=SECONDS_BUCKETS),
+        "compiled_graphs": bentoml.metrics.Counter(
+            name="t2i_compiled_graphs_total",
+            documentation="Graphs torch.compile compiled (T2I_COMPILE), by phase: startup (the warm-up) or serving "
+                          "(a recompile under traffic; 0 when the warm-up covered it)",
+            labelnames=["phase"]),
         "model_load": bentoml.metrics.Histogram(
             name="t2i_model_load_seconds", documentation="Time to load a model onto the device",
             labelnames=["model"], buckets=SECONDS_BUCKETS),
@@ -66,6 +71,18 @@ def _make() -> dict[str, Any]:
         "errors": bentoml.metrics.Counter(
             name="t2i_engine_errors_total", documentation="Images the engine could not make, by error code",
             labelnames=["code"]),
+        "speed_images": bentoml.metrics.Counter(
+            name="t2i_speed_tier_images_total", documentation="Images the engine made, by model and speed tier",
+            labelnames=["model", "speed"]),
+        "cache_calls": bentoml.metrics.Counter(
+            name="t2i_step_cache_calls_total",
+            documentation="Calls of the denoiser modules a speed tier's step cache hooked (transformer blocks or "
+                          "attention layers), by model, tier and outcome (computed, or skipped: answered from the cache)",
+            labelnames=["model", "speed", "outcome"]),
+        "steps_skipped": bentoml.metrics.Counter(
+            name="t2i_speed_steps_skipped_total",
+            documentation="Denoising steps a speed tier cut from what the requests asked, summed over images, by model and tier",
+            labelnames=["model", "speed"]),
         "request_errors": bentoml.metrics.Counter(
             name="t2i_request_errors_total", documentation="Requests answered with an error, by route and error code",
             labelnames=["route", "code"]),
@@ -80,6 +97,24 @@ def record_batch(model: str, kind: str, size: int, stages: dict[str, float], con
     m["batch_items"].observe(size)
     for stage, seconds in stages.items():
         m["stage"].labels(stage=stage).observe(seconds)
+
+
+def record_speed(model: str, speed: str, images: int, cache_calls: int, cache_skipped: int, steps_skipped: int) -> None:
+    """One engine batch of a speed tier: its images, its step cache's calls (computed and skipped), and
+    the steps the tier cut (summed over its images)."""
+    m = _metrics()
+    m["speed_images"].labels(model=model, speed=speed).inc(images)
+    if cache_calls:
+        m["cache_calls"].labels(model=model, speed=speed, outcome="computed").inc(cache_calls - cache_skipped)
+        m["cache_calls"].labels(model=model, speed=speed, outcome="skipped").inc(cache_skipped)
+    if steps_skipped:
+        m["steps_skipped"].labels(model=model, speed=speed).inc(steps_skipped)
+
+
+def record_compiled_graphs(phase: str, graphs: int) -> None:
+    """Graphs torch.compile compiled (``T2I_COMPILE``): at ``startup`` (the warm-up) or while ``serving``
+    (a recompile under traffic)."""
+    _metrics()["compiled_graphs"].labels(phase=phase).inc(graphs)
 
 
 def record_queue_wait(seconds: float) -> None:

@@ -21,6 +21,7 @@ from t2i_core.common.errors import T2IError, UnknownAdapter, UnknownControlNet, 
 from t2i_core.common.families import FAMILIES, REFERENCE_PIPELINES, EditKind, Family, PipelineFamily
 from t2i_core.common.fields import MAX_GUIDANCE, MAX_SIDE, MAX_STEPS, MIN_SIDE, SIDE_MULTIPLE
 from t2i_core.common.schedulers import SCHEDULERS, check_scheduler
+from t2i_core.common.speed_tiers import SpeedTier, check_tiers
 from t2i_core.weights import sources
 from t2i_core.weights.sources import Source, SourceFields
 from t2i_core.weights.quantize import Quantization, parse_quantization
@@ -103,7 +104,15 @@ class ModelEntry(SourceFields, BaseModel):
     #: "int8"}``; a GGUF denoiser as ``{"method": "gguf", "file": "<path>|hub:<owner>/<repo>/<file>.gguf"}``;
     #: ``nf4`` needs CUDA; null: none
     quantization: dict[str, Any] | None = None
+    #: the speed tiers this model offers besides ``quality`` (the full computation): ``balanced`` and
+    #: ``fast``, each a step cache on the denoiser and/or a factor on the steps (common/speed_tiers.py)
+    speed: dict[str, SpeedTier] = {}
     description: str = ""
+
+    @field_validator("speed")
+    @classmethod
+    def _speed_tiers(cls, value: dict[str, SpeedTier]) -> dict[str, SpeedTier]:
+        return check_tiers(value)
 
     @field_validator("tiny_vae")
     @classmethod

@@ -26,12 +26,14 @@ from t2i_core.common.fields import (
     SchedulerName,
     Seed,
     Side,
+    SpeedName,
     Steps,
     Strength,
 )
 from t2i_core.common.inpainting import denoiser_channels, mode_refusal
 from t2i_core.common.registry import ModelEntry, Registry
 from t2i_core.common.schedulers import check_scheduler
+from t2i_core.common import speed_tiers
 
 DEFAULT_STRENGTH = 0.6
 #: what an image request makes: text to image, image to image, or image to image where a mask says
@@ -57,6 +59,7 @@ class PromptSettings(BaseModel):
     model: ModelId = None
     scheduler: SchedulerName = None
     adapters: Adapters = None
+    speed: SpeedName = None
 
     @model_validator(mode="after")
     def _steps_is_another_name(self) -> "PromptSettings":
@@ -161,6 +164,11 @@ class EngineRequest(BaseModel):
     control_scale: float = 1.0
     control_start: float = 0.0
     control_end: float = 1.0
+    #: the speed tier (common/speed_tiers.py): the engine turns on the model's step cache of that tier
+    #: for the batch; tiers batch apart
+    speed: str = "quality"
+    #: denoising steps the tier cut from what the request asked (``steps`` is what runs)
+    steps_skipped: int = 0
     #: the API chose ``model`` as the default (the request named none): the engine, which owns the
     #: default, answers ``default_model_changed`` if its default is another one now
     model_defaulted: bool = False
@@ -180,7 +188,7 @@ class EngineRequest(BaseModel):
         key: tuple[Any, ...] = (
             self.mode, self.model, self.width, self.height, self.steps,
             None if self.row_guidance else self.guidance_scale, self.strength, self.scheduler, tuple(self.adapters),
-            self.controlnet, self.control_scale, self.control_start, self.control_end, self.reference_batching)
+            self.controlnet, self.control_scale, self.control_start, self.control_end, self.reference_batching, self.speed)
         if self.reference_batching == "shared":  # one list of references for the whole call
             key += (self.references_digest(),)
         elif self.reference_batching == "one_prompt":  # one prompt and its references per call
@@ -204,12 +212,14 @@ class EngineRequest(BaseModel):
 
     def label(self) -> str:
         """What kind of work this is, for the engine's per-kind batch statistics:
-        ``generate``, ``inpaint+adapters:a,b``, ``edit+controlnet:c``..."""
+        ``generate``, ``inpaint+adapters:a,b``, ``edit+controlnet:c``, ``generate+speed:fast``..."""
         parts = [self.mode]
         if self.controlnet:
             parts.append(f"controlnet:{self.controlnet}")
         if self.adapters:
             parts.append("adapters:" + ",".join(name for name, _ in self.adapters))
+        if self.speed != "quality":
+            parts.append(f"speed:{self.speed}")
         return "+".join(parts)
 
 
@@ -227,6 +237,11 @@ class EngineResult(BaseModel):
     queue_s: float = 0.0
     #: seconds per engine stage of its batch: text_encoding, denoising, vae_decoding
     stages: dict[str, float] = {}
+    #: its batch's step cache (a speed tier's): calls of the hooked denoiser modules (transformer blocks
+    #: or attention layers, as the cache hooks them) and how many of those the cache answered without
+    #: computing; 0 and 0 without a cache
+    cache_calls: int = 0
+    cache_skipped: int = 0
     error: dict[str, Any] | None = None
 
 
@@ -310,6 +325,12 @@ def to_engine(
                     param="strength",
                 )
             steps = math.ceil(1 / strength)
+    speed, tier = speed_tiers.resolve(req.speed, entry.id, entry.speed)
+    steps_skipped = 0
+    if tier is not None and tier.steps is not None:
+        # at least the one step an edit needs (steps * strength >= 1)
+        fewer = max(tier.steps_for(steps), math.ceil(1 / strength) if strength else 1)
+        steps_skipped, steps = max(0, steps - fewer), min(steps, fewer)
     scheduler = req.scheduler or d.scheduler
     if scheduler is not None:
         check_scheduler(scheduler, entry.pipeline)
@@ -333,6 +354,8 @@ def to_engine(
         height=height,
         seed=seed,
         strength=strength,
+        speed=speed,
+        steps_skipped=steps_skipped,
         reference_batching=reference_batching,
         row_guidance=entry.family_traits.guidance == "embedded",
     )

@@ -30,7 +30,9 @@ from t2i_core.engine.row_guidance import per_row_guidance
 from t2i_core.engine.model_manager import LoadedModel, ModelManager
 from t2i_core.common.registry import Registry
 from t2i_core.common.schemas import EngineRequest, EngineResult, Preview
+from t2i_core.engine.compile_watch import CompileWatch
 from t2i_core.engine.speedups import Speedups
+from t2i_core.engine.step_cache import CacheCount, step_cache
 from t2i_core.engine.stage_timer import StageTimer, device_sync
 from t2i_core.engine.request_board import RequestBoard
 from t2i_core.engine.previews import preview_rows, preview_steps
@@ -96,6 +98,11 @@ class Engine(SharedWorkers):
         self.stage_timer = StageTimer(device_sync(self.device))
         self.stop_points = StopPoints()
         self._collected_this_call = False
+        #: the step cache's count of the last pipeline call (a speed tier's; empty without one)
+        self._cache_count = CacheCount()
+        #: with T2I_COMPILE: graphs compiled at start-up and while serving (a recompile under traffic)
+        self.compile_watch = CompileWatch() if self.models.speedups.compile else None
+        self._warming_up = False
         self.worker = worker
         self.board: WorkerBoard | None = None
         state = state if state is not None else MemoryState()
@@ -159,17 +166,23 @@ class Engine(SharedWorkers):
 
     def warm_up(self, model_id: str) -> None:
         """Run ``model_id`` at batch 1, 2 and the maximum for each warm-up size, so that torch.compile
-        compiles now (the second batch size makes the batch dimension dynamic) and not under traffic."""
+        compiles now (the second batch size makes the batch dimension dynamic) and not under traffic.
+        The graphs compiled here count as start-up's (``compile_watch``); the server is not ready before."""
         entry = self.registry.get(model_id)
         sizes = self.models.speedups.warmup_sizes or ((entry.defaults.width, entry.defaults.height),)
         for width, height in sizes:
             for batch in sorted({1, 2, self.settings.max_batch_size}):
+                # prompts of another length per batch size: a text encoder that does not pad to a fixed
+                # length (Qwen-Image's) makes that dimension dynamic at start-up too
+                warm = [EngineRequest(model=model_id, prompt="warm-up" + " more" * (batch + i), seed=i,
+                                      steps=entry.defaults.steps, guidance_scale=entry.defaults.guidance_scale,
+                                      width=width, height=height) for i in range(batch)]
                 started = time.perf_counter()
-                results = self.run([
-                    EngineRequest(model=model_id, prompt=f"warm-up {i}", steps=entry.defaults.steps, width=width,
-                                  height=height, guidance_scale=entry.defaults.guidance_scale, seed=i)
-                    for i in range(batch)
-                ])
+                self._warming_up = True
+                try:
+                    results = self.run(warm)
+                finally:
+                    self._warming_up = False
                 failed = next((r.error for r in results if r.error), None)
                 log.info("warm-up %s %dx%d batch %d: %.1fs%s", model_id, width, height, batch,
                          time.perf_counter() - started, f" (failed: {failed['message']})" if failed else "")
@@ -265,6 +278,10 @@ class Engine(SharedWorkers):
             if req.submitted_at is not None:  # sent by the API (not a warm-up or an in-process call)
                 metrics.record_queue_wait(wait)
         results = self._run_split(items, seeds)
+        if self.compile_watch is not None:
+            self.compile_watch.note("startup" if self._warming_up else "serving",
+                                    f"{items[0].model} {items[0].label()} {items[0].width}x{items[0].height} "
+                                    f"batch {len(items)}")
         stopped = {ClientClosed.code, RequestTimeout.code}
         cancelled = [bool(r.error and r.error.get("code") in stopped) for r in results]
         self.requests.set_progress([req.request_id for req, c in zip(items, cancelled) if not c], state="done")
@@ -321,6 +338,9 @@ class Engine(SharedWorkers):
         self._counts["images"] += len(items)
         self._busy_s += elapsed
         metrics.record_batch(items[0].model, items[0].mode, len(items), stages, items[0].control_label())
+        cache = self._cache_count
+        metrics.record_speed(items[0].model, items[0].speed, len(items), cache.calls, cache.skipped,
+                             sum(r.steps_skipped for r in items))
         results: list[EngineResult] = []
         for r, s, p, bad in zip(items, seeds, pixels, flagged):
             # an image whose request was cancelled while its batch-mates kept the batch going is dropped:
@@ -335,6 +355,7 @@ class Engine(SharedWorkers):
             results.append(self._failed(r, s, reason) if reason is not None else EngineResult(
                 model=r.model, seed=s, width=r.width, height=r.height, pixels=p,
                 batch_size=len(items), inference_s=elapsed, stages=stages,
+                cache_calls=cache.calls, cache_skipped=cache.skipped,
             ))
         return results
 
@@ -412,8 +433,10 @@ class Engine(SharedWorkers):
         self.stage_timer.attach(pipe)
         self.stop_points.attach(pipe, denoiser_compiled=self.models.speedups.compile)
         self.stage_timer.start()
+        tier = self.registry.get(first.model).speed.get(first.speed)  # (None for quality)
         try:
             with torch.inference_mode(), self.stop_points.watching(lambda: self._all_unwanted(items)), \
+                    step_cache(pipe, tier, first.steps) as self._cache_count, \
                     per_row_guidance(pipe, items):
                 output = pipe(**kwargs)
         finally:
@@ -515,6 +538,9 @@ class Engine(SharedWorkers):
                 for label, b in sorted(self._batch_sizes_by_kind.items())
             },
             "loaded_controlnets": self.models.controlnet_ids(),
+            # T2I_COMPILE: graphs compiled at start-up, and while serving (recompiles under traffic)
+            "compiled_graphs_startup": self.compile_watch.graphs["startup"] if self.compile_watch else 0,
+            "compiled_graphs_serving": self.compile_watch.graphs["serving"] if self.compile_watch else 0,
             **self.requests.kept(),
             **self.models.adapter_switches(),
         }

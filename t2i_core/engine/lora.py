@@ -38,6 +38,8 @@ class AdapterSlots:
     switch_s: float = 0.0
     #: the pipeline's PEFT LoRA layers (found again after an adapter is loaded or deleted)
     _layers: list[Any] | None = None
+    #: whether the memory budget may unload these adapters one by one (not those of a compiled model)
+    evictable = True
 
     def bytes(self) -> int:
         return sum(a.bytes for a in self.loaded.values())

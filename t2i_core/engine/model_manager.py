@@ -32,7 +32,7 @@ from t2i_core.weights.quantize import (
 from t2i_core.weights.sources import Source
 from t2i_core.engine.pipeline_variants import CONTROLNET_CLASSES, assemble, mode_pipeline, pipeline_class
 from t2i_core.engine.prompt_dedupe import dedupe_text_encoders
-from t2i_core.engine.speedups import Speedups, apply as apply_speedups
+from t2i_core.engine.speedups import Speedups, adapter_slots, apply as apply_speedups
 
 log = logging.getLogger("t2i.models")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -329,6 +329,7 @@ class ModelManager:
         dedupe_text_encoders(t2i)  # shared with the edit pipeline below
         if self.speedups.any:
             log.info("%s: %s", entry.id, ", ".join(apply_speedups(t2i, self.speedups)))
+        adapters = adapter_slots(t2i, entry, self.registry, self.speedups)  # (compiled: read now, see lora_slot.py)
         # The edit pipeline reuses the same modules: no second copy of the weights.
         if family.dit:
             loaded, t2i = t2i, mode_pipeline(t2i, family.generate)
@@ -338,7 +339,7 @@ class ModelManager:
         i2i.set_progress_bar_config(disable=True)
         # the budget counts what stays on the device (on the CPU, every weight is in the same RAM anyway)
         on_device = module_bytes(t2i) if self.device == "cpu" else resident_bytes(t2i, offload, memory.offload_blocks)
-        model = LoadedModel(entry, t2i, i2i, time.perf_counter() - started, on_device)
+        model = LoadedModel(entry, t2i, i2i, time.perf_counter() - started, on_device, adapters=adapters)
         log.info("loaded %s on %s as %s in %.2fs (%d bytes)", entry.id, self.device, dtype, model.load_s, model.bytes)
         metrics.record_model_load(entry.id, model.load_s)
         return model
@@ -395,7 +396,7 @@ class ModelManager:
         for mid, model in self._loaded.items():
             if model.in_flight == 0 and mid not in (exclude, keep_model):
                 candidates.append((model.last_used, "model", mid, None))
-            for aid, adapter in model.adapters.loaded.items():
+            for aid, adapter in model.adapters.loaded.items() if model.adapters.evictable else ():
                 if not (mid == keep_model and aid in keep_adapters):
                     candidates.append((adapter.last_used, "adapter", mid, aid))
         for cid, controlnet in self._controlnets.items():

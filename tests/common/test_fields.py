@@ -84,19 +84,3 @@ def test_the_smallest_strength_runs_one_step_within_the_step_limit():
     entry = Registry().get("builtin/tiny-sd")
     eng = to_engine(parse(EditRequest, {"prompt": "x", "strength": 0.01}), entry, seed=1, mode="edit", image_size=(64, 64))
     assert eng.steps == 100 and int(eng.steps * eng.strength) == 1
-
-
-@pytest.mark.parametrize("quality, default, steps", [("low", 4, 2), ("low", 1, 1), ("medium", 4, 4), ("auto", 4, 4),
-                                                     ("standard", 4, 4), ("high", 4, 8), ("hd", 60, 100)])
-def test_openai_quality_maps_to_the_models_steps(quality, default, steps):
-    from t2i_core.api.surfaces.openai_images import steps_for
-
-    assert steps_for(quality, default) == steps
-
-
-def test_an_unknown_openai_quality_is_a_400():
-    from t2i_core.api.surfaces.openai_images import steps_for
-
-    with pytest.raises(InvalidRequest) as info:
-        steps_for("ultra", 4)
-    assert info.value.param == "quality" and "'ultra'" in info.value.message

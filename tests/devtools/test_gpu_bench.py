@@ -26,6 +26,9 @@ def test_the_plan_names_known_presets_models_and_settings():
     for run in (*gpu.PLAN, *gpu.DRY_PLAN):
         entry = registry.get(PRESETS[run.preset].model)
         assert set(run.env) <= settings, run
+        if run.speed_steps:  # a speed run: tiers to measure, compile switched on by the run itself
+            assert entry.speed and not run.env and "speed tiers + compile with adapter switches" in run.label, run
+            continue
         if run in gpu.PLAN:
             dit = entry.family_traits.dit
             assert PRESETS[run.preset].dtype == "bfloat16" and entry.defaults.width == (1024 if dit else 512)
@@ -38,6 +41,8 @@ def test_the_plan_names_known_presets_models_and_settings():
     assert {"sd-turbo-arch", "sdxl-turbo-arch", "flux-schnell-arch", "flux-schnell-arch-fp8",
             "z-image-turbo-arch"} <= {r.preset for r in gpu.PLAN}
     assert any(r.env for r in gpu.PLAN) and any(not r.env for r in gpu.PLAN)
+    # the tiers and compile with adapter switches on the FLUX.1 and SD-Turbo architectures
+    assert {r.preset for r in gpu.PLAN if r.speed_steps} == {"sd-turbo-arch", "flux-schnell-arch"}
     assert gpu.GPU_SIZING.concurrency == (1, 8, 32)
     assert (gpu.DIT_SIZING.batch_sizes, gpu.DIT_SIZING.concurrency) == ((1, 4), (1, 8))
 
@@ -99,6 +104,14 @@ def test_dry_run_measures_raw_and_served_and_writes_json_and_table(tmp_path):
     assert [r["label"] for r in report["runs"]] == [r.label for r in gpu.DRY_PLAN]
     for run in report["runs"]:
         assert "error" not in run and "skipped" not in run, run
+        if "tiers" in run:  # the speed run: every tier measured against quality, compiled without a recompile
+            assert [t["speed"] for t in run["tiers"]] == ["quality", "fast"]
+            assert run["tiers"][1]["steps"] < run["tiers"][0]["steps"] and run["tiers"][0]["mean_abs_diff"] == 0
+            compiled = run["compile"]
+            assert compiled["graphs_startup"] > 0 and compiled["graphs_serving"] == 0, compiled
+            assert compiled["adapter_sets"] == [[], ["bench-lora-1"], ["bench-lora-2"], ["bench-lora-1", "bench-lora-2"]]
+            assert compiled["max_abs_diff_vs_uncompiled"] <= 2
+            continue
         assert run["sizing"] == json.loads(json.dumps(dataclasses.asdict(sizing)))
         assert [r["batch"] for r in run["raw"]] == list(sizing.batch_sizes)
         assert [r["concurrency"] for r in run["served"]] == list(sizing.concurrency)

@@ -89,3 +89,25 @@ def test_product_metrics(server):
     assert metric(after, "t2i_model_load_seconds_count", model=model) >= 1
     assert re.search(r"^t2i_oom_retries_total ", after, re.M)
     assert re.search(r"^t2i_requests_in_flight ", after, re.M)
+
+
+def test_a_speed_tier_reports_its_work_saved_in_headers_log_and_metrics(server):
+    model = "builtin/tiny-sd3"
+    before = httpx.get(f"{server.url}/metrics").text
+    r = httpx.post(f"{server.url}/generate", json={"prompt": "t", "model": model, "speed": "fast", "steps": 7, "seed": 2},
+                   timeout=120)
+    assert r.status_code == 200, r.text
+    assert r.headers["x-speed"] == "fast" and r.headers["x-cache-skipped"] == "4/7"
+    cut = httpx.post(f"{server.url}/generate", json={"prompt": "t", "speed": "fast", "steps": 4}, timeout=60)
+    assert cut.status_code == 200 and cut.headers["x-steps-skipped"] == "2"
+    line = log_line(server, r.headers["x-request-id"])
+    assert line["speed"] == "fast" and line["cache_skipped"] == 4 and line["cache_calls"] == 7
+    after = httpx.get(f"{server.url}/metrics").text
+
+    def grew(name: str, **labels: str) -> float:
+        return metric(after, name, **labels) - metric(before, name, **labels)
+
+    assert grew("t2i_speed_tier_images_total", model=model, speed="fast") == 1
+    assert grew("t2i_step_cache_calls_total", model=model, speed="fast", outcome="skipped") == 4
+    assert grew("t2i_step_cache_calls_total", model=model, speed="fast", outcome="computed") == 3
+    assert grew("t2i_speed_steps_skipped_total", model="builtin/tiny-sd", speed="fast") == 2

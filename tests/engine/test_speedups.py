@@ -12,9 +12,9 @@ from t2i_core.common.schemas import EngineRequest
 from t2i_core.engine.speedups import Speedups
 
 
-def requests(n: int, size: int = 64) -> list[EngineRequest]:
-    return [EngineRequest(model=TINY_SD_ID, prompt=f"p{i}", steps=2, guidance_scale=3.0, width=size, height=size, seed=i)
-            for i in range(n)]
+def requests(n: int, size: int = 64, adapters: list[tuple[str, float]] | None = None) -> list[EngineRequest]:
+    return [EngineRequest(model=TINY_SD_ID, prompt=f"p{i}", steps=2, guidance_scale=3.0, width=size, height=size, seed=i,
+                          adapters=adapters or []) for i in range(n)]
 
 
 def images(engine: Engine, reqs: list[EngineRequest]) -> np.ndarray:
@@ -45,16 +45,52 @@ def test_channels_last_and_fused_qkv_keep_the_images():
     assert fast.load(TINY_SD_ID).image2image.unet is pipe.unet
 
 
-@pytest.mark.slow
-def test_compile_warms_up_and_steady_state_batches_do_not_recompile():
+def unique_graphs() -> int:
+    """Graphs dynamo has compiled in this process (each recompile adds one)."""
     from torch._dynamo.utils import counters
 
+    return counters["stats"]["unique_graphs"]
+
+
+@pytest.mark.slow
+def test_compile_warms_up_and_no_batch_size_or_adapter_set_recompiles():
+    """With T2I_COMPILE, start-up compiles (preload: batch 1, 2 and the maximum), and then batches of
+    every size and every adapter set run on what was compiled: zero recompiles, the same images as the
+    model uncompiled."""
+    before = unique_graphs()
     engine = Engine(Settings(dtype="float32", compile=1, max_batch_size=4, warmup_sizes="64x64"))
-    engine.preload()  # loads, compiles, runs batch 1, 2 and 4
-    graphs = counters["stats"]["unique_graphs"]
+    engine.preload()  # loads (reading the family's adapters into the LoRA slot), compiles, runs batch 1, 2 and 4
+    graphs = unique_graphs()
     assert graphs > 0
     plain = Engine(Settings(dtype="float32"))
-    for n in (3, 4, 1, 2):
-        diff = np.abs(images(engine, requests(n)) - images(plain, requests(n)))
-        assert diff.max() <= 2, (n, diff.max())
-    assert counters["stats"]["unique_graphs"] == graphs  # no recompiles in steady state
+    ink, pastel = ("tiny-ink", 1.0), ("tiny-pastel", 0.5)
+    for n, adapters in ((3, []), (1, [ink]), (4, [ink, pastel]), (2, [("tiny-pastel", 0.8)]), (3, [ink]), (1, [])):
+        diff = np.abs(images(engine, requests(n, adapters=adapters)) - images(plain, requests(n, adapters=adapters)))
+        assert diff.max() <= 2, (n, adapters, diff.max())
+    assert unique_graphs() == graphs  # no recompiles in steady state
+    assert engine.compile_watch.graphs == {"startup": graphs - before, "serving": 0}
+    assert engine.models.adapter_switches()["adapter_switches"] >= 4
+
+
+@pytest.mark.slow
+def test_compiled_flux_blocks_serve_every_tier_adapter_set_and_batch_size_without_recompiling():
+    """A DiT compiles block by block: a speed tier's step cache hooks the blocks outside the compiled
+    code and the LoRA slot is swapped in place, so tiers, adapter sets and batch sizes change nothing
+    compiled (the tiny FLUX, in float64: its images equal the uncompiled model's within 1 level of 255)."""
+    flux, ink = "builtin/tiny-flux", "tiny-flux-ink"
+    engine = Engine(Settings(compile=1, max_batch_size=4, warmup_sizes="64x64", model=flux))
+    engine.preload()
+    assert engine.compile_watch.graphs["startup"] > 0
+    graphs = unique_graphs()
+    plain = Engine(Settings())
+    for n, speed, adapters in ((3, "quality", []), (1, "fast", [(ink, 1.0)]), (4, "balanced", [(ink, 0.6)]),
+                               (2, "fast", []), (1, "quality", [(ink, -0.8)])):
+        reqs = [EngineRequest(model=flux, prompt=f"p{i}" + " longer" * i, steps=6, guidance_scale=3.5, width=64,
+                              height=64, seed=i, speed=speed, adapters=adapters) for i in range(n)]
+        compiled, eager = engine.run(reqs), plain.run(reqs)
+        assert compiled[0].cache_skipped == eager[0].cache_skipped and (speed == "quality") == (compiled[0].cache_calls == 0)
+        diff = np.abs(np.stack([np.frombuffer(r.pixels, np.uint8).astype(int) for r in compiled])
+                      - np.stack([np.frombuffer(r.pixels, np.uint8).astype(int) for r in eager]))
+        assert diff.max() <= 1, (n, speed, adapters, diff.max())
+    assert unique_graphs() == graphs and engine.compile_watch.graphs["serving"] == 0
+    assert engine.stats()["compiled_graphs_serving"] == 0

@@ -7,7 +7,9 @@ controls (``adapters``, ``controlnet`` with ``control_image``, ``controlnet_cond
 parts, as OpenAI's gpt-image models do; a JSON list) for models that read several references. Edits take OpenAI's ``mask``
 (inpainting): a mask with an alpha channel repaints its fully transparent pixels, as OpenAI's does; a
 mask without one repaints its white pixels. ``stream`` with ``partial_images`` answers server-sent
-events (openai_stream.py); ``quality`` sets the steps when none are given (``steps_for``);
+events (openai_stream.py); ``quality`` picks the model's speed tier when the request names none
+(``tier_for_openai_quality``: low fast, medium balanced, high quality; a model without that tier runs
+the full computation);
 ``output_compression`` is the JPEG / WebP quality; ``background: transparent`` is a 400 (the models
 draw opaque images); ``style`` and ``moderation`` are accepted and ignored.
 """
@@ -31,6 +33,7 @@ from t2i_core.api.request_flow import Prepared, RequestFlow, client_left, parse
 from t2i_core.api.image_store import ImageStore, off_loop
 from t2i_core.api.images.codecs import MEDIA_TYPES
 from t2i_core.common.schemas import ControlNetSettings, EditRequest, GenerateRequest, PromptSettings
+from t2i_core.common.speed_tiers import tier_for_openai_quality
 from t2i_core.api.surfaces.openai_stream import check_stream, stream_images
 from t2i_core.api.surfaces.native import MAX_EDIT_IMAGES
 from t2i_core.api.surfaces.reading import (
@@ -55,7 +58,7 @@ class OpenAIImageRequest(PromptSettings, ControlNetSettings):
     stream: bool = False
     output_compression: int | None = Field(default=None, ge=0, le=100)
     partial_images: PartialImages = 0
-    #: "low" / "medium" / "high" (and "standard" / "hd", "auto"): steps when none are given, see ``steps_for``
+    #: "low" / "medium" / "high" (and "standard" / "hd", "auto"): the speed tier when none is given
     quality: str | None = Field(default=None, max_length=20)
     background: str | None = Field(default=None, max_length=20)
 
@@ -69,9 +72,11 @@ class OpenAIImageRequest(PromptSettings, ControlNetSettings):
         if self.background == "transparent":
             raise InvalidRequest("background transparent is not supported: these models draw opaque images; "
                                  "send background opaque or auto", param="background", code="unsupported_parameter")
-        if self.quality is not None and self.num_inference_steps is None:
-            steps = steps_for(self.quality, flow.registry.get(self.model).defaults.steps)
-            return self.model_copy(update={"num_inference_steps": steps})
+        if self.quality is not None:
+            tier = tier_for_openai_quality(self.quality)  # checked even when speed is given
+            offered = ("quality", *flow.registry.get(self.model).speed)
+            if self.speed is None and tier is not None and tier in offered:
+                return self.model_copy(update={"speed": tier})
         return self
 
     def native(self) -> GenerateRequest:
@@ -90,20 +95,6 @@ class OpenAIEditRequest(OpenAIImageRequest):
 
     def native(self) -> EditRequest:
         return EditRequest(**super().native().model_dump(), strength=self.strength)
-
-
-def steps_for(quality: str, default_steps: int) -> int:
-    """OpenAI's ``quality`` as denoising steps of the model: low = half its default steps (at least 1),
-    medium / standard / auto = its default, high / hd = twice its default (at most 100)."""
-    key = quality.strip().lower()
-    if key == "low":
-        return max(1, round(default_steps / 2))
-    if key in ("high", "hd"):
-        return min(100, default_steps * 2)
-    if key in ("medium", "standard", "auto"):
-        return default_steps
-    raise InvalidRequest(f"quality must be one of low, medium, high, auto (or standard, hd); got {quality!r}",
-                         param="quality")
 
 
 async def _images_body(
@@ -154,7 +145,8 @@ def openai_routes(get_flow: Callable[[], RequestFlow], store: ImageStore) -> lis
             return stream_images(flow, event, prepared.req.format, req.quality or "auto", lambda rid: flow.run(
                 prepared, disconnected=watch, request_id=rid, partial_images=req.partial_images))
         images = await flow.run(prepared, n=req.n, disconnected=watch)
-        return JSONResponse(await _images_body(images, req, request, store, flow.settings.public_url))
+        return JSONResponse(await _images_body(images, req, request, store, flow.settings.public_url),
+                            headers=images[0].speed_headers())
 
     async def generations(request: Request) -> Response:
         flow = get_flow()

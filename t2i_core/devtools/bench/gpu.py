@@ -3,7 +3,11 @@ SDXL-Turbo architectures at 512 px, 1 step, bfloat16, with the model's VAE and w
 architecture), with and without ``torch.compile``, each raw (the engine in process) at batch 1/8/32 and
 served (a real ``bentoml serve``) at 1, 8 and 32 clients; and the FLUX.1 [schnell] (4 steps, bfloat16 and
 float8 weights) and Z-Image-Turbo (9 steps) architectures at 1024 px, raw at batch 1/4 and served at 1/8
-clients (``DIT_SIZING``). Writes one JSON and a markdown table.
+clients (``DIT_SIZING``). The speed runs (``Run.speed_steps``) measure, on the FLUX.1 and SD-Turbo
+architectures, each speed tier (images/s, the work skipped, the mean absolute pixel difference from the
+``quality`` tier) and ``torch.compile`` over batches that switch size, LoRA adapter set (two random
+rank-16 adapters) and tier: graphs compiled at start-up and while serving (0), images/s against
+uncompiled, the largest pixel difference (``speed.py``). Writes one JSON and a markdown table.
 
 Sized to finish within ``--budget-s`` (default 450 s, for an H100): the runs go in the order of
 ``PLAN`` (most wanted first), and a run whose expected duration (``Run.expect_s``, an estimate for an
@@ -58,14 +62,21 @@ class Run:
     expect_s: float = 0.0
     #: the run's own batch sizes and client counts (the DiT runs'); None: the plan's
     sizing: Sizing | None = None
+    #: > 0: a speed run (``measure_speed``): the tiers at this many steps, then compile with adapter switches
+    speed_steps: int = 0
 
 
 PLAN = (
     Run("sd-turbo, bf16", "sd-turbo-arch", expect_s=50),
+    # speed tiers at 20 steps (the UNet tiers cut steps), then compile with adapter and tier switches
+    Run("sd-turbo, bf16, speed tiers + compile with adapter switches", "sd-turbo-arch", expect_s=120, speed_steps=20),
     # the first FLUX run builds the architecture first (33 GB: random weights on the GPU, then written) and
     # loads it twice (the engine in process, then the server); the fp8 run after it reuses it
     Run("flux-schnell 1024 px, bf16", "flux-schnell-arch", expect_s=150, sizing=_dit()),
     Run("flux-schnell 1024 px, fp8", "flux-schnell-arch-fp8", expect_s=100, sizing=_dit()),
+    # FLUX.1 [dev]'s tiers (TaylorSeer on the blocks) at its 28 steps; compile block by block
+    Run("flux 1024 px, bf16, speed tiers + compile with adapter switches", "flux-schnell-arch", expect_s=240,
+        speed_steps=28),
     Run("z-image-turbo 1024 px, bf16", "z-image-turbo-arch", expect_s=150, sizing=_dit()),
     Run("sd-turbo, bf16, TAESD", "sd-turbo-arch-taesd", expect_s=50),
     Run("sd-turbo, bf16, TAESD, compile", "sd-turbo-arch-taesd", COMPILE_ENV, expect_s=150),
@@ -77,7 +88,8 @@ PLAN = (
 #: the CPU rehearsal: the same steps on the tiny model (channels-last stands in for compile, which
 #: takes minutes on a small CPU)
 DRY_PLAN = (Run("tiny, float32", "tiny"), Run("tiny, float32, channels-last", "tiny", {"T2I_CHANNELS_LAST": "1"}),
-            Run("tiny-flux, float32, fp8", "tiny-flux-fp8"))
+            Run("tiny-flux, float32, fp8", "tiny-flux-fp8"),
+            Run("tiny, speed tiers + compile with adapter switches", "tiny", speed_steps=4))
 ARCHS = ("sd-turbo", "sdxl-turbo", "flux-schnell", "z-image-turbo")
 
 
@@ -174,6 +186,58 @@ def measure(run: Run, sizing: Sizing) -> dict[str, Any]:
             "seconds": {"raw": round(raw_s, 1), "total": round(time.perf_counter() - started, 1)}}
 
 
+def measure_speed(run: Run) -> dict[str, Any]:
+    """A speed run: each tier at ``run.speed_steps`` steps (batch 1), then compile with adapter switches
+    (at most 8 steps: compile does not depend on the steps), with two random LoRA adapters of the
+    architecture registered for it."""
+    import shutil
+    import tempfile
+
+    from t2i_core.common.registry import Registry
+    from t2i_core.devtools.bench import speed
+    from t2i_core.devtools.bench.random_lora import random_lora, with_adapters
+    from t2i_core.devtools.bench.registry import bench_registry_file
+    from t2i_core.devtools.bench.run import engine_dtype
+    from t2i_core.weights import sources
+
+    preset = PRESETS[run.preset]
+    dtype, size, started = engine_dtype(preset), (preset.width, preset.height), time.perf_counter()
+    base = bench_registry_file()
+    entry = Registry(path=base).get(preset.model)
+    folder = Path(sources.resolve(entry.parsed_source, "pipeline", entry.id))
+    scratch = Path(tempfile.mkdtemp(prefix="t2i-bench-lora-"))
+    try:
+        adapters = {f"bench-lora-{i}": random_lora(folder, scratch / f"lora-{i}", rank=16, seed=i) for i in (1, 2)}
+        registry_path = with_adapters(base, entry.pipeline, adapters)
+        with environment(run.env):
+            engine = speed.make_engine({"T2I_MODEL": preset.model}, registry_path, dtype)
+            tier_rows = speed.tiers(engine, preset.model, run.speed_steps, batch=1, repeats=2, size=size)
+            engine.close()
+            del engine
+            gc.collect()
+            _empty_cuda_cache()
+            tiers_s = time.perf_counter() - started
+            compiled = speed.compile_switches(preset.model, min(run.speed_steps, 8), list(adapters), max_batch=2,
+                                              rounds=1, size=size, registry_path=registry_path, dtype=dtype)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    gc.collect()
+    _empty_cuda_cache()
+    return {"label": run.label, "preset": run.preset, "model": preset.model, "dtype": dtype, "env": run.env,
+            "speed_steps": run.speed_steps, "tiers": tier_rows, "compile": compiled,
+            "seconds": {"tiers": round(tiers_s, 1), "total": round(time.perf_counter() - started, 1)}}
+
+
+def _speed_cells(r: dict[str, Any]) -> str:
+    tiers = "; ".join(f"{t['speed']} {t['images_per_s']:.2f} img/s ({t['time_vs_quality']:.2f}x time, diff "
+                      f"{t['mean_abs_diff']:.1f})" for t in r["tiers"])
+    c = r["compile"]
+    return (f"| {r['label']} | tiers at {r['speed_steps']} steps: {tiers} | compile, {c['batches']} batches switching "
+            f"size/adapters/tier: {c['images_per_s']['compiled']:.2f} img/s vs {c['images_per_s']['uncompiled']:.2f} "
+            f"uncompiled; graphs {c['graphs_startup']} at start-up ({c['startup_s']:.0f} s), {c['graphs_serving']} "
+            f"serving; max diff {c['max_abs_diff_vs_uncompiled']} | | |")
+
+
 def _empty_cuda_cache() -> None:
     import torch
 
@@ -194,6 +258,9 @@ def markdown(report: dict[str, Any]) -> str:
         if "skipped" in r or "error" in r:
             why = r.get("skipped") or f"failed: {r['error']}"
             lines.append(f"| {r['label']} | {why} | | | |")
+            continue
+        if "tiers" in r:
+            lines.append(_speed_cells(r))
             continue
         raw_cells = ", ".join(f"b{row['batch']} {row['images_per_s']:.1f}" for row in r["raw"])
         served_cells = ", ".join(f"{row['concurrency']}c {row['images_per_s']:.1f} / {row['p50_s'] * 1000:.0f}"
@@ -244,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{elapsed:5.0f} s] {run.label} ...", flush=True)
         try:
             build_arch(run, report["build_s"])
-            report["runs"].append(measure(run, sizing))
+            report["runs"].append(measure_speed(run) if run.speed_steps else measure(run, sizing))
         except Exception as exc:  # noqa: BLE001 - one failing run must not lose the others
             traceback.print_exc()
             report["runs"].append({"label": run.label, "preset": run.preset, "env": run.env,

@@ -93,6 +93,8 @@ def a1111_routes(get_flow: Callable[[], RequestFlow], jobs: CallerJobs) -> list[
                 "guidance_scale": req.cfg_scale, "width": req.width, "height": req.height,
                 "seed": req.seed if 0 <= req.seed else None, "model": model,
                 "scheduler": scheduler_for(req, entry.pipeline), "adapters": adapters or None,
+                # this server's speed tier, as an A1111 override: {"override_settings": {"speed": "fast"}}
+                "speed": req.override_settings.get("speed"),
                 **controlnet_fields(req)}
 
     def images_count(flow: RequestFlow, req: Txt2Img) -> int:

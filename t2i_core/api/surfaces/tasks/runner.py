@@ -33,7 +33,8 @@ log = logging.getLogger("t2i.tasks")
 #: seconds between two looks at a running task's record for a cancel taken elsewhere
 POLL_S = 0.25
 #: the headers of /generate's answer that a task's result keeps
-KEPT_HEADERS = ("x-seed", "x-model", "x-image-size", "x-batch-size", "x-inference-time", "x-total-time")
+KEPT_HEADERS = ("x-seed", "x-model", "x-image-size", "x-batch-size", "x-inference-time", "x-total-time", "x-speed",
+                "x-steps-skipped", "x-cache-skipped")
 
 
 def engine_request_id(task_id: str) -> str:

@@ -1,0 +1,86 @@
+"""The LoRA slot of compiled models (engine/lora_slot.py), checked without compiling: swapping an
+adapter set into the slot gives the images PEFT gives with those adapters active."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from t2i_core.common.config import Settings
+from t2i_core.common.errors import InvalidRequest, ModelUnavailable
+from t2i_core.common.registry import TINY_SD_ID
+from t2i_core.common.schemas import EngineRequest
+from t2i_core.engine.core import Engine
+from t2i_core.engine.lora_slot import SLOT, CompiledAdapterSlots
+
+INK, PASTEL = "tiny-ink", "tiny-pastel"
+SETS = [[], [(INK, 1.0)], [(INK, 1.0), (PASTEL, 0.5)], [(PASTEL, 0.8)], [(PASTEL, 0.3), (INK, -0.7)], []]
+
+
+def images(engine: Engine, adapters) -> np.ndarray:
+    reqs = [EngineRequest(model=TINY_SD_ID, prompt=f"p{i}", steps=2, guidance_scale=3.0, width=64, height=64, seed=i,
+                          adapters=adapters) for i in range(2)]
+    results = engine.run(reqs)
+    assert all(r.error is None for r in results), results[0].error
+    return np.stack([np.frombuffer(r.pixels, np.uint8).astype(int) for r in results])
+
+
+@pytest.fixture(scope="module")
+def slotted() -> Engine:
+    """An engine whose tiny-sd takes its adapters through the slot (as a compiled one would, uncompiled)."""
+    engine = Engine(Settings(dtype="float64"))
+    model = engine.load(TINY_SD_ID)
+    usable = [a for a in engine.registry.adapters() if a.family == "sd"]
+    model.adapters = CompiledAdapterSlots.prepare(model.text2image, [(a.id, a.local_path(), a.weight_name) for a in usable])
+    return engine
+
+
+def test_swapping_sets_into_the_slot_gives_the_images_peft_gives(slotted):
+    plain = Engine(Settings(dtype="float64"))
+    for adapters in SETS:
+        # float64: only the order of the sums differs (one slot matmul against one per adapter)
+        assert np.abs(images(slotted, adapters) - images(plain, adapters)).max() <= 1, adapters
+    assert not np.array_equal(images(slotted, [(INK, 1.0)]), images(slotted, []))
+
+
+def test_the_slot_is_one_fixed_adapter_whatever_the_set(slotted):
+    slots = slotted.load(TINY_SD_ID).adapters
+    assert slots.rank == 8  # the two rank-4 adapters of the family, together
+    layers = list(slots._slot.values())
+    assert layers and all(list(layer.lora_A) == [SLOT] and layer.active_adapters == [SLOT] for layer in layers)
+    images(slotted, [(INK, 1.0), (PASTEL, 0.5)])
+    assert all(list(layer.lora_A) == [SLOT] and layer.active_adapters == [SLOT] and layer.scaling[SLOT] == 1.0
+               for layer in layers)
+    assert slotted.models.adapter_switches()["adapter_switches"] >= 1
+
+
+def test_a_set_over_the_slots_rank_is_a_400_and_unread_adapters_are_refused(slotted):
+    slots = slotted.load(TINY_SD_ID).adapters
+    pipe = slotted.load(TINY_SD_ID).text2image
+    narrow = CompiledAdapterSlots(loaded=dict(slots.loaded), rank=4, harvested=slots.harvested, _slot=slots._slot)
+    with pytest.raises(InvalidRequest) as info:
+        narrow.activate(pipe, [(INK, 1.0), (PASTEL, 1.0)])
+    assert info.value.param == "adapters" and "rank 8" in info.value.message and "rank 4" in info.value.message
+    with pytest.raises(ModelUnavailable, match="T2I_COMPILE=1"):
+        slots.load(pipe, "tiny-xl-ink", "/nowhere", None)
+    assert not slots.evictable and slots.bytes() > 0
+
+
+def test_an_adapter_that_does_not_fit_the_model_is_left_out_without_a_trace():
+    """A registered adapter of the family made for another size of model (here the tiny SDXL's, onto the
+    tiny SD) is listed as missing; the model keeps no layer of it and makes the images it made before."""
+    from peft.tuners.lora import LoraLayer
+
+    engine = Engine(Settings(dtype="float64"))
+    before = images(engine, [])
+    model = engine.load(TINY_SD_ID)
+    registry = engine.registry
+    known = {a.id: a for a in registry.adapters()}
+    misfit, ink = known["tiny-xl-ink"], known[INK]
+    slots = CompiledAdapterSlots.prepare(model.text2image, [(misfit.id, misfit.local_path(), misfit.weight_name),
+                                                            (ink.id, ink.local_path(), ink.weight_name)])
+    model.adapters = slots
+    assert set(slots.missing) == {"tiny-xl-ink"} and set(slots.harvested) == {INK}
+    names = {name for m in model.text2image.unet.modules() if isinstance(m, LoraLayer) for name in m.lora_A}
+    assert names == {SLOT}, names
+    assert np.array_equal(images(engine, []), before)
