@@ -120,10 +120,12 @@ async def measure(url: str, a_key: str, b_key: str, flood: int, requests: int, b
         a_during = a_times[a_before:]
         flooding = False
         await asyncio.gather(*loops)
+    quartiles = statistics.quantiles(a_during, n=4) if len(a_during) >= 2 else [None] * 3
     return {"b_alone_median_s": statistics.median(alone), "b_flood_median_s": statistics.median(under),
             "a_flood_median_s": statistics.median(a_during) if a_during else None,
+            "a_flood_p25_s": quartiles[0],
             "b_ratio": statistics.median(under) / statistics.median(alone), "a_answers_during": len(a_during),
-            "b_alone_s": alone, "b_flood_s": under}
+            "b_alone_s": alone, "b_flood_s": under, "a_flood_s": a_during}
 
 
 def run_one(fair: bool, flood: int, requests: int, api_workers: int, body: dict[str, Any],
