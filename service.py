@@ -37,7 +37,7 @@ from t2i_core.api.guards import IN_FLIGHT, GuardMiddleware, cors_options
 from t2i_core.api.image_stores import open_image_store
 from t2i_core.api.retry import retry_dropped
 from t2i_core.common.shutdown import drain_on_sigterm
-from t2i_core.api.surfaces.native import EditUpload, answer, upload_bytes
+from t2i_core.api.surfaces.native import EditUpload, answer, upload_bytes, uploads_bytes
 from t2i_core.common.schemas import EditRequest, EngineRequest, EngineResult, GenerateRequest, Preview
 from t2i_core.api.surfaces.tasks.routes import TaskRoutes, task_routes
 from t2i_core.api.surfaces.tasks.runner import TaskRunner
@@ -185,10 +185,12 @@ class API:
 
     @bentoml.api(route="/edit", input_spec=EditUpload)
     async def edit(self, ctx: bentoml.Context, **fields: Any) -> Image:
-        """Image to image: a file upload (multipart) or base64 in JSON. Answers the image bytes."""
-        image, mask, control = (upload_bytes(fields.pop(name, None)) for name in ("image", "mask", "control_image"))
+        """Image to image: a file upload (multipart) or base64 in JSON; several images (repeated parts, a
+        JSON list) for a model that reads several reference images. Answers the image bytes."""
+        images = uploads_bytes(fields.pop("image", None))
+        mask, control = (upload_bytes(fields.pop(name, None)) for name in ("mask", "control_image"))
         return await answer(ctx, self.flow.edit(
-            EditRequest.model_construct(**fields), image or b"", mask=mask, control_image=control,
+            EditRequest.model_construct(**fields), images or [b""], mask=mask, control_image=control,
             disconnected=client_left(ctx.request),
         ))
 

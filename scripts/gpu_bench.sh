@@ -8,10 +8,13 @@
 #
 # SD-Turbo and SDXL-Turbo architectures (random weights: the real models' compute, no download),
 # 512 px, 1 step, bfloat16, the model's VAE and a tiny VAE, with and without torch.compile; raw (the
-# engine in process) at batch 1/8/32 and served (bentoml serve) at 1/8/32 clients. Writes
-# gpu-bench/gpu-bench.json and gpu-bench/gpu-bench.md (the table for docs/performance.md).
-# The first run builds the architectures (about 3.5 GB for SD-Turbo, 8 GB for SDXL-Turbo) under
-# $T2I_CACHE_DIR (default ~/.cache/t2i-server); later runs reuse them.
+# engine in process) at batch 1/8/32 and served (bentoml serve) at 1/8/32 clients. FLUX.1 [schnell]
+# (1024 px, 4 steps, bfloat16 and float8 weights) and Z-Image-Turbo (1024 px, 9 steps) architectures,
+# raw at batch 1/4 and served at 1/8 clients. Writes gpu-bench/gpu-bench.json and gpu-bench/gpu-bench.md
+# (the table for docs/performance.md). Each architecture is built before its first run (3.5 GB for
+# SD-Turbo, 8 GB for SDXL-Turbo, 33 GB for FLUX.1 [schnell], 20 GB for Z-Image-Turbo) under
+# $T2I_CACHE_DIR (default ~/.cache/t2i-server); later runs reuse them, except a DiT architecture built by
+# this run, removed after its last run (a 64 GB disk holds one at a time beside the others).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dry=0

@@ -33,8 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     tiny = sub.add_parser("tiny", help="write a tiny random-weight pipeline that diffusers loads offline")
     from t2i_core.weights.tiny import TINY_FAMILIES
+    from t2i_core.weights.tiny_dit import DIT_FAMILIES
 
-    tiny.add_argument("--family", choices=TINY_FAMILIES, default="sd")
+    tiny.add_argument("--family", choices=TINY_FAMILIES + DIT_FAMILIES, default="sd")
     tiny.add_argument("--out", type=Path, required=True, help="folder to write (replaced if present)")
     pull = sub.add_parser("pull", help="put a model's weights on disk (hub cache or BentoML model store)")
     pull.add_argument("model_id")
@@ -232,9 +233,10 @@ def run_pull(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 def run_tiny(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from t2i_core.weights.tiny import build_tiny_pipeline
+    from t2i_core.weights.tiny_dit import DIT_FAMILIES, build_tiny_dit
 
     started = time.perf_counter()
-    out = build_tiny_pipeline(args.family, args.out)
+    out = (build_tiny_dit if args.family in DIT_FAMILIES else build_tiny_pipeline)(args.family, args.out)
     print(f"wrote tiny {args.family} pipeline to {out} in {time.perf_counter() - started:.2f}s")
     print(f"load it with: DiffusionPipeline.from_pretrained({str(out)!r}, local_files_only=True)")
     return 0

@@ -31,7 +31,9 @@ from t2i_core.api.rendered_image import RenderedImage
 from t2i_core.api.images.masks import decode_mask
 from t2i_core.common.pixels import to_rgb_pixels
 from t2i_core.common.registry import ModelEntry, Registry
-from t2i_core.common.schemas import EditRequest, EngineRequest, EngineResult, GenerateRequest, Preview, nth_image, to_engine
+from t2i_core.common.schemas import (
+    EditRequest, EngineRequest, EngineResult, GenerateRequest, InputImage, Preview, nth_image, to_engine,
+)
 
 #: Without encoder processes (``T2I_ENCODE_PROCESSES=0``, or one CPU), a request's images are encoded
 #: on the event loop when they have this many pixels or fewer in all
@@ -114,13 +116,13 @@ class RequestFlow:
         return await self.run(prepared, n, disconnected, request_id, partial_images)
 
     async def edit(
-        self, req: EditRequest, image: bytes, n: int = 1, disconnected: Disconnected | None = None,
+        self, req: EditRequest, image: bytes | list[bytes], n: int = 1, disconnected: Disconnected | None = None,
         request_id: str | None = None, partial_images: int = 0, mask: bytes | None = None,
         control_image: bytes | None = None, transparent_repaints: bool = False,
         mask_reader: Callable[[bytes], bytes] | None = None,
     ) -> list[RenderedImage]:
-        """Edit the PNG/JPEG/WebP ``image`` (bytes) as ``req`` says; with ``mask``, only where the mask
-        is white (or, with ``transparent_repaints``, where a mask with alpha is transparent).
+        """Edit the PNG/JPEG/WebP ``image`` (bytes; a list: the reference images of an instruction edit
+        model that reads several) as ``req`` says; with ``mask``, only where the mask is white (or, with ``transparent_repaints``, where a mask with alpha is transparent).
         ``mask_reader``: turns the mask as sent into that form first (a surface's own mask rules)."""
         prepared = await self.prepare_edit(req, image, mask=mask, control_image=control_image,
                                            transparent_repaints=transparent_repaints, mask_reader=mask_reader)
@@ -154,25 +156,43 @@ class RequestFlow:
         return Prepared(req, first, on_model)
 
     async def prepare_edit(
-        self, req: EditRequest, image: bytes, mask: bytes | None = None, control_image: bytes | None = None,
-        transparent_repaints: bool = False, mask_reader: Callable[[bytes], bytes] | None = None,
+        self, req: EditRequest, image: bytes | list[bytes], mask: bytes | None = None,
+        control_image: bytes | None = None, transparent_repaints: bool = False,
+        mask_reader: Callable[[bytes], bytes] | None = None,
     ) -> Prepared:
-        """``req`` resolved and its image, mask and control image decoded, ready for ``run`` (as
-        ``prepare_generate``)."""
+        """``req`` resolved and its image(s), mask and control image decoded, ready for ``run`` (as
+        ``prepare_generate``). A model that edits from reference images (``edits.kind`` reference) gets
+        them all (the first at the output size, the others at their own); the others take one."""
         self._note_prompt(req)
+        images = [image] if isinstance(image, bytes) else list(image)
+        if not images:
+            raise InvalidRequest("image is required: a PNG, JPEG or WebP image to edit", param="image")
         seed, mode = self._seed(req), "inpaint" if mask is not None else "edit"
+        entry = self.registry.get(req.model)
         # resolved (and refused) before the image is decoded; its size comes with the image
-        to_engine(req, self.registry.get(req.model), seed=seed, mode=mode, registry=self.registry)
+        to_engine(req, entry, seed=seed, mode=mode, registry=self.registry, images=len(images))
         if control_image is None and isinstance(req.control_image, str):
             control_image = decode_base64(req.control_image, field="control_image")
         pixels, size, mask_pixels, control = await asyncio.to_thread(
-            self._prepare_inputs, req, image, mask, control_image, transparent_repaints, mask_reader)
+            self._prepare_inputs, req, images[0], mask, control_image, transparent_repaints, mask_reader,
+            entry.family_traits.size_multiple)
+        others = await asyncio.to_thread(lambda: [self._reference(data) for data in images[1:]])
 
         def on_model(entry: ModelEntry) -> EngineRequest:
-            item = to_engine(req, entry, seed=seed, mode=mode, registry=self.registry, image_size=size)
+            item = to_engine(req, entry, seed=seed, mode=mode, registry=self.registry, image_size=size,
+                             images=len(images))
+            if entry.edit_traits.kind == "reference":
+                first = InputImage(width=size[0], height=size[1], pixels=pixels)
+                return item.model_copy(update={"references": [first, *others], "control_image": control})
             return item.model_copy(update={"image": pixels, "mask": mask_pixels, "control_image": control})
 
-        return Prepared(req, on_model(self.registry.get(req.model)), on_model)
+        return Prepared(req, on_model(entry), on_model)
+
+    def _reference(self, data: bytes) -> InputImage:
+        """A second (third...) reference image, at its own size (sides multiples of 16, within limits)."""
+        img = decode_image(data, max_pixels=self.settings.max_input_pixels)
+        width, height = output_size(*img.size, multiple=16)
+        return InputImage(width=width, height=height, pixels=to_rgb_pixels(img, width, height))
 
     @staticmethod
     def _seed(req: GenerateRequest) -> int:
@@ -200,8 +220,9 @@ class RequestFlow:
                 if attempt or changed.model is None:
                     raise
                 self.registry.set_default(changed.model)
-                first = prepared.on_model(self.registry.get(changed.model)).model_copy(
-                    update={"partial_images": partial_images})
+                # may decode the control image again at the new model's size: off the event loop
+                resolved = await asyncio.to_thread(prepared.on_model, self.registry.get(changed.model))
+                first = resolved.model_copy(update={"partial_images": partial_images})
         raise AssertionError("unreachable")
 
     def _decode_rgb(self, data: bytes, size: tuple[int, int], field: str) -> bytes:
@@ -209,9 +230,9 @@ class RequestFlow:
 
     def _prepare_inputs(
         self, req: EditRequest, image: bytes, mask: bytes | None, control_image: bytes | None, transparent_repaints: bool,
-        mask_reader: Callable[[bytes], bytes] | None = None,
+        mask_reader: Callable[[bytes], bytes] | None = None, multiple: int = 8,
     ) -> tuple[bytes, tuple[int, int], bytes | None, bytes | None]:
-        pixels, size = self._prepare_input(req, image)
+        pixels, size = self._prepare_input(req, image, multiple)
         if mask is not None and mask_reader is not None:
             mask = mask_reader(mask)
         mask_pixels = None if mask is None else decode_mask(
@@ -245,9 +266,10 @@ class RequestFlow:
         if self.settings.log_prompts:
             request_log.note(prompt=req.prompt, negative_prompt=req.negative_prompt)
 
-    def _prepare_input(self, req: EditRequest, image: bytes) -> tuple[bytes, tuple[int, int]]:
+    def _prepare_input(self, req: EditRequest, image: bytes, multiple: int = 8) -> tuple[bytes, tuple[int, int]]:
+        """The image at the output size (the request's, else the image's with sides multiples of ``multiple``)."""
         img = decode_image(image, max_pixels=self.settings.max_input_pixels)
-        width, height = output_size(*img.size)
+        width, height = output_size(*img.size, multiple=multiple)
         size = (req.width or width, req.height or height)
         return to_rgb_pixels(img, *size), size
 
@@ -260,6 +282,8 @@ class RequestFlow:
         rows = []
         for entry in self.registry.entries():
             row = {**entry.metadata(), "pipeline": entry.pipeline,  # the family adapters and ControlNets name
+                   "edits": entry.edit_traits.model_dump(exclude={"pipeline"}),  # strength or reference, max images
+                   "quantization": entry.quantization_spec.describe() or None,  # component -> fp8, int8, gguf, nf4
                    **states.get(entry.id, {"state": "available", "reason": None})}
             row["default"] = entry.id == default
             rows.append(row)

@@ -6,9 +6,13 @@ no shared volume or object store to set up.
 | ---------------------- | ----------------------------------------- | ----- |
 | ``image:<token>``      | the image (its media type, then its bytes) | ``T2I_IMAGE_URL_TTL_S``, or until the byte cap drops it |
 | ``image-made:<token>`` | the link existed (an expired one: 410)     | twice as long |
+| ``image-size:<token>`` | its size, counted in ``images:bytes``      | until it is dropped from the index |
 | index ``images``, ``images:bytes`` | tokens by time, and their bytes (the cap drops the oldest) | as the images |
 
-Redis memory is bounded by ``T2I_IMAGE_STORE_MAX_BYTES`` (plus ~100 bytes of bookkeeping per link).
+Redis memory is bounded by ``T2I_IMAGE_STORE_MAX_BYTES`` (plus ~150 bytes of bookkeeping per link).
+An image is uncounted by the worker whose ``index_remove`` took it out of the index (one, however
+many drop at once), by the size its size key kept (which does not expire before that): the counter
+does not drift.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ class StateImageStore:
         now = time.time()
         head = media_type.encode() + b"\n"
         self.state.put(f"image:{token}", head + data, ttl_s=self.ttl_s)
-        self.state.put(f"image-made:{token}", str(len(data)).encode(), ttl_s=2 * self.ttl_s)
+        self.state.put(f"image-made:{token}", b"1", ttl_s=2 * self.ttl_s)
+        self.state.put(f"image-size:{token}", str(len(data)).encode())
         self.state.index_add("images", token, now)
         used = self.state.incr("images:bytes", len(data))
         self._drop(now, used)
@@ -60,10 +65,11 @@ class StateImageStore:
             for token, written in oldest[:-1]:
                 if written + self.ttl_s > now and used <= self.max_bytes:
                     return
-                size = int(self.state.get(f"image-made:{token}") or 0)
                 self.state.delete(f"image:{token}")
-                self.state.index_remove("images", token)
-                used = self.state.incr("images:bytes", -size)
+                if self.state.index_remove("images", token) == 1:  # this worker drops it: it uncounts it
+                    size = int(self.state.get(f"image-size:{token}") or 0)
+                    self.state.delete(f"image-size:{token}")
+                    used = self.state.incr("images:bytes", -size)
                 dropped = True
             if not dropped:
                 return

@@ -3,7 +3,7 @@
 They sit in the registry file beside the models (``"adapters": [...]``, ``"controlnets": [...]``),
 with the same sources as models: ``hub:<repo>`` (read from the local Hugging Face cache only),
 ``local:<folder or .safetensors file>``, ``bentoml:<tag>`` and ``tiny:...`` (built offline, for tests
-and the offline start). Each names the pipeline family it fits (``sd``, ``sdxl``); a request that
+and the offline start). Each names the pipeline family it fits (``sd``, ``sdxl``, ``flux``); a request that
 combines it with a model of another family is refused, naming both.
 """
 
@@ -28,7 +28,7 @@ class AddonEntry(SourceFields, BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str = Field(min_length=1, max_length=200, pattern=r"^[^\s<>:]+$")
-    family: Literal["sd", "sdxl"]
+    family: Literal["sd", "sdxl", "flux"]
     source: str
     description: str = ""
 

@@ -13,6 +13,7 @@ A1111_PREFIX = "/sdapi/v1/"
 #: routes that make images: counted against ``T2I_MAX_IN_FLIGHT``
 GENERATION_PATHS = frozenset(
     {"/generate", "/edit", "/v1/images/generations", "/v1/images/edits", TASK_ROUTE, f"{TASK_ROUTE}/submit",
+     f"{TASK_ROUTE}/retry",
      f"{A1111_PREFIX}txt2img", f"{A1111_PREFIX}img2img"}
 ) | REPLACED_SERVER_PATHS
 #: route label values for metrics (bounded); any other path is "other"

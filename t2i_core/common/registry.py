@@ -18,17 +18,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from t2i_core.common.addon_entries import AdapterEntry, ControlNetEntry
 from t2i_core.common.errors import T2IError, UnknownAdapter, UnknownControlNet, UnknownModel, describe_validation_errors
+from t2i_core.common.families import FAMILIES, REFERENCE_PIPELINES, EditKind, Family, PipelineFamily
 from t2i_core.common.fields import MAX_GUIDANCE, MAX_SIDE, MAX_STEPS, MIN_SIDE, SIDE_MULTIPLE
 from t2i_core.common.schedulers import SCHEDULERS, check_scheduler
 from t2i_core.weights import sources
 from t2i_core.weights.sources import Source, SourceFields
+from t2i_core.weights.quantize import Quantization, parse_quantization
 from t2i_core.weights.tiny_vae import check_tiny_vae_source
 
 TINY_SD_ID = "builtin/tiny-sd"
 SD_TURBO_ID = "stabilityai/sd-turbo"
 DEFAULT_REGISTRY = Path(__file__).resolve().parents[2] / "models.json"
 SOURCE_KINDS = sources.KINDS
-PipelineFamily = Literal["sd", "sdxl", "sd3"]
 
 
 class RegistryError(ValueError):
@@ -51,9 +52,27 @@ class MemoryOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     cpu_offload: bool = False  # enable_model_cpu_offload (CUDA only): modules visit the GPU in turn
+    #: big models on small GPUs (t2i_core/engine/offload.py): "model" (each component visits the device
+    #: in turn), "sequential" (each layer), "group" (blocks of ``offload_blocks`` layers); "none"
+    offload: Literal["none", "model", "sequential", "group"] = "none"
+    offload_blocks: int = Field(default=1, ge=1, le=64)
     vae_slicing: bool = False
     vae_tiling: bool = False
     attention_slicing: bool = False
+
+
+class EditTraits(BaseModel):
+    """What an edit of this model is (default: its family's, ``t2i_core/common/families.py``):
+    ``strength`` (image to image, and inpainting where the family has it) or ``reference``
+    (instruction edits from input images, no strength), the most input images one edit takes, and the
+    diffusers pipeline that runs it (a reference family's, e.g. ``QwenImageEditPlusPipeline`` for
+    Qwen-Image-Edit-2509's multi-image edits)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: EditKind
+    max_images: int = Field(default=1, ge=1, le=16)
+    pipeline: str | None = None
 
 
 class ModelEntry(SourceFields, BaseModel):
@@ -78,6 +97,12 @@ class ModelEntry(SourceFields, BaseModel):
     #: a dedicated inpainting checkpoint (another entry's id) that runs this model's masked edits;
     #: null: the inpainting pipeline is built from this model's own components
     inpainting: str | None = None
+    #: what an edit of this model is; null: its family's (see ``EditTraits``)
+    edits: EditTraits | None = None
+    #: quantized components (t2i_core/weights/quantize.py): ``{"transformer": "fp8", "text_encoder_2":
+    #: "int8"}``; a GGUF denoiser as ``{"method": "gguf", "file": "<path>|hub:<owner>/<repo>/<file>.gguf"}``;
+    #: ``nf4`` needs CUDA; null: none
+    quantization: dict[str, Any] | None = None
     description: str = ""
 
     @field_validator("tiny_vae")
@@ -91,11 +116,45 @@ class ModelEntry(SourceFields, BaseModel):
         Source.parse(value, SOURCE_KINDS)
         return value
 
+    @field_validator("quantization")
+    @classmethod
+    def _quantization_spec(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        parse_quantization(value)  # QuantizationError (a ValueError) names the field and the value
+        return value
+
+    @property
+    def quantization_spec(self) -> Quantization:
+        return parse_quantization(self.quantization)
+
     @model_validator(mode="after")
     def _scheduler_fits(self) -> "ModelEntry":
         if self.defaults.scheduler is not None:
             check_scheduler(self.defaults.scheduler, self.pipeline, field="defaults.scheduler")
         return self
+
+    @model_validator(mode="after")
+    def _edits_fit(self) -> "ModelEntry":
+        if self.edits is not None:
+            check_edits(self.edits, self.family_traits)
+        multiple = self.family_traits.size_multiple
+        for side in ("width", "height"):
+            value = getattr(self.defaults, side)
+            if value % multiple:
+                raise ValueError(f"defaults.{side} must be a multiple of {multiple} for {self.pipeline} models; "
+                                 f"got {value}")
+        return self
+
+    @property
+    def family_traits(self) -> Family:
+        return FAMILIES[self.pipeline]
+
+    @property
+    def edit_traits(self) -> EditTraits:
+        """What an edit of this model is: the entry's ``edits``, else its family's."""
+        if self.edits is not None:
+            return self.edits
+        traits = self.family_traits
+        return EditTraits(kind=traits.edits, max_images=traits.max_images, pipeline=traits.edit)
 
     def metadata(self) -> dict[str, str]:
         return {"publisher": self.publisher, "family": self.family, "version": self.version, "id": self.id}
@@ -116,6 +175,20 @@ class ModelEntry(SourceFields, BaseModel):
         if (copy := self.store_copy()) is not None:
             return copy
         return sources.resolve(self.parsed_source, "pipeline", f"model {self.id!r}", param="model", pull_id=self.id)
+
+
+def check_edits(edits: EditTraits, family: Family) -> None:
+    """ValueError naming the field when ``edits`` does not fit ``family``."""
+    if edits.kind != family.edits:
+        raise ValueError(f"edits.kind must be {family.edits!r} for {family.name} models; got {edits.kind!r}")
+    if edits.pipeline is not None and edits.pipeline not in family.edit_pipelines:
+        raise ValueError(f"edits.pipeline must be one of {', '.join(family.edit_pipelines) or 'none'} for "
+                         f"{family.name} models; got {edits.pipeline!r}")
+    pipeline = edits.pipeline or family.edit
+    limit = REFERENCE_PIPELINES[pipeline][1] if edits.kind == "reference" and pipeline in REFERENCE_PIPELINES else 1
+    if edits.max_images > limit:
+        raise ValueError(f"edits.max_images must be at most {limit} for {pipeline or family.name}; "
+                         f"got {edits.max_images}")
 
 
 class RegistryFile(BaseModel):
@@ -259,4 +332,5 @@ def _fitting(table: dict[str, E], what: str, wanted: str, model: ModelEntry, err
                 f"{', '.join(fits) or 'none registered'}", param=param)
 
 
-__all__ = ["Registry", "ModelEntry", "ModelDefaults", "MemoryOptions", "RegistryError", "SCHEDULERS"]
+__all__ = ["Registry", "ModelEntry", "ModelDefaults", "MemoryOptions", "EditTraits", "RegistryError", "SCHEDULERS",
+           "PipelineFamily"]

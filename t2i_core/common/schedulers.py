@@ -17,7 +17,8 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
     "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}, ("sd", "sdxl")),
     "ddim": ("DDIMScheduler", {}, ("sd", "sdxl")),
     "lcm": ("LCMScheduler", {}, ("sd", "sdxl")),
-    "flow_euler": ("FlowMatchEulerDiscreteScheduler", {}, ("sd3",)),
+    "flow_euler": ("FlowMatchEulerDiscreteScheduler", {},
+                   ("sd3", "flux", "flux-kontext", "flux2-klein", "qwen-image", "qwen-image-edit", "z-image")),
 }
 
 

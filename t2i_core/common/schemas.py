@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from t2i_core.common.addon_fields import Adapters, ConditioningScale, ControlImageText, ControlNetId, GuidanceFraction
 from t2i_core.common.errors import InvalidRequest
+from t2i_core.common.families import REFERENCE_PIPELINES, ReferenceBatching
 from t2i_core.common.fields import (
     MAX_SEED,
     MAX_STEPS,
@@ -112,6 +113,14 @@ class EditRequest(GenerateRequest):
     strength: Strength = None
 
 
+class InputImage(BaseModel):
+    """An input image as raw RGB bytes (width * height * 3, row-major)."""
+
+    width: int
+    height: int
+    pixels: bytes
+
+
 class EngineRequest(BaseModel):
     """One image to make, with every setting resolved (``to_engine``) and its seed decided: what the
     API sends the engine. Nothing downstream looks a setting up again."""
@@ -135,6 +144,15 @@ class EngineRequest(BaseModel):
     image: bytes | None = None
     #: edit only, inpainting: raw 8-bit mask bytes, width * height (255 = repaint)
     mask: bytes | None = None
+    #: reference edits (instruction edit models: FLUX.1 Kontext, Qwen-Image-Edit, FLUX.2 klein): the
+    #: input images, the first at the output size, the others at their own; ``image`` is then None
+    references: list[InputImage] = []
+    #: how the model's edit pipeline takes its references (``t2i_core/common/families.py``): what may
+    #: share a batch with this request; None when it has none
+    reference_batching: ReferenceBatching | None = None
+    #: the model's transformer embeds the guidance scale per row (FLUX.1 [dev], Kontext): requests with
+    #: different scales share a batch (``engine/row_guidance.py``)
+    row_guidance: bool = False
     #: LoRA adapters (registry id, weight), as the request listed them
     adapters: list[tuple[str, float]] = []
     #: ControlNet id and its control image (raw RGB, width * height * 3), scale, start and end
@@ -159,9 +177,25 @@ class EngineRequest(BaseModel):
 
     def batch_key(self) -> tuple[Any, ...]:
         """Requests with equal keys can run in one pipeline call."""
-        return (self.mode, self.model, self.width, self.height, self.steps, self.guidance_scale,
-                self.strength, self.scheduler, tuple(self.adapters),
-                self.controlnet, self.control_scale, self.control_start, self.control_end)
+        key: tuple[Any, ...] = (
+            self.mode, self.model, self.width, self.height, self.steps,
+            None if self.row_guidance else self.guidance_scale, self.strength, self.scheduler, tuple(self.adapters),
+            self.controlnet, self.control_scale, self.control_start, self.control_end, self.reference_batching)
+        if self.reference_batching == "shared":  # one list of references for the whole call
+            key += (self.references_digest(),)
+        elif self.reference_batching == "one_prompt":  # one prompt and its references per call
+            key += (self.references_digest(), self.prompt, self.negative_prompt)
+        return key
+
+    def references_digest(self) -> str:
+        """A digest of the reference images (sizes and pixels)."""
+        import hashlib
+
+        digest = hashlib.blake2b(digest_size=16)
+        for ref in self.references:
+            digest.update(f"{ref.width}x{ref.height}:".encode())
+            digest.update(ref.pixels)
+        return digest.hexdigest()
 
     def control_label(self) -> str:
         """none, adapters, controlnet or adapters+controlnet (a metrics label of few values)."""
@@ -215,22 +249,43 @@ def to_engine(
     mode: Mode = "generate",
     registry: Registry | None = None,
     image_size: tuple[int, int] | None = None,
+    images: int = 1,
 ) -> EngineRequest:
     """Resolve ``req`` on model ``entry`` into the ``EngineRequest`` of its first image (the k-th of n
     has ``seed + k``: ``nth_image``): the model's defaults for what it leaves unset, its adapters and
     ControlNet looked up in ``registry`` (400 when unknown or of another family), the scheduler and the
     mode checked against the model. ``image_size``: an edit's input size (the output's, unless ``req``
     gives one). The input pixels (image, mask, control image) are attached by the caller once decoded:
-    everything here is refused before any image is decoded.
+    everything here is refused before any image is decoded. ``images``: how many input images an edit
+    has (a reference-edit model takes up to its ``edits.max_images``, the others one).
     """
     d = entry.defaults
     steps = req.num_inference_steps if req.num_inference_steps is not None else d.steps
     width = req.width or (image_size[0] if image_size else d.width)
     height = req.height or (image_size[1] if image_size else d.height)
+    check_size_multiple(entry, width, height)
     strength = None
+    edits = entry.edit_traits
+    reference_batching = None
     if mode != "generate":
         if not isinstance(req, EditRequest):
             raise InvalidRequest(f"mode {mode!r} needs an edit request", param="image")
+        if images > edits.max_images:
+            raise InvalidRequest(
+                f"model {entry.id!r} takes at most {edits.max_images} input image{'s' if edits.max_images > 1 else ''} "
+                f"per edit; got {images}", param="image")
+    if mode != "generate" and edits.kind == "reference":
+        if mode == "inpaint":
+            raise InvalidRequest(f"model {entry.id!r} edits by instruction, reading its input image(s) as references: "
+                                 "it takes no mask; send the edit without one", param="mask")
+        if req.strength is not None:  # type: ignore[attr-defined]
+            raise InvalidRequest(
+                f"strength does not apply to model {entry.id!r}: it edits by instruction, reading its input image(s) "
+                "as references (the image is made anew, not noised and denoised); leave strength out",
+                param="strength")
+        reference_batching = REFERENCE_PIPELINES[edits.pipeline or entry.family_traits.edit or ""][0]
+    elif mode != "generate":
+        assert isinstance(req, EditRequest)
         # inpainting repaints the masked area from noise unless told otherwise
         default_strength = 1.0 if mode == "inpaint" else DEFAULT_STRENGTH
         strength = req.strength if req.strength is not None else default_strength
@@ -274,7 +329,18 @@ def to_engine(
         height=height,
         seed=seed,
         strength=strength,
+        reference_batching=reference_batching,
+        row_guidance=entry.family_traits.guidance == "embedded",
     )
+
+
+def check_size_multiple(entry: ModelEntry, width: int, height: int) -> None:
+    """InvalidRequest naming the side when it is not a multiple of what the model's family needs."""
+    multiple = entry.family_traits.size_multiple
+    for side, value in (("width", width), ("height", height)):
+        if value % multiple:
+            raise InvalidRequest(f"{side} must be a multiple of {multiple} for model {entry.id!r} ({entry.pipeline}); "
+                                 f"got {value}", param=side)
 
 
 def nth_image(first: EngineRequest, k: int) -> EngineRequest:
@@ -299,4 +365,9 @@ def resolve_addons(req: GenerateRequest, entry: ModelEntry, registry: Registry |
             control_start=req.control_guidance_start or 0.0,
             control_end=req.control_guidance_end if req.control_guidance_end is not None else 1.0,
         )
+        if out["control_start"] >= out["control_end"]:  # one given, the other's default (0 and 1)
+            given = "control_guidance_start" if req.control_guidance_end is None else "control_guidance_end"
+            raise InvalidRequest(
+                f"control_guidance_end must be above control_guidance_start; got {out['control_end']:g} and "
+                f"{out['control_start']:g} ({given} given, the other its default)", param=given)
     return out

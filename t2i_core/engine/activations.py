@@ -28,8 +28,13 @@ process held; t2i_core/devtools/bench/memory_probe.py). Estimate / measured, per
   float32: 132, 211, 733 (1024). A fixed part (~4% of the weights: the kernels' packed weights) and
   ~11000 values per latent token at the largest sizes, the feed-forward of the first attention level
   and the skip connections: estimate / measured 1.27-2.35.
-- DiT (SD3): not calibrated (no full-size SD3 architecture measured); ``DIT_RATIO`` is a guess on the
-  safe side.
+- DiT (SD3, FLUX.1, FLUX.2, Qwen-Image, Z-Image): not calibrated (no full-size DiT architecture
+  measured here); ``DIT_RATIO`` is a guess on the safe side. Tokens: the image's 2x2 latent patches
+  (FLUX's pipelines pack them, the others' transformers patch), the text's (``DIT_TEXT_TOKENS`` for
+  SD3, ``DIT_LONG_TEXT_TOKENS`` for the T5 / Qwen encoders of the newer families) and, for reference
+  edits, each reference image's patches (the transformer attends to them beside the image's).
+  Qwen-Image's video-style VAE (causal 3D convolutions over one frame) is estimated as a 2D VAE of its
+  widths: uncalibrated too.
 - VAE tiling (diffusers ``enable_tiling``) decodes tiles of the VAE's ``sample_size`` one after
   another: the decoder's peak is one tile's, plus the decoded tiles kept for blending (3 channels):
   2048 px in 512 px tiles, quarter-width VAE, float32: 483 MiB measured, against 3841 MiB whole.
@@ -82,6 +87,8 @@ SAFETY = 1.25
 SMALLEST_TILE = 512
 #: the text tokens a DiT attends to beside the image's (SD3: 77 CLIP + 256 T5)
 DIT_TEXT_TOKENS = 333
+#: the same for FLUX.1 (512 T5 tokens), FLUX.2, Qwen-Image and Z-Image (up to 512 of their encoders')
+DIT_LONG_TEXT_TOKENS = 512
 
 
 @dataclass(frozen=True)
@@ -116,6 +123,7 @@ class Shapes:
     unet_layers: int = 2
     dit_width: int = 0
     dit_patch: int = 2
+    dit_text_tokens: int = DIT_TEXT_TOKENS
 
 
 @dataclass(frozen=True)
@@ -156,7 +164,9 @@ def shapes_from_configs(vae: dict[str, Any], dtype_size: int, *, unet: dict[str,
                         tile_px: int | None = None, denoiser_bytes: int = 0) -> Shapes:
     """The structure of a pipeline from its components' configs (``config.json`` of vae, unet or
     transformer): enough to estimate a model that is not loaded (benchmarks, tests)."""
-    if "decoder_block_out_channels" in vae:  # AutoencoderTiny (TAESD): one width at every level
+    if "base_dim" in vae and "dim_mult" in vae:  # Qwen-Image's (Wan's) VAE: its widths as a 2D VAE's
+        vae = {"block_out_channels": [vae["base_dim"] * m for m in vae["dim_mult"]], "sample_size": 256}
+    if vae.get("decoder_block_out_channels"):  # AutoencoderTiny (TAESD): one width at every level
         blocks = tuple(vae["decoder_block_out_channels"])
         scale = int(vae.get("upsampling_scaling_factor", 2)) ** (len(blocks) - 1)
         decoder, encoder = Levels(blocks), Levels(tuple(vae.get("encoder_block_out_channels", blocks)))
@@ -177,12 +187,26 @@ def shapes_from_configs(vae: dict[str, Any], dtype_size: int, *, unet: dict[str,
                       unet_layers=int(layers if isinstance(layers, int) else max(layers)))
     if dit is None:
         raise ValueError("shapes_from_configs needs a unet or a dit (transformer) config")
-    return Shapes(**common, denoiser="dit", dit_width=int(dit["num_attention_heads"] * dit["attention_head_dim"]),
-                  dit_patch=int(dit.get("patch_size", 2)))
+    return Shapes(**common, denoiser="dit", **dit_structure(dit))
+
+
+def dit_structure(dit: dict[str, Any]) -> dict[str, int]:
+    """A DiT transformer config's width, latent pixels per token side and text tokens: SD3 and Qwen-Image
+    patch 2x2 themselves, FLUX.1 and FLUX.2 are handed packed 2x2 patches (``patch_size`` 1, 64 or 128
+    input channels), Z-Image names its width ``dim`` and its patch ``all_patch_size``."""
+    width = int(dit["dim"]) if "dim" in dit else int(dit["num_attention_heads"] * dit["attention_head_dim"])
+    patch = dit.get("all_patch_size", [dit.get("patch_size", 2)])
+    patch = int(patch[0] if isinstance(patch, (list, tuple)) else patch)
+    if patch == 1 and int(dit.get("in_channels", 0)) in (64, 128):
+        patch = 2
+    long_text = "pooled_projection_dim" not in dit or "guidance_embeds" in dit  # all but SD3
+    return {"dit_width": width, "dit_patch": patch,
+            "dit_text_tokens": DIT_LONG_TEXT_TOKENS if long_text else DIT_TEXT_TOKENS}
 
 
 def shapes_of(pipe: Any) -> Shapes:
-    """The structure of a loaded diffusers pipeline (SD, SDXL, SD3; AutoencoderKL or AutoencoderTiny)."""
+    """The structure of a loaded diffusers pipeline (SD, SDXL, SD3 and the DiT families; AutoencoderKL,
+    AutoencoderTiny, FLUX.2's and Qwen-Image's VAEs)."""
     import torch
 
     vae = pipe.vae
@@ -210,14 +234,15 @@ def _peak(values: float, largest: float, dtype_size: int) -> int:
     return int(values * dtype_size + HEAP_RATIO * min(largest * dtype_size, MMAP_THRESHOLD))
 
 
-def denoise_bytes(shapes: Shapes, width: int, height: int, images: int) -> int:
-    """One denoising step of ``images`` latents (twice the batch with classifier-free guidance)."""
+def denoise_bytes(shapes: Shapes, width: int, height: int, images: int, references: int = 0) -> int:
+    """One denoising step of ``images`` latents (twice the batch with classifier-free guidance);
+    ``references``: reference images (of about the output's size) the DiT attends to beside each."""
     tokens = (width // shapes.scale) * (height // shapes.scale)
     if shapes.denoiser == "dit":
-        patches = tokens // (shapes.dit_patch ** 2)
-        largest = 4 * shapes.dit_width * (patches + DIT_TEXT_TOKENS)  # the feed-forward's hidden layer
-        return _peak(DIT_RATIO * shapes.dit_width * (patches + DIT_TEXT_TOKENS) * images,
-                                  largest * images, shapes.dtype_size)
+        patches = tokens // (shapes.dit_patch ** 2) * (1 + references)
+        sequence = patches + shapes.dit_text_tokens
+        largest = 4 * shapes.dit_width * sequence  # the feed-forward's hidden layer
+        return _peak(DIT_RATIO * shapes.dit_width * sequence * images, largest * images, shapes.dtype_size)
     skips = shapes.unet_levels[0][0] * tokens  # conv_in's output
     working = largest = 0.0
     for level, (channels, attention) in enumerate(shapes.unet_levels):
@@ -271,14 +296,15 @@ def encode_bytes(shapes: Shapes, width: int, height: int, images: int, tile: int
 
 
 def estimate(shapes: Shapes, width: int, height: int, batch: int, *, guidance: bool = False, edit: bool = False,
-             tile: int = 0, sliced: bool = False, controlnet: bool = False) -> Estimate:
+             tile: int = 0, sliced: bool = False, controlnet: bool = False, references: int = 0) -> Estimate:
     """The peak bytes of one pipeline call of ``batch`` images of ``width`` x ``height``.
 
     ``guidance``: classifier-free guidance (the denoiser runs twice the batch); ``edit``: input images
     are encoded; ``tile``: the VAE decodes (and encodes) tiles of this side, in pixels (0: whole);
     ``sliced``: one image at a time; ``controlnet``: a ControlNet runs beside the denoiser (counted as
-    half a denoiser more, uncalibrated)."""
-    denoise = denoise_bytes(shapes, width, height, batch * (2 if guidance else 1))
+    half a denoiser more, uncalibrated); ``references``: reference images per image (reference edits:
+    encoded like an edit's input, and attended to by the DiT)."""
+    denoise = denoise_bytes(shapes, width, height, batch * (2 if guidance else 1), references)
     if controlnet:
         denoise = denoise * 3 // 2
     per_decode = 1 if sliced else batch

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from t2i_core.common.errors import ImageTooLarge, OutOfMemory
+from t2i_core.common.families import cfg_passes
 from t2i_core.common.fields import MIN_SIDE, SIDE_MULTIPLE
 from t2i_core.common.memory_limits import free_bytes, total_bytes
 from t2i_core.common.schemas import EngineRequest
@@ -142,16 +143,20 @@ class Admission:
         # tiling configured in the registry: the VAE's own tiles at least
         whole = [] if getattr(pipe.vae, "use_tiling", False) and tiles else [0]
 
+        family = model.entry.pipeline
+        guidance = cfg_passes(family, first.guidance_scale) > 1
+
         def cost(n: int, tile: int, sliced: bool) -> Estimate:
-            return estimate(shapes, first.width, first.height, n, guidance=first.guidance_scale > 1,
-                            edit=first.mode != "generate", tile=tile, sliced=sliced, controlnet=first.controlnet is not None)
+            return estimate(shapes, first.width, first.height, n, guidance=guidance, edit=first.mode != "generate",
+                            tile=tile, sliced=sliced, controlnet=first.controlnet is not None,
+                            references=len(first.references))
 
         # the tile depends on the size and this engine only: the same request gives the same pixels
         capacity = self.capacity()
         candidates = whole + tiles
         tile = next((t for t in candidates if cost(1, t, True).total <= capacity), None)
         if tile is None:
-            raise self._too_large(first, shapes, cost(1, candidates[-1], True), capacity)
+            raise self._too_large(first, shapes, cost(1, candidates[-1], True), capacity, guidance=guidance)
         one = cost(1, tile, True)
         available = self.available()
         if one.total > available:
@@ -161,7 +166,8 @@ class Admission:
                 tile, one = smaller[0], cost(1, smaller[0], True)  # made, with more seams blended than usual
                 log.warning("%dx%d decoded in %d px tiles: %s free now", first.width, first.height, tile, gib(available))
             if one.total > available and self.steady:
-                raise self._too_large(first, shapes, cost(1, candidates[-1], True), available, now=True)
+                raise self._too_large(first, shapes, cost(1, candidates[-1], True), available, now=True,
+                                      guidance=guidance)
             if one.total > available:
                 raise OutOfMemory(
                     f"not enough free memory now for one {first.width}x{first.height} image of model {first.model!r} "
@@ -195,7 +201,7 @@ class Admission:
         return self.available()
 
     def _too_large(self, req: EngineRequest, shapes: Shapes, one: Estimate, capacity: int,
-                   now: bool = False) -> ImageTooLarge:
+                   now: bool = False, guidance: bool = False) -> ImageTooLarge:
         """``capacity``: the most the activations may take; ``now``: what is free with the engine idle."""
         budget = self.models.budget_bytes
         if now:
@@ -211,8 +217,8 @@ class Admission:
         if self.steady and not now:  # the size to suggest must also fit what is free beside the other processes
             room = min(capacity, self.available() + self.models.used_bytes() - self.models.pinned_bytes())
         side = _largest_fitting(req.width, req.height, lambda w, h: any(estimate(
-            shapes, w, h, 1, guidance=req.guidance_scale > 1, edit=req.mode != "generate", tile=t, sliced=True,
-            controlnet=req.controlnet is not None).total <= room for t in tiles))
+            shapes, w, h, 1, guidance=guidance, edit=req.mode != "generate", tile=t, sliced=True,
+            controlnet=req.controlnet is not None, references=len(req.references)).total <= room for t in tiles))
         hint = f"; the largest size of these proportions that fits is {side[0]}x{side[1]}" if side else ""
         return ImageTooLarge(
             f"a {req.width}x{req.height} image of model {req.model!r} needs about {gib(one.total)} of memory for its "

@@ -25,13 +25,15 @@ from t2i_core.common.errors import (
     RequestTimeout, T2IError,
 )
 from t2i_core.engine.admission import Admission, BatchTooLarge
+from t2i_core.engine.call_arguments import call_arguments, control_arguments, prompt_arguments  # noqa: F401
+from t2i_core.engine.row_guidance import per_row_guidance
 from t2i_core.engine.model_manager import LoadedModel, ModelManager
 from t2i_core.common.registry import Registry
 from t2i_core.common.schemas import EngineRequest, EngineResult, Preview
 from t2i_core.engine.speedups import Speedups
 from t2i_core.engine.stage_timer import StageTimer, device_sync
 from t2i_core.engine.request_board import RequestBoard
-from t2i_core.engine.previews import approximate_rows, decode_rows, preview_steps
+from t2i_core.engine.previews import preview_rows, preview_steps
 from t2i_core.engine.worker_sync import SharedWorkers
 from t2i_core.engine.worker_board import ACTIONS, WorkerBoard
 from t2i_core.state.memory import MemoryState
@@ -51,41 +53,6 @@ def default_budget(device: str) -> int:
 
 
 T = TypeVar("T")
-
-
-def prompt_arguments(items: list[EngineRequest]) -> dict[str, Any]:
-    """The prompt arguments of one pipeline call. When every image of a text-to-image batch has the
-    same prompt and negative prompt (``n`` images of one request), the prompt is encoded once and
-    repeated (``num_images_per_prompt``) instead of once per image; each image keeps its own generator."""
-    first = items[0]
-    if len(items) > 1 and first.mode == "generate" and first.controlnet is None and all(
-        r.prompt == first.prompt and r.negative_prompt == first.negative_prompt for r in items
-    ):
-        return {"prompt": [first.prompt], "negative_prompt": [first.negative_prompt], "num_images_per_prompt": len(items)}
-    return {"prompt": [r.prompt for r in items], "negative_prompt": [r.negative_prompt for r in items]}
-
-
-def control_arguments(items: list[EngineRequest]) -> dict[str, Any]:
-    """The pipeline arguments of the input images: the image to edit, the inpainting mask, the
-    ControlNet's control image and settings (one per item; the settings are the batch's, equal by key)."""
-    from PIL import Image
-
-    from t2i_core.common.pixels import from_rgb_pixels
-
-    first = items[0]
-    out: dict[str, Any] = {}
-    if first.mode != "generate":
-        out["image"] = [from_rgb_pixels(r.image or b"", r.width, r.height) for r in items]
-        out["strength"] = first.strength
-    if first.mask is not None:
-        out["mask_image"] = [Image.frombytes("L", (r.width, r.height), r.mask or b"") for r in items]
-    if first.controlnet is not None:
-        controls = [from_rgb_pixels(r.control_image or b"", r.width, r.height) for r in items]
-        # text to image takes the control image as ``image``; image to image and inpainting as ``control_image``
-        out["control_image" if first.mode != "generate" else "image"] = controls
-        out.update(controlnet_conditioning_scale=first.control_scale, control_guidance_start=first.control_start,
-                   control_guidance_end=first.control_end)
-    return out
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -427,41 +394,34 @@ class Engine(SharedWorkers):
             self.models.activate_adapters(loaded, first.adapters)
             pipe = loaded.pipeline(first.mode, first.scheduler, first.controlnet, controlnet)
             with self.admission.admit(loaded, pipe, items):
-                return self._denoise(pipe, items, seeds)
+                return self._denoise(pipe, items, seeds, loaded.entry.pipeline)
 
     def _denoise(
-        self, pipe: Any, items: list[EngineRequest], seeds: list[int]
+        self, pipe: Any, items: list[EngineRequest], seeds: list[int], family: str = "sd"
     ) -> tuple[list[bytes], dict[str, float], list[bool]]:
         """Pixels per image, the stage split, and per image whether the model's safety checker flagged it."""
-        import inspect
-
         import numpy as np
         import torch
 
-        first = items[0]
         # CPU generators: the same seed gives the same starting noise on every device.
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-        kwargs: dict[str, Any] = dict(
-            **prompt_arguments(items),
-            num_inference_steps=first.steps,
-            guidance_scale=first.guidance_scale,
-            generator=generators,
-            output_type="np",
-            callback_on_step_end=self._stop_when_all_cancelled(items),
-        )
-        kwargs.update(control_arguments(items))
-        if first.mode == "generate" or "height" in inspect.signature(pipe.__call__).parameters:
-            kwargs["width"], kwargs["height"] = first.width, first.height  # SD3's edit needs them too
+        first = items[0]
+        kwargs = call_arguments(pipe, family, items, generators)
+        kwargs["callback_on_step_end"] = self._stop_when_all_cancelled(items)
         self.requests.set_progress([req.request_id for req in items], state="running", step=0, steps=None)
         self.stage_timer.attach(pipe)
         self.stop_points.attach(pipe, denoiser_compiled=self.models.speedups.compile)
         self.stage_timer.start()
         try:
-            with torch.inference_mode(), self.stop_points.watching(lambda: self._all_unwanted(items)):
+            with torch.inference_mode(), self.stop_points.watching(lambda: self._all_unwanted(items)), \
+                    per_row_guidance(pipe, items):
                 output = pipe(**kwargs)
         finally:
             stages = self.stage_timer.stop()
         array = (np.asarray(output.images) * 255.0).round().clip(0, 255).astype(np.uint8)
+        if array.shape[1:3] != (first.height, first.width):  # a pipeline that chose its own size
+            raise EngineFailure(f"the pipeline of model {first.model!r} made {array.shape[2]}x{array.shape[1]} images "
+                                f"for {first.width}x{first.height}")
         # diffusers' safety checker blacks out a flagged image and says so here (None: no checker)
         flagged = [bool(f) for f in (getattr(output, "nsfw_content_detected", None) or [False] * len(items))]
         return [np.ascontiguousarray(a).tobytes() for a in array], stages, flagged
@@ -493,10 +453,14 @@ class Engine(SharedWorkers):
             r.request_id in wanted or (r.partial_images and step in preview_steps(r.partial_images, steps)))]
         if not rows:
             return
-        decoded = None
-        if self.settings.preview_decode != "vae":
-            decoded = approximate_rows(pipe, tensors["latents"], rows)
-        for i, (pixels, width, height) in zip(rows, decoded or decode_rows(pipe, tensors["latents"], rows)):
+        first = items[0]
+        try:
+            decoded = preview_rows(pipe, tensors["latents"], rows, first.width, first.height,
+                                   approximate=self.settings.preview_decode != "vae")
+        except Exception:  # noqa: BLE001 - a preview never fails its batch
+            log.warning("partial image of %s not made", first.model, exc_info=True)
+            return
+        for i, (pixels, width, height) in zip(rows, decoded or []):
             rid = items[i].request_id
             self.requests.add_preview(rid, Preview(step=step, steps=steps, pixels=pixels, width=width, height=height),
                                     caller=wanted.get(rid, ""))

@@ -23,9 +23,14 @@ from t2i_core.common.errors import ModelBusy, ModelUnavailable, T2IError
 from t2i_core.common.inpainting import loaded_channels, mode_refusal
 from t2i_core.common.registry import ModelEntry, Registry
 from t2i_core.engine.lora import AdapterSlots
+from t2i_core.engine.offload import apply_offload, resident_bytes
 from t2i_core.weights import sources, tiny_vae
+from t2i_core.weights.quantize import (
+    Quantization, apply_quantization, check_available, component_bytes, load_gguf_transformer, load_time_config,
+    resolve_gguf_file, unavailable_reason as quantization_unavailable,
+)
 from t2i_core.weights.sources import Source
-from t2i_core.engine.pipeline_variants import assemble, pipeline_class
+from t2i_core.engine.pipeline_variants import CONTROLNET_CLASSES, assemble, mode_pipeline, pipeline_class
 from t2i_core.engine.prompt_dedupe import dedupe_text_encoders
 from t2i_core.engine.speedups import Speedups, apply as apply_speedups
 
@@ -73,7 +78,7 @@ class LoadedModel:
                 from t2i_core.common.schedulers import build_scheduler
 
                 extra["scheduler"] = build_scheduler(scheduler, base.scheduler.config)
-            self._variants[key] = assemble(cls, self.text2image, **extra)
+            self._variants[key] = assemble(cls, base, **extra)
         return self._variants[key]
 
     def forget_controlnet(self, controlnet: str) -> None:
@@ -99,9 +104,9 @@ def module_bytes(pipe: Any) -> int:
 
 
 def module_bytes_of(module: Any) -> int:
-    """Bytes of one torch module's parameters and buffers."""
-    return sum(t.numel() * t.element_size() for t in module.parameters()) + sum(
-        t.numel() * t.element_size() for t in module.buffers())
+    """Bytes one torch module's parameters and buffers hold: their real storage, quantized ones by what
+    they are made of (float8 at 1 byte, torchao int8 data and scales, GGUF and 4-bit packed bytes)."""
+    return component_bytes(module)
 
 
 def _weights_bytes(path: Path) -> int:
@@ -124,20 +129,54 @@ def _control_state(entry: AdapterEntry | ControlNetEntry, loaded: dict[str, int]
     return row
 
 
-def estimate_bytes(folder: Path, dtype_size: int) -> int:
+#: bytes per weight value once loaded, per quantization method applied after loading or while loading
+_QUANTIZED_VALUE_BYTES = {"fp8": 1.0, "int8": 1.0, "nf4": 0.5}
+
+
+def estimate_bytes(folder: Path, dtype_size: int, quantization: Quantization | None = None) -> int:
     """Memory a diffusers folder will take once loaded: its weight files, scaled to the dtype.
 
     Per component folder, the full-precision files are counted (the ``.fp16.`` variants only when
-    nothing else is there), assuming they are stored as float32.
+    nothing else is there), assuming they are stored as float32. A quantized component counts at its
+    method's bytes per value (fp8 and int8 1, nf4 half), a GGUF one at its file's size.
     """
-    total = 0
+    return sum(component_estimates(folder, dtype_size, quantization).values())
+
+
+def component_estimates(folder: Path, dtype_size: int, quantization: Quantization | None = None) -> dict[str, int]:
+    """``estimate_bytes`` per component folder."""
+    out: dict[str, int] = {}
     for component in (p for p in folder.iterdir() if p.is_dir()):
+        spec = quantization.components.get(component.name) if quantization else None
+        if spec is not None and spec.method == "gguf" and spec.file:
+            out[component.name] = Path(resolve_gguf_file(spec.file)).stat().st_size
+            continue
         files = [f for f in component.iterdir() if f.name.endswith(_WEIGHT_SUFFIXES)]
         safetensors = [f for f in files if f.name.endswith(".safetensors")] or files
         full = [f for f in safetensors if ".fp16." not in f.name]
         chosen, stored_size = (full, 4) if full else (safetensors, 2)
-        total += sum(f.stat().st_size for f in chosen) * dtype_size // stored_size
-    return total
+        value_bytes = _QUANTIZED_VALUE_BYTES.get(spec.method, dtype_size) if spec is not None else dtype_size
+        out[component.name] = int(sum(f.stat().st_size for f in chosen) * value_bytes // stored_size)
+    return out
+
+
+def load_time_components(path: str, spec: Quantization, dtype: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What ``from_pretrained`` takes for the components quantized while loading: GGUF denoisers
+    (loaded here, by the class the folder's model_index.json names) and the ``quantization_config`` of
+    the nf4 ones (bitsandbytes)."""
+    import json
+
+    index = json.loads((Path(path) / "model_index.json").read_text(encoding="utf-8"))
+    libraries = {name: value[0] for name, value in index.items() if isinstance(value, list) and len(value) == 2}
+    components: dict[str, Any] = {}
+    for name, comp in spec.components.items():
+        if comp.method == "gguf":
+            import diffusers
+
+            cls = getattr(diffusers, index[name][1])
+            components[name] = load_gguf_transformer(comp.file or "", cls, path, dtype, subfolder=name)
+    config = load_time_config(spec, libraries, dtype)
+    return components, ({"quantization_config": config} if config is not None else {})
 
 
 class ModelManager:
@@ -220,7 +259,12 @@ class ModelManager:
 
             path = snapshot_download(path, local_files_only=True)
         dtype = pick_dtype(self.dtype_preference, self.device, entry.cpu_dtype, self.cpu_bf16)
-        estimate = estimate_bytes(Path(path), dtype.itemsize)
+        quantization = entry.quantization_spec
+        check_available(quantization, self.device)  # nf4 without CUDA: refused with the reason
+        parts = component_estimates(Path(path), dtype.itemsize, quantization)
+        offloaded = entry.memory.offload != "none" and self.device != "cpu"
+        # offloaded to the CPU, the device holds about one component at a time (cautious for the finer modes)
+        estimate = max(parts.values(), default=0) if offloaded else sum(parts.values())
         if self.budget_bytes and estimate > self.budget_bytes:
             raise ModelUnavailable(
                 f"model {entry.id!r} needs about {estimate} bytes, more than the memory budget "
@@ -236,11 +280,27 @@ class ModelManager:
                 log.warning("%s: tiny VAE %s not used: %s", entry.id, entry.tiny_vae, reason)
             else:
                 components["vae"] = tiny_vae.load(sources.resolve(vae_source, "vae", label), dtype)
+        family = entry.family_traits
         with FROM_PRETRAINED:
-            t2i = AutoPipelineForText2Image.from_pretrained(path, dtype=dtype, local_files_only=True, **components)
+            extra: dict[str, Any] = {}
+            if quantization:
+                quantized, extra = load_time_components(path, quantization, dtype)
+                components.update(quantized)
+            if family.dit:  # the class its folder names; the modes' pipelines are built over its modules below
+                from diffusers import DiffusionPipeline
+
+                t2i = DiffusionPipeline.from_pretrained(path, dtype=dtype, local_files_only=True, **components, **extra)
+            else:
+                t2i = AutoPipelineForText2Image.from_pretrained(path, dtype=dtype, local_files_only=True,
+                                                                **components, **extra)
+        if quantization:  # fp8 and int8 now, before the weights move to the device; gguf and nf4 checked
+            sizes = apply_quantization(t2i, quantization, self.device)
+            log.info("%s: quantized %s; component bytes %s", entry.id, quantization.describe(), sizes)
         memory = entry.memory
-        if memory.cpu_offload and self.device.startswith("cuda"):
-            t2i.enable_model_cpu_offload(device=self.device)
+        offload = memory.offload if memory.offload != "none" else (
+            "model" if memory.cpu_offload and self.device.startswith("cuda") else "none")
+        if offload != "none":
+            apply_offload(t2i, offload, self.device, memory.offload_blocks)
         else:
             t2i.to(self.device)
         if memory.vae_slicing:
@@ -254,9 +314,15 @@ class ModelManager:
         if self.speedups.any:
             log.info("%s: %s", entry.id, ", ".join(apply_speedups(t2i, self.speedups)))
         # The edit pipeline reuses the same modules: no second copy of the weights.
-        i2i = AutoPipelineForImage2Image.from_pipe(t2i)
+        if family.dit:
+            loaded, t2i = t2i, mode_pipeline(t2i, family.generate)
+            i2i = mode_pipeline(loaded, entry.edit_traits.pipeline or family.edit)
+        else:
+            i2i = AutoPipelineForImage2Image.from_pipe(t2i)
         i2i.set_progress_bar_config(disable=True)
-        model = LoadedModel(entry, t2i, i2i, time.perf_counter() - started, module_bytes(t2i))
+        # the budget counts what stays on the device (on the CPU, every weight is in the same RAM anyway)
+        on_device = module_bytes(t2i) if self.device == "cpu" else resident_bytes(t2i, offload, memory.offload_blocks)
+        model = LoadedModel(entry, t2i, i2i, time.perf_counter() - started, on_device)
         log.info("loaded %s on %s as %s in %.2fs (%d bytes)", entry.id, self.device, dtype, model.load_s, model.bytes)
         metrics.record_model_load(entry.id, model.load_s)
         return model
@@ -381,21 +447,23 @@ class ModelManager:
                 loaded.last_used = time.monotonic()
 
     def _load_controlnet(self, entry: ControlNetEntry, model: LoadedModel) -> LoadedControlNet:
-        from diffusers import ControlNetModel
+        import diffusers
 
+        controlnet_class = getattr(diffusers, CONTROLNET_CLASSES[entry.family])
         path = Path(entry.local_path())
-        dtype = model.text2image.unet.dtype
+        denoiser = getattr(model.text2image, "unet", None) or model.text2image.transformer
+        dtype = denoiser.dtype
         self._keep = (model.entry.id, frozenset(a for a, _ in model.adapters.active), entry.id)
         try:
             self._make_room(_weights_bytes(path) * dtype.itemsize // 4)
             started = time.perf_counter()
             try:
                 with FROM_PRETRAINED:
-                    module = ControlNetModel.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
+                    module = controlnet_class.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
             except Exception as exc:  # noqa: BLE001 - a bad folder: the request's error, not the engine's
                 raise ModelUnavailable(f"controlnet {entry.id!r} failed to load: {type(exc).__name__}: {exc}",
                                        param="controlnet") from exc
-            module.to(model.text2image.unet.device)
+            module.to(denoiser.device)
             loaded = LoadedControlNet(entry.id, module, module_bytes_of(module), time.perf_counter() - started)
             with self._cond:
                 self._controlnets[entry.id] = loaded
@@ -476,7 +544,8 @@ class ModelManager:
             elif entry.id in loading:
                 row["state"] = "loading"
             else:
-                reason = entry.unavailable_reason() or failures.get(entry.id)
+                reason = (entry.unavailable_reason() or quantization_unavailable(entry.quantization_spec, self.device)
+                          or failures.get(entry.id))
                 if reason:
                     row.update(state="unavailable", reason=reason)
             out.append(row)

@@ -9,8 +9,12 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from t2i_core.common.families import FAMILIES
+
 
 #: pipeline class per (family, mode, with a ControlNet)
+#: the ControlNet model class per family
+CONTROLNET_CLASSES: dict[str, str] = {"sd": "ControlNetModel", "sdxl": "ControlNetModel", "flux": "FluxControlNetModel"}
 PIPELINE_CLASSES: dict[tuple[str, str, bool], str] = {
     ("sd", "inpaint", False): "StableDiffusionInpaintPipeline",
     ("sdxl", "inpaint", False): "StableDiffusionXLInpaintPipeline",
@@ -21,6 +25,11 @@ PIPELINE_CLASSES: dict[tuple[str, str, bool], str] = {
     ("sdxl", "generate", True): "StableDiffusionXLControlNetPipeline",
     ("sdxl", "edit", True): "StableDiffusionXLControlNetImg2ImgPipeline",
     ("sdxl", "inpaint", True): "StableDiffusionXLControlNetInpaintPipeline",
+    ("flux", "generate", True): "FluxControlNetPipeline",
+    ("flux", "edit", True): "FluxControlNetImg2ImgPipeline",
+    ("flux", "inpaint", True): "FluxControlNetInpaintPipeline",
+    # the DiT families' inpainting pipelines (t2i_core/common/families.py)
+    **{(f.name, "inpaint", False): f.inpaint for f in FAMILIES.values() if f.dit and f.inpaint},
 }
 
 
@@ -41,6 +50,16 @@ def assemble(cls: type, pipe: Any, **overrides: Any) -> Any:
     variant = cls(**kwargs)
     variant.set_progress_bar_config(disable=True)
     return variant
+
+
+def mode_pipeline(pipe: Any, class_name: str | None) -> Any:
+    """``pipe`` itself when it is of class ``class_name`` (or none is named), else a pipeline of that
+    class over its modules (``assemble``)."""
+    if class_name is None or type(pipe).__name__ == class_name:
+        return pipe
+    import diffusers
+
+    return assemble(getattr(diffusers, class_name), pipe)
 
 
 def pipeline_class(family: str, mode: str, controlnet: bool) -> type:

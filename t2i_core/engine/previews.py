@@ -40,7 +40,68 @@ LATENT_RGB: dict[str, tuple[list[list[float]], list[float]]] = {
              [-0.0488, 0.0130, -0.0268], [0.0922, 0.0988, 0.0951], [-0.0278, 0.0524, -0.0542],
              [0.0332, 0.0456, 0.0895], [-0.0069, -0.0030, -0.0810], [-0.0596, -0.0465, -0.0293],
              [-0.1448, -0.1463, -0.1189]], [0.2394, 0.2135, 0.1925]),
+    # the FLUX.1 VAE's latents (FLUX.1, Kontext, Z-Image)
+    "flux": ([[-0.0346, 0.0244, 0.0681], [0.0034, 0.0210, 0.0687], [0.0275, -0.0668, -0.0433],
+              [-0.0174, 0.0160, 0.0617], [0.0859, 0.0721, 0.0329], [0.0004, 0.0383, 0.0115],
+              [0.0405, 0.0861, 0.0915], [-0.0236, -0.0185, -0.0259], [-0.0245, 0.0250, 0.1180],
+              [0.1008, 0.0755, -0.0421], [-0.0515, 0.0201, 0.0011], [0.0428, -0.0012, -0.0036],
+              [0.0817, 0.0765, 0.0749], [-0.1264, -0.0522, -0.1103], [-0.0280, -0.0881, -0.0499],
+              [-0.1262, -0.0982, -0.0778]], [-0.0329, -0.0718, -0.0851]),
+    # the Wan 2.1 VAE's normalized latents (Qwen-Image's VAE)
+    "qwen": ([[-0.1299, -0.1692, 0.2932], [0.0671, 0.0406, 0.0442], [0.3568, 0.2548, 0.1747],
+              [0.0372, 0.2344, 0.1420], [0.0313, 0.0189, -0.0328], [0.0296, -0.0956, -0.0665],
+              [-0.3477, -0.4059, -0.2925], [0.0166, 0.1902, 0.1975], [-0.0412, 0.0267, -0.1364],
+              [-0.1293, 0.0740, 0.1636], [0.0680, 0.3019, 0.1128], [0.0032, 0.0581, 0.0639],
+              [-0.1251, 0.0927, 0.1699], [0.0060, -0.0633, 0.0005], [0.3477, 0.2275, 0.2950],
+              [0.1984, 0.0913, 0.1861]], [-0.1835, -0.0868, -0.3360]),
 }
+#: VAE classes whose decode is ``vae.decode(latents / scaling_factor + shift_factor)`` (``decode_rows``)
+PLAIN_VAES = ("AutoencoderKL", "AutoencoderTiny")
+
+
+def latent_family(pipe: Any, channels: int) -> str | None:
+    """Whose latent-to-RGB factors fit ``pipe``'s latents (``channels`` of them), by its class."""
+    name = type(pipe).__name__
+    if channels == 16 and name.startswith(("Flux", "ZImage")) and not name.startswith("Flux2"):
+        return "flux"
+    if channels == 16 and name.startswith("QwenImage"):
+        return "qwen"
+    if channels == 16:
+        return "sd3"
+    if channels == 4:
+        return "sdxl" if "XL" in name else "sd"
+    return None
+
+
+def spatial_latents(pipe: Any, latents: Any, width: int, height: int) -> Any:
+    """The step's latents as (rows, channels, h, w): the DiT pipelines pack them into sequences of 2x2
+    patches (FLUX.1, Kontext, Qwen-Image), unpacked here with the pipeline's own ``_unpack_latents``;
+    None where they cannot be (FLUX.2's latents need their position ids)."""
+    if latents.ndim == 4:
+        return latents
+    unpack = getattr(pipe, "_unpack_latents", None)
+    if latents.ndim != 3 or unpack is None:
+        return None
+    spatial = unpack(latents, height, width, getattr(pipe, "vae_scale_factor", 8))
+    if spatial.ndim == 5:  # Qwen-Image's video-style VAE: one frame
+        spatial = spatial[:, :, 0]
+    return spatial if spatial.ndim == 4 else None
+
+
+def preview_rows(pipe: Any, latents: Any, rows: list[int], width: int, height: int,
+                 approximate: bool = True) -> list[tuple[bytes, int, int]] | None:
+    """Partial images of ``latents[rows]`` (a ``width`` x ``height`` call): projected to RGB
+    (``approximate``, or where the VAE's decode is not the plain one) or decoded by the VAE; None when
+    these latents cannot be shown (no partial image is made)."""
+    spatial = spatial_latents(pipe, latents, width, height)
+    if spatial is None:
+        return None
+    plain = type(getattr(pipe, "vae", None)).__name__ in PLAIN_VAES
+    if approximate or not plain:
+        found = approximate_rows(pipe, spatial, rows)
+        if found is not None or not plain:
+            return found
+    return decode_rows(pipe, spatial, rows)
 
 
 def approximate_rows(pipe: Any, latents: Any, rows: list[int]) -> list[tuple[bytes, int, int]] | None:
@@ -49,8 +110,7 @@ def approximate_rows(pipe: Any, latents: Any, rows: list[int]) -> list[tuple[byt
     import numpy as np
     from PIL import Image
 
-    channels = latents.shape[1]
-    family = "sd3" if channels == 16 else ("sdxl" if "XL" in type(pipe).__name__ else "sd") if channels == 4 else None
+    family = latent_family(pipe, latents.shape[1])
     if family is None or latents.ndim != 4:
         return None
     factors, bias = LATENT_RGB[family]

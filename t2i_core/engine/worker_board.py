@@ -44,6 +44,8 @@ ACTIONS = ("load", "unload", "set_default")
 ACTIONS_CHANNEL = "actions"
 ACTIONS_KEPT = 10_000
 RESULT_KEPT_S = 24 * 3600.0
+#: seconds an action numbered but missing from the log is waited for before the ones after it apply
+GAP_WAIT_S = 5.0
 
 
 def net_effect(actions: list[tuple[int, str, str]]) -> tuple[str | None, list[str]]:
@@ -93,16 +95,32 @@ class WorkerBoard:
         return int(self.state.get("actions:seq") or 0)
 
     def after(self, seq: int) -> list[tuple[int, str, str]]:
+        """The actions after ``seq`` (seq, action, model), in order and without a gap: an action
+        numbered but not yet in the log (another worker is appending it) stops the list there, so
+        that it is not skipped; one still missing ``GAP_WAIT_S`` after a later action was appended
+        is taken for lost (its worker died between the two writes)."""
         found = self.state.index_range("actions", min_score=seq + 0.5, limit=ACTIONS_KEPT, newest_first=False)
         seqs = [int(m) for m, _ in found]
         rows = self.state.get_many([f"action:{s}" for s in seqs])
-        return [(s, *json.loads(raw)[:2]) for s, raw in zip(seqs, rows) if raw is not None]
+        out: list[tuple[int, str, str]] = []
+        expected, now = seq + 1, time.time()
+        for s, raw in zip(seqs, rows):
+            if raw is None:  # pruned meanwhile
+                expected = s + 1
+                continue
+            action, model_id, at = json.loads(raw)[:3]
+            if s != expected and now - at < GAP_WAIT_S:
+                break
+            out.append((s, action, model_id))
+            expected = s + 1
+        return out
 
     def record(self, seq: int, result: dict[str, Any]) -> None:
-        """This worker has applied the log up to ``seq``; ``result``: what the action at ``seq`` gave."""
+        """This worker has applied the log up to ``seq``; ``result``: what the action at ``seq`` gave.
+        Its next ``publish`` says so, with the model states the action left (published together, so
+        that whoever waits for the action sees its effect)."""
         self.state.put(f"action:{seq}:result:{self.worker}", json.dumps(result).encode(), ttl_s=RESULT_KEPT_S)
         self._applied = seq
-        self.publish()
 
     def result(self, seq: int) -> dict[str, Any]:
         """What the action ``seq`` gave on this worker (which has applied it)."""

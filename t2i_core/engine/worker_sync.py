@@ -9,7 +9,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from t2i_core.common.errors import T2IError
-from t2i_core.engine.worker_board import ACTIONS_CHANNEL, BEAT_S, merge_addon_states, merge_model_states, merge_stats, net_effect
+from t2i_core.engine.worker_board import ACTIONS_CHANNEL, BEAT_S, GAP_WAIT_S, merge_addon_states, merge_model_states, merge_stats, net_effect
 
 log = logging.getLogger("t2i.engine")
 
@@ -31,8 +31,16 @@ class SharedWorkers:
         """Log the action, apply it here, wait for the other live workers to apply it; this worker's
         answer with ``workers``: each worker's ``ok`` or error message."""
         seq = self.board.append(action, model_id)
-        # a batch or the heartbeat may have applied it first (both catch up): then its result is recorded
-        mine = self.on_torch_thread(self._catch_up).get(seq) or self.board.result(seq)
+        # a batch or the heartbeat may have applied it first (both catch up): then its result is recorded;
+        # an action before it that another worker is still appending holds it back a moment (``after``)
+        deadline = time.monotonic() + GAP_WAIT_S + 1.0
+        applied: dict[int, dict[str, Any]] = {}
+        while True:
+            applied.update(self.on_torch_thread(self._catch_up))
+            if self._applied >= seq or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        mine = applied.get(seq) or self.board.result(seq)
         results = self.board.wait_applied(seq, timeout_s=self.settings.request_timeout_s)
         results[self.board.worker] = mine
         own = f"{self.board.server}/"  # this server's workers by number, another replica's by its name

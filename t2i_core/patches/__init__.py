@@ -9,12 +9,14 @@
 - ``circus``: SIGHUP to the server passed on to its workers (the keys file read again) instead of
   restarting every worker;
 - ``diffusers``: diffusers 0.42's group-offloading lookup on every pipeline call;
+- ``transformers``: Qwen-Image-Edit's processor built without its video processor where torchvision
+  is missing (transformers 5.23 would not load it at all);
 - ``torch``: symbolic shapes without "duck" sizing, for ``torch.compile`` (``T2I_COMPILE``);
 - ``quiet_imports``: warnings the engine's libraries print on every import that say nothing here;
 - ``gc_freeze``: the API process's start-up objects kept out of full garbage collections (called once
   the API has started, by the API service itself).
 
-The engine's patches (diffusers, torch) run when their library is imported (``on_import``): the API
+The engine's patches (diffusers, transformers, torch) run when their library is imported (``on_import``): the API
 process never imports them. The text encoders' prompt de-duplication (``engine/prompt_dedupe.py``)
 wraps a model's ``forward``, not a library: it has its own version guard there.
 
@@ -31,6 +33,7 @@ from t2i_core.patches import bentoml as bentoml_patches
 from t2i_core.patches.circus import forward_sighup
 from t2i_core.patches import diffusers as diffusers_patches
 from t2i_core.patches import torch as torch_patches
+from t2i_core.patches import transformers as transformers_patches
 from t2i_core.patches.on_import import when_imported
 from t2i_core.patches.openmp import shorten_openmp_spin
 from t2i_core.patches.quiet_imports import quiet_library_warnings
@@ -54,5 +57,6 @@ def install_patches(settings: Any) -> None:
     bound_request_headers(settings.max_header_bytes, settings.header_timeout_s)
     forward_sighup()
     when_imported(diffusers_patches.HOOKS_MODULE, lambda _: diffusers_patches.skip_group_offload_lookup_until_used())
+    when_imported(transformers_patches.PROCESSING_MODULE, transformers_patches.video_processor_optional)
     if settings.compile:
         when_imported(torch_patches.CONFIG_MODULE, torch_patches.no_duck_shapes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from urllib.parse import urlsplit, urlunsplit
 
 from t2i_core.state.memory import MemoryState
 from t2i_core.state.sqlite import SqliteState
@@ -28,7 +29,19 @@ def check_spec(spec: str) -> None:
         return
     if spec.startswith(REDIS_SCHEMES) and len(spec) > len("redis://"):
         return
-    raise ValueError(f"T2I_STATE must be auto, memory, sqlite:<file> or redis://host:port/db; got {spec!r}")
+    raise ValueError(f"T2I_STATE must be auto, memory, sqlite:<file> or redis://host:port/db; got {redacted(spec)!r}")
+
+
+def redacted(spec: str) -> str:
+    """The spec with a URL's password replaced by ``***`` (error messages and logs never show it)."""
+    if "://" not in spec:
+        return spec
+    parts = urlsplit(spec)
+    if parts.password is None:
+        return spec
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
 
 
 def open_state(spec: str) -> StateStore:

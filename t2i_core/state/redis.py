@@ -4,7 +4,8 @@ Each call is one Redis command, or a WATCH/MULTI transaction for ``update`` (ret
 client changed the key meanwhile). Keys carry the prefix ``t2i:`` (``?prefix=`` in the URL changes
 it, so that several deployments can share one Redis). Timeouts are short (``SOCKET_TIMEOUT_S``): a
 Redis that is down or unreachable makes the calls that need it fail at once with ``StateUnavailable``
-(503), never hang; the client reconnects by itself when Redis is back.
+(503), never hang; so does a command Redis refuses (out of memory past ``maxmemory``, a read-only
+replica, a wrong password). The client reconnects by itself when Redis is back.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 from typing import Any, Iterable
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from t2i_core.common.errors import StateUnavailable
 from t2i_core.state.store import Change, StateStore, Subscription
@@ -36,7 +37,7 @@ class RedisState(StateStore):
         parts = urlsplit(url)
         query = parse_qs(parts.query)
         self.prefix = query.pop("prefix", [DEFAULT_PREFIX])[0]
-        rest = "&".join(f"{k}={v}" for k, values in query.items() for v in values)
+        rest = urlencode(query, doseq=True)
         self.url = urlunsplit((parts.scheme, parts.netloc, parts.path, rest, ""))
         self._redis = redis
         self.client = redis.Redis.from_url(
@@ -51,6 +52,10 @@ class RedisState(StateStore):
             return fn(*args, **kwargs)
         except (self._redis.ConnectionError, self._redis.TimeoutError) as exc:
             raise StateUnavailable(f"the shared state (Redis at {self._where()}) cannot be reached: {exc}") from None
+        except self._redis.WatchError:
+            raise
+        except self._redis.RedisError as exc:  # e.g. OOM past maxmemory, READONLY replica, NOAUTH
+            raise StateUnavailable(f"the shared state (Redis at {self._where()}) refused a command: {exc}") from None
 
     def _where(self) -> str:
         parts = urlsplit(self.url)

@@ -11,7 +11,9 @@ logging lets reads run beside a writer; a writer waits up to ``BUSY_TIMEOUT_MS``
 ``synchronous=NORMAL`` in WAL mode: a commit survives a crash of the process, not a power cut of
 the machine (the server starts a fresh run folder then). Not for network file systems: SQLite's
 locks do not hold there (several replicas share state through Redis). The file is created 0600
-(SQLite gives its -wal and -shm files the same permissions).
+(SQLite gives its -wal and -shm files the same permissions). A call SQLite fails (the disk full, the
+lock not had within the busy timeout, the file gone) raises ``StateUnavailable`` (503), as a Redis
+that cannot be reached does.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Iterator
 
 import time
 
+from t2i_core.common.errors import StateUnavailable
 from t2i_core.state.store import Change, StateStore, Subscription, now
 
 BUSY_TIMEOUT_MS = 30_000
@@ -79,36 +82,49 @@ class SqliteState(StateStore):
         return conn
 
     @contextmanager
+    def _failures(self) -> Iterator[None]:
+        """SQLite's errors as ``StateUnavailable`` naming the file."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise StateUnavailable(f"the shared state (SQLite file {self.path}) failed: {exc}") from None
+
+    def _read(self, sql: str, params: tuple[object, ...]) -> list[tuple[object, ...]]:
+        with self._failures():
+            return self._conn().execute(sql, params).fetchall()
+
+    @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction that holds the write lock from its start (see the module docstring)."""
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-        t = now()
-        if t - self._swept > SWEEP_S:
-            self._swept = t
-            conn.execute("DELETE FROM kv WHERE expires IS NOT NULL AND expires <= ?", (t,))
-            for (name,) in conn.execute("SELECT name FROM idx_expires WHERE expires <= ?", (t,)).fetchall():
-                conn.execute("DELETE FROM idx WHERE name = ?", (name,))
-                conn.execute("DELETE FROM idx_expires WHERE name = ?", (name,))
+        with self._failures():
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:  # SQLite may have rolled it back itself (e.g. disk full)
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            t = now()
+            if t - self._swept > SWEEP_S:
+                self._swept = t
+                conn.execute("DELETE FROM kv WHERE expires IS NOT NULL AND expires <= ?", (t,))
+                for (name,) in conn.execute("SELECT name FROM idx_expires WHERE expires <= ?", (t,)).fetchall():
+                    conn.execute("DELETE FROM idx WHERE name = ?", (name,))
+                    conn.execute("DELETE FROM idx_expires WHERE name = ?", (name,))
 
     def get(self, key: str) -> bytes | None:
-        row = self._conn().execute(f"SELECT value FROM kv WHERE key = ? AND {LIVE}", (key, now())).fetchone()
-        return None if row is None else bytes(row[0])
+        rows = self._read(f"SELECT value FROM kv WHERE key = ? AND {LIVE}", (key, now()))
+        return None if not rows else bytes(rows[0][0])  # type: ignore[arg-type]
 
     def get_many(self, keys: list[str] | tuple[str, ...] | object) -> list[bytes | None]:  # type: ignore[override]
         wanted = list(keys)  # type: ignore[call-overload]
         if not wanted:
             return []
         marks = ",".join("?" * len(wanted))
-        rows = self._conn().execute(f"SELECT key, value FROM kv WHERE key IN ({marks}) AND {LIVE}",
-                                    (*wanted, now())).fetchall()
-        found = {k: bytes(v) for k, v in rows}
+        rows = self._read(f"SELECT key, value FROM kv WHERE key IN ({marks}) AND {LIVE}", (*wanted, now()))
+        found = {k: bytes(v) for k, v in rows}  # type: ignore[arg-type]
         return [found.get(k) for k in wanted]
 
     def put(self, key: str, value: bytes, ttl_s: float | None = None, *, only_if_absent: bool = False) -> bool:
@@ -173,15 +189,15 @@ class SqliteState(StateStore):
     def index_range(self, index: str, *, min_score: float = float("-inf"), max_score: float = float("inf"),
                     limit: int = 100, newest_first: bool = True) -> list[tuple[str, float]]:
         order = "DESC" if newest_first else "ASC"
-        rows = self._conn().execute(
+        rows = self._read(
             f"SELECT member, score FROM idx WHERE name = ? AND score >= ? AND score <= ? AND {LIVE_INDEX} "
             f"ORDER BY score {order}, member {order} LIMIT ?",
-            (index, max(min_score, -1e308), min(max_score, 1e308), index, now(), limit)).fetchall()
-        return [(m, float(s)) for m, s in rows]
+            (index, max(min_score, -1e308), min(max_score, 1e308), index, now(), limit))
+        return [(str(m), float(s)) for m, s in rows]  # type: ignore[arg-type]
 
     def index_count(self, index: str) -> int:
-        return int(self._conn().execute(f"SELECT count(*) FROM idx WHERE name = ? AND {LIVE_INDEX}",
-                                        (index, index, now())).fetchone()[0])
+        rows = self._read(f"SELECT count(*) FROM idx WHERE name = ? AND {LIVE_INDEX}", (index, index, now()))
+        return int(rows[0][0])  # type: ignore[call-overload]
 
     def publish(self, channel: str, message: bytes) -> None:
         t = now()
@@ -190,8 +206,8 @@ class SqliteState(StateStore):
             conn.execute("DELETE FROM messages WHERE at < ?", (t - MESSAGE_KEPT_S,))
 
     def subscribe(self, *channels: str) -> "SqliteSubscription":
-        (last,) = self._conn().execute("SELECT COALESCE(MAX(seq), 0) FROM messages").fetchone()
-        return SqliteSubscription(self, channels, int(last))
+        ((last,),) = self._read("SELECT COALESCE(MAX(seq), 0) FROM messages", ())
+        return SqliteSubscription(self, channels, int(last))  # type: ignore[call-overload]
 
     def close(self) -> None:
         with self._connections_lock:
@@ -217,12 +233,12 @@ class SqliteSubscription(Subscription):
     def get(self, timeout_s: float) -> tuple[str, bytes] | None:
         deadline = time.monotonic() + max(0.0, timeout_s)
         while not self.pending:
-            rows = self.state._conn().execute(
+            rows = self.state._read(
                 f"SELECT seq, channel, body FROM messages WHERE seq > ? AND channel IN ({self.marks}) ORDER BY seq",
-                (self.after, *self.channels)).fetchall()
+                (self.after, *self.channels))
             if rows:
-                self.after = rows[-1][0]
-                self.pending = [(c, bytes(b)) for _, c, b in rows]
+                self.after = int(rows[-1][0])  # type: ignore[call-overload]
+                self.pending = [(str(c), bytes(b)) for _, c, b in rows]  # type: ignore[arg-type]
                 break
             left = deadline - time.monotonic()
             if left <= 0:

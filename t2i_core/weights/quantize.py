@@ -48,6 +48,7 @@ COMPONENT_RE = re.compile(r"^(transformer|unet|text_encoder)(_[2-9])?$")
 COMPONENTS_HINT = "transformer, transformer_2, unet, text_encoder, text_encoder_2, ... text_encoder_9"
 DENOISER_RE = re.compile(r"^(transformer|unet)(_[2-9])?$")
 HUB_PREFIX = "hub:"
+TINY_PREFIX = "tiny:"
 FIELD = "quantization"
 
 
@@ -125,6 +126,13 @@ def _parse_component(where: str, name: str, value: Any) -> ComponentQuantization
             raise QuantizationError(f"{where}.file must name a .gguf file; got {file!r}")
         if file.startswith(HUB_PREFIX) and len(file[len(HUB_PREFIX):].split("/")) < 3:
             raise QuantizationError(f"{where}.file: a hub file is hub:<owner>/<repo>/<file>.gguf; got {file!r}")
+        if file.startswith(TINY_PREFIX):
+            from t2i_core.weights.tiny_gguf import parse_ref
+
+            try:
+                parse_ref(file[len(TINY_PREFIX):])
+            except ValueError as exc:
+                raise QuantizationError(f"{where}.file: {exc}") from None
     elif file is not None:
         raise QuantizationError(f"{where}.file: only gguf takes a file; got method {method!r} and file {file!r}")
     return ComponentQuantization(method, file)
@@ -310,8 +318,16 @@ def load_time_config(spec: Quantization, libraries: Mapping[str, str], compute_d
 
 
 def resolve_gguf_file(file: str) -> str:
-    """The local path of a spec's gguf ``file``: itself, or a ``hub:`` file from the HF cache (never
-    downloaded). Raises ``ModelUnavailable`` when it is not on disk."""
+    """The local path of a spec's gguf ``file``: itself, a ``hub:`` file from the HF cache (never
+    downloaded), or a ``tiny:<family>/<type>.gguf`` written from a tiny pipeline (``weights.tiny_gguf``).
+    Raises ``ModelUnavailable`` when it is not on disk."""
+    if file.startswith(TINY_PREFIX):
+        from t2i_core.weights.tiny_gguf import ensure_tiny_gguf
+
+        try:
+            return str(ensure_tiny_gguf(file[len(TINY_PREFIX):]))
+        except ValueError as exc:
+            raise ModelUnavailable(f"{FIELD}: {exc}", param="model") from None
     if file.startswith(HUB_PREFIX):
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import LocalEntryNotFoundError

@@ -273,3 +273,33 @@ def test_links_in_the_shared_state_are_served_by_any_server_and_bounded(redis_se
     token = short.put(b"q", "image/png")
     clock.sleep(0.3)
     assert short.get(token) == "gone"
+
+
+def test_the_shared_image_counter_does_not_drift_under_concurrent_drops(redis_server):
+    """Four workers putting at once over a small cap: each dropped image is uncounted once, so the
+    counter keeps saying what the kept images take (every one's size key outlives its drop)."""
+    import threading
+    import time as clock
+
+    from t2i_core.api.state_image_store import StateImageStore
+    from t2i_core.state.redis import RedisState
+
+    url = f"{redis_server.url}?prefix=drift{clock.monotonic_ns()}:"
+    stores = [StateImageStore(RedisState(url), ttl_s=60, max_bytes=1000) for _ in range(4)]
+    barrier = threading.Barrier(4)
+
+    def put_many(store: StateImageStore) -> None:
+        barrier.wait()
+        for _ in range(40):
+            store.put(b"i" * 90, "image/png")
+
+    threads = [threading.Thread(target=put_many, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    state = stores[0].state
+    kept = [m for m, _ in state.index_range("images", limit=1000)]
+    counted = int(state.get("images:bytes"))
+    assert counted == 90 * len(kept) and counted <= 1000 + 90
+    assert all(state.get(f"image:{t}") is not None for t in kept)

@@ -138,3 +138,71 @@ def test_finished_tasks_expire_running_ones_stay(state):
     assert state.get(store.result_key(finished.task_id)) is None and int(state.get(RESULT_BYTES)) == 0
     assert store.read(running.task_id, ALICE).status == "in_progress"
     assert store.sweep(time.time() + 200) == 0  # still running: looked at again later
+
+
+def kept_bytes(store: TaskStore, ids: list[str]) -> int:
+    """The bytes of the results that are still there (what the counter must say)."""
+    return sum(len(raw) for raw in store.state.get_many([store.result_key(i) for i in ids]) if raw is not None)
+
+
+def test_the_result_counter_does_not_drift(state):
+    """Removals that race, a completion recorded twice (retried after a failure part way), a record
+    that expired before the sweep: the counter still says what the kept results take."""
+    store = TaskStore(state, ttl_s=3600, max_bytes=0)
+    ids = []
+    for _ in range(6):
+        record = store.create({"prompt": "a"}, ALICE)
+        store.complete(record.task_id, result(100))
+        ids.append(record.task_id)
+    store.complete(ids[0], result(100))  # the runner's retry: counted once
+    assert int(state.get(RESULT_BYTES)) == kept_bytes(store, ids)
+    # two workers drop the same results at once: each is uncounted once
+    barrier = threading.Barrier(4)
+
+    def drop(task_ids: list[str]) -> None:
+        barrier.wait()
+        for task_id in task_ids:
+            store._drop_result(task_id)
+
+    threads = [threading.Thread(target=drop, args=(ids[:3],)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert int(state.get(RESULT_BYTES)) == kept_bytes(store, ids) > 0
+    state.delete(store.record_key(ids[4]))  # its record expired (no sweep ran for a while)
+    assert store.sweep(time.time() + 7200) == 6  # the expired record too: its id is still in the index
+    assert int(state.get(RESULT_BYTES)) == 0 == kept_bytes(store, ids)
+
+
+def test_a_running_task_whose_runner_is_gone_is_swept_as_lost(state):
+    gone = TaskStore(state, ttl_s=60, max_bytes=0, runner="gone")
+    record = gone.create({"prompt": "a"}, ALICE)
+    state.delete("runner:gone")
+    sweeper = TaskStore(state, ttl_s=60, max_bytes=0, runner="sweeper")
+    later = time.time() + 61
+    assert sweeper.sweep(later) == 0  # finished as lost now, removed a ttl later
+    found = sweeper.get(record.task_id)
+    assert found.status == "failed" and found.error["code"] == "task_lost"
+    assert sweeper.sweep(later + 61) == 1 and sweeper.get(record.task_id) is None
+
+
+def test_a_sweep_looks_at_a_bounded_number_of_tasks(state):
+    store = TaskStore(state, ttl_s=1, max_bytes=0)
+    for _ in range(7):
+        store.complete(store.create({"prompt": "a"}, ALICE).task_id, result(10))
+    assert store.sweep(time.time() + 10, most=3) == 3
+    assert store.sweep(time.time() + 10, most=3) == 3
+    assert store.sweep(time.time() + 10, most=3) == 1
+
+
+def test_a_cancel_is_seen_through_its_flag(state):
+    store = TaskStore(state, ttl_s=3600, max_bytes=0)
+    record = store.create({"prompt": "a"}, ALICE)
+    assert not store.is_canceled(record.task_id)
+    store.cancel(record.task_id, ALICE)
+    assert store.is_canceled(record.task_id)
+    done = store.create({"prompt": "b"}, ALICE)
+    store.complete(done.task_id, result())
+    with pytest.raises(Conflict):
+        store.cancel(done.task_id, ALICE)

@@ -4,6 +4,7 @@ is at hand."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 from dataclasses import fields
@@ -26,14 +27,37 @@ def test_the_plan_names_known_presets_models_and_settings():
         entry = registry.get(PRESETS[run.preset].model)
         assert set(run.env) <= settings, run
         if run in gpu.PLAN:
-            assert PRESETS[run.preset].dtype == "bfloat16" and entry.defaults.width == 512
+            dit = entry.family_traits.dit
+            assert PRESETS[run.preset].dtype == "bfloat16" and entry.defaults.width == (1024 if dit else 512)
             assert (entry.tiny_vae is not None) == ("TAESD" in run.label), run
             assert (run.env.get("T2I_COMPILE") == "1") == ("compile" in run.label), run
+            assert (run.sizing == gpu.DIT_SIZING) == dit, run
+            assert bool(entry.quantization) == ("fp8" in run.label), run
     labels = [r.label for r in gpu.PLAN]
     assert len(set(labels)) == len(labels)
-    assert {"sd-turbo-arch", "sdxl-turbo-arch"} <= {r.preset for r in gpu.PLAN}
+    assert {"sd-turbo-arch", "sdxl-turbo-arch", "flux-schnell-arch", "flux-schnell-arch-fp8",
+            "z-image-turbo-arch"} <= {r.preset for r in gpu.PLAN}
     assert any(r.env for r in gpu.PLAN) and any(not r.env for r in gpu.PLAN)
     assert gpu.GPU_SIZING.concurrency == (1, 8, 32)
+    assert (gpu.DIT_SIZING.batch_sizes, gpu.DIT_SIZING.concurrency) == ((1, 4), (1, 8))
+
+
+def test_the_dit_architectures_have_the_published_sizes():
+    """Built on the meta device (no memory): FLUX.1's 11.9B transformer with T5-XXL (4.76B) and CLIP-L
+    (123M), Z-Image's 6.15B transformer with Qwen3-4B (4.02B)."""
+    import torch
+
+    from t2i_core.weights.random_arch import dit_components
+
+    billions = {}
+    for arch in ("flux-schnell", "z-image-turbo"):
+        with torch.device("meta"):
+            parts = dit_components(arch)
+        billions[arch] = {name: round(sum(p.numel() for p in m.parameters()) / 1e9, 2) for name, m in parts.items()}
+    assert billions == {
+        "flux-schnell": {"transformer": 11.89, "text_encoder": 0.12, "text_encoder_2": 4.76, "vae": 0.08},
+        "z-image-turbo": {"transformer": 6.15, "text_encoder": 4.02, "vae": 0.08},
+    }
 
 
 def test_environment_is_restored(monkeypatch):
@@ -75,6 +99,7 @@ def test_dry_run_measures_raw_and_served_and_writes_json_and_table(tmp_path):
     assert [r["label"] for r in report["runs"]] == [r.label for r in gpu.DRY_PLAN]
     for run in report["runs"]:
         assert "error" not in run and "skipped" not in run, run
+        assert run["sizing"] == json.loads(json.dumps(dataclasses.asdict(sizing)))
         assert [r["batch"] for r in run["raw"]] == list(sizing.batch_sizes)
         assert [r["concurrency"] for r in run["served"]] == list(sizing.concurrency)
         assert all(r["ok"] == r["requests"] > 0 for r in run["served"])

@@ -142,7 +142,7 @@ def test_adapter_and_controlnet_listings_show_their_state(server):
     assert rows["tiny-pastel"]["loaded_in"] == ["builtin/tiny-sd"] and rows["tiny-pastel"]["bytes"] > 0
     assert rows["tiny-xl-ink"]["family"] == "sdxl" and rows["tiny-ink"]["trigger_words"] == ["ink"]
     controlnets = {row["id"]: row for row in httpx.get(f"{server.url}/v1/controlnets", timeout=30).json()["data"]}
-    assert set(controlnets) == {"tiny-canny", "tiny-xl-canny"}
+    assert set(controlnets) == {"tiny-canny", "tiny-xl-canny", "tiny-flux-canny"}
     assert controlnets["tiny-canny"]["conditioning_scale"] == 1.0
     json.dumps(controlnets)  # plain JSON all the way
 

@@ -104,10 +104,12 @@ def test_a_text_image_field_is_never_fetched(server, value):
     assert listener.connections == 0
 
 
-def test_two_image_parts_are_refused_on_both_edit_routes(server):
+def test_two_image_parts_are_refused_on_both_edit_routes_by_a_model_that_takes_one(server):
+    """Several images are references for the models that read several (tests/e2e/test_dit_models_e2e.py)."""
     files = [("image", ("a.jpg", jpeg(), "image/jpeg")), ("image", ("b.jpg", jpeg(), "image/jpeg"))]
     native = post(server, "/edit", data={"prompt": "x"}, files=files)
-    assert native.status_code == 400 and "exactly one file" in native.json()["error"]
+    assert native.status_code == 400 and native.json()["param"] == "image", native.text
+    assert "takes at most 1 input image per edit; got 2" in native.json()["error"]
     openai_route = post(server, "/v1/images/edits", data={"prompt": "x"}, files=files)
     assert openai_route.status_code == 400 and openai_route.json()["error"]["param"] == "image"
 

@@ -182,7 +182,7 @@ def test_the_registry_file_checks_control_entries(tmp_path):
     data["adapters"].append(dict(data["adapters"][0]))
     path = tmp_path / "models.json"
     path.write_text(json.dumps(data))
-    with pytest.raises(RegistryError, match="adapters entry 3 .*appears twice"):
+    with pytest.raises(RegistryError, match=f"adapters entry {len(data['adapters']) - 1} .*appears twice"):
         load_registry_file(path)
     data["adapters"].pop()
     data["models"][0]["inpainting"] = "missing"
@@ -216,3 +216,21 @@ def test_request_fields_of_the_controls():
         with pytest.raises(InvalidRequest) as err:
             parse(GenerateRequest, {"prompt": "x", **bad})
         assert words in err.value.message
+
+
+def test_a_control_window_emptied_by_a_default_is_a_400():
+    """control_guidance_start 1.0 alone (end defaults to 1.0): refused when resolved, naming the field
+    given, rather than failing inside the pipeline."""
+    from t2i_core.api.request_flow import parse
+    from t2i_core.common.schemas import GenerateRequest, to_engine
+
+    registry = Registry()
+    entry = registry.get(TINY_SD_ID)
+    for given, value in (("control_guidance_start", 1.0), ("control_guidance_end", 0.0)):
+        req = parse(GenerateRequest, {"prompt": "x", "controlnet": CANNY, "control_image": "aGk=", given: value})
+        with pytest.raises(InvalidRequest, match="control_guidance_end must be above control_guidance_start") as err:
+            to_engine(req, entry, seed=1, registry=registry)
+        assert err.value.param == given and f"{given} given" in err.value.message
+    ok = parse(GenerateRequest, {"prompt": "x", "controlnet": CANNY, "control_image": "aGk=", "control_guidance_start": 0.5})
+    resolved = to_engine(ok, entry, seed=1, registry=registry)
+    assert (resolved.control_start, resolved.control_end) == (0.5, 1.0)

@@ -244,3 +244,28 @@ def test_replicas_on_redis_apply_each_others_admin_actions(redis_server):
         for engine in (a, b, late):
             if engine is not None:
                 engine.close()
+
+
+def test_an_action_being_appended_is_waited_for_not_skipped(tmp_path, monkeypatch):
+    """Two workers append at once: seq 2 is numbered, seq 3 already in the log, 2 not yet. A worker
+    catching up then stops before 3 (and would apply 2, then 3); a gap older than GAP_WAIT_S is a
+    worker that died between its two writes, and is passed."""
+    import json
+
+    from t2i_core.engine import worker_board
+    from t2i_core.engine.worker_board import WorkerBoard
+
+    state = SqliteState(str(tmp_path / "state.sqlite"))
+    board = WorkerBoard(state, "s", 1, "cpu")
+    board.append("load", "a")
+    state.incr("actions:seq")  # seq 2: numbered by a worker that has not written it yet
+    board.append("load", "c")  # seq 3
+    assert board.after(0) == [(1, "load", "a")]
+    state.put("action:2", json.dumps(["unload", "a", time.time()]).encode())
+    state.index_add("actions", "2", 2)
+    assert board.after(0) == [(1, "load", "a"), (2, "unload", "a"), (3, "load", "c")]
+    state.index_remove("actions", "2")
+    assert board.after(1) == []
+    monkeypatch.setattr(worker_board, "GAP_WAIT_S", 0.0)  # ... and then long enough ago
+    assert board.after(1) == [(3, "load", "c")]
+    state.close()

@@ -171,3 +171,54 @@ def test_put_many_and_indexes_that_expire(state):
     assert state.index_count("long") == 1
     state.index_add("short", "n", 2.0, ttl_s=5)  # used again: a new index
     assert state.index_range("short") == [("n", 2.0)]
+
+
+def test_redis_refusing_a_command_is_a_503(redis_server):
+    """A Redis past its maxmemory (noeviction) refuses writes: StateUnavailable, not a 500."""
+    from t2i_core.common.errors import StateUnavailable
+    from redis_server import start_redis
+    from conftest import free_port
+    import redis
+
+    own = start_redis(free_port())
+    try:
+        store = RedisState(own.url)
+        redis.Redis(port=own.port).config_set("maxmemory", "1")
+        with pytest.raises(StateUnavailable, match="refused a command.*maxmemory"):
+            store.put("k", b"v" * 1000)
+        store.close()
+    finally:
+        own.stop()
+
+
+def test_a_broken_sqlite_file_is_a_503(tmp_path):
+    from t2i_core.common.errors import StateUnavailable
+
+    path = tmp_path / "state.sqlite"
+    store = SqliteState(str(path))
+    store.put("k", b"v")
+    store.close()
+    path.write_bytes(b"not a database" * 512)
+    for side in tmp_path.glob("state.sqlite-*"):
+        side.unlink()
+    with pytest.raises(StateUnavailable, match="state.sqlite.*not a database"):
+        SqliteState(str(path))
+    with pytest.raises(StateUnavailable, match="not a database"):
+        store.get("k")  # a worker that had it open: a new connection of its own
+    with pytest.raises(StateUnavailable, match="not a database"):
+        store.put("k", b"w")
+
+
+def test_redis_urls_keep_their_query_and_hide_their_password():
+    from t2i_core.state.open import redacted
+
+    store = RedisState("redis://:s3cr%40t@127.0.0.1:1/0?prefix=p1:&socket_keepalive=true&client_name=a%26b")
+    assert store.prefix == "p1:"
+    assert store.url.endswith("?socket_keepalive=true&client_name=a%26b")
+    assert store.client.connection_pool.connection_kwargs["client_name"] == "a&b"
+    store.close()
+    assert redacted("redis://user:s3cr%40t@host:6379/0") == "redis://user:***@host:6379/0"
+    assert redacted("redis://host:6379/0") == "redis://host:6379/0"
+    with pytest.raises(ValueError, match="T2I_STATE.*'http://user:\\*\\*\\*@host:1/0'") as caught:
+        check_spec("http://user:s3cret@host:1/0")  # not a backend: named without its password
+    assert "s3cret" not in str(caught.value)

@@ -78,33 +78,13 @@ def _check_reproducible(run) -> None:
 
 
 @pytest.fixture
-def qwen_vl_processor(monkeypatch):
-    """Qwen-Image-Edit's ``Qwen2VLProcessor`` can be loaded. transformers 5.23 builds it only with its
-    video processor, which needs torchvision; where torchvision is missing (this CPU machine: PyPI's
-    torchvision wheels are CUDA builds), the video processor is left out, as a stand-in for the library
-    patch the engine will need. The image path, all the edit pipelines use, stays transformers' own."""
-    from transformers.utils import is_torchvision_available
+def qwen_vl_processor():
+    """Qwen-Image-Edit's ``Qwen2VLProcessor`` can be loaded: the library patch the engine installs
+    (t2i_core/patches/transformers.py: without torchvision, the processor is built without its video
+    processor; the image path all the edit pipelines use stays transformers' own)."""
+    from t2i_core.patches.transformers import video_processor_optional
 
-    if is_torchvision_available():
-        return
-    import transformers.processing_utils as processing
-
-    check = processing.ProcessorMixin.check_argument_for_proper_class
-    lookup = processing._LazyAutoProcessorMapping.__getitem__
-
-    class NoVideoProcessor:
-        @classmethod
-        def from_pretrained(cls, *args, **kwargs):
-            return None
-
-    monkeypatch.setattr(
-        processing.ProcessorMixin, "check_argument_for_proper_class",
-        lambda self, name, arg: None if (name, arg) == ("video_processor", None) else check(self, name, arg),
-    )
-    monkeypatch.setattr(
-        processing._LazyAutoProcessorMapping, "__getitem__",
-        lambda self, key: NoVideoProcessor if key == "video_processor" else lookup(self, key),
-    )
+    video_processor_optional()
 
 
 def test_same_folder_every_build(folders, tmp_path):
@@ -252,3 +232,18 @@ def test_qwen_image_edit_plus_takes_two_images(folders, qwen_vl_processor):
     ).images
     assert images.shape == (2, 64, 64, 3) and np.isfinite(images).all()
     assert not np.array_equal(images[0], images[1])
+
+
+def test_tiny_sources_of_the_dit_families_resolve_to_cached_folders(tmp_path, monkeypatch):
+    """``tiny:<family>`` of a DiT family resolves through weights/sources.py like the SD ones: built
+    once into the cache, then reused."""
+    from t2i_core.weights import sources
+    from t2i_core.weights.tiny import tiny_folder
+
+    monkeypatch.setenv("T2I_CACHE_DIR", str(tmp_path))
+    path = sources.resolve(sources.Source.parse("tiny:z-image"), "pipeline", "model 'builtin/tiny-z-image'")
+    assert path == str(tiny_folder("z-image")) and path.startswith(str(tmp_path))
+    assert json.loads((Path(path) / "t2i_tiny.json").read_text())["family"] == "z-image"
+    stamp = (Path(path) / "model_index.json").stat().st_mtime_ns
+    assert sources.resolve(sources.Source.parse("tiny:z-image"), "pipeline", "x") == path
+    assert (Path(path) / "model_index.json").stat().st_mtime_ns == stamp  # not built again

@@ -96,11 +96,12 @@ def decode_image(data: bytes, *, max_pixels: int, field: str = "image") -> Image
     return img.convert("RGB")
 
 
-def output_size(width: int, height: int) -> tuple[int, int]:
-    """The generation size for an input image: aspect kept, sides multiples of 8 within limits."""
+def output_size(width: int, height: int, multiple: int = SIDE_MULTIPLE) -> tuple[int, int]:
+    """The generation size for an input image: aspect kept, sides multiples of ``multiple`` (8; 16 for
+    the DiT families) within limits."""
     scale = min(1.0, MAX_SIDE / max(width, height))
     def snap(side: float) -> int:
-        side = int(side * scale / SIDE_MULTIPLE + 0.5) * SIDE_MULTIPLE
+        side = int(side * scale / multiple + 0.5) * multiple
         return max(MIN_SIDE, min(MAX_SIDE, side))
     return snap(width), snap(height)
 

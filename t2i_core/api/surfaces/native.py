@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Awaitable
 
-from pydantic import BeforeValidator, Field
+from pydantic import BeforeValidator, Field, ValidationInfo
 from starlette.responses import Response
 
 from t2i_core.api.rendered_image import RenderedImage
@@ -21,13 +21,25 @@ from t2i_core.common.schemas import EditRequest
 
 #: a multipart file, or base64 text in JSON (decoded to bytes before validation)
 ImageUpload = Annotated[Path, BeforeValidator(base64_image)]
+#: the most input images one edit may send (a model takes up to its own limit, ``edits.max_images``)
+MAX_EDIT_IMAGES = 16
+
+
+def one_or_more_images(value: Any, info: ValidationInfo) -> Any:
+    """Before-validator of a list of image fields that also takes a single one (as before); base64 text
+    is decoded here, so that an error names the field, not its position in the list."""
+    return [base64_image(v, info) for v in (value if isinstance(value, list) else [value])]
 
 
 class EditUpload(EditRequest):
-    """``/edit``'s input: the edit's fields and the image, with an inpainting mask and a ControlNet's
-    control image when wanted (each a multipart file or base64 in JSON)."""
+    """``/edit``'s input: the edit's fields and the image (or several: the reference images of an
+    instruction edit model that takes them), with an inpainting mask and a ControlNet's control image when
+    wanted (each a multipart file or base64 in JSON)."""
 
-    image: ImageUpload
+    image: Annotated[list[ImageUpload], BeforeValidator(one_or_more_images)] = Field(
+        min_length=1, max_length=MAX_EDIT_IMAGES,
+        description="The image to edit; several (repeated multipart parts, or a JSON list) for models that take "
+                    "several reference images.")
     # ``ImageUpload | None`` would be the honest type, but BentoML 1.4's file fields cannot sit in a
     # Union (its FileSchema marker is unhashable); an unset field keeps its default, None, unvalidated
     mask: ImageUpload = Field(default=None, description="Inpainting: white where the image is repainted, "
@@ -40,6 +52,13 @@ def upload_bytes(value: Path | bytes | None) -> bytes | None:
     if value is None:
         return None
     return value if isinstance(value, bytes) else Path(value).read_bytes()
+
+
+def uploads_bytes(values: list[Path | bytes] | Path | bytes | None) -> list[bytes]:
+    """The bytes of each upload of a list field (``EditUpload.image``)."""
+    if values is None:
+        return []
+    return [upload_bytes(v) or b"" for v in (values if isinstance(values, list) else [values])]
 
 
 async def answer(ctx: Any, work: Awaitable[list[RenderedImage]]) -> Response:

@@ -3,7 +3,8 @@
 Works with the official OpenAI SDK unchanged (base_url pointed here). Extensions are accepted as
 extra fields: ``negative_prompt``, ``seed``, ``num_inference_steps``, ``guidance_scale``, the creative
 controls (``adapters``, ``controlnet`` with ``control_image``, ``controlnet_conditioning_scale``,
-``control_guidance_start`` / ``end``) and, for edits, ``strength``. Edits take OpenAI's ``mask``
+``control_guidance_start`` / ``end``) and, for edits, ``strength``. Edits take several images (``image[]``
+parts, as OpenAI's gpt-image models do; a JSON list) for models that read several references. Edits take OpenAI's ``mask``
 (inpainting): a mask with an alpha channel repaints its fully transparent pixels, as OpenAI's does; a
 mask without one repaints its white pixels. ``stream`` with ``partial_images`` answers server-sent
 events (openai_stream.py); ``quality`` sets the steps when none are given (``steps_for``);
@@ -31,8 +32,9 @@ from t2i_core.api.image_store import ImageStore, off_loop
 from t2i_core.api.images.codecs import MEDIA_TYPES
 from t2i_core.common.schemas import ControlNetSettings, EditRequest, GenerateRequest, PromptSettings
 from t2i_core.api.surfaces.openai_stream import check_stream, stream_images
+from t2i_core.api.surfaces.native import MAX_EDIT_IMAGES
 from t2i_core.api.surfaces.reading import (
-    image_bytes_from_json, optional_form_image, optional_image_from_json, read_form, read_json_object,
+    images_from_json, optional_form_image, optional_image_from_json, read_form, read_json_object,
 )
 
 log = logging.getLogger("t2i.openai")
@@ -171,26 +173,25 @@ def openai_routes(get_flow: Callable[[], RequestFlow], store: ImageStore) -> lis
         if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
             data, files = await read_form(request)
             uploads = files.get("image", [])
-            if len(uploads) != 1:
+            if not uploads or len(uploads) > MAX_EDIT_IMAGES:
                 raise InvalidRequest(
-                    f"image must be exactly one uploaded PNG, JPEG or WebP file; got {len(uploads)} files",
-                    param="image",
-                )
-            image = await uploads[0].read()
+                    f"image must be 1 to {MAX_EDIT_IMAGES} uploaded PNG, JPEG or WebP files (image[] repeated for "
+                    f"several); got {len(uploads)} files", param="image")
+            images = [await upload.read() for upload in uploads]
             mask = await optional_form_image(data, files, "mask")
             control = await optional_form_image(data, files, "control_image")
             if control is not None:  # the field's text for validation; the bytes go to the engine as they are
                 data["control_image"] = base64.b64encode(control).decode("ascii")
         else:
             data = await read_json_object(request)
-            image = image_bytes_from_json(data)
+            images = images_from_json(data, limit=MAX_EDIT_IMAGES)
             mask = optional_image_from_json(data, "mask")
             control = None
         req = parse(OpenAIEditRequest, data)
         req = req.checked(flow)
         native = req.native()
         # every refusal (fields, model, controls, the image, mask and control image) is a 4xx, before a stream starts
-        prepared = await flow.prepare_edit(native, image, mask=mask, control_image=control, transparent_repaints=True)
+        prepared = await flow.prepare_edit(native, images, mask=mask, control_image=control, transparent_repaints=True)
         return await answer(request, flow, req, prepared, "image_edit")
 
     async def list_models(request: Request) -> Response:

@@ -93,6 +93,28 @@ def image_bytes_from_json(data: dict[str, Any], field: str = "image") -> bytes:
     return decode_base64(value, field=field)
 
 
+def images_from_json(data: dict[str, Any], field: str = "image", limit: int = 16) -> list[bytes]:
+    """One image or a list of them in a JSON body: base64 text (a data URL too) or OpenAI's
+    ``{"image_url": "data:..."}`` each; the field (or OpenAI's ``images``) is taken out of ``data``."""
+    value = data.pop(field, None)
+    if value is None:
+        value = data.pop("images", None)
+    if value is None:
+        raise InvalidRequest(f"{field} is required: a base64 PNG, JPEG or WebP image (or a list of them)", param=field)
+    values = value if isinstance(value, list) else [value]
+    if not 1 <= len(values) <= limit:
+        raise InvalidRequest(f"{field} must hold 1 to {limit} images; got {len(values)}", param=field)
+    out = []
+    for item in values:
+        if isinstance(item, dict) and isinstance(item.get("image_url"), str):
+            item = item["image_url"]
+        if not isinstance(item, str):
+            raise InvalidRequest(f"{field} must be base64 PNG, JPEG or WebP images; got {type(item).__name__}",
+                                 param=field)
+        out.append(decode_base64(item, field=field))
+    return out
+
+
 def optional_image_from_json(data: dict[str, Any], field: str) -> bytes | None:
     """An optional image in a JSON body: base64 text (a data URL too), or OpenAI's ``{"image_url":
     "data:..."}``; None when absent. The field is taken out of ``data``."""

@@ -1,7 +1,9 @@
 """The GPU run, in one command (``bash scripts/gpu_bench.sh``): the random-weight SD-Turbo and
 SDXL-Turbo architectures at 512 px, 1 step, bfloat16, with the model's VAE and with a tiny VAE (TAESD's
-architecture), with and without ``torch.compile``; each raw (the engine in process) and served (a real
-``bentoml serve``) at 1, 8 and 32 clients. Writes one JSON and a markdown table.
+architecture), with and without ``torch.compile``, each raw (the engine in process) at batch 1/8/32 and
+served (a real ``bentoml serve``) at 1, 8 and 32 clients; and the FLUX.1 [schnell] (4 steps, bfloat16 and
+float8 weights) and Z-Image-Turbo (9 steps) architectures at 1024 px, raw at batch 1/4 and served at 1/8
+clients (``DIT_SIZING``). Writes one JSON and a markdown table.
 
 Sized to finish within ``--budget-s`` (default 450 s, for an H100): the runs go in the order of
 ``PLAN`` (most wanted first), and a run whose expected duration (``Run.expect_s``, an estimate for an
@@ -32,30 +34,6 @@ COMPILE_ENV = {"T2I_COMPILE": "1", "T2I_CHANNELS_LAST": "1", "T2I_FUSE_QKV": "1"
 
 
 @dataclasses.dataclass(frozen=True)
-class Run:
-    label: str
-    preset: str
-    env: dict[str, str] = dataclasses.field(default_factory=dict)
-    #: seconds it is expected to take on an H100 (loads, compiles, raw and served); 0: do not check
-    expect_s: float = 0.0
-
-
-PLAN = (
-    Run("sd-turbo, bf16", "sd-turbo-arch", expect_s=50),
-    Run("sd-turbo, bf16, TAESD", "sd-turbo-arch-taesd", expect_s=50),
-    Run("sd-turbo, bf16, TAESD, compile", "sd-turbo-arch-taesd", COMPILE_ENV, expect_s=150),
-    Run("sdxl-turbo, bf16", "sdxl-turbo-arch", expect_s=70),
-    Run("sdxl-turbo, bf16, TAESD", "sdxl-turbo-arch-taesd", expect_s=70),
-    Run("sdxl-turbo, bf16, TAESD, compile", "sdxl-turbo-arch-taesd", COMPILE_ENV, expect_s=200),
-    Run("sd-turbo, bf16, compile", "sd-turbo-arch", COMPILE_ENV, expect_s=150),
-)
-#: the CPU rehearsal: the same steps on the tiny model (channels-last stands in for compile, which
-#: takes minutes on a small CPU)
-DRY_PLAN = (Run("tiny, float32", "tiny"), Run("tiny, float32, channels-last", "tiny", {"T2I_CHANNELS_LAST": "1"}))
-ARCHS = ("sd-turbo", "sdxl-turbo")
-
-
-@dataclasses.dataclass(frozen=True)
 class Sizing:
     batch_sizes: tuple[int, ...] = (1, 8, 32)
     concurrency: tuple[int, ...] = (1, 8, 32)
@@ -65,7 +43,46 @@ class Sizing:
     warmup_per_client: int = 2
 
 
+def _dit() -> Sizing:
+    """The DiT runs' sizing: 1024 px images take about a second each on an H100."""
+    return Sizing(batch_sizes=(1, 4), concurrency=(1, 8), max_batch_size=8, repeats=3, requests=32,
+                  warmup_per_client=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    label: str
+    preset: str
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: seconds it is expected to take on an H100 (loads, compiles, raw and served); 0: do not check
+    expect_s: float = 0.0
+    #: the run's own batch sizes and client counts (the DiT runs'); None: the plan's
+    sizing: Sizing | None = None
+
+
+PLAN = (
+    Run("sd-turbo, bf16", "sd-turbo-arch", expect_s=50),
+    # the first FLUX run builds the architecture first (33 GB: random weights on the GPU, then written) and
+    # loads it twice (the engine in process, then the server); the fp8 run after it reuses it
+    Run("flux-schnell 1024 px, bf16", "flux-schnell-arch", expect_s=150, sizing=_dit()),
+    Run("flux-schnell 1024 px, fp8", "flux-schnell-arch-fp8", expect_s=100, sizing=_dit()),
+    Run("z-image-turbo 1024 px, bf16", "z-image-turbo-arch", expect_s=150, sizing=_dit()),
+    Run("sd-turbo, bf16, TAESD", "sd-turbo-arch-taesd", expect_s=50),
+    Run("sd-turbo, bf16, TAESD, compile", "sd-turbo-arch-taesd", COMPILE_ENV, expect_s=150),
+    Run("sdxl-turbo, bf16", "sdxl-turbo-arch", expect_s=70),
+    Run("sdxl-turbo, bf16, TAESD", "sdxl-turbo-arch-taesd", expect_s=70),
+    Run("sdxl-turbo, bf16, TAESD, compile", "sdxl-turbo-arch-taesd", COMPILE_ENV, expect_s=200),
+    Run("sd-turbo, bf16, compile", "sd-turbo-arch", COMPILE_ENV, expect_s=150),
+)
+#: the CPU rehearsal: the same steps on the tiny model (channels-last stands in for compile, which
+#: takes minutes on a small CPU)
+DRY_PLAN = (Run("tiny, float32", "tiny"), Run("tiny, float32, channels-last", "tiny", {"T2I_CHANNELS_LAST": "1"}),
+            Run("tiny-flux, float32, fp8", "tiny-flux-fp8"))
+ARCHS = ("sd-turbo", "sdxl-turbo", "flux-schnell", "z-image-turbo")
+
+
 GPU_SIZING = Sizing()
+DIT_SIZING = _dit()
 DRY_SIZING = Sizing(batch_sizes=(1, 2), concurrency=(1, 2), max_batch_size=2, repeats=1, requests=4, warmup_per_client=1)
 
 
@@ -91,26 +108,55 @@ def sized(preset: Preset, sizing: Sizing) -> Preset:
                                warmup_per_client=sizing.warmup_per_client, min_requests_per_client=4, no_batching=False)
 
 
-def build_archs(plan: tuple[Run, ...]) -> dict[str, float]:
-    """Build (or find cached) the random-weight pipelines ``plan`` needs; seconds per architecture."""
-    from t2i_core.weights.random_arch import ensure_random_pipeline
+#: disk each architecture takes once built (bytes), checked before it is built
+ARCH_BYTES = {"sd-turbo": 3.5e9, "sdxl-turbo": 8.0e9, "flux-schnell": 34e9, "z-image-turbo": 21e9}
+
+
+def arch_of(run: Run) -> str | None:
+    model = PRESETS[run.preset].model
+    return next((arch for arch in ARCHS if model.startswith(f"random/{arch}-arch")), None)
+
+
+def build_arch(run: Run, built: dict[str, float]) -> None:
+    """Build (or find cached) the random-weight pipeline ``run`` needs, recording the seconds in
+    ``built``; RuntimeError when the disk cannot hold it."""
+    import shutil
+
+    from t2i_core.weights.random_arch import ensure_random_pipeline, random_folder
     from t2i_core.weights.tiny_vae import ensure_built
 
-    seconds = {}
-    for arch in ARCHS:
-        if any(PRESETS[r.preset].model.startswith(f"random/{arch}-arch") for r in plan):
-            started = time.perf_counter()
-            ensure_random_pipeline(arch)
-            seconds[arch] = round(time.perf_counter() - started, 1)
-    if any(PRESETS[r.preset].model.endswith("-taesd") for r in plan):
+    arch = arch_of(run)
+    if arch is not None and not (random_folder(arch) / "model_index.json").is_file():
+        folder = random_folder(arch)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(folder.parent).free
+        if free < 1.1 * ARCH_BYTES[arch]:
+            raise RuntimeError(f"the {arch} architecture needs about {ARCH_BYTES[arch] / 1e9:.0f} GB of disk under "
+                               f"{folder.parent}; {free / 1e9:.0f} GB free")
+        started = time.perf_counter()
+        ensure_random_pipeline(arch)
+        built[arch] = round(time.perf_counter() - started, 1)
+    if PRESETS[run.preset].model.endswith("-taesd"):
         ensure_built("random:taesd")
-    return seconds
+
+
+def free_archs(done: Run, rest: tuple[Run, ...], built: dict[str, float]) -> None:
+    """Remove a DiT architecture this invocation built once no later run needs it (33 GB for FLUX.1:
+    the machine's disk holds the UNet ones and one DiT at a time)."""
+    import shutil
+
+    from t2i_core.weights.random_arch import DIT_ARCHS, random_folder
+
+    arch = arch_of(done)
+    if arch in DIT_ARCHS and arch in built and all(arch_of(r) != arch for r in rest):
+        shutil.rmtree(random_folder(arch), ignore_errors=True)
 
 
 def measure(run: Run, sizing: Sizing) -> dict[str, Any]:
     """One run: raw per batch size, then served per client count."""
     from t2i_core.devtools.bench.run import engine_dtype, raw, raw_engine, served
 
+    sizing = run.sizing or sizing
     preset = sized(PRESETS[run.preset], sizing)
     started = time.perf_counter()
     with environment({**run.env, "T2I_MAX_BATCH_SIZE": str(sizing.max_batch_size)}):
@@ -123,7 +169,7 @@ def measure(run: Run, sizing: Sizing) -> dict[str, Any]:
         served_rows = served(preset, preset.max_batch_size, preset.requests, preset.concurrency)
     best = max(r["images_per_s"] for r in raw_rows)
     return {"label": run.label, "preset": run.preset, "model": preset.model, "dtype": engine_dtype(preset),
-            "env": run.env, "raw": raw_rows, "served": served_rows, "raw_best_images_per_s": best,
+            "env": run.env, "sizing": dataclasses.asdict(sizing), "raw": raw_rows, "served": served_rows, "raw_best_images_per_s": best,
             "served_over_raw_best": {str(r["concurrency"]): r["images_per_s"] / best for r in served_rows},
             "seconds": {"raw": round(raw_s, 1), "total": round(time.perf_counter() - started, 1)}}
 
@@ -137,27 +183,28 @@ def _empty_cuda_cache() -> None:
 
 def markdown(report: dict[str, Any]) -> str:
     """The table for docs/performance.md: per run, raw img/s per batch size, served img/s and p50 per
-    client count, served / raw best, and the stage split at batch 1."""
-    sizing = report["sizing"]
+    client count (each run at its own sizes: the DiT runs at fewer), served / raw best at the most
+    clients, and the stage split at batch 1."""
     lines = [f"GPU run on {report['device']}, {report['when']}, {report['seconds']:.0f} s "
              f"(`{report['command']}`)", "",
-             "| run | " + " | ".join(f"raw b{b} img/s" for b in sizing["batch_sizes"]) + " | "
-             + " | ".join(f"served {c}c img/s (p50 ms)" for c in sizing["concurrency"])
-             + f" | served/raw at {max(sizing['concurrency'])}c | batch 1: text / denoise / VAE / PNG ms |",
-             "| --- " * (2 + len(sizing["batch_sizes"]) + len(sizing["concurrency"])) + "| --- |"]
+             "| run | raw img/s (batch) | served img/s, p50 ms (clients) | served/raw at the most clients "
+             "| batch 1: text / denoise / VAE / PNG ms |",
+             "| --- | --- | --- | --- | --- |"]
     for r in report["runs"]:
         if "skipped" in r or "error" in r:
             why = r.get("skipped") or f"failed: {r['error']}"
-            lines.append(f"| {r['label']} | {why} |" + " |" * (len(sizing["batch_sizes"]) + len(sizing["concurrency"]) + 1))
+            lines.append(f"| {r['label']} | {why} | | | |")
             continue
-        raw_cells = [f"{row['images_per_s']:.1f}" for row in r["raw"]]
-        served_cells = [f"{row['images_per_s']:.1f} ({row['p50_s'] * 1000:.0f})" for row in r["served"]]
-        ratio = r["served_over_raw_best"].get(str(max(sizing["concurrency"])))
+        raw_cells = ", ".join(f"b{row['batch']} {row['images_per_s']:.1f}" for row in r["raw"])
+        served_cells = ", ".join(f"{row['concurrency']}c {row['images_per_s']:.1f} / {row['p50_s'] * 1000:.0f}"
+                                 for row in r["served"])
+        most = max((row["concurrency"] for row in r["served"]), default=0)
+        ratio = r["served_over_raw_best"].get(str(most))
         st = r["raw"][0].get("stages_s", {})
         split = " / ".join(f"{st[k] * 1000:.1f}" if k in st else "-"
                            for k in ("text_encoding", "denoising", "vae_decoding", "image_encoding"))
-        lines.append(f"| {r['label']} | " + " | ".join(raw_cells + served_cells)
-                     + f" | {'-' if ratio is None else f'{ratio:.2f}'} | {split} |")
+        lines.append(f"| {r['label']} | {raw_cells} | {served_cells} | {'-' if ratio is None else f'{ratio:.2f}'} "
+                     f"| {split} |")
     return "\n".join(lines) + "\n"
 
 
@@ -185,10 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"device": _device_name(), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                               "command": " ".join(["scripts/gpu_bench.sh", *(argv if argv is not None else sys.argv[1:])]),
                               "sizing": dataclasses.asdict(sizing), "budget_s": args.budget_s, "runs": []}
-    report["build_s"] = build_archs(plan)
-    print(f"architectures ready in {time.perf_counter() - started:.0f} s: {report['build_s']}", flush=True)
+    report["build_s"] = {}  # each architecture is built before its first run (seconds, when built here)
     args.out.mkdir(parents=True, exist_ok=True)
-    for run in plan:
+    for index, run in enumerate(plan):
         elapsed = time.perf_counter() - started
         if elapsed + run.expect_s > args.budget_s:
             report["runs"].append({"label": run.label, "preset": run.preset, "env": run.env,
@@ -197,11 +243,14 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"[{elapsed:5.0f} s] {run.label} ...", flush=True)
         try:
+            build_arch(run, report["build_s"])
             report["runs"].append(measure(run, sizing))
         except Exception as exc:  # noqa: BLE001 - one failing run must not lose the others
             traceback.print_exc()
             report["runs"].append({"label": run.label, "preset": run.preset, "env": run.env,
                                    "error": f"{type(exc).__name__}: {exc}"[:300]})
+        finally:
+            free_archs(run, plan[index + 1:], report["build_s"])
         report["seconds"] = time.perf_counter() - started
         (args.out / "gpu-bench.json").write_text(json.dumps(report, indent=2))  # what was measured so far
     report["seconds"] = time.perf_counter() - started

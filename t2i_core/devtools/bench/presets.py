@@ -56,6 +56,9 @@ PRESETS = {
     # CPU: the built-in tiny model at 64 px, 1 step, in float32 (the CPU dtype of every real model;
     # the tiny model's float64 default exists for the bit-exact batch-invariance tests)
     "tiny": Preset("tiny", "builtin/tiny-sd", 64, 64, 1, "float32"),
+    # CPU: the built-in tiny FLUX.1 model (a DiT: packed latents, CLIP + T5, distilled guidance) at 64 px,
+    # 2 steps, float32
+    "tiny-flux": Preset("tiny-flux", "builtin/tiny-flux", 64, 64, 2, "float32", guidance_scale=3.5),
     # GPU: full-size architectures with random weights (the same compute as the real models)
     "sd-turbo-arch": Preset("sd-turbo-arch", "random/sd-turbo-arch", 512, 512, 1, "bfloat16",
                             batch_sizes=(1, 2, 4, 8, 16, 32), concurrency=(1, 4, 16, 32, 64)),
@@ -66,6 +69,15 @@ PRESETS = {
                               batch_sizes=(1, 2, 4, 8, 16), concurrency=(1, 4, 16, 32, 64)),
     "sdxl-turbo-arch-taesd": Preset("sdxl-turbo-arch-taesd", "random/sdxl-turbo-arch-taesd", 512, 512, 1, "bfloat16",
                                     batch_sizes=(1, 2, 4, 8, 16), concurrency=(1, 4, 16, 32, 64)),
+    # GPU: the DiT architectures at 1024 px with their own step counts, bfloat16 (and float8 weights)
+    "flux-schnell-arch": Preset("flux-schnell-arch", "random/flux-schnell-arch", 1024, 1024, 4, "bfloat16",
+                                batch_sizes=(1, 4), concurrency=(1, 8), max_batch_size=8),
+    "flux-schnell-arch-fp8": Preset("flux-schnell-arch-fp8", "random/flux-schnell-arch-fp8", 1024, 1024, 4,
+                                    "bfloat16", batch_sizes=(1, 4), concurrency=(1, 8), max_batch_size=8),
+    "z-image-turbo-arch": Preset("z-image-turbo-arch", "random/z-image-turbo-arch", 1024, 1024, 9, "bfloat16",
+                                 batch_sizes=(1, 4), concurrency=(1, 8), max_batch_size=8),
+    # CPU: the tiny FLUX.1 model with float8 weights (the GPU run's rehearsal of its fp8 run)
+    "tiny-flux-fp8": Preset("tiny-flux-fp8", "builtin/tiny-flux-fp8", 64, 64, 2, "float32", guidance_scale=3.5),
     # CPU: the SD-Turbo architecture at 512 px, 1 step, in the CPU's dtype ("auto": bfloat16 where the CPU
     # has it natively, else float32; T2I_CPU_BF16 decides as in the server). Seconds per image: short runs,
     # batches of at most 4 (a CPU gains nothing from waiting to fill 16), no "no batching" server.

@@ -24,9 +24,11 @@ from t2i_core.api.images.codecs import open_image
 from t2i_core.common.errors import InvalidRequest
 from t2i_core.common.fields import NegativePrompt, Prompt
 
+#: the families whose models denoise by flow matching (their one scheduler here: flow_euler)
+FLOW_FAMILIES = ("sd3", "flux", "flux-kontext", "flux2-klein", "qwen-image", "qwen-image-edit", "z-image")
 #: A1111 sampler name -> (this server's scheduler per pipeline family; None: the model's own), aliases
 SAMPLERS: dict[str, tuple[dict[str, str], list[str]]] = {
-    "Euler": ({"sd": "euler", "sdxl": "euler", "sd3": "flow_euler"}, ["k_euler"]),
+    "Euler": ({"sd": "euler", "sdxl": "euler", **{family: "flow_euler" for family in FLOW_FAMILIES}}, ["k_euler"]),
     "Euler a": ({"sd": "euler_a", "sdxl": "euler_a"}, ["k_euler_a", "k_euler_ancestral"]),
     "DPM++ 2M": ({"sd": "dpmpp_2m", "sdxl": "dpmpp_2m"}, ["k_dpmpp_2m"]),
     "DDIM": ({"sd": "ddim", "sdxl": "ddim"}, ["ddim"]),

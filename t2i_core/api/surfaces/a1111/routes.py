@@ -120,12 +120,17 @@ def a1111_routes(get_flow: Callable[[], RequestFlow], jobs: CallerJobs) -> list[
         fields = native_fields(flow, req, await chosen_checkpoint(request))
         if fields.get("controlnet") is not None and fields.get("control_image") is None:
             fields["control_image"] = req.init_images[0]  # as the ControlNet extension does in img2img
-        native = parse(EditRequest, {**fields, "strength": req.denoising_strength})
-        source = decode_base64(req.init_images[0], field="init_images")
+        # an instruction edit model reads init_images as references: denoising_strength is refused only
+        # when the client sent it (A1111 clients often send its default), else it applies as in A1111
+        reference = flow.registry.get(fields["model"]).edit_traits.kind == "reference"
+        given = "denoising_strength" in req.model_fields_set
+        native = parse(EditRequest, {**fields, "strength": req.denoising_strength if given or not reference else None})
+        # the others edit the first image, as before (A1111 itself takes one init image per batch image)
+        sources = [decode_base64(image, field="init_images") for image in req.init_images[:None if reference else 1]]
         mask = decode_base64(req.mask, field="mask") if req.mask else None
         n = images_count(flow, req)
         async with remembered(request) as request_id, loras_named_in_the_prompt():
-            images = await flow.edit(native, source, n=n, request_id=request_id, mask=mask,
+            images = await flow.edit(native, sources, n=n, request_id=request_id, mask=mask,
                                       mask_reader=lambda raw: a1111_mask(raw, req, flow.settings.max_input_pixels),
                                       disconnected=client_left(request))
         return JSONResponse(answer(images, req, req.sampler_name or "default"))

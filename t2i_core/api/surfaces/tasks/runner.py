@@ -3,14 +3,19 @@
 A task is the /generate work of its fields, started at once (the engine batches it with everything
 else); it counts as a request in flight (``T2I_MAX_IN_FLIGHT``, the SIGTERM drain) until it ends.
 Its work stops at the next denoising step once the task is cancelled: a cancel taken by this worker
-wakes it at once, one taken by another worker (or replica) is seen by polling the task's record every
-``POLL_S``.
+wakes it at once, one taken by another worker (or replica) is seen by polling the task's cancel flag
+every ``POLL_S``.
 
 Its work is served for the key that submitted it, queued in the task's class (``batch`` unless its
 submit asked ``interactive`` and its key allows it) and already counted against the key's images
 per minute (at submit); its slot in the key's ``max_concurrent`` is held until it ends. Its webhook
 events go out through ``notify.py``. Where it waits (``place``) is known to this worker's coalescer;
 for the other workers it is written to the shared state every ``PLACE_EVERY_S`` while it waits.
+
+An outcome that cannot be recorded (the shared state is away) is kept in this worker and recorded
+again every ``LEASE_RENEW_S`` until the state is back (for up to the task's ttl): the image a task
+made is not lost to a Redis restart. The lease is renewed in a loop of its own, so that a long sweep
+never lets it lapse.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import Any, Callable
 
 from t2i_core.api import request_log
@@ -64,8 +70,10 @@ class TaskRunner:
         self.limits = limits
         self._running: dict[str, asyncio.Task[None]] = {}
         self._canceled: dict[str, asyncio.Event] = {}
-        self._upkeep: asyncio.Task[None] | None = None
-        self._places: asyncio.Task[None] | None = None
+        #: the lease loop, the retention sweep and (shared state) the places writer
+        self._upkeep: list[asyncio.Task[None]] = []
+        #: outcomes not recorded yet (the state was away): task id -> (when, the call that records it)
+        self._unrecorded: dict[str, tuple[float, Callable[[], Any]]] = {}
 
     def start(self, record: TaskRecord, req: GenerateRequest, key: ApiKey = ANONYMOUS_KEY, slot: str | None = None) -> None:
         """Run the task's work in the background (on the current event loop), for ``key``; ``slot``:
@@ -137,8 +145,8 @@ class TaskRunner:
                 headers = {k: v for k, v in response.headers.items() if k.lower() in KEPT_HEADERS}
                 result = StoredResult(status_code=response.status_code, media_type=image.media_type,
                                       headers=headers, body=bytes(response.body))
-                done = await call(self.store.state, self.store.complete, task_id, result)
-                logged.status = 200 if done.status == "completed" else 409
+                done = await self._record(task_id, self.store.complete, task_id, result)
+                logged.status = 200 if done is None or done.status == "completed" else 409
             except T2IError as err:
                 logged.status = http_status(err)
                 request_log.note(error=err.code, error_message=err.message[:300])
@@ -168,41 +176,78 @@ class TaskRunner:
 
     async def _fail(self, task_id: str, err: T2IError) -> None:
         try:
-            await call(self.store.state, self.store.fail, task_id, err)
-        except T2IError:
-            log.warning("task %s: its failure could not be recorded (the shared state is unreachable)", task_id)
+            await self._record(task_id, self.store.fail, task_id, err)
+        except T2IError as other:  # e.g. its record is gone
+            log.warning("task %s: its failure could not be recorded: %s", task_id, other.message)
 
-    # ---- upkeep: the lease, and the retention sweep ----------------------------------------------
+    async def _record(self, task_id: str, fn: Callable[..., TaskRecord], *args: Any) -> TaskRecord | None:
+        """Record an outcome now, or keep it to record when the state is back (None then)."""
+        try:
+            return await call(self.store.state, fn, *args)
+        except T2IError as err:
+            if err.code != "state_unavailable":
+                raise
+            log.warning("task %s: its outcome could not be recorded (%s); trying again every %ss",
+                        task_id, err.message, LEASE_RENEW_S)
+            self._unrecorded[task_id] = (time.monotonic(), lambda: fn(*args))
+            self._ensure_upkeep()
+            return None
+
+    async def record_pending(self) -> int:
+        """Record the outcomes kept while the state was away; returns how many are still kept."""
+        for task_id, (since, record) in list(self._unrecorded.items()):
+            if time.monotonic() - since > self.store.ttl_s:
+                log.error("task %s: its outcome was never recorded (the state was away for %ss); dropped",
+                          task_id, self.store.ttl_s)
+                self._unrecorded.pop(task_id, None)
+                continue
+            try:
+                await call(self.store.state, record)
+            except T2IError as err:
+                if err.code == "state_unavailable":
+                    break  # still away: the next round
+                log.warning("task %s: its outcome could not be recorded: %s", task_id, err.message)
+            self._unrecorded.pop(task_id, None)
+        return len(self._unrecorded)
+
+    # ---- upkeep: the lease, kept outcomes, and the retention sweep -------------------------------
     def _ensure_upkeep(self) -> None:
-        if self._upkeep is None or self._upkeep.done():
-            self._upkeep = asyncio.create_task(self._keep_up())
-        if self.store.state.shared and (self._places is None or self._places.done()):
-            self._places = asyncio.create_task(self._write_places())
+        if not self._upkeep or any(t.done() for t in self._upkeep):
+            for t in self._upkeep:
+                t.cancel()
+            self._upkeep = [asyncio.create_task(self._keep_lease()), asyncio.create_task(self._keep_store())]
+            if self.store.state.shared:
+                self._upkeep.append(asyncio.create_task(self._write_places()))
 
     async def _write_places(self) -> None:
         """Every ``PLACE_EVERY_S``: where this worker's waiting tasks are, for the other workers."""
         while True:
             await asyncio.sleep(PLACE_EVERY_S)
-            places = {place_key(t): json.dumps(p.__dict__).encode()
-                      for t in list(self._running) if (p := self.place(t)) is not None}
-            if places:
-                try:
+            try:
+                places = {place_key(t): json.dumps(p.__dict__).encode()
+                          for t in list(self._running) if (p := self.place(t)) is not None}
+                if places:
                     await call(self.store.state, self.store.state.put_many, places, 3 * PLACE_EVERY_S)
-                except Exception:  # noqa: BLE001 - the next round tries again
-                    pass
+            except Exception:  # noqa: BLE001 - the next round tries again
+                pass
 
-    async def _keep_up(self) -> None:
-        since_sweep = 0.0
+    async def _keep_lease(self) -> None:
         while True:
             try:
                 await call(self.store.state, self.store.renew_lease)
-                if since_sweep >= self.check_s:
-                    since_sweep = 0.0
-                    removed = await call(self.store.state, self.store.sweep)
-                    if removed:
-                        log.info("task store: removed %d tasks that finished more than %ss ago", removed,
-                                 self.store.ttl_s)
+                if self._unrecorded:
+                    await self.record_pending()
             except Exception:  # noqa: BLE001 - the next round tries again
-                log.warning("task store upkeep failed; trying again in %ss", LEASE_RENEW_S, exc_info=True)
+                log.warning("task lease renewal failed; trying again in %ss", LEASE_RENEW_S, exc_info=True)
             await asyncio.sleep(LEASE_RENEW_S)
-            since_sweep += LEASE_RENEW_S
+
+    async def _keep_store(self) -> None:
+        while True:
+            await asyncio.sleep(self.check_s)
+            try:
+                removed = await call(self.store.state, self.store.sweep)
+                if removed:
+                    log.info("task store: removed %d tasks that finished more than %ss ago", removed,
+                             self.store.ttl_s)
+            except Exception:  # noqa: BLE001 - the next round tries again
+                log.warning("task store sweep failed; trying again in %ss", self.check_s, exc_info=True)

@@ -10,12 +10,17 @@ turned out cancelled meanwhile.
 
 The work runs in the API worker that took the submit (``runner.py``). Each worker keeps a lease
 (``runner:<id>``, renewed every ``LEASE_RENEW_S``); an ``in_progress`` task whose runner's lease
-has lapsed (the worker was killed or restarted) is marked ``failed`` with ``task_lost`` when read,
-rather than staying ``in_progress`` forever.
+has lapsed (the worker was killed or restarted) is marked ``failed`` with ``task_lost`` when read
+or swept, rather than staying ``in_progress`` forever. A cancel also writes a small flag
+(``task:<id>:canceled``): the runner polls that, not the whole record.
 
 Retention: a finished task's record and result are kept ``T2I_TASK_RESULT_TTL_S`` (then ``status``
 and ``get`` answer 404), and results take at most ``T2I_TASK_STORE_MAX_BYTES`` in all: past it, the
-oldest finished results are removed first (their ``get`` then answers 410). No request headers are
+oldest finished results are removed first (their ``get`` then answers 410). The bytes counted are
+those of the results whose size key (``task:<id>:size``) exists: it is created once per result
+(``only_if_absent``) when the result is counted and deleted once when it is uncounted, whoever
+else tries, so the counter does not drift when a removal races another or a record expired first.
+Every key that could outlive the sweep (it runs only while a server runs) expires by itself. No request headers are
 stored (no credentials at rest): a task keeps its validated fields (for ``retry``) and its owner as
 a hash (``t2i_core/api/callers.py``).
 """
@@ -55,6 +60,11 @@ BACKSTOP_S = 600.0
 #: tasks answers a shorter page with a cursor to go on from)
 LIST_CHUNK = 100
 LIST_SCAN = 2000
+#: a running task's record expires this long after its ttl if nothing finishes it (its runner's
+#: sweep finishes it as lost long before; this only bounds what a server that never runs again leaves)
+RUNNING_BACKSTOP_S = 24 * 3600.0
+#: tasks looked at per sweep (the next sweep goes on): one sweep never holds the state for long
+SWEEP_MAX = 1024
 
 
 class TaskRecord(BaseModel):
@@ -132,6 +142,14 @@ class TaskStore:
         return f"task:{task_id}:result"
 
     @staticmethod
+    def size_key(task_id: str) -> str:
+        return f"task:{task_id}:size"
+
+    @staticmethod
+    def canceled_key(task_id: str) -> str:
+        return f"task:{task_id}:canceled"
+
+    @staticmethod
     def owner_index(owner: str | None) -> str:
         return f"tasks:owner:{owner or '-'}"
 
@@ -151,10 +169,13 @@ class TaskStore:
                             runner=self.runner, input=fields, request_id=request_id, submitter=caller.name,
                             priority=priority, webhook=webhook, options=options or {})
         self.renew_lease()
-        self.state.put(self.record_key(record.task_id), record.model_dump_json().encode())
+        self.state.put(self.record_key(record.task_id), record.model_dump_json().encode(),
+                       ttl_s=self.ttl_s + RUNNING_BACKSTOP_S)
         self.state.index_add(ALL, record.task_id, now)
         self.state.index_add(EXPIRES, record.task_id, now + self.ttl_s)
-        self.state.index_add(self.owner_index(record.owner), record.task_id, now)
+        # the owner's index goes by itself once its last task could be gone (a caller who stops submitting)
+        self.state.index_add(self.owner_index(record.owner), record.task_id, now,
+                             ttl_s=self.ttl_s + RUNNING_BACKSTOP_S + BACKSTOP_S)
         return record
 
     def get(self, task_id: str) -> TaskRecord | None:
@@ -170,14 +191,17 @@ class TaskStore:
         if record is None or not caller.owns(record.owner):
             raise NotFound(f"task_id {task_id!r} not found", param="task_id")
         if record.status == "in_progress" and not self._runner_alive(record.runner):
-            record = self._finish(task_id, "failed", error=TaskLost(
-                "the API worker running this task stopped (killed or restarted) before it finished; "
-                "submit it again (POST .../retry)"))
+            record = self._lost(task_id)
         return record
 
+    def _lost(self, task_id: str) -> TaskRecord:
+        return self._finish(task_id, "failed", error=TaskLost(
+            "the API worker running this task stopped (killed or restarted) before it finished; "
+            "submit it again (POST .../retry)"))
+
     def is_canceled(self, task_id: str) -> bool:
-        record = self.get(task_id)
-        return record is None or record.status == "canceled"
+        """Whether a cancel was taken for the task (one small key: the runner asks this often)."""
+        return self.state.get(self.canceled_key(task_id)) is not None
 
     # ---- status changes --------------------------------------------------------------------------
     def _finish(self, task_id: str, status: Status, *, error: T2IError | None = None, error_status: int | None = None,
@@ -215,6 +239,8 @@ class TaskStore:
         had finished otherwise."""
         record = self.read(task_id, caller)
         if record.status == "in_progress":
+            # the flag first: if the work then completes first, the flag stops nothing (it has ended)
+            self.state.put(self.canceled_key(task_id), b"1", ttl_s=self.ttl_s + BACKSTOP_S)
             record = self._finish(task_id, "canceled")
         if record.status != "canceled":
             raise Conflict(f"task {task_id} has already finished ({record.status}); nothing to cancel",
@@ -222,7 +248,8 @@ class TaskStore:
         return record
 
     def complete(self, task_id: str, result: StoredResult) -> TaskRecord:
-        """The work succeeded: keep its result unless the task was cancelled meanwhile."""
+        """The work succeeded: keep its result unless the task was cancelled meanwhile. Safe to call
+        again after a failure part way (the runner retries it while the state is away)."""
         data = result.pack()
         self.state.put(self.result_key(task_id), data, ttl_s=self.ttl_s + BACKSTOP_S)
         record = self._finish(task_id, "completed", result_bytes=len(data))
@@ -231,8 +258,10 @@ class TaskStore:
             return record
         assert record.completed_at is not None
         self.state.index_add(WITH_RESULT, task_id, record.completed_at)
-        if self.max_bytes > 0 and self.state.incr(RESULT_BYTES, len(data)) > self.max_bytes:
-            self.evict()
+        if self.state.put(self.size_key(task_id), str(len(data)).encode(), only_if_absent=True):
+            total = self.state.incr(RESULT_BYTES, len(data))
+            if self.max_bytes > 0 and total > self.max_bytes:
+                self.evict()
         return record
 
     def fail(self, task_id: str, error: T2IError, error_status: int | None = None) -> TaskRecord:
@@ -301,24 +330,23 @@ class TaskStore:
 
     # ---- retention -------------------------------------------------------------------------------
     def _drop_result(self, task_id: str) -> int:
-        """Remove a completed task's result (once, whoever else tries); returns the bytes freed."""
-        freed = 0
+        """Remove a task's result, if it has one (uncounted once, whoever else tries: the one whose
+        delete of its size key removed it); returns the bytes freed by this call."""
 
         def change(raw: bytes | None) -> bytes | None:
-            nonlocal freed
-            freed = 0
             if raw is None:
                 return None
             record = TaskRecord.model_validate_json(raw)
             if not record.result_kept:
                 return None
             record.result_kept = False
-            freed = record.result_bytes
             return record.model_dump_json().encode()
 
         self.state.update(self.record_key(task_id), change)
         self.state.delete(self.result_key(task_id))
         self.state.index_remove(WITH_RESULT, task_id)
+        size = self.state.get(self.size_key(task_id))
+        freed = int(size) if size and self.state.delete(self.size_key(task_id)) == 1 else 0
         if freed:
             self.state.incr(RESULT_BYTES, -freed)
         return freed
@@ -338,31 +366,44 @@ class TaskStore:
                 if used <= target:
                     break
             used = int(self.state.get(RESULT_BYTES) or 0)
+        if used and self.state.index_count(WITH_RESULT) == 0:  # left by a worker that died between two writes
+            self.state.incr(RESULT_BYTES, -used)
         return removed
 
-    def sweep(self, now: float | None = None) -> int:
-        """Remove the tasks that finished more than ``ttl_s`` ago; returns how many."""
+    def sweep(self, now: float | None = None, most: int = SWEEP_MAX) -> int:
+        """Remove the tasks that finished more than ``ttl_s`` ago, and finish as lost the running ones
+        whose runner is gone; looks at ``most`` tasks at most (the next sweep goes on). Returns how
+        many were removed."""
         now = time.time() if now is None else now
-        removed = 0
-        while True:
-            due = self.state.index_range(EXPIRES, max_score=now, limit=256, newest_first=False)
+        removed = looked = 0
+        while looked < most:
+            due = self.state.index_range(EXPIRES, max_score=now, limit=min(256, most - looked), newest_first=False)
             if not due:
-                return removed
+                break
             for task_id, _ in due:
+                looked += 1
                 record = self.get(task_id)
                 if record is not None and record.status == "in_progress":
-                    self.state.index_add(EXPIRES, task_id, now + self.ttl_s)  # still running: later
+                    if self._runner_alive(record.runner):
+                        self.state.index_add(EXPIRES, task_id, now + self.ttl_s)  # still running: later
+                        continue
+                    try:
+                        self._lost(task_id)
+                    except NotFound:  # removed meanwhile
+                        pass
+                    self.state.index_add(EXPIRES, task_id, now + self.ttl_s)  # removed ttl_s from now
                     continue
                 if record is not None and (record.completed_at or 0) > now - self.ttl_s:
                     self.state.index_add(EXPIRES, task_id, (record.completed_at or now) + self.ttl_s)
                     continue
+                self._drop_result(task_id)
                 if record is not None:
-                    self._drop_result(task_id)
                     self.state.index_remove(self.owner_index(record.owner), task_id)
-                self.state.delete(self.record_key(task_id))
+                self.state.delete(self.record_key(task_id), self.canceled_key(task_id))
                 self.state.index_remove(ALL, task_id)
                 self.state.index_remove(EXPIRES, task_id)
                 removed += 1
+        return removed
 
 
 def encode_cursor(score: float, task_id: str) -> str:

@@ -91,6 +91,13 @@ function selectedFamily() {
   return model ? model.pipeline || null : null;
 }
 
+/** What an edit of the selected model is: "strength" (image to image, inpainting) or "reference"
+ * (instruction edits: the image is a reference, strength and masks do not apply). */
+function selectedEdits() {
+  const model = state.models.find((m) => m.id === $("model").value);
+  return (model && model.edits && model.edits.kind) || "strength";
+}
+
 function fitting(rows) {
   const family = selectedFamily();
   return rows.filter((row) => row.state !== "unavailable" && (!family || row.family === family));
@@ -111,6 +118,7 @@ function refreshControls() {
   select.replaceChildren(new Option("none", ""), ...controlnets.map((c) => new Option(c.id, c.id)));
   select.value = controlnets.some((c) => c.id === chosen) ? chosen : "";
   updateControlScale();
+  $("strength").disabled = selectedEdits() === "reference";  // instruction edits take no strength
 }
 
 function adapterLabel(a) {
@@ -295,9 +303,11 @@ function requestBody() {
   }
   if (state.editImage) {
     body.image = state.editImage;
-    body.strength = Number($("strength").value);
-    const maskB64 = maskBase64();
-    if (maskB64) body.mask = maskB64;
+    if (selectedEdits() === "strength") {  // an instruction edit model reads the image as a reference
+      body.strength = Number($("strength").value);
+      const maskB64 = maskBase64();
+      if (maskB64) body.mask = maskB64;
+    }
   }
   return body;
 }
