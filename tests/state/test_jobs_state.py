@@ -207,3 +207,22 @@ def test_a_listing_shows_a_callers_own_tasks_newest_first_page_by_page(state):
     with pytest.raises(InvalidRequest):
         decode_cursor("%%%")
     assert {r.submitter for r in store.list(bob)[0]} == {"bob"}
+
+
+def test_a_listing_takes_the_ids_of_records_that_are_gone_out_of_its_index(state):
+    """A record that expired without a sweep (its server was down then) leaves its id in the owner's
+    index: the listing skips it and removes it, so the index does not keep growing; pages still
+    follow on exactly."""
+    store = TaskStore(state, ttl_s=3600, max_bytes=0)
+    alice = Caller(owner="key:alice", name="alice")
+    mine = [store.create({"prompt": f"a{i}"}, alice).task_id for i in range(6)]
+    for task_id in (mine[1], mine[4]):
+        state.delete(store.record_key(task_id))
+    index = store.owner_index(alice.owner)
+    assert state.index_count(index) == 6
+    page, cursor = store.list(alice, limit=2)
+    assert [r.task_id for r in page] == [mine[5], mine[3]]
+    assert state.index_count(index) == 4  # the ids read with that page (all six) were looked at
+    rest, cursor = store.list(alice, limit=10, cursor=cursor)
+    assert cursor is None
+    assert [r.task_id for r in rest] == [mine[2], mine[0]]

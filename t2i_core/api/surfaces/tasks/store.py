@@ -302,14 +302,17 @@ class TaskStore:
             chunk = self.state.index_range(index, max_score=max_score, limit=LIST_CHUNK)
             full = len(chunk) == LIST_CHUNK
             if skipping:  # the page before ended at (after_score, after_id): drop what it showed
-                ids = [m for m, _ in chunk]
-                at = [i for i, (m, sc) in enumerate(chunk) if sc == after_score]
-                cut = ids.index(after_id) + 1 if after_id in ids else (at[-1] + 1 if at else 0)
-                chunk = chunk[cut:]
+                # every backend orders by (score, member), both descending: this holds even when
+                # after_id itself has left the index since
+                assert after_id is not None
+                chunk = [(m, sc) for m, sc in chunk if sc < after_score or (sc == after_score and m < after_id)]
                 skipping = False
             if not chunk:
                 return found, None
             records = self.state.get_many([self.record_key(m) for m, _ in chunk])
+            gone = [member for (member, _), raw in zip(chunk, records) if raw is None]
+            if gone:  # expired without a sweep (no server ran then): their ids leave the index now
+                self.state.index_remove(index, *gone)
             for (member, score), raw in zip(chunk, records):
                 scanned += 1
                 if raw is None:
