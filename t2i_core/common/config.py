@@ -133,10 +133,10 @@ class Settings:
     #: The keys file (YAML or JSON): per key a name, its SHA-256 (never the key), a role (admin / user),
     #: a priority class (interactive / batch), a weight, optional limits (images per minute, requests in
     #: flight) and a default webhook; read again on SIGHUP or POST /admin/keys/reload. With it, generation
-    #: routes need a key. See docs/api.md ("API keys").
+    #: routes need a key. See docs/jobs.md.
     api_keys_file: str = ""
     #: Fair share: the next work sent to the engine is chosen by weighted fair queueing across key names,
-    #: interactive before batch (1), or first come, first served (0). See t2i_core/api/fair_share.py.
+    #: interactive before batch (1), or first come, first served (0). See docs/jobs.md.
     fair_share: int = 1
     #: The default webhook signing secret ("whsec_" + base64, Standard Webhooks), for keys whose entry
     #: has no webhook_secret (and servers without keys); without one, a webhook is refused at submit.
