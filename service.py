@@ -42,6 +42,11 @@ from t2i_core.common.schemas import EditRequest, EngineRequest, EngineResult, Ge
 from t2i_core.api.surfaces.tasks.routes import TaskRoutes, task_routes
 from t2i_core.api.surfaces.tasks.runner import TaskRunner
 from t2i_core.api.surfaces.tasks.store import TaskStore
+from t2i_core.api.surfaces.tasks.notify import TaskNotifier
+from t2i_core.api.surfaces.openai_images import image_link
+from t2i_core.api.idempotency.middleware import IdempotencyMiddleware
+from t2i_core.api.jobs import build_jobs
+from t2i_core.common.hangup import ignore_sighup, on_sighup
 from t2i_core.state.open import open_state, resolve_spec
 from t2i_core.common.paths import TASK_ROUTE
 from t2i_core.common.topology import (
@@ -64,6 +69,9 @@ ENGINE_WORKERS = engine_worker_count(SETTINGS, GPUS)
 STATE_SPEC = resolve_spec(SETTINGS.state, api_workers=SETTINGS.api_workers, engine_workers=ENGINE_WORKERS,
                           run_dir=RUN_DIR)
 STATE = open_state(STATE_SPEC)
+# Keys (names, roles, classes, weights, limits), usage, webhook deliveries and idempotent answers, on
+# that state (t2i_core/api/jobs.py).
+JOBS = build_jobs(SETTINGS, STATE)
 
 
 # Adaptive batching across requests; T2I_MAX_BATCH_SIZE=1 turns it off (BentoML refuses a batchable
@@ -100,6 +108,7 @@ class EngineService:
             self.core.preload()
         # On SIGTERM, keep serving until idle: the API may still send requests it accepted.
         drain_on_sigterm(self.core.idle_since, max_s=SETTINGS.request_timeout_s)
+        ignore_sighup()  # SIGHUP reloads the API's keys file (t2i_core/common/hangup.py)
 
     @bentoml.on_shutdown
     def close(self) -> None:
@@ -163,6 +172,8 @@ class API:
 
     def __init__(self) -> None:
         self.flow = RequestFlow(ServiceEngineClient(self.engine, SETTINGS), SETTINGS)
+        self.flow.limits, self.flow.usage = JOBS.limits, JOBS.usage  # per key (t2i_core/api/keys/)
+        on_sighup(JOBS.keyring.reload_in_background)  # the keys file read again
         # On SIGTERM, finish the requests in flight while answering new ones 503 (see t2i_core/common/shutdown.py).
         drain_on_sigterm(IN_FLIGHT.idle_since, max_s=SETTINGS.request_timeout_s, who="the API")
         freeze_startup_objects()  # see t2i_core/patches/gc_freeze.py
@@ -207,17 +218,15 @@ class API:
 
 # The surfaces beside the native routes (OpenAI /v1, admin, A1111, the replaced servers' routes, the
 # playground), each with its own error shape: adapters over the same request flow.
-SURFACES = build_surfaces(
-    lambda: bentoml.get_current_service().flow,
-    open_image_store(image_store_spec(SETTINGS, RUN_DIR, STATE_SPEC), SETTINGS.image_url_ttl_s,
-                     SETTINGS.image_store_max_bytes, STATE),
-    STATE,
-)
+IMAGES = open_image_store(image_store_spec(SETTINGS, RUN_DIR, STATE_SPEC), SETTINGS.image_url_ttl_s,
+                          SETTINGS.image_store_max_bytes, STATE)
+SURFACES = build_surfaces(lambda: bentoml.get_current_service().flow, IMAGES, STATE, JOBS)
 TASKS = TaskStore(STATE, SETTINGS.task_result_ttl_s, SETTINGS.task_store_max_bytes)
 
 # Outermost first: the request log (id, one line per request), CORS (when configured), then keys /
-# body cap / in-flight cap / strict fields, the task routes, then the rewrite of BentoML's own error
-# bodies on its routes. Errors before a route is reached take the shape of the surface it belongs to.
+# body cap / in-flight cap / strict fields, Idempotency-Key, the task routes, then the rewrite of
+# BentoML's own error bodies on its routes. Errors before a route is reached take the shape of the
+# surface it belongs to.
 API.add_asgi_middleware(request_log.RequestLogMiddleware,
                         unanswered=lambda scope: error_response(T2IError(INTERNAL), SURFACES.shape_for(scope)))
 if (CORS := cors_options(SETTINGS)) is not None:
@@ -227,10 +236,18 @@ API.add_asgi_middleware(
     settings=SETTINGS,
     strict_fields={m.route: frozenset(m.input_spec.model_fields) for m in API.apis.values()},
     shape_for=SURFACES.shape_for,
+    keyring=JOBS.keyring,
+    limits=JOBS.limits,
 )
+API.add_asgi_middleware(IdempotencyMiddleware, store=JOBS.idempotency, wait_s=SETTINGS.request_timeout_s,
+                        shape_for=SURFACES.shape_for)
 API.add_asgi_middleware(TaskRoutes, routes=task_routes(
     lambda: bentoml.get_current_service().flow, TASKS,
-    TaskRunner(TASKS, lambda: bentoml.get_current_service().flow, check_s=SETTINGS.task_store_check_s),
+    TaskRunner(TASKS, lambda: bentoml.get_current_service().flow, check_s=SETTINGS.task_store_check_s,
+               notifier=TaskNotifier(JOBS.sender, lambda image, base: image_link(IMAGES, image, base),
+                                     SETTINGS.webhook_progress_s),
+               limits=JOBS.limits),
+    JOBS,
 ))
 API.add_asgi_middleware(ErrorBodyMiddleware, paths=frozenset(m.route for m in API.apis.values()))
 API.mount_asgi_app(SURFACES, path="/")

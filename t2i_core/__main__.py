@@ -7,6 +7,8 @@
     python -m t2i_core bench-pair | bench-vae | bench-prompts | bench-stop | bench-lora | bench-previews | bench-board
                                                               focused measurements (docs/performance.md)
     python -m t2i_core config-doc                             write docs/configuration.md from the settings
+    python -m t2i_core key-new --name web-app                 a new API key and its keys-file entry
+    python -m t2i_core bench-fairness                         one key's latency while another floods the server
     python -m t2i_core bench-memory --admits --budget 4GiB    activation memory: what a budget admits, measured peaks
 """
 
@@ -108,6 +110,21 @@ def build_parser() -> argparse.ArgumentParser:
     pair.add_argument("--concurrency", type=int, default=16)
     pair.add_argument("--out", type=Path, help="write the figures as JSON")
     sub.add_parser("config-doc", help="write docs/configuration.md from the T2I_* settings and their comments")
+    key = sub.add_parser("key-new", help="a new API key (printed once) and its keys-file entry (its SHA-256)")
+    key.add_argument("--name", required=True, help="what logs, metrics and usage call it")
+    key.add_argument("--role", choices=("user", "admin"), default="user")
+    key.add_argument("--priority", choices=("interactive", "batch"), default="interactive")
+    key.add_argument("--weight", type=float, default=1.0)
+    fair = sub.add_parser("bench-fairness", help="an interactive key's latency alone and while a batch key floods "
+                                                 "the server (fair share against first come, first served)")
+    fair.add_argument("--flood", type=int, default=32, help="requests key A keeps in flight")
+    fair.add_argument("--requests", type=int, default=40, help="requests key B sends one at a time, per phase")
+    fair.add_argument("--api-workers", type=int, default=1)
+    fair.add_argument("--fcfs", action="store_true", help="also measure with T2I_FAIR_SHARE=0 (first come, first served)")
+    fair.add_argument("--size", type=int, default=64, help="image side (px)")
+    fair.add_argument("--steps", type=int, default=4)
+    fair.add_argument("--max-batch-size", type=int, default=16)
+    fair.add_argument("--out", type=Path, help="write the figures as JSON")
     return parser
 
 
@@ -225,11 +242,36 @@ def run_tiny(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     return 0
 
 
+def run_key_new(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from t2i_core.devtools.key_new import main as new_key
+
+    if not 0 < args.weight <= 1000:
+        parser.error(f"--weight must be above 0 and at most 1000; got {args.weight}")
+    try:
+        return new_key(args.name, args.role, args.priority, args.weight)
+    except ValueError as exc:
+        parser.error(str(exc))
+    return 2
+
+
+def run_bench_fairness(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from t2i_core.devtools.bench.fairness import main as run_fairness
+
+    if args.flood < 1 or args.requests < 3 or args.api_workers < 1:
+        parser.error("--flood >= 1, --requests >= 3 and --api-workers >= 1")
+    report = run_fairness(flood=args.flood, requests=args.requests, api_workers=args.api_workers, fcfs=args.fcfs,
+                          size=args.size, steps=args.steps, max_batch_size=args.max_batch_size)
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2))
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.ArgumentParser, argparse.Namespace], int]] = {
     "tiny": run_tiny, "pull": run_pull, "bench": run_bench, "bench-vae": run_bench_vae,
     "bench-prompts": run_bench_prompts, "bench-pair": run_bench_pair, "bench-stop": run_bench_stop,
     "bench-lora": run_bench_lora, "bench-previews": run_bench_previews, "bench-board": run_bench_board,
-    "bench-memory": run_bench_memory, "config-doc": run_config_doc,
+    "bench-memory": run_bench_memory, "config-doc": run_config_doc, "key-new": run_key_new,
+    "bench-fairness": run_bench_fairness,
 }
 
 

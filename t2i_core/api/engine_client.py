@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Protocol
 
-from t2i_core.api.coalesce import Coalescer
+from t2i_core.api.coalesce import Coalescer, Place
 from t2i_core.api.retry import retry_dropped
 from t2i_core.common.config import Settings
 from t2i_core.common.schemas import EngineRequest, EngineResult, Endpoint, Preview
@@ -26,6 +26,7 @@ class EngineClient(Protocol):
     async def cancel(self, request_ids: list[str]) -> None: ...
     async def progress(self, request_ids: list[str]) -> dict[str, dict[str, Any]]: ...
     async def previews(self, request_id: str, since: int, want_next: bool = False, caller: str = "") -> list[Preview]: ...
+    def where(self, request_id: str) -> Place | None: ...
 
 
 class LocalEngineClient:
@@ -39,6 +40,9 @@ class LocalEngineClient:
 
     async def model_states(self) -> list[dict[str, Any]]:
         return self.engine.model_states()
+
+    def where(self, request_id: str) -> Place | None:
+        return None  # no queue of its own: the engine's
 
     async def addon_states(self) -> dict[str, list[dict[str, Any]]]:
         return self.engine.addon_states()
@@ -67,7 +71,7 @@ class ServiceEngineClient:
         self.engine = engine
         self.coalescer = (
             Coalescer(self._send, settings.max_batch_size, max_outstanding=settings.coalesce,
-                      linger_s=settings.coalesce_linger_ms / 1000)
+                      linger_s=settings.coalesce_linger_ms / 1000, fair=bool(settings.fair_share))
             if settings.coalesce > 0 else None
         )
 
@@ -75,6 +79,10 @@ class ServiceEngineClient:
         if self.coalescer is not None:
             return await self.coalescer.run(kind, requests)
         return await self._send(kind, requests)
+
+    def where(self, request_id: str) -> Place | None:
+        """A request's place in this worker's queue (None when it holds no such request)."""
+        return self.coalescer.where(request_id) if self.coalescer is not None else None
 
     async def _send(self, kind: Endpoint, requests: list[EngineRequest]) -> list[EngineResult]:
         method = self.engine.to_async.generate if kind == "generate" else self.engine.to_async.edit

@@ -21,7 +21,7 @@ from typing import Any, Callable
 from starlette.responses import JSONResponse
 
 from t2i_core.api import request_log
-from t2i_core.common.errors import T2IError, http_status
+from t2i_core.common.errors import T2IError, TooManyRequests, http_status
 
 log = logging.getLogger("t2i.api")
 #: the message of a 500 (the log has the traceback, the client never does)
@@ -49,6 +49,8 @@ def replaced(err: T2IError) -> dict[str, Any]:
 def error_response(err: T2IError, shape: Shape, headers: dict[str, str] | None = None) -> JSONResponse:
     """The one place an error becomes a response; its code goes on the request's log line."""
     request_log.note(error=err.code, error_message=err.message[:300])
+    if isinstance(err, TooManyRequests) and err.retry_after_s is not None:
+        headers = {**(headers or {}), "Retry-After": str(err.retry_after_s)}
     return JSONResponse(shape(err), status_code=http_status(err), headers=headers)
 
 

@@ -1,8 +1,10 @@
 """What BentoML does not do for a public endpoint, as one ASGI middleware on the API service:
 
-- API keys (``T2I_API_KEYS``): generation routes need ``Authorization: Bearer <key>`` (401);
-  health, metrics, docs and image links stay open; admin routes have their own key, which is also
-  accepted wherever an API key is.
+- API keys (``T2I_API_KEYS``, ``T2I_API_KEYS_FILE``): generation routes need ``Authorization: Bearer
+  <key>`` (401); health, metrics, docs and image links stay open; the admin key is also accepted
+  wherever an API key is. The request's key record (name, role, class, weight, limits) is resolved
+  once here and handed on (``keys.context``: the ASGI scope and a context variable); its name goes
+  on the request's log line. A key's own ``max_concurrent`` is counted here too (429 naming it).
 - Body cap (``T2I_MAX_BODY_BYTES``): 413 from ``Content-Length`` before the body is read, or as soon
   as a chunked body passes the cap.
 - Bounded work (``T2I_MAX_IN_FLIGHT``): beyond that many generation requests in flight, new ones
@@ -16,11 +18,16 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import time
+import uuid
 from typing import Any, Callable
 
+from t2i_core.api import request_log
+from t2i_core.api.keys.context import SCOPE_KEY, serving
+from t2i_core.api.keys.limits import KeyLimits
+from t2i_core.api.keys.records import ANONYMOUS_KEY, ApiKey
+from t2i_core.api.keys.ring import KeyRing
 from t2i_core.common import metrics
 from t2i_core.common.config import Settings
 from t2i_core.common.errors import (
@@ -28,7 +35,8 @@ from t2i_core.common.errors import (
 )
 from t2i_core.common.shutdown import DRAINING
 from t2i_core.api.error_shapes import Shape, error_response, native
-from t2i_core.common.paths import GENERATION_PATHS
+from t2i_core.common.paths import GENERATION_PATHS, TASK_ROUTE
+from t2i_core.state.aio import call
 
 OPEN_PREFIXES = ("/livez", "/readyz", "/healthz", "/metrics", "/docs.json", "/schema.json", "/static",
                  "/v1/images/files/", "/admin/", "/ui", "/playground")
@@ -81,12 +89,13 @@ def _parsed_as_json(headers: dict[bytes, bytes]) -> bool:
 
 class GuardMiddleware:
     def __init__(self, app: Any, settings: Settings | None = None, strict_fields: dict[str, frozenset[str]] | None = None,
-                 shape_for: Callable[[dict[str, Any]], Shape] | None = None):
+                 shape_for: Callable[[dict[str, Any]], Shape] | None = None, keyring: KeyRing | None = None,
+                 limits: KeyLimits | None = None):
         self.app = app
         self.settings = settings or Settings.from_env()
-        self.keys = [k.strip().encode() for k in self.settings.api_keys.split(",") if k.strip()]
-        if self.keys and self.settings.admin_key:  # the admin may do what any client may (the A1111 options
-            self.keys.append(self.settings.admin_key.encode())  # route needs it and passes through here)
+        #: the keys accepted now (the admin key among them: the admin may do what any client may)
+        self.keyring = keyring or KeyRing(self.settings)
+        self.limits = limits
         self.strict_fields = strict_fields or {}
         #: the error shape of the surface a request goes to (``Surfaces.shape_for``; native by default)
         self.shape_for = shape_for or (lambda scope: native)
@@ -99,7 +108,12 @@ class GuardMiddleware:
         path: str = scope.get("path", "")
         headers: dict[bytes, bytes] = dict(scope.get("headers") or [])
         try:
-            self._check_key(headers, path)
+            if self.keyring.sync_due():  # another worker reloaded the keys file
+                await call(self.keyring.state, self.keyring.sync)  # type: ignore[arg-type]
+            key = self._resolve_key(headers, path)
+            scope[SCOPE_KEY] = key
+            if key is not ANONYMOUS_KEY:
+                request_log.note(key=key.name)
             self._check_content_type(headers)
             length = self._content_length(headers)
             limit = self.settings.max_body_bytes
@@ -114,7 +128,8 @@ class GuardMiddleware:
             await self._reject(scope, send, path, err)
             return
         if not counted:
-            await self._run_uncounted(scope, receive, send, path, limit)
+            with serving(key):
+                await self._run_uncounted(scope, receive, send, path, limit)
             return
         # A generation request takes an in-flight slot only once its whole body has arrived (read here,
         # bounded in size and time): slow uploads cannot hold the slots of the requests that can run.
@@ -129,11 +144,22 @@ class GuardMiddleware:
         except T2IError as err:
             await self._reject(scope, send, path, err)
             return
+        # a task's slot is taken at submit for as long as the task runs (tasks/routes.py), not here
+        slot = None if path.startswith(TASK_ROUTE) or self.limits is None else uuid.uuid4().hex
+        if slot is not None and self.limits is not None:
+            try:
+                await self.limits.enter(key, slot, self.settings.retry_after_s)
+            except T2IError as err:
+                await self._reject(scope, send, path, err)
+                return
         self.in_flight.enter()
         try:
-            await self.app(scope, _replay(body, receive), send)
+            with serving(key):
+                await self.app(scope, _replay(body, receive), send)
         finally:
             self.in_flight.leave()
+            if slot is not None and self.limits is not None:
+                await self.limits.leave(key, slot)
 
     async def _run_uncounted(self, scope: dict[str, Any], receive: Any, send: Any, path: str, limit: int) -> None:
         try:
@@ -160,18 +186,18 @@ class GuardMiddleware:
                 f"{self.settings.max_in_flight} (T2I_MAX_IN_FLIGHT); retry after {self.settings.retry_after_s}s"
             )
 
-    def _check_key(self, headers: dict[bytes, bytes], path: str) -> None:
-        if not self.keys or path == "/" or path.startswith(OPEN_PREFIXES):
-            return
+    def _resolve_key(self, headers: dict[bytes, bytes], path: str) -> ApiKey:
+        """The record of the request's key; without a key that is known: anonymous where no key is
+        needed (a server without keys, the open paths), else Unauthorized."""
         header = headers.get(b"authorization", b"")
         scheme, _, given = header.partition(b" ")
-        given = given.strip()
-        # compare with every key, in constant time, so timing tells nothing about which key is close
-        matched = False
-        for key in self.keys:
-            matched |= hmac.compare_digest(given, key)
-        if scheme.lower() != b"bearer" or not matched:
-            raise Unauthorized("this server needs an API key: send 'Authorization: Bearer <key>'")
+        token = given.strip().decode("utf-8", "surrogateescape") if scheme.lower() == b"bearer" else ""
+        key = self.keyring.lookup(token) if token else None
+        if key is not None:
+            return key
+        if not self.keyring.required or path == "/" or path.startswith(OPEN_PREFIXES):
+            return ANONYMOUS_KEY
+        raise Unauthorized("this server needs an API key: send 'Authorization: Bearer <key>'")
 
     @staticmethod
     def _check_content_type(headers: dict[bytes, bytes]) -> None:
@@ -256,7 +282,8 @@ class GuardMiddleware:
             raise _TooLarge()
 
     async def _reject(self, scope: dict[str, Any], send: Any, path: str, err: T2IError) -> None:
-        headers = {"Retry-After": str(self.settings.retry_after_s)} if isinstance(err, TooManyRequests) else {}
+        headers = ({"Retry-After": str(err.retry_after_s or self.settings.retry_after_s)}
+                   if isinstance(err, TooManyRequests) else {})
         if isinstance(err, Unauthorized):
             headers["WWW-Authenticate"] = "Bearer"
         if isinstance(err, ShuttingDown):

@@ -19,6 +19,9 @@ from pydantic import BaseModel, ValidationError
 from t2i_core.api import request_log
 from t2i_core.common import metrics
 from t2i_core.api.engine_client import EngineClient
+from t2i_core.api.keys.context import served
+from t2i_core.api.keys.limits import KeyLimits
+from t2i_core.api.keys.usage import UsageMeter
 from t2i_core.common.config import Settings
 from t2i_core.api.images.encode_pool import EncoderPool, default_processes
 from t2i_core.api.images.parameters import parameters_text
@@ -94,6 +97,9 @@ class RequestFlow:
         self.settings = settings or Settings.from_env()
         self.registry = registry or Registry(default=self.settings.model)
         self.engine = engine
+        #: per-key limits and usage (set by the server: ``t2i_core/api/keys/``); None: not counted
+        self.limits: KeyLimits | None = None
+        self.usage: UsageMeter | None = None
         processes = default_processes(self.settings.encode_processes)
         #: output images are encoded in these processes, off the event loop (see encode_pool.py)
         self.encoder = EncoderPool(processes) if processes > 0 else None
@@ -202,6 +208,8 @@ class RequestFlow:
         a cache, corrected (and a request that named no model resolved again, once) when the engine
         answers that the default has changed, e.g. through another API worker."""
         first, req = prepared.first, prepared.req
+        if self.limits is not None:  # the key's images per minute (429 naming it)
+            await self.limits.take_images(served(), n)
         if partial_images:
             first = first.model_copy(update={"partial_images": partial_images})
         for attempt in range(2):
@@ -365,6 +373,9 @@ class RequestFlow:
         total = time.perf_counter() - started
         record = request_log.current()
         metrics.record_images(first.model, request_log.route_label(record.route if record else ""), len(results))
+        if self.usage is not None:  # each image its share of its batch's engine time
+            self.usage.record(served().key.name, len(results), sum(r.width * r.height for r in results),
+                              sum(r.inference_s / max(1, r.batch_size) for r in results))
         request_log.note(image_encoding_s=round(max(encode_s), 6), total_s=round(total, 4))
         return [
             RenderedImage(

@@ -116,6 +116,9 @@ def emit(record: RequestRecord, status: int, event: str = "request") -> dict[str
         line["worker"] = worker
     if status >= 400 or "stream_error_status" in record.fields:  # a stream that failed after its 200 too
         metrics.record_request_error(route_label(record.route), str(record.fields.get("error") or f"http_{status}"))
+    if event == "request" and record.fields.get("key"):  # the key's name (never the key), by outcome
+        metrics.record_key_request(str(record.fields["key"]), "ok" if status < 400 else
+                                   str(record.fields.get("error") or f"http_{status}"))
     _ensure_handler()
     log.info(json.dumps(line, default=str, separators=(",", ":")))
     return line

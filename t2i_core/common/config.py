@@ -24,8 +24,9 @@ LEAST = {
     "max_batch_size": 1, "max_latency_ms": 1, "request_timeout_s": 1, "max_input_pixels": 1, "api_workers": 1,
     "max_body_bytes": 1, "body_timeout_s": 1, "max_header_bytes": 1, "header_timeout_s": 1, "max_in_flight": 1,
     "max_images_per_request": 1, "image_url_ttl_s": 1, "encode_processes": -1, "fault_oom_above": -1,
+    "webhook_timeout_s": 1, "webhook_attempts": 1, "webhook_backoff_ms": 1, "idempotency_ttl_s": 1,
 }
-SWITCHES = ("preload", "image_parameters", "log_prompts", "channels_last", "fuse_qkv", "compile")
+SWITCHES = ("preload", "image_parameters", "log_prompts", "channels_last", "fuse_qkv", "compile", "fair_share")
 
 
 class SettingsError(ValueError):
@@ -126,8 +127,36 @@ class Settings:
     max_in_flight: int = 256
     #: Seconds a refused client is told to wait (Retry-After).
     retry_after_s: int = 1
-    #: API keys, comma-separated: when set, generation routes need "Authorization: Bearer <key>".
+    #: API keys, comma-separated: when set, generation routes need "Authorization: Bearer <key>". Each
+    #: is named "key-<first 8 hex digits of its SHA-256>" in logs, metrics and usage.
     api_keys: str = ""
+    #: The keys file (YAML or JSON): per key a name, its SHA-256 (never the key), a role (admin / user),
+    #: a priority class (interactive / batch), a weight, optional limits (images per minute, requests in
+    #: flight) and a default webhook; read again on SIGHUP or POST /admin/keys/reload. With it, generation
+    #: routes need a key. See docs/jobs.md.
+    api_keys_file: str = ""
+    #: Fair share: the next work sent to the engine is chosen by weighted fair queueing across key names,
+    #: interactive before batch (1), or first come, first served (0). See docs/jobs.md.
+    fair_share: int = 1
+    #: The default webhook signing secret ("whsec_" + base64, Standard Webhooks), for keys whose entry
+    #: has no webhook_secret (and servers without keys); without one, a webhook is refused at submit.
+    webhook_secret: str = ""
+    #: Addresses a webhook may go to although they are loopback, private, link-local or otherwise not
+    #: public (refused by default: no server-side request forgery), comma-separated IPs or networks,
+    #: e.g. "127.0.0.1" or "10.0.0.0/8".
+    webhook_allow: str = ""
+    #: Webhook delivery: seconds one attempt may take (connect and answer), attempts in all, the first
+    #: retry's delay in ms (doubled at each retry: 1, 2, 4, 8, 16 s by default), and the least seconds
+    #: between two "progress" events of a task.
+    webhook_timeout_s: int = 5
+    webhook_attempts: int = 6
+    webhook_backoff_ms: int = 1000
+    webhook_progress_s: int = 2
+    #: Idempotency-Key: seconds the first answer to a key is kept (a retry with the same key and body
+    #: within it gets that answer again, without a second generation), and the bytes the kept answers
+    #: may take in all (past it the oldest are dropped first; 0: the header is ignored).
+    idempotency_ttl_s: int = 3600
+    idempotency_max_bytes: int = 256 * 1024 * 1024
     #: CORS origins, comma-separated ("*" for any, then without credentials); unset: CORS off.
     cors_origins: str = ""
     #: Test-only fault injection: raise CUDA out-of-memory for engine batches above this many images
@@ -230,6 +259,10 @@ def check_settings(settings: Settings) -> None:
         if not url.netloc:
             raise SettingsError(f"T2I_PUBLIC_URL must name a host after {url.scheme}://; got {settings.public_url!r}")
     warmup_sizes(settings.warmup_sizes)
+    webhook_allow(settings.webhook_allow)
+    if settings.webhook_secret and not _is_webhook_secret(settings.webhook_secret):
+        raise SettingsError("T2I_WEBHOOK_SECRET must be 'whsec_' followed by the base64 of 16 bytes or more "
+                            "(python -m t2i_core key-new makes one); got a value that is not")
     try:
         check_spec(settings.state)
     except ValueError as exc:
@@ -253,3 +286,29 @@ def warmup_sizes(text: str) -> tuple[tuple[int, int], ...]:
             )
         sizes.append((width, height))
     return tuple(sizes)
+
+
+def webhook_allow(text: str) -> tuple["ipaddress.IPv4Network | ipaddress.IPv6Network", ...]:
+    """``T2I_WEBHOOK_ALLOW`` ("127.0.0.1,10.0.0.0/8") as networks; SettingsError when malformed."""
+    import ipaddress
+
+    networks = []
+    for raw in (s.strip() for s in text.split(",") if s.strip()):
+        try:
+            networks.append(ipaddress.ip_network(raw, strict=False))
+        except ValueError:
+            raise SettingsError(f"T2I_WEBHOOK_ALLOW entries must be IP addresses or networks such as 127.0.0.1 or "
+                                f"10.0.0.0/8; got {raw!r}") from None
+    return tuple(networks)
+
+
+def _is_webhook_secret(secret: str) -> bool:
+    import base64
+    import binascii
+
+    if not secret.startswith("whsec_"):
+        return False
+    try:
+        return len(base64.b64decode(secret[len("whsec_"):] + "==")) >= 16
+    except (binascii.Error, ValueError):
+        return False

@@ -211,6 +211,21 @@ class TooManyRequests(T2IError):
     status = 429
     code = "rate_limited"
     type = "rate_limit_error"
+    #: seconds the client is told to wait (Retry-After); None: ``T2I_RETRY_AFTER_S``
+    retry_after_s: int | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
+                 retry_after_s: int | None = None):
+        super().__init__(message, param=param, code=code)
+        self.retry_after_s = retry_after_s
+
+
+class IdempotencyKeyReused(T2IError):
+    """An Idempotency-Key sent again with another request (another body, route or method)."""
+
+    status = 422
+    code = "idempotency_key_reused"
+    type = "invalid_request_error"
 
 
 class DefaultModelChanged(T2IError):
@@ -232,7 +247,7 @@ class EngineFailure(T2IError):
 
 _BY_CODE: dict[str, type[T2IError]] = {
     c.code: c for c in (T2IError, InvalidRequest, NotFound, UnknownModel, Gone, Conflict, ModelBusy, Unauthorized, Forbidden, OutOfMemory, ImageTooLarge, RequestTimeout, ClientClosed, TaskCanceled, TooManyRequests, PayloadTooLarge, ModelUnavailable, EngineFailure, DefaultModelChanged, BodyTimeout, ContentFiltered, ShuttingDown,
-              UnknownAdapter, UnknownControlNet, UnsupportedMediaType, TaskLost, StateUnavailable)
+              UnknownAdapter, UnknownControlNet, UnsupportedMediaType, TaskLost, StateUnavailable, IdempotencyKeyReused)
 }
 
 

@@ -83,6 +83,27 @@ def _make() -> dict[str, Any]:
             name="t2i_speed_steps_skipped_total",
             documentation="Denoising steps a speed tier cut from what the requests asked, summed over images, by model and tier",
             labelnames=["model", "speed"]),
+        "key_images": bentoml.metrics.Counter(
+            name="t2i_key_images_total", documentation="Images delivered, by API key name (usage: billing, caps)",
+            labelnames=["key"]),
+        "key_pixels": bentoml.metrics.Counter(
+            name="t2i_key_pixels_total", documentation="Pixels of the images delivered, by API key name",
+            labelnames=["key"]),
+        "key_engine_seconds": bentoml.metrics.Counter(
+            name="t2i_key_engine_seconds_total",
+            documentation="Engine time spent on a key's images (each image its share of its batch's time), by key name",
+            labelnames=["key"]),
+        "key_requests": bentoml.metrics.Counter(
+            name="t2i_key_requests_total", documentation="Requests by API key name and outcome (ok, or the error code)",
+            labelnames=["key", "outcome"]),
+        "key_limited": bentoml.metrics.Counter(
+            name="t2i_key_limited_total",
+            documentation="Requests refused (429) by a key's own limit (images_per_minute, max_concurrent), by key name",
+            labelnames=["key", "limit"]),
+        "webhooks": bentoml.metrics.Counter(
+            name="t2i_webhook_deliveries_total",
+            documentation="Webhook delivery attempts by key name, event and outcome (delivered, retry, failed)",
+            labelnames=["key", "event", "outcome"]),
         "request_errors": bentoml.metrics.Counter(
             name="t2i_request_errors_total", documentation="Requests answered with an error, by route and error code",
             labelnames=["route", "code"]),
@@ -147,3 +168,22 @@ def record_request_error(route: str, code: str) -> None:
 
 def set_in_flight(count: int) -> None:
     _metrics()["in_flight"].set(count)
+
+
+def record_key_usage(key: str, images: int, pixels: int, engine_seconds: float) -> None:
+    m = _metrics()
+    m["key_images"].labels(key=key).inc(images)
+    m["key_pixels"].labels(key=key).inc(pixels)
+    m["key_engine_seconds"].labels(key=key).inc(engine_seconds)
+
+
+def record_key_request(key: str, outcome: str) -> None:
+    _metrics()["key_requests"].labels(key=key, outcome=outcome).inc()
+
+
+def record_key_limited(key: str, limit: str) -> None:
+    _metrics()["key_limited"].labels(key=key, limit=limit).inc()
+
+
+def record_webhook(key: str, event: str, outcome: str) -> None:
+    _metrics()["webhooks"].labels(key=key, event=event, outcome=outcome).inc()

@@ -18,5 +18,5 @@ GENERATION_PATHS = frozenset(
 ) | REPLACED_SERVER_PATHS
 #: route label values for metrics (bounded); any other path is "other"
 KNOWN_ROUTES = GENERATION_PATHS | {"/stats", "/v1/models", "/v1/adapters", "/v1/controlnets"} | {
-    f"{TASK_ROUTE}/{action}" for action in ("status", "get", "cancel", "progress", "retry")
+    f"{TASK_ROUTE}/{action}" for action in ("status", "get", "cancel", "progress", "retry", "list")
 }

@@ -17,7 +17,8 @@ PREFIX = "t2i-server cannot start: "
 
 def startup_settings() -> Settings:
     """The server's settings; SystemExit with one line naming the problem when a ``T2I_*`` value, the
-    registry file or the default model (``T2I_MODEL``, else the file's ``default``) cannot be used."""
+    registry file, the default model (``T2I_MODEL``, else the file's ``default``) or the keys file
+    (``T2I_API_KEYS_FILE``) cannot be used."""
     try:
         settings = Settings.from_env()
         try:
@@ -25,6 +26,14 @@ def startup_settings() -> Settings:
         except UnknownModel as exc:
             where = "T2I_MODEL" if settings.model else f"registry file {registry_path()}: field default"
             raise SettingsError(f"{where}: {exc.message}") from None
+        if settings.api_keys_file or settings.admin_key:
+            from t2i_core.api.keys.keys_file import KeysFileError
+            from t2i_core.api.keys.ring import build_key_set
+
+            try:
+                build_key_set(settings)  # the keys file read and checked entry by entry
+            except KeysFileError as exc:
+                raise SettingsError(str(exc)) from None
     except (SettingsError, RegistryError) as exc:
         raise SystemExit(PREFIX + str(exc)) from None
     return settings

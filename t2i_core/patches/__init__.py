@@ -6,6 +6,8 @@
   per-access method wrappers, request timers, the readiness probe, multipart files, client faults);
 - ``starlette``: damaged forms refused (no closing boundary, text that is not UTF-8);
 - ``uvicorn``: uvicorn 0.54's httptools protocol reads request headers without a size or time bound;
+- ``circus``: SIGHUP to the server passed on to its workers (the keys file read again) instead of
+  restarting every worker;
 - ``diffusers``: diffusers 0.42's group-offloading lookup on every pipeline call;
 - ``transformers``: Qwen-Image-Edit's processor built without its video processor where torchvision
   is missing (transformers 5.23 would not load it at all);
@@ -28,6 +30,7 @@ from __future__ import annotations
 from typing import Any
 
 from t2i_core.patches import bentoml as bentoml_patches
+from t2i_core.patches.circus import forward_sighup
 from t2i_core.patches import diffusers as diffusers_patches
 from t2i_core.patches import torch as torch_patches
 from t2i_core.patches import transformers as transformers_patches
@@ -52,6 +55,7 @@ def install_patches(settings: Any) -> None:
     bentoml_patches.client_faults_are_4xx()
     strict_form_parsing()
     bound_request_headers(settings.max_header_bytes, settings.header_timeout_s)
+    forward_sighup()
     when_imported(diffusers_patches.HOOKS_MODULE, lambda _: diffusers_patches.skip_group_offload_lookup_until_used())
     when_imported(transformers_patches.PROCESSING_MODULE, transformers_patches.video_processor_optional)
     if settings.compile:

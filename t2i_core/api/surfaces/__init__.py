@@ -21,6 +21,7 @@ from starlette.routing import BaseRoute, Match
 from t2i_core.api import error_shapes
 from t2i_core.api.error_shapes import Shape, SurfaceErrors
 from t2i_core.api.image_store import ImageStore
+from t2i_core.api.jobs import Jobs
 from t2i_core.api.request_flow import RequestFlow
 from t2i_core.api.surfaces.a1111.callers import CallerJobs
 from t2i_core.api.surfaces.a1111.routes import a1111_routes
@@ -80,13 +81,15 @@ class Surfaces(Starlette):
         await found.app(scope, receive, send)
 
 
-def build_surfaces(get_flow: Callable[[], RequestFlow], store: ImageStore, state: StateStore | None = None) -> Surfaces:
+def build_surfaces(get_flow: Callable[[], RequestFlow], store: ImageStore, state: StateStore | None = None,
+                   jobs: Jobs | None = None) -> Surfaces:
     """Every surface. ``state``: what the API workers (and replicas) share, A1111 callers' latest jobs
-    among it (default: this process's memory)."""
+    among it (default: this process's memory). ``jobs``: keys, usage and webhooks (the admin API's
+    keys and usage routes)."""
     state = state if state is not None else MemoryState()
     return Surfaces([
         surface("openai", error_shapes.openai, [*openai_routes(get_flow, store), *addon_listing_routes(get_flow)]),
-        surface("admin", error_shapes.openai, admin_routes(get_flow)),
+        surface("admin", error_shapes.openai, admin_routes(get_flow, jobs)),
         surface("a1111", error_shapes.a1111, a1111_routes(get_flow, CallerJobs(state))),
         surface("replaced", error_shapes.replaced, replaced_server_routes(get_flow)),
         surface("playground", error_shapes.native, ui_routes()),

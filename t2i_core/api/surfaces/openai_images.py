@@ -97,6 +97,12 @@ class OpenAIEditRequest(OpenAIImageRequest):
         return EditRequest(**super().native().model_dump(), strength=self.strength)
 
 
+async def image_link(store: ImageStore, image: RenderedImage, base: str) -> str:
+    """Keep ``image`` in the image store; its link under ``base`` (answers 410 once expired)."""
+    token = await off_loop(store, store.put, image.data, image.media_type)
+    return f"{base.rstrip('/')}{FILES_PATH}/{token}.{_EXTENSIONS[image.format]}"
+
+
 async def _images_body(
     images: list[RenderedImage], req: OpenAIImageRequest, request: Request, store: ImageStore, public_url: str = ""
 ) -> dict[str, Any]:
@@ -106,9 +112,7 @@ async def _images_body(
     for image in images:
         item: dict[str, Any] = {"seed": image.seed, "revised_prompt": req.prompt}
         if req.response_format == "url":
-            token = await off_loop(store, store.put, image.data, image.media_type)
-            base = (public_url or str(request.base_url)).rstrip("/")
-            item["url"] = f"{base}{FILES_PATH}/{token}.{_EXTENSIONS[image.format]}"
+            item["url"] = await image_link(store, image, public_url or str(request.base_url))
         else:
             item["b64_json"] = base64.b64encode(image.data).decode("ascii")
         data.append(item)

@@ -7,6 +7,12 @@
     PUT  /tasks/generate/cancel?task_id=     {"task_id", "status": "canceled"} (409 when it had finished)
     POST /tasks/generate/retry?task_id=      a new task with the same fields
     GET  /tasks/generate/progress?task_id=   status, state, step k of steps (and a live preview)
+    GET  /tasks/generate/list                the caller's tasks, newest first (status=, limit=, cursor=;
+                                             an admin key: everyone's, or key=<name>'s)
+
+A submit may also carry ``webhook``, ``webhook_events``, ``response_format`` and ``priority``
+(``options.py``); ``status`` then adds the webhook's deliveries, and, while the task waits, its
+queue position and an estimate of when it is done.
 
 Why ours and not BentoML's: BentoML 1.4.39 keeps tasks in a SQLite file per server, one long-lived
 connection per API worker, and its reads hold snapshots that made the other worker's writes fail with
@@ -22,6 +28,7 @@ declares its task (``@bentoml.task``) so that ``/schema.json`` tells BentoML's c
 from __future__ import annotations
 
 import base64
+import uuid
 from typing import Any, Callable
 
 from starlette.requests import Request
@@ -34,17 +41,26 @@ from t2i_core.api import request_log
 from t2i_core.api.callers import Caller, caller_id, caller_of
 from t2i_core.api.error_shapes import SurfaceErrors, native
 from t2i_core.api.surfaces.reading import read_form, read_json_object
+from t2i_core.api.jobs import Jobs
+from t2i_core.api.keys.context import SCOPE_KEY, Served, lower_class
+from t2i_core.api.keys.records import ANONYMOUS_KEY
+from t2i_core.api.surfaces.tasks.options import FIELDS as OPTION_FIELDS, TaskOptions, TaskWebhook, split_options
 from t2i_core.api.surfaces.tasks.runner import TaskRunner, engine_request_id
 from t2i_core.api.surfaces.tasks.store import TaskRecord, TaskStore
+from t2i_core.api.webhooks.addresses import check_webhook_url
+from t2i_core.api.webhooks.events import DEFAULT_EVENTS
 from t2i_core.common.errors import InvalidRequest, T2IError
 from t2i_core.common.paths import TASK_ROUTE
 from t2i_core.common.schemas import GenerateRequest
 from t2i_core.state.aio import call
 
-ACTIONS = ("submit", "status", "get", "cancel", "retry", "progress")
+ACTIONS = ("submit", "status", "get", "cancel", "retry", "progress", "list")
 PATHS = frozenset(f"{TASK_ROUTE}/{action}" for action in ACTIONS)
-#: the fields a task takes: those of /generate
-FIELDS = frozenset(GenerateRequest.model_fields)
+#: the fields a task takes: those of /generate, and its task options (webhook, priority)
+FIELDS = frozenset(GenerateRequest.model_fields) | OPTION_FIELDS
+#: a listing's page size: default and most
+LIST_LIMIT, LIST_MAX = 20, 100
+STATUSES = ("in_progress", "completed", "failed", "canceled")
 
 
 async def read_task_fields(request: Request) -> dict[str, Any]:
@@ -67,33 +83,108 @@ async def read_task_fields(request: Request) -> dict[str, Any]:
     return data
 
 
-def task_routes(get_flow: Callable[[], Any], store: TaskStore, runner: TaskRunner) -> list[Route]:
+def task_routes(get_flow: Callable[[], Any], store: TaskStore, runner: TaskRunner, jobs: Jobs | None = None) -> list[Route]:
+    """``jobs``: keys, limits and webhooks (None: a task has no webhook, and no key limit counts it)."""
+
     def caller(request: Request) -> Caller:
-        settings = get_flow().settings
-        keys = any(k.strip() for k in settings.api_keys.split(","))
-        return caller_of(request, api_keys=keys, admin_key=settings.admin_key)
+        return caller_of(request)
 
     async def read(request: Request) -> TaskRecord:
         return await call(store.state, store.read, request.query_params.get("task_id", ""), caller(request))
 
-    async def start(fields: dict[str, Any], who: Caller) -> Response:
+    async def webhook_of(request: Request, options: TaskOptions) -> TaskWebhook | None:
+        """The task's webhook (its own, else its key's default), checked now: 400 when its address is not
+        public, or no secret can sign it."""
+        key = request.scope.get(SCOPE_KEY, ANONYMOUS_KEY)
+        url = options.webhook or key.webhook_url
+        if url is None:
+            return None
+        if jobs is None:
+            raise InvalidRequest("webhooks are not available on this server", param="webhook")
+        param = "webhook" if options.webhook else f"webhook (the default of key {key.name!r})"
+        await check_webhook_url(url, jobs.webhook_allow, param=param)
+        if jobs.sender.secret_of(key.name) is None:
+            raise InvalidRequest(f"webhooks need a signing secret: key {key.name!r} has no webhook_secret in the keys "
+                                 "file and T2I_WEBHOOK_SECRET is unset", param="webhook", code="webhook_secret_missing")
+        base = get_flow().settings.public_url or str(request.base_url)
+        return TaskWebhook(url=url, events=options.webhook_events or key.webhook_events or DEFAULT_EVENTS,
+                           response_format=options.response_format, base_url=base)
+
+    async def start(request: Request, data: dict[str, Any]) -> Response:
+        fields, options = split_options(data)
         req = await get_flow().check(fields)  # refused now, not as a task that fails later
-        record = await call(store.state, store.create, fields, who, (request_log.current() or _NoRecord).request_id)
-        runner.start(record, req)
+        webhook = await webhook_of(request, options)
+        key = request.scope.get(SCOPE_KEY, ANONYMOUS_KEY)
+        who = caller(request)
+        task_id, slot = uuid.uuid4().hex, None
+        if jobs is not None:  # the key's limits: the task's image now, its slot while it runs
+            await jobs.limits.take_images(Served(key), 1)
+            if key.max_concurrent is not None:
+                slot = f"task-{task_id}"
+                await jobs.limits.enter(key, slot, get_flow().settings.retry_after_s)
+        try:
+            record = await call(store.state, store.create, fields, who, (request_log.current() or _NoRecord).request_id,
+                                priority=lower_class(key, options.priority), webhook=webhook,
+                                options=options.model_dump(exclude_defaults=True), task_id=task_id)
+        except BaseException:
+            if slot is not None and jobs is not None:
+                await jobs.limits.leave(key, slot)
+            raise
+        runner.start(record, req, key, slot)
         request_log.note(task_id=record.task_id)
         return JSONResponse({"task_id": record.task_id, "status": record.status})
 
     async def submit(request: Request) -> Response:
-        return await start(await read_task_fields(request), caller(request))
+        return await start(request, await read_task_fields(request))
 
     async def retry(request: Request) -> Response:
         record = await read(request)
         if record.status == "in_progress":
             raise InvalidRequest(f"task {record.task_id} is not completed yet", param="task_id", code="task_in_progress")
-        return await start(dict(record.input), caller(request))
+        return await start(request, {**record.input, **record.options})
+
+    async def described(records: list[TaskRecord]) -> list[dict[str, Any]]:
+        """Each task's status, with where it waits (position, estimate) and its webhook deliveries."""
+        waiting = [r.task_id for r in records if r.status == "in_progress"]
+        places = {t: p for t in waiting if (p := runner.place(t)) is not None}
+        elsewhere = [t for t in waiting if t not in places]
+        if elsewhere:
+            places.update(await call(store.state, runner.places_elsewhere, elsewhere))
+        bodies = []
+        for record in records:
+            body = record.status_body()
+            if record.status == "in_progress":
+                place = places.get(record.task_id)
+                body["queue_position"] = place.requests_ahead if place is not None else None
+                body["queue_images_ahead"] = place.images_ahead if place is not None else None
+                body["queue_state"] = place.state if place is not None else None
+                body["eta_s"] = place.eta_s if place is not None else None
+            if record.webhook is not None:
+                deliveries = ([] if jobs is None else
+                              await call(store.state, jobs.deliveries.of_task, record.task_id))
+                body["webhook"] = {"url": record.webhook.url, "events": list(record.webhook.events),
+                                   "deliveries": [d.public() for d in deliveries]}
+            bodies.append(body)
+        return bodies
 
     async def status(request: Request) -> Response:
-        return JSONResponse((await read(request)).status_body())
+        return JSONResponse((await described([await read(request)]))[0])
+
+    async def listing(request: Request) -> Response:
+        params = request.query_params
+        wanted = params.get("status") or None
+        if wanted is not None and wanted not in STATUSES:
+            raise InvalidRequest(f"status must be one of {', '.join(STATUSES)}; got {wanted!r}", param="status")
+        try:
+            limit = int(params.get("limit") or LIST_LIMIT)
+        except ValueError:
+            limit = -1
+        if not 1 <= limit <= LIST_MAX:
+            raise InvalidRequest(f"limit must be an integer from 1 to {LIST_MAX}; got {params.get('limit')!r}",
+                                 param="limit")
+        records, cursor = await call(store.state, store.list, caller(request), status=wanted, limit=limit,
+                                     cursor=params.get("cursor") or None, key=params.get("key") or None)
+        return JSONResponse({"tasks": await described(records), "next_cursor": cursor})
 
     async def get(request: Request) -> Response:
         record, result = await call(store.state, store.result, request.query_params.get("task_id", ""), caller(request))
@@ -134,7 +225,8 @@ def task_routes(get_flow: Callable[[], Any], store: TaskStore, runner: TaskRunne
         return JSONResponse(body)
 
     handlers = {"submit": (submit, "POST"), "status": (status, "GET"), "get": (get, "GET"),
-                "cancel": (cancel, "PUT"), "retry": (retry, "POST"), "progress": (progress, "GET")}
+                "cancel": (cancel, "PUT"), "retry": (retry, "POST"), "progress": (progress, "GET"),
+                "list": (listing, "GET")}
     return [Route(f"{TASK_ROUTE}/{action}", handler, methods=[method]) for action, (handler, method) in handlers.items()]
 
 

@@ -27,6 +27,7 @@ a hash (``t2i_core/api/callers.py``).
 
 from __future__ import annotations
 
+import base64
 import datetime
 import json
 import time
@@ -36,7 +37,10 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from t2i_core.api.callers import Caller
-from t2i_core.common.errors import Conflict, Gone, InvalidRequest, NotFound, T2IError, TaskCanceled, TaskLost, http_status
+from t2i_core.api.surfaces.tasks.options import TaskWebhook
+from t2i_core.common.errors import (
+    Conflict, Forbidden, Gone, InvalidRequest, NotFound, T2IError, TaskCanceled, TaskLost, http_status,
+)
 from t2i_core.state.store import StateStore
 
 Status = Literal["in_progress", "completed", "failed", "canceled"]
@@ -52,6 +56,10 @@ WITH_RESULT = "tasks:with-result"
 RESULT_BYTES = "tasks:result-bytes"
 #: record keys outlive the sweep that removes them by this much (a backstop if no sweep runs)
 BACKSTOP_S = 600.0
+#: listings: task ids read from an index at a time, and at most per page (a filter that matches few
+#: tasks answers a shorter page with a cursor to go on from)
+LIST_CHUNK = 100
+LIST_SCAN = 2000
 #: a running task's record expires this long after its ttl if nothing finishes it (its runner's
 #: sweep finishes it as lost long before; this only bounds what a server that never runs again leaves)
 RUNNING_BACKSTOP_S = 24 * 3600.0
@@ -79,11 +87,19 @@ class TaskRecord(BaseModel):
     #: completed: the result's size, and whether it is still kept (the size cap removes old ones)
     result_bytes: int = 0
     result_kept: bool = False
+    #: the name of the key that submitted it (None without keys), and the class its work is queued in
+    submitter: str | None = None
+    priority: str = "batch"
+    #: where its events go (None: no webhook)
+    webhook: TaskWebhook | None = None
+    #: the submit's task options as given (what ``retry`` submits again)
+    options: dict[str, Any] = {}
 
     def status_body(self) -> dict[str, Any]:
         """What ``status`` answers: BentoML's task status shape (its Python client reads ``status``)."""
         return {"task_id": self.task_id, "status": self.status, "created_at": _iso(self.created_at),
-                "executed_at": _iso(self.executed_at), "completed_at": _iso(self.completed_at)}
+                "executed_at": _iso(self.executed_at), "completed_at": _iso(self.completed_at),
+                "key": self.submitter, "priority": self.priority}
 
 
 class StoredResult(BaseModel):
@@ -145,10 +161,13 @@ class TaskStore:
         return runner == self.runner or self.state.get(f"runner:{runner}") is not None
 
     # ---- create and read -------------------------------------------------------------------------
-    def create(self, fields: dict[str, Any], caller: Caller, request_id: str = "") -> TaskRecord:
+    def create(self, fields: dict[str, Any], caller: Caller, request_id: str = "", *, priority: str = "batch",
+               webhook: TaskWebhook | None = None, options: dict[str, Any] | None = None,
+               task_id: str | None = None) -> TaskRecord:
         now = time.time()
-        record = TaskRecord(task_id=uuid.uuid4().hex, created_at=now, executed_at=now, owner=caller.owner,
-                            runner=self.runner, input=fields, request_id=request_id)
+        record = TaskRecord(task_id=task_id or uuid.uuid4().hex, created_at=now, executed_at=now, owner=caller.owner,
+                            runner=self.runner, input=fields, request_id=request_id, submitter=caller.name,
+                            priority=priority, webhook=webhook, options=options or {})
         self.renew_lease()
         self.state.put(self.record_key(record.task_id), record.model_dump_json().encode(),
                        ttl_s=self.ttl_s + RUNNING_BACKSTOP_S)
@@ -264,6 +283,54 @@ class TaskStore:
                        f"T2I_TASK_STORE_MAX_BYTES={self.max_bytes}", param="task_id", code="task_result_removed")
         return record, StoredResult.unpack(raw)
 
+    # ---- listing ---------------------------------------------------------------------------------
+    def list(self, caller: Caller, *, status: str | None = None, limit: int = 20, cursor: str | None = None,
+             key: str | None = None) -> tuple[list[TaskRecord], str | None]:
+        """``caller``'s tasks (an admin's: everyone's, or ``key``'s), newest first, ``status`` only when
+        given; at most ``limit``, from ``cursor`` on. Returns them and the cursor of the next page
+        (None at the end)."""
+        if key is not None and not caller.admin:
+            raise Forbidden("only an admin key may list another key's tasks (key=...)")
+        index = (self.owner_index(f"key:{key}") if key is not None else
+                 ALL if caller.admin or caller.owner is None else self.owner_index(caller.owner))
+        after_score, after_id = decode_cursor(cursor)
+        found: list[TaskRecord] = []
+        scanned = 0
+        max_score = after_score
+        skipping = after_id is not None
+        while len(found) < limit and scanned < LIST_SCAN:
+            chunk = self.state.index_range(index, max_score=max_score, limit=LIST_CHUNK)
+            full = len(chunk) == LIST_CHUNK
+            if skipping:  # the page before ended at (after_score, after_id): drop what it showed
+                # every backend orders by (score, member), both descending: this holds even when
+                # after_id itself has left the index since
+                assert after_id is not None
+                chunk = [(m, sc) for m, sc in chunk if sc < after_score or (sc == after_score and m < after_id)]
+                skipping = False
+            if not chunk:
+                return found, None
+            records = self.state.get_many([self.record_key(m) for m, _ in chunk])
+            gone = [member for (member, _), raw in zip(chunk, records) if raw is None]
+            if gone:  # expired without a sweep (no server ran then): their ids leave the index now
+                self.state.index_remove(index, *gone)
+            for (member, score), raw in zip(chunk, records):
+                scanned += 1
+                if raw is None:
+                    continue
+                record = TaskRecord.model_validate_json(raw)
+                if record.status == "in_progress" and not self._runner_alive(record.runner):
+                    record = self.read(member, caller)  # marked lost, as a read would
+                if status is None or record.status == status:
+                    found.append(record)
+                    if len(found) == limit:
+                        return found, encode_cursor(score, member)
+            last_member, last_score = chunk[-1]
+            if not full:
+                return found, None
+            # the next chunk starts at the last score seen (ties there are skipped by id)
+            max_score, after_score, after_id, skipping = last_score, last_score, last_member, True
+        return found, encode_cursor(after_score, after_id) if after_id is not None else None
+
     # ---- retention -------------------------------------------------------------------------------
     def _drop_result(self, task_id: str) -> int:
         """Remove a task's result, if it has one (uncounted once, whoever else tries: the one whose
@@ -340,6 +407,22 @@ class TaskStore:
                 self.state.index_remove(EXPIRES, task_id)
                 removed += 1
         return removed
+
+
+def encode_cursor(score: float, task_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{score!r}:{task_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> tuple[float, str | None]:
+    """(score, task id) of a cursor; (inf, None) for the first page; InvalidRequest when malformed."""
+    if not cursor:
+        return float("inf"), None
+    try:
+        score, _, task_id = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().partition(":")
+        return float(score), task_id or None
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest(f"cursor {cursor[:80]!r} is not one this server gave (next_cursor of a listing)",
+                             param="cursor") from None
 
 
 def _iso(epoch: float | None) -> str | None:

@@ -1,0 +1,113 @@
+"""Where a webhook may go: no server-side request forgery.
+
+A webhook URL is the client's, and the server calls it from inside its network: a URL naming (or
+resolving to) a loopback, private, link-local (cloud metadata at 169.254.169.254 among them), shared
+(100.64/10), multicast, reserved or unspecified address would let a client reach what only the
+server can. Every address a URL's host resolves to must be public (``ipaddress``'s ``is_global``;
+an IPv4 address mapped into IPv6 is judged as IPv4), unless ``T2I_WEBHOOK_ALLOW`` lists it. The check
+runs at submit (a 400 naming the URL and the address) and again at each delivery, which then
+connects to the address it checked (the URL's host goes in the Host header and, for https, the TLS
+server name), so a DNS answer that changes between the two (rebinding) cannot redirect it.
+Redirects are never followed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from dataclasses import dataclass
+from typing import Sequence
+from urllib.parse import urlsplit
+
+from t2i_core.common.errors import InvalidRequest
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+MAX_URL = 2048
+
+
+class AddressRefused(InvalidRequest):
+    code = "webhook_address_refused"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A webhook URL checked: where to connect (``address``) and what to say (host, TLS name)."""
+
+    url: str
+    scheme: str
+    host: str
+    port: int
+    #: the path and query sent
+    target: str
+    address: str
+
+    def connect_url(self) -> str:
+        """The URL with the checked address in place of the host (the Host header keeps the name)."""
+        literal = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{self.scheme}://{literal}:{self.port}{self.target}"
+
+    def host_header(self) -> str:
+        default = 443 if self.scheme == "https" else 80
+        name = f"[{self.host}]" if ":" in self.host else self.host
+        return name if self.port == default else f"{name}:{self.port}"
+
+
+def parse_url(url: object, param: str = "webhook") -> tuple[str, str, int, str]:
+    """(scheme, host, port, path and query) of an http(s) URL; InvalidRequest naming ``param`` otherwise."""
+    if not isinstance(url, str) or not url or len(url) > MAX_URL:
+        raise InvalidRequest(f"{param} must be an http:// or https:// URL of at most {MAX_URL} characters; got "
+                             f"{url if not isinstance(url, str) else url[:100]!r}", param=param)
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == -1 or parts.username or parts.password:
+        raise InvalidRequest(f"{param} must be an http:// or https:// URL with a host (and no user or password); "
+                             f"got {url[:200]!r}", param=param)
+    port = port or (443 if parts.scheme == "https" else 80)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return parts.scheme, parts.hostname, port, target
+
+
+def is_public(address: Address) -> bool:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_global and not address.is_multicast
+
+
+def allowed(address: Address, allow: Sequence[Network]) -> bool:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return is_public(address) or any(address.version == net.version and address in net for net in allow)
+
+
+async def resolve(host: str, port: int) -> list[Address]:
+    """Every address ``host`` resolves to now (a literal address is itself)."""
+    try:
+        return [ipaddress.ip_address(host)]
+    except ValueError:
+        pass
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise InvalidRequest(f"webhook host {host!r} does not resolve: {exc}", param="webhook",
+                             code="webhook_unresolvable") from None
+    return list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos))
+
+
+async def check_webhook_url(url: object, allow: Sequence[Network], param: str = "webhook") -> Target:
+    """``url`` checked now: a Target to connect to, or InvalidRequest / AddressRefused naming the URL and
+    the address that is not public and not allowed (``T2I_WEBHOOK_ALLOW``)."""
+    scheme, host, port, target = parse_url(url, param)
+    addresses = await resolve(host, port)
+    refused = [a for a in addresses if not allowed(a, allow)]
+    if refused or not addresses:
+        shown = str(refused[0]) if refused else "no address"
+        raise AddressRefused(
+            f"{param} {str(url)[:200]!r} resolves to {shown}, which is loopback, private, link-local or otherwise not "
+            f"public: webhooks go to public addresses only (T2I_WEBHOOK_ALLOW lists exceptions)", param=param)
+    return Target(str(url), scheme, host, port, target, str(addresses[0]))
