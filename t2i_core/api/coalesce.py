@@ -13,6 +13,12 @@ calls in flight are all taken by batch work only, interactive work may still go 
 its own (the interactive lane): it then waits only for the batch the engine is running, not for the
 batch work queued here. With ``T2I_FAIR_SHARE=0``: first come, first served, and no lane.
 
+A running batch is never interrupted, so an interactive request arriving during a flood waits for the
+batch the engine is running. ``batch_cap`` (``T2I_FAIR_BATCH_IMAGES``) bounds that wait: while
+interactive work is waiting, in flight or was sent in the last ``INTERACTIVE_RECENT_S`` seconds, a
+call of batch work carries at most that many images (the flood's throughput pays for the interactive
+latency only while interactive callers are there).
+
 ``linger_s`` (``T2I_COALESCE_LINGER_MS``): after a call of two or more images returns, the next call
 waits up to that long for the clients it just answered to come back: until as many images wait as
 that call carried plus those already waiting then (at most ``max_items``). Closed-loop clients come
@@ -39,6 +45,9 @@ from t2i_core.common.schemas import Endpoint, EngineRequest, EngineResult
 Send = Callable[[Endpoint, list[EngineRequest]], Awaitable[list[EngineResult]]]
 #: calls whose rate the estimate averages
 RATE_CALLS = 32
+#: seconds after an interactive request was sent during which batch work goes in capped calls (a
+#: closed-loop interactive caller comes back within this)
+INTERACTIVE_RECENT_S = 2.0
 
 
 @dataclass(eq=False)
@@ -75,9 +84,12 @@ class Place:
 
 class Coalescer:
     def __init__(self, send: Send, max_items: int, max_outstanding: int = 2, linger_s: float = 0.0,
-                 fair: bool = True):
+                 fair: bool = True, batch_cap: int = 0):
         self._send = send
         self.max_items = max(1, max_items)
+        #: images per call of batch work while interactive work is about (0: no cap; fair share only)
+        self.batch_cap = max(0, batch_cap) if fair else 0
+        self._interactive_at = float("-inf")  # when interactive work was last waiting or sent
         self.max_outstanding = max(1, max_outstanding)
         self.linger_s = max(0.0, linger_s)
         self.queue = FairQueue(fair)
@@ -156,17 +168,28 @@ class Coalescer:
         """The first waiting request's kind, and as many waiting requests of that kind as fit, in order."""
         live = self._live()
         kind = live[0].kind
+        limit = self._call_limit(live[0])
         group: list[_Waiting] = []
         size = 0
         for waiting in live:
             if interactive_only and waiting.tag.rank > 0:
                 break  # sorted: the rest are batch work
-            if waiting.kind == kind and (not group or size + len(waiting.items) <= self.max_items):
+            if waiting.kind == kind and (not group or size + len(waiting.items) <= limit):
                 group.append(waiting)
                 size += len(waiting.items)
         taken = set(map(id, group))
         self._pending = [w for w in live if id(w) not in taken]
         return kind, group
+
+    def _call_limit(self, head: _Waiting) -> int:
+        """The most images the next call takes: ``batch_cap`` for batch work while interactive work is
+        waiting, in flight or recent; else ``max_items``."""
+        now = time.monotonic()
+        if any(w.tag.rank == 0 for w in self._pending) or any(c.interactive for c in self._calls):
+            self._interactive_at = now
+        if head.tag.rank == 0 or not self.batch_cap or now - self._interactive_at > INTERACTIVE_RECENT_S:
+            return self.max_items
+        return min(self.max_items, self.batch_cap)
 
     async def _flush(self, kind: Endpoint, group: list[_Waiting], call: _Call, lane: bool) -> None:
         try:

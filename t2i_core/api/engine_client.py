@@ -71,7 +71,8 @@ class ServiceEngineClient:
         self.engine = engine
         self.coalescer = (
             Coalescer(self._send, settings.max_batch_size, max_outstanding=settings.coalesce,
-                      linger_s=settings.coalesce_linger_ms / 1000, fair=bool(settings.fair_share))
+                      linger_s=settings.coalesce_linger_ms / 1000, fair=bool(settings.fair_share),
+                      batch_cap=settings.fair_batch_images)
             if settings.coalesce > 0 else None
         )
 

@@ -138,6 +138,11 @@ class Settings:
     #: Fair share: the next work sent to the engine is chosen by weighted fair queueing across key names,
     #: interactive before batch (1), or first come, first served (0). See docs/jobs.md.
     fair_share: int = 1
+    #: With fair share, the most images an engine call of batch-class work carries while interactive
+    #: work is waiting, running or was sent in the last 2 s (0: the batch size). A running batch is
+    #: never interrupted: this bounds what an interactive request waits for during a flood, at the cost
+    #: of the flood's batching while interactive callers are there. See docs/jobs.md.
+    fair_batch_images: int = 4
     #: The default webhook signing secret ("whsec_" + base64, Standard Webhooks), for keys whose entry
     #: has no webhook_secret (and servers without keys); without one, a webhook is refused at submit.
     webhook_secret: str = ""

@@ -157,3 +157,41 @@ def test_where_a_request_waits():
         await engine.drain(first, *rest)
 
     asyncio.run(main())
+
+
+def test_batch_work_goes_in_small_calls_while_interactive_work_is_about(monkeypatch):
+    """A running batch is not interrupted: with ``batch_cap`` the batch work sent while an interactive
+    caller is about goes in calls of at most that many images, so the interactive request waits for a
+    small batch; with no interactive caller about, batch work fills whole calls again."""
+    from t2i_core.api import coalesce
+
+    async def main():
+        engine = Engine()
+        c = Coalescer(engine.send, max_items=8, max_outstanding=1, batch_cap=2)
+        first = await submit(c, A, 100)
+        flood = [await submit(c, A, 200 + i) for i in range(16)]
+        b = await submit(c, B, 1)  # its lane call beside the running one
+        await engine.release(1)
+        await b
+        await engine.release(0)  # the next call of batch work: capped, B was sent just now
+        capped = engine.calls[2]
+        monkeypatch.setattr(coalesce, "INTERACTIVE_RECENT_S", 0.0)  # B long gone
+        await engine.release(2)
+        whole = engine.calls[3]
+        await engine.drain(first, *flood)
+        return capped, whole
+
+    capped, whole = asyncio.run(main())
+    assert capped == [200, 201] and whole == [202, 203, 204, 205, 206, 207, 208, 209]
+
+
+def test_without_interactive_work_the_cap_changes_nothing():
+    async def main():
+        engine = Engine()
+        c = Coalescer(engine.send, max_items=4, max_outstanding=1, batch_cap=1)
+        first = await submit(c, A, 100)
+        flood = [await submit(c, A, 200 + i) for i in range(8)]
+        await engine.drain(first, *flood)
+        return engine.calls
+
+    assert asyncio.run(main())[1:] == [[200, 201, 202, 203], [204, 205, 206, 207]]
