@@ -70,3 +70,12 @@ def apply(pipe: Any, entry: Any, device: str, dtype: Any, setting: str) -> str:
     label = "openvino" if not left else "openvino (" + ", ".join(f"{n}: {h}" for n, h in left.items()) + ")"
     log.info("%s: CPU backend %s (%s)", entry.id, label, choice.reason)
     return label
+
+
+def held_bytes(pipe: Any, backend: str) -> int:
+    """Memory the backend holds besides the pipeline's torch modules (counted in the memory budget)."""
+    if not backend.startswith("openvino"):
+        return 0
+    from t2i_core.engine import openvino_backend
+
+    return openvino_backend.held_bytes(pipe)

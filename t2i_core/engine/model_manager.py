@@ -327,6 +327,7 @@ class ModelManager:
         i2i.set_progress_bar_config(disable=True)
         # the budget counts what stays on the device (on the CPU, every weight is in the same RAM anyway)
         on_device = module_bytes(t2i) if self.device == "cpu" else resident_bytes(t2i, offload, memory.offload_blocks)
+        on_device += cpu_backend.held_bytes(t2i, backend)
         model = LoadedModel(entry, t2i, i2i, time.perf_counter() - started, on_device, backend=backend)
         log.info("loaded %s on %s as %s (%s) in %.2fs (%d bytes)", entry.id, self.device, dtype, backend, model.load_s,
                  model.bytes)

@@ -35,6 +35,8 @@ log = logging.getLogger("t2i.openvino")
 
 #: bump when what is converted (the wrappers' inputs and outputs) changes: old IR files are not reused
 CONVERTER_VERSION = 1
+#: the IR folders this process converted (a load that finds its folder on disk converts nothing)
+converted: list[str] = []
 _CORE: Any = None
 _CORE_LOCK = threading.Lock()
 
@@ -130,6 +132,8 @@ def _convert(kind: str, module: Any, example: tuple[Any, ...], shapes: list[list
         with torch.no_grad():
             model = ov.convert_model(module, example_input=example, input=[ov.PartialShape(s) for s in shapes])
         ov.save_model(model, staging / xml.name, compress_to_fp16=False)  # float32 weights: the quality bound
+        converted.append(folder.name)
+        log.info("converted %s to OpenVINO in %s", kind, folder)
         try:
             staging.rename(folder)
         except OSError:  # another process converted it meanwhile
@@ -158,6 +162,7 @@ class OpenVinoModule:
         self._request = self.compiled.create_infer_request()
         self._lock = threading.Lock()
         self.calls = 0
+        self.last_shape: tuple[int, ...] = ()  # of the first input of the last call
 
     def __call__(self, *inputs: Any) -> list[Any]:
         import torch
@@ -166,6 +171,7 @@ class OpenVinoModule:
         with self._lock:
             self._request.infer(arrays, share_inputs=True)
             self.calls += 1
+            self.last_shape = tuple(arrays[0].shape)
             return [torch.from_numpy(self._request.get_output_tensor(i).data.copy())
                     for i in range(len(self.compiled.outputs))]
 
@@ -292,6 +298,17 @@ def apply(pipe: Any) -> dict[str, str]:
             log.warning("OpenVINO could not take %s (%s: %s); it stays in torch", name, type(exc).__name__, exc)
             done[name] = f"torch ({type(exc).__name__})"
     return done
+
+
+def held_bytes(pipe: Any) -> int:
+    """Bytes the OpenVINO models of ``pipe`` hold besides torch's modules (their float32 weights, the
+    size of the IR's .bin files): the torch modules stay for the calls OpenVINO does not take."""
+    total = 0
+    for get in COMPONENTS.values():
+        module = installed(get(pipe))
+        if module is not None:
+            total += module.xml.with_suffix(".bin").stat().st_size
+    return total
 
 
 def installed(module: Any) -> OpenVinoModule | None:
