@@ -136,7 +136,7 @@ def test_a_restart_loads_the_converted_models_from_disk(ov, cache):
 def test_the_sd_turbo_architecture_and_taesd_match_float32_torch():
     """The benchmark's architecture, width-reduced (the same blocks and layer counts) so that it converts in
     seconds: the UNet's noise prediction within 1e-4 relative L2 of torch's, TAESD's full-size decoder's
-    pixels within the bound."""
+    output within the bound. (The full-size pipeline: `bench --backends`, docs/performance.md.)"""
     from diffusers import AutoencoderTiny, UNet2DConditionModel
 
     from t2i_core.weights.random_arch import unet_config
@@ -159,8 +159,7 @@ def test_the_sd_turbo_architecture_and_taesd_match_float32_torch():
     assert reference.std() > 0.1
     assert float((fast - reference).norm() / reference.norm()) < 1e-4
 
-    def levels(x: torch.Tensor) -> np.ndarray:
-        return ((x / 2 + 0.5).clamp(0, 1) * 255).round().numpy()
-
-    diff = np.abs(levels(fast_image) - levels(image))
-    assert levels(image).std() > 5 and diff.max() <= MAX_LEVELS and diff.mean() <= MEAN_LEVELS
+    # the random decoder's output sits near -1 (a dark image): compared in levels of 255 (the pixel
+    # scale: [-1, 1] -> [0, 255]) before clamping, so that every value counts
+    diff = ((fast_image - image).abs() * 127.5).numpy()
+    assert image.std() > 0.01 and diff.max() <= MAX_LEVELS and diff.mean() <= MEAN_LEVELS, (diff.max(), diff.mean())
