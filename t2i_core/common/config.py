@@ -70,8 +70,8 @@ class Settings:
     #: (converted once to OpenVINO, kept on disk under ``$T2I_CACHE_DIR/openvino`` so a restart does not
     #: convert again; float32 only; Stable Diffusion 1.x/2.x models, the others stay in torch), or "auto":
     #: OpenVINO where it applies (the ``openvino`` package is installed, the device is the CPU, the model
-    #: is one of those families in float32) and torch elsewhere. Each model's backend is logged and shown
-    #: in the model listing. See t2i_core/engine/cpu_backend.py.
+    #: is one of those families in float32, and no torch speed option below is on) and torch elsewhere.
+    #: Each model's backend is logged and shown in the model listing. See t2i_core/engine/cpu_backend.py.
     cpu_backend: str = "auto"
     #: Most images the engine runs in one batch, and the batching deadline (BentoML answers 503 when it
     #: predicts a queued request cannot start within it, so keep it generous). A batch size of 1 turns

@@ -9,7 +9,10 @@
   extra conditioning (SDXL's added time ids, the DiTs' packed latents, rotary embeddings, several text
   encoders) that this path does not convert;
 - its weights are float32 and neither quantized nor offloaded: the bfloat16 CPU fast path already
-  uses the CPU's bfloat16 units from torch, and the OpenVINO path is checked against float32 torch.
+  uses the CPU's bfloat16 units from torch, and the OpenVINO path is checked against float32 torch;
+- no torch speed option is on (``T2I_COMPILE``, ``T2I_CHANNELS_LAST``, ``T2I_FUSE_QKV``): those ask
+  for torch. With ``T2I_CPU_BACKEND=openvino`` OpenVINO wins, and the denoiser it runs is not
+  ``torch.compile``d (the compiled function would trace into the OpenVINO call).
 
 "openvino" asks for it where it can apply and keeps torch, with a warning naming the reason, where it
 cannot: no model is refused. The choice is logged per model and listed as the model's ``backend``.
@@ -18,8 +21,10 @@ cannot: no model is refused. The choice is logged per model and listed as the mo
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
+
+from t2i_core.engine.speedups import Speedups
 
 log = logging.getLogger("t2i.cpu_backend")
 
@@ -33,8 +38,9 @@ class Choice:
     reason: str  # why (for the log)
 
 
-def choose(setting: str, device: str, entry: Any, dtype: Any) -> Choice:
-    """The backend for ``entry`` loaded on ``device`` in ``dtype`` under ``T2I_CPU_BACKEND=setting``."""
+def choose(setting: str, device: str, entry: Any, dtype: Any, speedups: Speedups | None = None) -> Choice:
+    """The backend for ``entry`` loaded on ``device`` in ``dtype`` under ``T2I_CPU_BACKEND=setting``, with
+    the torch speed options ``speedups``."""
     import torch
 
     from t2i_core.engine import openvino_backend
@@ -51,15 +57,17 @@ def choose(setting: str, device: str, entry: Any, dtype: Any) -> Choice:
         return Choice("torch", "the model is quantized")
     if entry.memory.offload != "none":
         return Choice("torch", "the model is offloaded")
+    if setting == "auto" and speedups is not None and speedups.any:
+        return Choice("torch", "a torch speed option is on (T2I_COMPILE, T2I_CHANNELS_LAST or T2I_FUSE_QKV)")
     if not openvino_backend.available():
         return Choice("torch", "the openvino package is not installed")
     return Choice("openvino", f"T2I_CPU_BACKEND={setting}")
 
 
-def apply(pipe: Any, entry: Any, device: str, dtype: Any, setting: str) -> str:
+def apply(pipe: Any, entry: Any, device: str, dtype: Any, setting: str, speedups: Speedups | None = None) -> str:
     """Put ``pipe`` (loaded, on ``device``) on the backend ``setting`` chooses; returns the backend as the
     model listing shows it: "torch", "openvino", or "openvino" with the components left in torch."""
-    choice = choose(setting, device, entry, dtype)
+    choice = choose(setting, device, entry, dtype, speedups)
     if choice.backend == "torch":
         (log.warning if setting == "openvino" else log.info)("%s: CPU backend torch (%s)", entry.id, choice.reason)
         return "torch"
@@ -79,3 +87,8 @@ def held_bytes(pipe: Any, backend: str) -> int:
     from t2i_core.engine import openvino_backend
 
     return openvino_backend.held_bytes(pipe)
+
+
+def speedups_for(speedups: Speedups, backend: str) -> Speedups:
+    """The torch speed options to apply to a model on ``backend``: no ``torch.compile`` under OpenVINO."""
+    return replace(speedups, compile=False) if backend.startswith("openvino") and speedups.compile else speedups

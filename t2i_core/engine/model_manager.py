@@ -314,10 +314,10 @@ class ModelManager:
         if memory.attention_slicing:
             t2i.enable_attention_slicing()
         t2i.set_progress_bar_config(disable=True)
-        backend = cpu_backend.apply(t2i, entry, self.device, dtype, self.cpu_backend)  # before the wrappers below
+        backend = cpu_backend.apply(t2i, entry, self.device, dtype, self.cpu_backend, self.speedups)  # before the wrappers
         dedupe_text_encoders(t2i)  # shared with the edit pipeline below
         if self.speedups.any:
-            log.info("%s: %s", entry.id, ", ".join(apply_speedups(t2i, self.speedups)))
+            log.info("%s: %s", entry.id, ", ".join(apply_speedups(t2i, cpu_backend.speedups_for(self.speedups, backend))))
         # The edit pipeline reuses the same modules: no second copy of the weights.
         if family.dit:
             loaded, t2i = t2i, mode_pipeline(t2i, family.generate)

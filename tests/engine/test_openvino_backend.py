@@ -92,6 +92,18 @@ def test_auto_picks_openvino_only_where_it_applies(setting, device, model, dtype
     assert cpu_backend.choose(setting, device, Registry().get(model), dtype).backend == want
 
 
+def test_torch_speed_options_keep_auto_in_torch_and_openvino_drops_only_compile():
+    from t2i_core.engine.speedups import Speedups
+
+    entry = Registry().get(TINY_SD_ID)
+    for options in (Speedups(compile=True), Speedups(channels_last=True), Speedups(fuse_qkv=True)):
+        assert cpu_backend.choose("auto", "cpu", entry, torch.float32, options).backend == "torch"
+        assert cpu_backend.choose("openvino", "cpu", entry, torch.float32, options).backend == "openvino"
+    both = Speedups(compile=True, channels_last=True)
+    assert cpu_backend.speedups_for(both, "openvino") == Speedups(channels_last=True)
+    assert cpu_backend.speedups_for(both, "torch") == both
+
+
 @pytest.mark.slow
 def test_openvino_images_match_float32_torch_in_batches_of_any_size(ov, plain):
     modules = ov_modules(ov)
