@@ -133,13 +133,13 @@ def _convert(kind: str, module: Any, example: tuple[Any, ...], shapes: list[list
             model = ov.convert_model(module, example_input=example, input=[ov.PartialShape(s) for s in shapes])
         ov.save_model(model, staging / xml.name, compress_to_fp16=False)  # float32 weights: the quality bound
         staging.chmod(0o755)  # mkdtemp makes it private; the cache is readable like the rest of T2I_CACHE_DIR
-        converted.append(folder.name)
-        log.info("converted %s to OpenVINO in %s", kind, folder)
         try:
             staging.rename(folder)
         except OSError:  # another process converted it meanwhile
             if not xml.exists():
                 raise
+        converted.append(folder.name)
+        log.info("converted %s to OpenVINO in %s", kind, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return xml
