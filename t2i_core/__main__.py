@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--guidance", type=float, default=0.0,
                        help="guidance scale; above 1 the negative prompt is encoded and denoised too (default 0)")
     bench.add_argument("--raw-only", action="store_true", help="only the engine in process (no server)")
+    bench.add_argument("--backends", default="", metavar="torch,openvino",
+                       help="compare CPU backends (T2I_CPU_BACKEND) in one run: each one's plain pipeline and served "
+                            "engine at the preset's client counts, and their images against the first one's")
     vae = sub.add_parser("bench-vae", help="decode time: the full SD VAE against a tiny VAE (TAESD)")
     vae.add_argument("--size", type=int, default=512)
     vae.add_argument("--repeats", type=int, default=5)
@@ -177,6 +180,15 @@ def run_bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error(f"--distinct-prompts must be >= 0 and --guidance 0 to 30; got {args.distinct_prompts}, {args.guidance}")
     preset = dataclasses.replace(PRESETS[args.preset], distinct_prompts=1 if args.same_prompt else args.distinct_prompts,
                                  guidance_scale=args.guidance)
+    if args.backends:
+        from t2i_core.devtools.bench.backends import BACKENDS, main as compare_backends
+
+        backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
+        if len(backends) < 1 or not set(backends) <= set(BACKENDS) or len(set(backends)) != len(backends):
+            parser.error(f"--backends must name distinct backends of {', '.join(BACKENDS)}; got {args.backends!r}")
+        compare_backends(preset, backends, args.out, args.repeats or preset.repeats, args.requests or preset.requests,
+                         levels or preset.concurrency, args.max_batch_size or preset.max_batch_size)
+        return 0
     run_benchmark(preset, args.out, args.repeats, args.requests, levels, args.max_batch_size, args.raw_only)
     return 0
 

@@ -17,6 +17,7 @@ from t2i_core.state.open import check_spec
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 CPU_BF16_MODES = ("auto", "on", "off")
 PREVIEW_DECODERS = ("approx", "vae")
+CPU_BACKENDS = ("auto", "openvino", "torch")
 #: "auto", or a torch device the engine can run on: cpu, mps, cuda or xpu, with an optional index
 DEVICE = re.compile(r"auto|cpu|mps|(cuda|xpu)(:\d+)?")
 #: the least value of each integer setting (0 or 1 for the switches); the others take 0 and up
@@ -66,6 +67,13 @@ class Settings:
     #: float32 elsewhere (bfloat16 without those instructions is slower than float32); "on": bfloat16
     #: always; "off": float32 always. See t2i_core/engine/devices.py.
     cpu_bf16: str = "auto"
+    #: What runs a model's text encoder, denoiser and VAE decoder on the CPU: "torch", or "openvino"
+    #: (converted once to OpenVINO, kept on disk under ``$T2I_CACHE_DIR/openvino`` so a restart does not
+    #: convert again; float32 only; Stable Diffusion 1.x/2.x models, the others stay in torch), or "auto":
+    #: OpenVINO where it applies (the ``openvino`` package is installed, the device is the CPU, the model
+    #: is one of those families in float32, and no torch speed option below is on) and torch elsewhere.
+    #: Each model's backend is logged and shown in the model listing. See t2i_core/engine/cpu_backend.py.
+    cpu_backend: str = "auto"
     #: Most images the engine runs in one batch, and the batching deadline (BentoML answers 503 when it
     #: predicts a queued request cannot start within it, so keep it generous). A batch size of 1 turns
     #: adaptive batching off: each engine call then serves one request's images, one call at a time.
@@ -252,6 +260,8 @@ def check_settings(settings: Settings) -> None:
         raise bad("dtype", f"auto or one of {', '.join(DTYPES)}")
     if settings.cpu_bf16.lower() not in CPU_BF16_MODES:
         raise bad("cpu_bf16", f"one of {', '.join(CPU_BF16_MODES)}")
+    if settings.cpu_backend not in CPU_BACKENDS:
+        raise bad("cpu_backend", f"one of {', '.join(CPU_BACKENDS)}")
     if settings.preview_decode not in PREVIEW_DECODERS:
         raise bad("preview_decode", f"one of {', '.join(PREVIEW_DECODERS)}")
     kind, sep, where = settings.image_store.partition(":")

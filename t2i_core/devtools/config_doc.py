@@ -27,7 +27,8 @@ OTHER_VARIABLES: tuple[tuple[str, str, str], ...] = (
     ("T2I_REGISTRY", "`models.json` (beside `t2i_core/`)",
      "The model registry file: models, LoRA adapters, ControlNets (see [models.md](models.md))."),
     ("T2I_CACHE_DIR", "`~/.cache/t2i-server` (`$XDG_CACHE_HOME/t2i-server` when that is set)",
-     "Where built tiny pipelines (and the benchmark's random-weight ones) are kept."),
+     "Where built tiny pipelines (and the benchmark's random-weight ones) are kept, and the models the "
+     "OpenVINO CPU backend converted (`openvino/`; see `T2I_CPU_BACKEND`)."),
     ("T2I_RUN_DIR", "set by the server",
      "The server's run folder (made under `TMPDIR`, removed when the server exits), which its workers "
      "share on one machine: the shared state's SQLite file (several workers), the `url` images "

@@ -85,6 +85,7 @@ class Engine(SharedWorkers):
             self.settings.memory_budget_bytes or default_budget(self.device),
             load_timeout_s=self.settings.request_timeout_s,
             speedups=Speedups.from_settings(self.settings), cpu_bf16=self.settings.cpu_bf16,
+            cpu_backend=self.settings.cpu_backend,
         )
         self._batch_sizes: deque[int] = deque(maxlen=10_000)
         #: batch sizes per kind of work (``EngineRequest.label``): generate, inpaint, +adapters, +controlnet

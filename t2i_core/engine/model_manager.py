@@ -22,6 +22,7 @@ from t2i_core.common.addon_entries import AdapterEntry, ControlNetEntry
 from t2i_core.common.errors import ModelBusy, ModelUnavailable, T2IError
 from t2i_core.common.inpainting import loaded_channels, mode_refusal
 from t2i_core.common.registry import ModelEntry, Registry
+from t2i_core.engine import cpu_backend
 from t2i_core.engine.lora import AdapterSlots
 from t2i_core.engine.offload import apply_offload, resident_bytes
 from t2i_core.weights import sources, tiny_vae
@@ -55,6 +56,7 @@ class LoadedModel:
     last_used: float = field(default_factory=time.monotonic)
     in_flight: int = 0
     adapters: AdapterSlots = field(default_factory=AdapterSlots)
+    backend: str = "torch"  # what runs it on the CPU (t2i_core/engine/cpu_backend.py)
     _variants: dict[tuple[str, str | None, str | None], Any] = field(default_factory=dict)
 
     def pipeline(self, mode: str, scheduler: str | None, controlnet: str | None = None,
@@ -197,8 +199,10 @@ def load_time_components(path: str, spec: Quantization, dtype: Any) -> tuple[dic
 
 class ModelManager:
     def __init__(self, registry: Registry, device: str, dtype_preference: str, budget_bytes: int,
-                 load_timeout_s: float, speedups: Speedups | None = None, cpu_bf16: str = "auto"):
+                 load_timeout_s: float, speedups: Speedups | None = None, cpu_bf16: str = "auto",
+                 cpu_backend: str = "torch"):
         self.registry = registry
+        self.cpu_backend = cpu_backend
         self.cpu_bf16 = cpu_bf16
         self.speedups = speedups or Speedups()
         self.device = device
@@ -326,10 +330,12 @@ class ModelManager:
         if memory.attention_slicing:
             t2i.enable_attention_slicing()
         t2i.set_progress_bar_config(disable=True)
+        backend = cpu_backend.apply(t2i, entry, self.device, dtype, self.cpu_backend, self.speedups)  # before the wrappers
         dedupe_text_encoders(t2i)  # shared with the edit pipeline below
         if self.speedups.any:
-            log.info("%s: %s", entry.id, ", ".join(apply_speedups(t2i, self.speedups)))
-        adapters = adapter_slots(t2i, entry, self.registry, self.speedups)  # (compiled: read now, see lora_slot.py)
+            log.info("%s: %s", entry.id, ", ".join(apply_speedups(t2i, cpu_backend.speedups_for(self.speedups, backend))))
+        # (compiled: read now, see lora_slot.py; a denoiser OpenVINO runs is not compiled)
+        adapters = adapter_slots(t2i, entry, self.registry, cpu_backend.speedups_for(self.speedups, backend))
         # The edit pipeline reuses the same modules: no second copy of the weights.
         if family.dit:
             loaded, t2i = t2i, mode_pipeline(t2i, family.generate)
@@ -339,8 +345,10 @@ class ModelManager:
         i2i.set_progress_bar_config(disable=True)
         # the budget counts what stays on the device (on the CPU, every weight is in the same RAM anyway)
         on_device = module_bytes(t2i) if self.device == "cpu" else resident_bytes(t2i, offload, memory.offload_blocks)
-        model = LoadedModel(entry, t2i, i2i, time.perf_counter() - started, on_device, adapters=adapters)
-        log.info("loaded %s on %s as %s in %.2fs (%d bytes)", entry.id, self.device, dtype, model.load_s, model.bytes)
+        on_device += cpu_backend.held_bytes(t2i, backend)
+        model = LoadedModel(entry, t2i, i2i, time.perf_counter() - started, on_device, adapters=adapters, backend=backend)
+        log.info("loaded %s on %s as %s (%s) in %.2fs (%d bytes)", entry.id, self.device, dtype, backend, model.load_s,
+                 model.bytes)
         metrics.record_model_load(entry.id, model.load_s)
         return model
 
@@ -550,7 +558,7 @@ class ModelManager:
 
     def states(self) -> list[dict[str, Any]]:
         with self._cond:
-            loaded = {mid: (m.bytes, m.in_flight, m.load_s) for mid, m in self._loaded.items()}
+            loaded = {mid: (m.bytes, m.in_flight, m.load_s, m.backend) for mid, m in self._loaded.items()}
             loading = set(self._loading)
             failures = dict(self._failures)
         out = []
@@ -559,7 +567,7 @@ class ModelManager:
                                    "default": entry.id == self.registry.default_id}
             if entry.id in loaded:
                 row.update(state="loaded", bytes=loaded[entry.id][0], in_flight=loaded[entry.id][1],
-                           load_s=round(loaded[entry.id][2], 3))
+                           load_s=round(loaded[entry.id][2], 3), backend=loaded[entry.id][3])
             elif entry.id in loading:
                 row["state"] = "loading"
             else:

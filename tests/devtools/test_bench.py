@@ -131,3 +131,26 @@ def test_bench_controls_and_previews_report_their_figures(capsys):
     assert "two adapters: median" in out and "(1.000x)" in out
     assert main(["bench-previews", "--size", "64", "--steps", "4", "--batch", "2", "--partial", "1", "--repeats", "1"]) == 0
     assert "with one request asking 1" in capsys.readouterr().out
+
+
+def test_bench_backends_compares_torch_and_openvino_plain_and_served(tmp_path):
+    out = tmp_path / "backends.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "t2i_core", "bench", "--preset", "tiny", "--backends", "torch,openvino", "--out", str(out),
+         "--repeats", "1", "--requests", "8", "--concurrency", "1,4", "--max-batch-size", "4"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "CPU backends" in proc.stdout and "openvino against torch" in proc.stdout
+    report = json.loads(out.read_text())
+    assert list(report["backends"]) == ["torch", "openvino"]
+    for name, row in report["backends"].items():
+        assert row["backend"] == name  # what the model listing said runs it
+        assert [r["batch"] for r in row["raw"]] == [1, 2, 4, 8, 16]
+        assert [r["concurrency"] for r in row["served"]] == [1, 4]
+        assert all(r["ok"] == r["requests"] for r in row["served"])
+        summary = row["summary"]
+        assert summary["served_over_plain"] == summary["served_1_client_s_per_image"] / summary["plain_s_per_image"] > 0
+        assert summary["clients_gain"] == row["served"][1]["images_per_s"] / row["served"][0]["images_per_s"]
+    quality = report["backends"]["openvino"]["pixels_vs_torch"]
+    assert quality["images"] == 16 and quality["max"] <= 2

@@ -79,8 +79,9 @@ def png_seconds(preset: Preset, pixels: bytes, repeats: int = 3) -> float:
     return statistics.median(timed_encode(pixels, preset.width, preset.height, "png", text)[1] for _ in range(repeats))
 
 
-def raw(preset: Preset, repeats: int, engine: Any = None) -> list[dict[str, Any]]:
-    """Images/s of the engine in process, per batch size (median of ``repeats`` timed runs)."""
+def raw(preset: Preset, repeats: int, engine: Any = None, keep: list[Any] | None = None) -> list[dict[str, Any]]:
+    """Images/s of the engine in process, per batch size (median of ``repeats`` timed runs); ``keep``
+    gets the results of each batch size's last run."""
     from t2i_core.common.schemas import EngineRequest
 
     engine = engine or raw_engine(preset)
@@ -97,6 +98,8 @@ def raw(preset: Preset, repeats: int, engine: Any = None) -> list[dict[str, Any]
             times.append(time.perf_counter() - started)
             assert all(r.error is None for r in results), results[0].error
             stages.append(results[0].stages)
+        if keep is not None:
+            keep.append(results)
         median = statistics.median(times)
         rows.append({"batch": batch, "images_per_s": batch / median, "batch_latency_s": median,
                      # per batch, median of the timed runs; image encoding per image
