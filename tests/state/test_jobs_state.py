@@ -226,3 +226,34 @@ def test_a_listing_takes_the_ids_of_records_that_are_gone_out_of_its_index(state
     rest, cursor = store.list(alice, limit=10, cursor=cursor)
     assert cursor is None
     assert [r.task_id for r in rest] == [mine[2], mine[0]]
+
+
+class _ThirdIncrFailsOnce(MemoryState):
+    """A state whose third ``incr`` fails (once): a flush that fails part way."""
+
+    def __init__(self):
+        super().__init__()
+        self.incrs = 0
+
+    def incr(self, key, by=1, ttl_s=None):
+        self.incrs += 1
+        if self.incrs == 3:
+            raise ConnectionError("the state went away mid-flush")
+        return super().incr(key, by, ttl_s)
+
+
+def test_a_flush_that_fails_part_way_writes_each_amount_once():
+    from t2i_core.api.keys.usage import utc_day
+
+    state = _ThirdIncrFailsOnce()
+    meter = UsageMeter(state)
+    meter.record("alice", 2, 2 * 4096, 0.5)
+    meter.record("bob", 3, 3 * 4096, 1.0)
+    with pytest.raises(ConnectionError):
+        meter.flush()
+    meter.flush()
+    meter.flush()  # nothing left: adds nothing
+    day = utc_day(time.time())
+    for rows in (meter.read(), meter.read(day)):
+        assert rows["alice"] == {"images": 2, "pixels": 2 * 4096, "engine_seconds": 0.5, "requests": 1}
+        assert rows["bob"] == {"images": 3, "pixels": 3 * 4096, "engine_seconds": 1.0, "requests": 1}
