@@ -168,6 +168,20 @@ def test_a_delivery_fails_after_its_attempts_and_a_lapsed_lease_goes_to_another_
     assert (after.state, after.attempts) == ("failed", 2) and state.index_count(DUE) == 0
 
 
+
+def test_a_claimed_delivery_leaves_the_due_list_so_another_worker_claims_the_rest(state):
+    one, other = Deliveries(state, ttl_s=600), Deliveries(state, ttl_s=600)
+    for i in range(20):
+        one.add(Delivery(id=f"msg_{i:02d}", task_id="t1", key="alice", event="completed", url="http://x/", body="{}",
+                         created_at=100.0 + i / 100))
+    now = 101.0
+    claimed_one = [d for i in one.due(now, 16) if (d := one.claim(i, lease_s=10, now=now)) is not None]
+    claimed_other = [d for i in other.due(now, 16) if (d := other.claim(i, lease_s=10, now=now)) is not None]
+    assert len(claimed_one) == 16 and len(claimed_other) == 4
+    assert {d.id for d in claimed_one} | {d.id for d in claimed_other} == {f"msg_{i:02d}" for i in range(20)}
+    assert other.due(now + 9, 16) == []
+    assert len(other.due(now + 10, 32)) == 20  # due again once their leases lapse (their worker died)
+
 # ---- usage ------------------------------------------------------------------------------------------------
 def test_usage_is_summed_over_workers_in_all_and_per_day(state):
     one, other = UsageMeter(state), UsageMeter(state)

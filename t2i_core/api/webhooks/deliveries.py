@@ -3,7 +3,8 @@ least once, each retried with exponential backoff until it is answered 2xx or it
 
 - ``webhook:<id>``: a delivery (its event, URL, body, state, attempts, last answer), kept as long as
   its task;
-- index ``webhooks:due``: pending deliveries by when their next attempt is due;
+- index ``webhooks:due``: pending deliveries by when their next attempt is due (a leased one: by when
+  its lease lapses);
 - index ``task:<id>:webhooks``: a task's deliveries, by creation (the task's status lists them).
 
 An attempt is claimed with an atomic ``update`` (a lease of the attempt's time limit and a margin),
@@ -106,7 +107,12 @@ class Deliveries:
         found = Delivery.model_validate_json(raw)
         if found.state != "pending":
             self.state.index_remove(DUE, message_id)
-        return found if found.lease == lease else None
+        if found.lease != lease:
+            return None
+        # out of the due list while leased (due again when the lease lapses): the other workers'
+        # ``due`` answers the deliveries nobody holds, not this one again and again
+        self.state.index_add(DUE, message_id, found.lease_until)
+        return found
 
     def finish_attempt(self, claimed: Delivery, status: int | None, error: str | None, max_attempts: int,
                        backoff_s: float, now: float | None = None) -> Delivery:
