@@ -178,6 +178,12 @@ class API:
         drain_on_sigterm(IN_FLIGHT.idle_since, max_s=SETTINGS.request_timeout_s, who="the API")
         freeze_startup_objects()  # see t2i_core/patches/gc_freeze.py
 
+    @bentoml.on_startup
+    async def start_jobs(self) -> None:
+        """On this worker's event loop: the webhook sender, so that deliveries pending from before a
+        restart go out without waiting for a new event (t2i_core/api/jobs.py)."""
+        JOBS.start()
+
     @bentoml.api(route="/generate", input_spec=GenerateRequest)
     async def generate(self, ctx: bentoml.Context, **fields: Any) -> Image:
         """Text to image. Answers the image bytes; headers X-Seed, X-Model, X-Inference-Time."""

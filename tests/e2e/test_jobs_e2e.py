@@ -21,6 +21,8 @@ from standardwebhooks import Webhook
 
 from conftest import ADMIN_KEY, TMP, Server
 from t2i_core.api.keys.records import digest
+from t2i_core.api.webhooks.deliveries import Deliveries, Delivery
+from t2i_core.state.sqlite import SqliteState
 from t2i_core.devtools.key_new import new_webhook_secret
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -104,7 +106,15 @@ def receiver():
 def jobs(receiver):
     path = TMP / f"keys-{time.monotonic_ns()}.yaml"
     keys_file(path, receiver)
+    # the shared state, with a webhook delivery left pending before the server starts (a restart)
+    state_path = TMP / f"jobs-state-{time.monotonic_ns()}.sqlite"
+    before = SqliteState(str(state_path))
+    Deliveries(before, ttl_s=3600).add(Delivery(
+        id="msg_before_start", task_id="before-start", key="app-b", event="completed", url=f"{receiver.url}/before-start",
+        body=json.dumps({"type": "task.completed", "timestamp": "", "data": {}}), created_at=time.time()))
+    before.close()
     srv = Server({"T2I_API_WORKERS": "2", "T2I_API_KEYS_FILE": str(path), "T2I_ADMIN_KEY": ADMIN_KEY,
+                  "T2I_STATE": f"sqlite:{state_path}",
                   "T2I_WEBHOOK_ALLOW": "127.0.0.1", "T2I_WEBHOOK_BACKOFF_MS": "200", "T2I_WEBHOOK_TIMEOUT_S": "3",
                   "T2I_MAX_BATCH_SIZE": "4"})
     srv.keys_path = path  # type: ignore[attr-defined]
@@ -142,6 +152,14 @@ def finished(server, who: str, task_id: str) -> dict:
 
 
 # ---- webhooks -------------------------------------------------------------------------------------------
+def test_a_delivery_pending_before_the_server_started_is_delivered_without_a_new_event(jobs, receiver):
+    """First in this module: no task has sent an event yet, so only a sender started with each worker
+    delivers it."""
+    headers, body = receiver.wait_for("/before-start", "completed", timeout=60)
+    Webhook(SECRETS["app-b"]).verify(body, headers)
+    assert headers["webhook-id"] == "msg_before_start"
+
+
 def test_completed_webhook_is_signed_per_the_standard_and_carries_the_image(jobs, receiver):
     task_id = submit(jobs, "app-b", {**QUICK, "seed": 5, "webhook": f"{receiver.url}/ok", "response_format": "b64_json",
                                      "webhook_events": ["started", "completed"]})

@@ -7,8 +7,8 @@ server can. Every address a URL's host resolves to must be public (``ipaddress``
 an IPv6 address that embeds an IPv4 one, mapped, NAT64 or 6to4, is judged as that IPv4 address, and
 NAT64 local-use and Teredo addresses are refused), unless ``T2I_WEBHOOK_ALLOW`` lists it. The check
 runs at submit (a 400 naming the URL and the address) and again at each delivery, which then
-connects to the address it checked (the URL's host goes in the Host header and, for https, the TLS
-server name), so a DNS answer that changes between the two (rebinding) cannot redirect it.
+connects to the address it checked (the URL's host, in its IDNA form, goes in the Host header and,
+for https, the TLS server name), so a DNS answer that changes between the two (rebinding) cannot redirect it.
 Redirects are never followed.
 """
 
@@ -20,6 +20,8 @@ import socket
 from dataclasses import dataclass
 from typing import Sequence
 from urllib.parse import urlsplit
+
+import idna
 
 from t2i_core.common.errors import InvalidRequest
 
@@ -70,7 +72,19 @@ def parse_url(url: object, param: str = "webhook") -> tuple[str, str, int, str]:
                              f"got {url[:200]!r}", param=param)
     port = port or (443 if parts.scheme == "https" else 80)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return parts.scheme, parts.hostname, port, target
+    return parts.scheme, ascii_host(parts.hostname, url, param), port, target
+
+
+def ascii_host(host: str, url: str, param: str) -> str:
+    """``host`` as it goes on the wire (DNS, the Host header, the TLS server name): an internationalized
+    name in its IDNA (``xn--``) form; InvalidRequest naming ``param`` when it has none."""
+    if host.isascii():
+        return host
+    try:
+        return idna.encode(host, uts46=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError) as exc:
+        raise InvalidRequest(f"{param} {url[:200]!r}: its host {host[:100]!r} is not a valid internationalized "
+                             f"domain name ({exc})", param=param) from None
 
 
 #: IPv6 prefixes whose last 32 bits are an IPv4 address the packets reach: judged as that IPv4 address
