@@ -48,6 +48,17 @@ def test_images_per_minute_refuses_what_does_not_fit_and_says_when_to_retry(stat
     limits.take_images_now(ApiKey(name="free"), 1000, now)  # no limit
 
 
+def test_more_images_than_the_limit_itself_is_a_400_naming_n_and_the_limit_and_counts_nothing(state):
+    limits = KeyLimits(state, slot_s=60)
+    key = ApiKey(name="capped", images_per_minute=5)
+    now = 1_000_000 * 60 + 1.0
+    with pytest.raises(InvalidRequest) as err:
+        limits.take_images_now(key, 6, now)
+    assert err.value.status == 400 and err.value.param == "n" and not isinstance(err.value, TooManyRequests)
+    assert "n=6" in err.value.message and "limit of 5 images per minute" in err.value.message
+    limits.take_images_now(key, 5, now)  # nothing was counted
+
+
 def test_a_task_counted_at_submit_is_not_counted_again(state):
     import asyncio
 
