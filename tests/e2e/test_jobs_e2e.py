@@ -27,7 +27,7 @@ from t2i_core.devtools.key_new import new_webhook_secret
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 KEYS = {"flood-a": "key-a-" + "1" * 24, "app-b": "key-b-" + "2" * 24, "capped-c": "key-c-" + "3" * 24,
-        "single-d": "key-d-" + "4" * 24, "ops": "key-ops-" + "5" * 24, "pair-e": "key-e-" + "6" * 24}
+        "single-d": "key-d-" + "4" * 24, "ops": "key-ops-" + "5" * 24, "pair-e": "key-p-" + "8" * 24}
 SECRETS = {name: new_webhook_secret() for name in KEYS}
 AUTH = {name: {"Authorization": f"Bearer {key}"} for name, key in KEYS.items()}
 QUICK = {"prompt": "a kite", "steps": 2}

@@ -56,10 +56,12 @@ class WebhookSender:
         key = self.keyring.by_name(key_name) if key_name != ANONYMOUS else None
         return (key.webhook_secret if key is not None else None) or self.settings.webhook_secret or None
 
-    async def emit(self, task_id: str, key_name: str, event: str, url: str, data: dict[str, Any]) -> str:
-        """Queue ``event`` of a task for delivery to ``url``; returns its ``webhook-id``."""
+    async def emit(self, task_id: str, key_name: str, event: str, url: str, data: dict[str, Any],
+                   message_id: str | None = None) -> str:
+        """Queue ``event`` of a task for delivery to ``url`` (once per ``message_id`` when given); returns
+        its ``webhook-id``."""
         now = time.time()
-        delivery = Delivery(id=new_message_id(), task_id=task_id, key=key_name, event=event, url=url,
+        delivery = Delivery(id=message_id or new_message_id(), task_id=task_id, key=key_name, event=event, url=url,
                             body=event_body(event, data, now), created_at=now)
         await call(self.deliveries.state, self.deliveries.add, delivery)
         self.start()
