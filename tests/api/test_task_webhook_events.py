@@ -11,6 +11,9 @@ import base64
 import json
 import os
 import signal
+import time
+
+import pytest
 
 from conftest import free_port
 from t2i_core.api.callers import Caller
@@ -18,8 +21,8 @@ from t2i_core.api.surfaces.tasks.options import TaskWebhook
 from t2i_core.api.surfaces.tasks.outbox import MAX_INLINE_BYTES, TaskOutbox
 from t2i_core.api.surfaces.tasks.runner import TaskRunner
 from t2i_core.api.surfaces.tasks.store import StoredResult, TaskStore
-from t2i_core.api.webhooks.deliveries import Deliveries, delivery_key, event_message_id
-from t2i_core.common.errors import Conflict, T2IError
+from t2i_core.api.webhooks.deliveries import DUE, Deliveries, delivery_key, event_message_id
+from t2i_core.common.errors import Conflict, StateUnavailable, T2IError
 from t2i_core.state.memory import MemoryState
 from t2i_core.state.redis import RedisState
 from t2i_core.state.store import StateStore
@@ -145,3 +148,27 @@ def test_a_sent_delivery_keeps_no_body_and_a_large_image_goes_as_a_link():
                                           backoff_s=1.0)
         assert after.state in ("delivered", "failed") and after.body == ""
         assert deliveries.get(message_id).body == ""
+
+
+class _DueIndexFailsOnce(MemoryState):
+    """A state that goes away once, just after a delivery was written and before it was indexed as due."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = False
+
+    def index_add(self, name, member, score, ttl_s=None):
+        if name == DUE and not self.failed:
+            self.failed = True
+            raise StateUnavailable("the state went away")
+        return super().index_add(name, member, score, ttl_s)
+
+
+def test_a_final_event_queued_part_way_is_indexed_when_its_record_is_written_again():
+    state = _DueIndexFailsOnce()
+    store, deliveries, _ = stores(state)
+    task = store.create({"prompt": "a"}, ANYONE, webhook=HOOK)
+    with pytest.raises(StateUnavailable):
+        store.complete(task.task_id, IMAGE)
+    store.complete(task.task_id, IMAGE)  # the runner records it again (record_pending)
+    assert deliveries.due(time.time() + 1, 10) == [event_message_id(task.task_id, "completed")]

@@ -71,12 +71,17 @@ class Deliveries:
         """Queue ``delivery``, once per id: False (and nothing written) when its id is queued already
         (an event with an id made from its task and name is queued once, whoever queues it again)."""
         delivery.next_at = delivery.created_at
-        if not self.state.put(delivery_key(delivery.id), delivery.model_dump_json().encode(), ttl_s=self.ttl_s,
-                              only_if_absent=True):
-            return False
+        added = self.state.put(delivery_key(delivery.id), delivery.model_dump_json().encode(), ttl_s=self.ttl_s,
+                               only_if_absent=True)
+        if not added:
+            # queued already; its indexes again in case the call that queued it failed before them
+            found = self.get(delivery.id)
+            if found is None or found.state != "pending" or found.lease_until > time.time():
+                return False
+            delivery = found
         self.state.index_add(task_deliveries(delivery.task_id), delivery.id, delivery.created_at, ttl_s=self.ttl_s)
         self.state.index_add(DUE, delivery.id, delivery.next_at)
-        return True
+        return added
 
     def get(self, message_id: str) -> Delivery | None:
         raw = self.state.get(delivery_key(message_id))

@@ -45,8 +45,9 @@ class TaskOutbox:
         if event == "completed" and result is None:
             return False
         message_id = event_message_id(record.task_id, event)
-        if self.deliveries.get(message_id) is not None:
-            return False  # queued already: no image stored again for its link
+        queued = self.deliveries.get(message_id)
+        if queued is not None:  # queued already (no image stored again for its link): indexed again only
+            return self.deliveries.add(queued)
         body = record.status_body()
         data: dict[str, Any] = {"task_id": record.task_id, "status": record.status,
                                 "created_at": body["created_at"], "completed_at": body["completed_at"]}
