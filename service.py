@@ -43,7 +43,8 @@ from t2i_core.api.surfaces.tasks.routes import TaskRoutes, task_routes
 from t2i_core.api.surfaces.tasks.runner import TaskRunner
 from t2i_core.api.surfaces.tasks.store import TaskStore
 from t2i_core.api.surfaces.tasks.notify import TaskNotifier
-from t2i_core.api.surfaces.openai_images import image_link
+from t2i_core.api.surfaces.openai_images import image_link_now
+from t2i_core.api.surfaces.tasks.outbox import TaskOutbox
 from t2i_core.api.idempotency.middleware import IdempotencyMiddleware
 from t2i_core.api.jobs import build_jobs
 from t2i_core.common.hangup import ignore_sighup, on_sighup
@@ -178,6 +179,12 @@ class API:
         drain_on_sigterm(IN_FLIGHT.idle_since, max_s=SETTINGS.request_timeout_s, who="the API")
         freeze_startup_objects()  # see t2i_core/patches/gc_freeze.py
 
+    @bentoml.on_startup
+    async def start_jobs(self) -> None:
+        """On this worker's event loop: the webhook sender, so that deliveries pending from before a
+        restart go out without waiting for a new event (t2i_core/api/jobs.py)."""
+        JOBS.start()
+
     @bentoml.api(route="/generate", input_spec=GenerateRequest)
     async def generate(self, ctx: bentoml.Context, **fields: Any) -> Image:
         """Text to image. Answers the image bytes; headers X-Seed, X-Model, X-Inference-Time."""
@@ -221,7 +228,10 @@ class API:
 IMAGES = open_image_store(image_store_spec(SETTINGS, RUN_DIR, STATE_SPEC), SETTINGS.image_url_ttl_s,
                           SETTINGS.image_store_max_bytes, STATE)
 SURFACES = build_surfaces(lambda: bentoml.get_current_service().flow, IMAGES, STATE, JOBS)
-TASKS = TaskStore(STATE, SETTINGS.task_result_ttl_s, SETTINGS.task_store_max_bytes)
+# a task's final webhook event is queued where its final status is written (t2i_core/api/surfaces/tasks/outbox.py)
+TASKS = TaskStore(STATE, SETTINGS.task_result_ttl_s, SETTINGS.task_store_max_bytes,
+                  outbox=TaskOutbox(JOBS.deliveries, lambda data, media_type, base: image_link_now(IMAGES, data,
+                                                                                                 media_type, base)))
 
 # Outermost first: the request log (id, one line per request), CORS (when configured), then keys /
 # body cap / in-flight cap / strict fields, Idempotency-Key, the task routes, then the rewrite of
@@ -244,8 +254,7 @@ API.add_asgi_middleware(IdempotencyMiddleware, store=JOBS.idempotency, wait_s=SE
 API.add_asgi_middleware(TaskRoutes, routes=task_routes(
     lambda: bentoml.get_current_service().flow, TASKS,
     TaskRunner(TASKS, lambda: bentoml.get_current_service().flow, check_s=SETTINGS.task_store_check_s,
-               notifier=TaskNotifier(JOBS.sender, lambda image, base: image_link(IMAGES, image, base),
-                                     SETTINGS.webhook_progress_s),
+               notifier=TaskNotifier(JOBS.sender, SETTINGS.webhook_progress_s),
                limits=JOBS.limits),
     JOBS,
 ))

@@ -35,7 +35,7 @@ from t2i_core.common.errors import (
 )
 from t2i_core.common.shutdown import DRAINING
 from t2i_core.api.error_shapes import Shape, error_response, native
-from t2i_core.common.paths import GENERATION_PATHS, TASK_ROUTE
+from t2i_core.common.paths import GENERATION_PATHS, TASK_STARTS
 from t2i_core.state.aio import call
 
 OPEN_PREFIXES = ("/livez", "/readyz", "/healthz", "/metrics", "/docs.json", "/schema.json", "/static",
@@ -145,7 +145,7 @@ class GuardMiddleware:
             await self._reject(scope, send, path, err)
             return
         # a task's slot is taken at submit for as long as the task runs (tasks/routes.py), not here
-        slot = None if path.startswith(TASK_ROUTE) or self.limits is None else uuid.uuid4().hex
+        slot = None if path in TASK_STARTS or self.limits is None else uuid.uuid4().hex
         if slot is not None and self.limits is not None:
             try:
                 await self.limits.enter(key, slot, self.settings.retry_after_s)

@@ -30,6 +30,11 @@ class Jobs:
     sender: WebhookSender
     idempotency: IdempotencyStore
 
+    def start(self) -> None:
+        """What every API worker runs from its start, on its event loop: the webhook sender (deliveries
+        left pending by a restart, or queued by another worker that is gone, go out from here too)."""
+        self.sender.start()
+
     @property
     def webhook_allow(self):  # type: ignore[no-untyped-def]
         return webhook_allow(self.settings.webhook_allow)

@@ -16,6 +16,9 @@ GENERATION_PATHS = frozenset(
      f"{TASK_ROUTE}/retry",
      f"{A1111_PREFIX}txt2img", f"{A1111_PREFIX}img2img"}
 ) | REPLACED_SERVER_PATHS
+#: the task paths that start a task: its key's ``max_concurrent`` slot is taken there, for as long as the
+#: task runs (tasks/routes.py), not by the guard for the request (a plain POST to TASK_ROUTE runs like /generate)
+TASK_STARTS = frozenset({f"{TASK_ROUTE}/submit", f"{TASK_ROUTE}/retry"})
 #: route label values for metrics (bounded); any other path is "other"
 KNOWN_ROUTES = GENERATION_PATHS | {"/stats", "/v1/models", "/v1/adapters", "/v1/controlnets"} | {
     f"{TASK_ROUTE}/{action}" for action in ("status", "get", "cancel", "progress", "retry", "list")

@@ -17,9 +17,9 @@ folder) and Redis (several servers). What is kept, by whom, for how long:
 | ``tasks:result-bytes``     | bytes of kept results                  | completion, removals  | the size cap           | always |
 | ``runner:<id>``            | an API worker's lease (it runs tasks)  | that worker, every 5 s | readers of its tasks  | 20 s unless renewed |
 | ``task:<id>:place``        | a waiting task's queue position and ETA | its API worker, every second (shared state only) | other workers' status/listing | 3 s unless rewritten |
-| ``webhook:<id>``           | a webhook delivery (event, URL, body, attempts, state) | the task's API worker | any API worker (delivers it) | as its task |
+| ``webhook:<id>``           | a webhook delivery (event, URL, body while pending, attempts, state); a task's started / final event has an id made from the task and the event (queued once) | the task's API worker; a final event: whoever writes the task's final status | any API worker (delivers it) | as its task |
 | index ``task:<id>:webhooks``| a task's deliveries, by creation      | the task's API worker | the task's status      | as its task |
-| index ``webhooks:due``     | pending deliveries by next attempt     | creation, each attempt | every API worker's sender | until delivered or failed |
+| index ``webhooks:due``     | pending deliveries by next attempt (a leased one: by its lease's end) | creation, each claim and attempt | every API worker's sender | until delivered or failed |
 | ``idem:<key name>:<hash>`` | an Idempotency-Key's first request: a running marker, then its answer | the worker that took it | every worker (a retry) | the request's time limit while it runs; then ``T2I_IDEMPOTENCY_TTL_S`` |
 | index ``idem:kept``, ``idem:bytes`` | kept answers by expiry, and their bytes | completion, removals | the byte cap (``T2I_IDEMPOTENCY_MAX_BYTES``) | as the answers; the counter always |
 | ``limits:images:<name>:<minute>`` | images a key took in a minute   | admission (generate, task submit) | admission | 2 minutes |

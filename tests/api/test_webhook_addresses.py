@@ -52,3 +52,27 @@ def test_a_public_address_is_taken_and_connected_to_as_checked():
     target = check("https://93.184.215.14/a/b")
     assert (target.scheme, target.address, target.port, target.target) == ("https", "93.184.215.14", 443, "/a/b")
     assert target.host_header() == "93.184.215.14"
+
+
+@pytest.mark.parametrize("address", [
+    "64:ff9b::a9fe:a9fe",      # NAT64 well-known prefix -> 169.254.169.254
+    "64:ff9b::7f00:1",         # NAT64 -> 127.0.0.1
+    "2002:7f00:1::1",          # 6to4 -> 127.0.0.1
+    "2002:a9fe:a9fe::",        # 6to4 -> 169.254.169.254
+    "::127.0.0.1",             # IPv4-compatible -> 127.0.0.1
+    "::10.0.0.1",              # IPv4-compatible -> 10.0.0.1
+    "::ffff:0:7f00:1",         # IPv4-translated -> 127.0.0.1
+    "::ffff:0:a00:1",          # IPv4-translated -> 10.0.0.1
+    "2001:0:4136:e378:8000:63bf:3fff:fdd2",  # Teredo
+    "64:ff9b:1::a9fe:a9fe",    # NAT64 local-use prefix
+])
+def test_ipv6_addresses_that_embed_or_tunnel_to_ipv4_are_judged_by_it(address):
+    with pytest.raises(AddressRefused):
+        check(f"http://[{address}]/hook")
+
+
+def test_ipv6_addresses_embedding_a_public_ipv4_pass_and_the_allow_list_opens_embedded_ones():
+    for address in ("64:ff9b::808:808", "2002:808:808::1"):
+        assert check(f"http://[{address}]/").address == address
+    assert check("http://[64:ff9b::7f00:1]/", allow="127.0.0.1").address == "64:ff9b::7f00:1"
+    assert check("http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/", allow="2001::/32").port == 80

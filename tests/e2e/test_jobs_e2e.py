@@ -21,11 +21,13 @@ from standardwebhooks import Webhook
 
 from conftest import ADMIN_KEY, TMP, Server
 from t2i_core.api.keys.records import digest
+from t2i_core.api.webhooks.deliveries import Deliveries, Delivery
+from t2i_core.state.sqlite import SqliteState
 from t2i_core.devtools.key_new import new_webhook_secret
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 KEYS = {"flood-a": "key-a-" + "1" * 24, "app-b": "key-b-" + "2" * 24, "capped-c": "key-c-" + "3" * 24,
-        "single-d": "key-d-" + "4" * 24, "ops": "key-ops-" + "5" * 24}
+        "single-d": "key-d-" + "4" * 24, "ops": "key-ops-" + "5" * 24, "pair-e": "key-p-" + "8" * 24}
 SECRETS = {name: new_webhook_secret() for name in KEYS}
 AUTH = {name: {"Authorization": f"Bearer {key}"} for name, key in KEYS.items()}
 QUICK = {"prompt": "a kite", "steps": 2}
@@ -85,6 +87,7 @@ def keys_file(path: Path, receiver: Receiver, extra: str = "") -> None:
         "capped-c": "images_per_minute: 3",
         "single-d": "max_concurrent: 1",
         "ops": "role: admin",
+        "pair-e": "max_concurrent: 1, images_per_minute: 2",
     }
     lines = ["keys:"]
     for name, more in entries.items():
@@ -104,7 +107,15 @@ def receiver():
 def jobs(receiver):
     path = TMP / f"keys-{time.monotonic_ns()}.yaml"
     keys_file(path, receiver)
+    # the shared state, with a webhook delivery left pending before the server starts (a restart)
+    state_path = TMP / f"jobs-state-{time.monotonic_ns()}.sqlite"
+    before = SqliteState(str(state_path))
+    Deliveries(before, ttl_s=3600).add(Delivery(
+        id="msg_before_start", task_id="before-start", key="app-b", event="completed", url=f"{receiver.url}/before-start",
+        body=json.dumps({"type": "task.completed", "timestamp": "", "data": {}}), created_at=time.time()))
+    before.close()
     srv = Server({"T2I_API_WORKERS": "2", "T2I_API_KEYS_FILE": str(path), "T2I_ADMIN_KEY": ADMIN_KEY,
+                  "T2I_STATE": f"sqlite:{state_path}",
                   "T2I_WEBHOOK_ALLOW": "127.0.0.1", "T2I_WEBHOOK_BACKOFF_MS": "200", "T2I_WEBHOOK_TIMEOUT_S": "3",
                   "T2I_MAX_BATCH_SIZE": "4"})
     srv.keys_path = path  # type: ignore[attr-defined]
@@ -142,6 +153,14 @@ def finished(server, who: str, task_id: str) -> dict:
 
 
 # ---- webhooks -------------------------------------------------------------------------------------------
+def test_a_delivery_pending_before_the_server_started_is_delivered_without_a_new_event(jobs, receiver):
+    """First in this module: no task has sent an event yet, so only a sender started with each worker
+    delivers it."""
+    headers, body = receiver.wait_for("/before-start", "completed", timeout=60)
+    Webhook(SECRETS["app-b"]).verify(body, headers)
+    assert headers["webhook-id"] == "msg_before_start"
+
+
 def test_completed_webhook_is_signed_per_the_standard_and_carries_the_image(jobs, receiver):
     task_id = submit(jobs, "app-b", {**QUICK, "seed": 5, "webhook": f"{receiver.url}/ok", "response_format": "b64_json",
                                      "webhook_events": ["started", "completed"]})
@@ -310,6 +329,45 @@ def test_a_keys_own_limits_answer_429_naming_them(jobs):
     assert r.status_code == 429 and r.json()["code"] == "max_concurrent" and "max_concurrent" in r.json()["error"]
     httpx.put(f"{jobs.url}/tasks/generate/cancel", params={"task_id": task_id}, headers=AUTH["single-d"])
     finished(jobs, "single-d", task_id)
+
+
+def test_max_concurrent_holds_for_plain_posts_to_the_task_route(jobs):
+    """A plain POST /tasks/generate runs like /generate: it takes a slot of the key's max_concurrent."""
+    body = {"prompt": "long", "steps": 100, "width": 256, "height": 256}
+    start = threading.Barrier(2)
+    codes: list[int] = []
+
+    def post() -> None:
+        start.wait()
+        codes.append(httpx.post(f"{jobs.url}/tasks/generate", json=body, headers=AUTH["single-d"],
+                                timeout=120).status_code)
+
+    threads = [threading.Thread(target=post) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(codes) == [200, 429]
+
+
+def test_a_task_refused_for_max_concurrent_counts_no_image_and_n_over_the_limit_is_a_400(jobs):
+    if time.time() % 60 > 45:  # the images counted must fall in one minute
+        time.sleep(61 - time.time() % 60)
+    task_id = submit(jobs, "pair-e", {"prompt": "long", "steps": 100, "width": 256, "height": 256})  # image 1
+    r = httpx.post(f"{jobs.url}/tasks/generate/submit", json=QUICK, headers=AUTH["pair-e"], timeout=60)
+    assert r.status_code == 429 and r.json()["code"] == "max_concurrent"
+    httpx.put(f"{jobs.url}/tasks/generate/cancel", params={"task_id": task_id}, headers=AUTH["pair-e"])
+    finished(jobs, "pair-e", task_id)
+
+    def second_image() -> httpx.Response | None:  # once the cancelled task's work has ended and left its slot
+        r = httpx.post(f"{jobs.url}/generate", json=QUICK, headers=AUTH["pair-e"], timeout=60)
+        return None if r.status_code == 429 and r.json()["code"] == "max_concurrent" else r
+
+    r = wait_for(second_image, timeout=60, every=0.2)  # image 2 of 2: the refused submit counted none
+    assert r.status_code == 200, r.text
+    r = httpx.post(f"{jobs.url}/v1/images/generations", json={"prompt": "x", "n": 3}, headers=AUTH["pair-e"])
+    assert r.status_code == 400 and "retry-after" not in r.headers
+    assert "n=3" in r.json()["error"]["message"] and "limit of 2 images per minute" in r.json()["error"]["message"]
     wait_for(lambda: httpx.post(f"{jobs.url}/generate", json=QUICK, headers=AUTH["single-d"], timeout=60).status_code == 200,
              timeout=30, every=0.2)
 

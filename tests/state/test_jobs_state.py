@@ -48,6 +48,17 @@ def test_images_per_minute_refuses_what_does_not_fit_and_says_when_to_retry(stat
     limits.take_images_now(ApiKey(name="free"), 1000, now)  # no limit
 
 
+def test_more_images_than_the_limit_itself_is_a_400_naming_n_and_the_limit_and_counts_nothing(state):
+    limits = KeyLimits(state, slot_s=60)
+    key = ApiKey(name="capped", images_per_minute=5)
+    now = 1_000_000 * 60 + 1.0
+    with pytest.raises(InvalidRequest) as err:
+        limits.take_images_now(key, 6, now)
+    assert err.value.status == 400 and err.value.param == "n" and not isinstance(err.value, TooManyRequests)
+    assert "n=6" in err.value.message and "limit of 5 images per minute" in err.value.message
+    limits.take_images_now(key, 5, now)  # nothing was counted
+
+
 def test_a_task_counted_at_submit_is_not_counted_again(state):
     import asyncio
 
@@ -168,6 +179,20 @@ def test_a_delivery_fails_after_its_attempts_and_a_lapsed_lease_goes_to_another_
     assert (after.state, after.attempts) == ("failed", 2) and state.index_count(DUE) == 0
 
 
+
+def test_a_claimed_delivery_leaves_the_due_list_so_another_worker_claims_the_rest(state):
+    one, other = Deliveries(state, ttl_s=600), Deliveries(state, ttl_s=600)
+    for i in range(20):
+        one.add(Delivery(id=f"msg_{i:02d}", task_id="t1", key="alice", event="completed", url="http://x/", body="{}",
+                         created_at=100.0 + i / 100))
+    now = 101.0
+    claimed_one = [d for i in one.due(now, 16) if (d := one.claim(i, lease_s=10, now=now)) is not None]
+    claimed_other = [d for i in other.due(now, 16) if (d := other.claim(i, lease_s=10, now=now)) is not None]
+    assert len(claimed_one) == 16 and len(claimed_other) == 4
+    assert {d.id for d in claimed_one} | {d.id for d in claimed_other} == {f"msg_{i:02d}" for i in range(20)}
+    assert other.due(now + 9, 16) == []
+    assert len(other.due(now + 10, 32)) == 20  # due again once their leases lapse (their worker died)
+
 # ---- usage ------------------------------------------------------------------------------------------------
 def test_usage_is_summed_over_workers_in_all_and_per_day(state):
     one, other = UsageMeter(state), UsageMeter(state)
@@ -226,3 +251,34 @@ def test_a_listing_takes_the_ids_of_records_that_are_gone_out_of_its_index(state
     rest, cursor = store.list(alice, limit=10, cursor=cursor)
     assert cursor is None
     assert [r.task_id for r in rest] == [mine[2], mine[0]]
+
+
+class _ThirdIncrFailsOnce(MemoryState):
+    """A state whose third ``incr`` fails (once): a flush that fails part way."""
+
+    def __init__(self):
+        super().__init__()
+        self.incrs = 0
+
+    def incr(self, key, by=1, ttl_s=None):
+        self.incrs += 1
+        if self.incrs == 3:
+            raise ConnectionError("the state went away mid-flush")
+        return super().incr(key, by, ttl_s)
+
+
+def test_a_flush_that_fails_part_way_writes_each_amount_once():
+    from t2i_core.api.keys.usage import utc_day
+
+    state = _ThirdIncrFailsOnce()
+    meter = UsageMeter(state)
+    meter.record("alice", 2, 2 * 4096, 0.5)
+    meter.record("bob", 3, 3 * 4096, 1.0)
+    with pytest.raises(ConnectionError):
+        meter.flush()
+    meter.flush()
+    meter.flush()  # nothing left: adds nothing
+    day = utc_day(time.time())
+    for rows in (meter.read(), meter.read(day)):
+        assert rows["alice"] == {"images": 2, "pixels": 2 * 4096, "engine_seconds": 0.5, "requests": 1}
+        assert rows["bob"] == {"images": 3, "pixels": 3 * 4096, "engine_seconds": 1.0, "requests": 1}

@@ -2,8 +2,8 @@
 and replicas): 429 with ``Retry-After`` and a message naming the limit, the key and the figures.
 
 - ``images_per_minute``: images counted per calendar minute (a counter per key and minute); a
-  request asking more than is left this minute is refused whole, before the engine is asked. A task
-  counts at submit.
+  request asking more than is left this minute is refused whole, before the engine is asked (429);
+  one asking more than the limit itself is a 400 (it could never fit). A task counts at submit.
 - ``max_concurrent``: generation requests in flight, running tasks included: one member per request
   in a sorted index per key, scored by when it lapses (so that a worker that dies holds no slot past
   ``T2I_REQUEST_TIMEOUT_S`` + a minute).
@@ -17,7 +17,7 @@ import time
 from t2i_core.api.keys.context import Served
 from t2i_core.api.keys.records import ApiKey
 from t2i_core.common import metrics
-from t2i_core.common.errors import TooManyRequests
+from t2i_core.common.errors import InvalidRequest, TooManyRequests
 from t2i_core.state.aio import call
 from t2i_core.state.store import StateStore
 
@@ -43,6 +43,11 @@ class KeyLimits:
         limit = key.images_per_minute
         if limit is None or images <= 0:
             return
+        if images > limit:  # never fits, whenever retried: not a 429
+            raise InvalidRequest(
+                f"n={images} images in one request is more than key {key.name!r}'s limit of {limit} images per minute "
+                f"(images_per_minute in the keys file); ask for at most {limit}", param="n",
+                code="n_over_images_per_minute")
         now = time.time() if now is None else now
         window = int(now // WINDOW_S)
         counter = images_key(key.name, window)

@@ -41,38 +41,50 @@ class UsageMeter:
     def __init__(self, state: StateStore):
         self.state = state
         self._lock = threading.Lock()
-        self._pending: dict[tuple[str, str], dict[str, int]] = {}
+        #: what is not written yet: counter key -> (amount to add, its ttl)
+        self._pending: dict[str, tuple[int, float | None]] = {}
+        #: key names not added to ``NAMES`` yet
+        self._names: set[str] = set()
         self._flusher: asyncio.Task[None] | None = None
 
     def record(self, name: str, images: int, pixels: int, engine_seconds: float) -> None:
         """A request of key ``name`` was answered with ``images`` images of ``pixels`` pixels in all."""
         metrics.record_key_usage(name, images, pixels, engine_seconds)
         day = utc_day(time.time())
+        row = {"images": images, "pixels": pixels, "engine_ms": round(engine_seconds * 1000), "requests": 1}
         with self._lock:
-            row = self._pending.setdefault((name, day), dict.fromkeys(FIELDS, 0))
-            row["images"] += images
-            row["pixels"] += pixels
-            row["engine_ms"] += round(engine_seconds * 1000)
-            row["requests"] += 1
+            for field, value in row.items():
+                if value:
+                    self._add(counter(name, field), value, None)
+                    self._add(counter(name, field, day), value, DAYS_KEPT * 86400)
+            self._names.add(name)
         self._ensure_flusher()
 
+    def _add(self, key: str, value: int, ttl_s: float | None) -> None:
+        self._pending[key] = (self._pending.get(key, (0, ttl_s))[0] + value, ttl_s)
+
     def flush(self) -> None:
-        """Write the buffered usage to the shared state (blocking; ``state.aio.call`` from the loop)."""
+        """Write the buffered usage to the shared state (blocking; ``state.aio.call`` from the loop).
+        A write that fails part way keeps only the counters not written yet for the next round: each
+        amount is added once, never twice."""
         with self._lock:
             pending, self._pending = self._pending, {}
+            names, self._names = self._names, set()
+        written: set[str] = set()
+        indexed: set[str] = set()
         try:
-            for (name, day), row in pending.items():
-                for field, value in row.items():
-                    if value:
-                        self.state.incr(counter(name, field), value)
-                        self.state.incr(counter(name, field, day), value, ttl_s=DAYS_KEPT * 86400)
+            for key, (value, ttl_s) in pending.items():
+                self.state.incr(key, value, ttl_s=ttl_s)
+                written.add(key)
+            for name in names:
                 self.state.index_add(NAMES, name, time.time())
+                indexed.add(name)
         except Exception:
-            with self._lock:  # kept for the next round
-                for key, row in pending.items():
-                    merged = self._pending.setdefault(key, dict.fromkeys(FIELDS, 0))
-                    for field, value in row.items():
-                        merged[field] += value
+            with self._lock:  # the rest kept for the next round
+                for key, (value, ttl_s) in pending.items():
+                    if key not in written:
+                        self._add(key, value, ttl_s)
+                self._names |= names - indexed
             raise
 
     def read(self, day: str | None = None) -> dict[str, dict[str, Any]]:

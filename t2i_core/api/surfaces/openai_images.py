@@ -103,6 +103,12 @@ async def image_link(store: ImageStore, image: RenderedImage, base: str) -> str:
     return f"{base.rstrip('/')}{FILES_PATH}/{token}.{_EXTENSIONS[image.format]}"
 
 
+def image_link_now(store: ImageStore, data: bytes, media_type: str, base: str) -> str:
+    """``image_link`` for the bytes of an image, blocking (off the event loop: the task store's calls)."""
+    token = store.put(data, media_type)
+    return f"{base.rstrip('/')}{FILES_PATH}/{token}.{_EXTENSIONS.get(media_type.rpartition('/')[2], 'png')}"
+
+
 async def _images_body(
     images: list[RenderedImage], req: OpenAIImageRequest, request: Request, store: ImageStore, public_url: str = ""
 ) -> dict[str, Any]:

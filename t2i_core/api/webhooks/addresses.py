@@ -4,10 +4,11 @@ A webhook URL is the client's, and the server calls it from inside its network: 
 resolving to) a loopback, private, link-local (cloud metadata at 169.254.169.254 among them), shared
 (100.64/10), multicast, reserved or unspecified address would let a client reach what only the
 server can. Every address a URL's host resolves to must be public (``ipaddress``'s ``is_global``;
-an IPv4 address mapped into IPv6 is judged as IPv4), unless ``T2I_WEBHOOK_ALLOW`` lists it. The check
+an IPv6 address that embeds an IPv4 one, mapped, NAT64 or 6to4, is judged as that IPv4 address, and
+NAT64 local-use and Teredo addresses are refused), unless ``T2I_WEBHOOK_ALLOW`` lists it. The check
 runs at submit (a 400 naming the URL and the address) and again at each delivery, which then
-connects to the address it checked (the URL's host goes in the Host header and, for https, the TLS
-server name), so a DNS answer that changes between the two (rebinding) cannot redirect it.
+connects to the address it checked (the URL's host, in its IDNA form, goes in the Host header and,
+for https, the TLS server name), so a DNS answer that changes between the two (rebinding) cannot redirect it.
 Redirects are never followed.
 """
 
@@ -19,6 +20,8 @@ import socket
 from dataclasses import dataclass
 from typing import Sequence
 from urllib.parse import urlsplit
+
+import idna
 
 from t2i_core.common.errors import InvalidRequest
 
@@ -69,19 +72,57 @@ def parse_url(url: object, param: str = "webhook") -> tuple[str, str, int, str]:
                              f"got {url[:200]!r}", param=param)
     port = port or (443 if parts.scheme == "https" else 80)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return parts.scheme, parts.hostname, port, target
+    return parts.scheme, ascii_host(parts.hostname, url, param), port, target
+
+
+def ascii_host(host: str, url: str, param: str) -> str:
+    """``host`` as it goes on the wire (DNS, the Host header, the TLS server name): an internationalized
+    name in its IDNA (``xn--``) form; InvalidRequest naming ``param`` when it has none."""
+    if host.isascii():
+        return host
+    try:
+        return idna.encode(host, uts46=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError) as exc:
+        raise InvalidRequest(f"{param} {url[:200]!r}: its host {host[:100]!r} is not a valid internationalized "
+                             f"domain name ({exc})", param=param) from None
+
+
+#: IPv6 prefixes whose last 32 bits are an IPv4 address the packets reach: judged as that IPv4 address
+#: (IPv4-mapped, IPv4-translated, IPv4-compatible, NAT64's well-known prefix)
+EMBEDDING_LAST_32 = tuple(ipaddress.IPv6Network(n) for n in ("::ffff:0:0/96", "::ffff:0:0:0/96", "::/96",
+                                                            "64:ff9b::/96"))
+#: IPv6 prefixes that reach IPv4 through a translator or tunnel whose IPv4 address cannot be judged here
+#: (local-use NAT64 places it anywhere; Teredo's client is obfuscated behind a relay): refused unless
+#: T2I_WEBHOOK_ALLOW lists them
+TUNNELLED = tuple(ipaddress.IPv6Network(n) for n in ("64:ff9b:1::/48", "2001::/32"))
+
+
+def embedded_ipv4(address: Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries (mapped, translated, compatible, NAT64, 6to4), else None."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return None
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if any(address in net for net in EMBEDDING_LAST_32):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
 
 
 def is_public(address: Address) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    """Whether packets to ``address`` reach a public host: an IPv6 address that embeds an IPv4 one is
+    judged as that IPv4 address; a tunnelled one (``TUNNELLED``) never is."""
+    inner = embedded_ipv4(address)
+    if inner is not None:
+        return is_public(inner)
+    if isinstance(address, ipaddress.IPv6Address) and any(address in net for net in TUNNELLED):
+        return False
     return address.is_global and not address.is_multicast
 
 
 def allowed(address: Address, allow: Sequence[Network]) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return is_public(address) or any(address.version == net.version and address in net for net in allow)
+    """Public, or listed in ``allow`` (itself, or the IPv4 address it embeds)."""
+    listed = [address] + [inner for inner in (embedded_ipv4(address),) if inner is not None]
+    return is_public(address) or any(a.version == net.version and a in net for a in listed for net in allow)
 
 
 async def resolve(host: str, port: int) -> list[Address]:

@@ -2,8 +2,9 @@
 least once, each retried with exponential backoff until it is answered 2xx or its attempts run out.
 
 - ``webhook:<id>``: a delivery (its event, URL, body, state, attempts, last answer), kept as long as
-  its task;
-- index ``webhooks:due``: pending deliveries by when their next attempt is due;
+  its task; its body only while it is pending (a delivered or failed one keeps what ``status`` shows);
+- index ``webhooks:due``: pending deliveries by when their next attempt is due (a leased one: by when
+  its lease lapses);
 - index ``task:<id>:webhooks``: a task's deliveries, by creation (the task's status lists them).
 
 An attempt is claimed with an atomic ``update`` (a lease of the attempt's time limit and a margin),
@@ -13,6 +14,7 @@ the others once its lease lapses. Its ``webhook-id`` stays the same on every att
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
@@ -65,11 +67,21 @@ class Deliveries:
         self.state = state
         self.ttl_s = ttl_s
 
-    def add(self, delivery: Delivery) -> None:
+    def add(self, delivery: Delivery) -> bool:
+        """Queue ``delivery``, once per id: False (and nothing written) when its id is queued already
+        (an event with an id made from its task and name is queued once, whoever queues it again)."""
         delivery.next_at = delivery.created_at
-        self.state.put(delivery_key(delivery.id), delivery.model_dump_json().encode(), ttl_s=self.ttl_s)
+        added = self.state.put(delivery_key(delivery.id), delivery.model_dump_json().encode(), ttl_s=self.ttl_s,
+                               only_if_absent=True)
+        if not added:
+            # queued already; its indexes again in case the call that queued it failed before them
+            found = self.get(delivery.id)
+            if found is None or found.state != "pending" or found.lease_until > time.time():
+                return False
+            delivery = found
         self.state.index_add(task_deliveries(delivery.task_id), delivery.id, delivery.created_at, ttl_s=self.ttl_s)
         self.state.index_add(DUE, delivery.id, delivery.next_at)
+        return added
 
     def get(self, message_id: str) -> Delivery | None:
         raw = self.state.get(delivery_key(message_id))
@@ -106,7 +118,12 @@ class Deliveries:
         found = Delivery.model_validate_json(raw)
         if found.state != "pending":
             self.state.index_remove(DUE, message_id)
-        return found if found.lease == lease else None
+        if found.lease != lease:
+            return None
+        # out of the due list while leased (due again when the lease lapses): the other workers'
+        # ``due`` answers the deliveries nobody holds, not this one again and again
+        self.state.index_add(DUE, message_id, found.lease_until)
+        return found
 
     def finish_attempt(self, claimed: Delivery, status: int | None, error: str | None, max_attempts: int,
                        backoff_s: float, now: float | None = None) -> Delivery:
@@ -126,8 +143,10 @@ class Deliveries:
             found.lease, found.lease_until = "", 0.0
             if ok:
                 found.state, found.delivered_at = "delivered", now
+                found.body = ""  # sent: what is kept is what the task's status shows
             elif found.attempts >= max_attempts:
                 found.state = "failed"
+                found.body = ""
             else:
                 found.next_at = now + backoff_s * 2 ** (found.attempts - 1)
             return found.model_dump_json().encode()
@@ -142,6 +161,13 @@ class Deliveries:
         else:
             self.state.index_remove(DUE, found.id)
         return found
+
+
+def event_message_id(task_id: str, event: str) -> str:
+    """The ``webhook-id`` of a task's event that is sent once (``started`` and the final one): made from
+    the task and the event, so that whoever queues it again (another worker, a retried record) queues
+    nothing more."""
+    return "msg_" + hashlib.sha256(f"{task_id}:{event}".encode()).hexdigest()[:32]
 
 
 def event_body(event: str, data: dict[str, Any], now: float) -> str:

@@ -7,7 +7,7 @@ followed), bounded by ``T2I_WEBHOOK_TIMEOUT_S`` in all (a receiver that sends it
 cut off too); the answer's body is never read. At most ``PARALLEL`` attempts run at once per worker:
 a receiver that hangs or answers 500 holds one of them for at most that long and never holds a
 generation. A 2xx delivers; anything else (an error status, a redirect, a timeout, a refused
-address) is retried after ``T2I_WEBHOOK_BACKOFF_MS`` x 2^(attempt-1), ``T2I_WEBHOOK_ATTEMPTS``
+address, any error of the attempt) is retried after ``T2I_WEBHOOK_BACKOFF_MS`` x 2^(attempt-1), ``T2I_WEBHOOK_ATTEMPTS``
 attempts in all.
 """
 
@@ -56,23 +56,39 @@ class WebhookSender:
         key = self.keyring.by_name(key_name) if key_name != ANONYMOUS else None
         return (key.webhook_secret if key is not None else None) or self.settings.webhook_secret or None
 
-    async def emit(self, task_id: str, key_name: str, event: str, url: str, data: dict[str, Any]) -> str:
-        """Queue ``event`` of a task for delivery to ``url``; returns its ``webhook-id``."""
+    async def emit(self, task_id: str, key_name: str, event: str, url: str, data: dict[str, Any],
+                   message_id: str | None = None) -> str:
+        """Queue ``event`` of a task for delivery to ``url`` (once per ``message_id`` when given); returns
+        its ``webhook-id``."""
         now = time.time()
-        delivery = Delivery(id=new_message_id(), task_id=task_id, key=key_name, event=event, url=url,
+        delivery = Delivery(id=message_id or new_message_id(), task_id=task_id, key=key_name, event=event, url=url,
                             body=event_body(event, data, now), created_at=now)
         await call(self.deliveries.state, self.deliveries.add, delivery)
-        self.ensure_running()
-        assert self._wake is not None
-        self._wake.set()
+        self.start()
         return delivery.id
 
     # ---- the loop ----------------------------------------------------------------------------------
-    def ensure_running(self) -> None:
+    def start(self) -> None:
+        """Run the delivery loop on the running event loop (once; each API worker starts it when it
+        starts, so that deliveries left pending by a restart go out without waiting for a new event),
+        and look at the due deliveries now."""
         if self._loop_task is None or self._loop_task.done():
             self._wake = asyncio.Event()
             self._slots = asyncio.Semaphore(PARALLEL)
             self._loop_task = asyncio.get_running_loop().create_task(self._deliver_forever())
+        assert self._wake is not None
+        self._wake.set()
+
+    async def stop(self) -> None:
+        """Stop the loop and the attempts in flight (their leases lapse: another worker retries them)."""
+        tasks = [t for t in (self._loop_task, *self._attempts) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._loop_task = None
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
 
     async def _deliver_forever(self) -> None:
         assert self._wake is not None and self._slots is not None
@@ -102,9 +118,17 @@ class WebhookSender:
             attempt.add_done_callback(self._attempts.discard)
 
     async def _attempt(self, delivery: Delivery) -> None:
-        status, error = await self._post(delivery)
-        after = await call(self.deliveries.state, self.deliveries.finish_attempt, delivery, status, error,
-                           self.settings.webhook_attempts, self.settings.webhook_backoff_ms / 1000)
+        try:
+            status, error = await self._post(delivery)
+        except Exception as exc:  # noqa: BLE001 - whatever went wrong, the attempt failed: recorded, retried
+            log.exception("webhook %s: its attempt raised", delivery.id)
+            status, error = None, f"{type(exc).__name__}: {str(exc)[:200]}"
+        try:
+            after = await call(self.deliveries.state, self.deliveries.finish_attempt, delivery, status, error,
+                               self.settings.webhook_attempts, self.settings.webhook_backoff_ms / 1000)
+        except Exception:  # noqa: BLE001 - the state is away: the lease lapses and the attempt is made again
+            log.warning("webhook %s: its attempt could not be recorded", delivery.id, exc_info=True)
+            return
         outcome = "delivered" if after.state == "delivered" else "failed" if after.state == "failed" else "retry"
         metrics.record_webhook(delivery.key, delivery.event, outcome)
         line = {"event": "webhook", "key": delivery.key, "task_id": delivery.task_id, "webhook_id": delivery.id,

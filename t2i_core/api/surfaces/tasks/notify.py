@@ -4,8 +4,9 @@
   once per ``T2I_WEBHOOK_PROGRESS_S`` while it runs (step, steps, fraction): read from the engine's
   progress every ``WATCH_S`` while the task wants either;
 - then exactly one of ``completed`` (with its image: a link, or base64, per the submit's
-  ``response_format``), ``failed`` (the error) or ``cancelled``. A wanted ``started`` that the
-  watch missed (a task quicker than one look) is sent just before it.
+  ``response_format``), ``failed`` (the error) or ``cancelled``: queued where the task's final status
+  is written (``outbox.py``), whoever writes it. A wanted ``started`` that the watch missed (a task
+  quicker than one look) is sent just before its completion is recorded.
 
 Events are queued in the shared state and delivered by the webhook sender (``api/webhooks``), never
 on the task's path: a receiver that hangs or fails slows no generation.
@@ -14,13 +15,12 @@ on the task's path: a receiver that hangs or fails slows no generation.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from t2i_core.api.rendered_image import RenderedImage
+from t2i_core.api.webhooks.deliveries import event_message_id
 from t2i_core.api.webhooks.sender import WebhookSender
 from t2i_core.common.errors import T2IError
 
@@ -39,10 +39,8 @@ class Sent:
 
 
 class TaskNotifier:
-    def __init__(self, sender: WebhookSender, link: Callable[[RenderedImage, str], Any], progress_every_s: float):
+    def __init__(self, sender: WebhookSender, progress_every_s: float):
         self.sender = sender
-        #: ``link(image, base)``: the image kept in the image store, its URL under ``base``
-        self.link = link
         self.progress_every_s = progress_every_s
 
     @staticmethod
@@ -50,9 +48,10 @@ class TaskNotifier:
         return record.webhook is not None and event in record.webhook.events
 
     async def _emit(self, record: Any, event: str, data: dict[str, Any]) -> None:
+        once = event_message_id(record.task_id, event) if event == "started" else None
         try:
             await self.sender.emit(record.task_id, record.submitter or "anonymous", event, record.webhook.url,
-                                   {"task_id": record.task_id, **data})
+                                   {"task_id": record.task_id, **data}, message_id=once)
         except T2IError as err:  # the shared state is away: this event is lost, the task is not
             log.warning("task %s: webhook event %s not queued: %s", record.task_id, event, err.message)
 
@@ -78,24 +77,9 @@ class TaskNotifier:
                                                           "fraction": round(step / steps, 4)})
             await asyncio.sleep(WATCH_S)
 
-    async def final(self, record: Any, sent: Sent, image: RenderedImage | None) -> None:
-        """The event that ends the task, from its record after the end (and a missed ``started``)."""
-        event = {"completed": "completed", "failed": "failed", "canceled": "cancelled"}.get(record.status)
-        if event is None or record.webhook is None:
-            return
-        if not sent.started and self.wants(record, "started") and record.status == "completed":
+    async def started_if_missed(self, record: Any, sent: Sent) -> None:
+        """A wanted ``started`` that the watch missed (a task quicker than one look), sent before the
+        task's completion is recorded (whose ``completed`` is queued with the record: ``outbox.py``)."""
+        if not sent.started and self.wants(record, "started"):
+            sent.started = True
             await self._emit(record, "started", {"status": "in_progress"})
-        if not self.wants(record, event):
-            return
-        data: dict[str, Any] = {"status": record.status, "created_at": record.status_body()["created_at"],
-                                "completed_at": record.status_body()["completed_at"]}
-        if event == "completed" and image is not None:
-            data.update(seed=image.seed, model=image.model, width=image.width, height=image.height,
-                        media_type=image.media_type)
-            if record.webhook.response_format == "b64_json":
-                data["b64_json"] = base64.b64encode(image.data).decode("ascii")
-            else:
-                data["url"] = await self.link(image, record.webhook.base_url)
-        if event == "failed" and record.error:
-            data["error"] = {"code": record.error.get("code"), "message": record.error.get("message")}
-        await self._emit(record, event, data)

@@ -117,12 +117,12 @@ def task_routes(get_flow: Callable[[], Any], store: TaskStore, runner: TaskRunne
         key = request.scope.get(SCOPE_KEY, ANONYMOUS_KEY)
         who = caller(request)
         task_id, slot = uuid.uuid4().hex, None
-        if jobs is not None:  # the key's limits: the task's image now, its slot while it runs
-            await jobs.limits.take_images(Served(key), 1)
-            if key.max_concurrent is not None:
-                slot = f"task-{task_id}"
-                await jobs.limits.enter(key, slot, get_flow().settings.retry_after_s)
+        if jobs is not None and key.max_concurrent is not None:  # the key's limits: its slot while it runs
+            slot = f"task-{task_id}"
+            await jobs.limits.enter(key, slot, get_flow().settings.retry_after_s)
         try:
+            if jobs is not None:  # and its image, counted once it has its slot (a refused task counts none)
+                await jobs.limits.take_images(Served(key), 1)
             record = await call(store.state, store.create, fields, who, (request_log.current() or _NoRecord).request_id,
                                 priority=lower_class(key, options.priority), webhook=webhook,
                                 options=options.model_dump(exclude_defaults=True), task_id=task_id)

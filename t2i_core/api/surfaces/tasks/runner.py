@@ -146,6 +146,8 @@ class TaskRunner:
                 headers = {k: v for k, v in response.headers.items() if k.lower() in KEPT_HEADERS}
                 result = StoredResult(status_code=response.status_code, media_type=image.media_type,
                                       headers=headers, body=bytes(response.body))
+                if self.notifier is not None and record.webhook is not None:
+                    await self.notifier.started_if_missed(record, sent)
                 done = await self._record(task_id, self.store.complete, task_id, result)
                 logged.status = 200 if done is None or done.status == "completed" else 409
             except T2IError as err:
@@ -159,21 +161,18 @@ class TaskRunner:
             finally:
                 if watch is not None:
                     watch.cancel()
-                await self._ended_here(record, key, slot, sent, image)
+                await self._ended_here(record, key, slot)
 
-    async def _ended_here(self, record: TaskRecord, key: ApiKey, slot: str | None, sent: Sent,
-                          image: RenderedImage | None) -> None:
-        """The task's work is over: its slot given back, its final webhook event queued."""
+    async def _ended_here(self, record: TaskRecord, key: ApiKey, slot: str | None) -> None:
+        """The task's work is over: its slot given back, the sender woken for its final webhook event
+        (queued with its final status: ``outbox.py``)."""
         try:
             if slot is not None and self.limits is not None:
                 await self.limits.leave(key, slot)
             if self.notifier is not None and record.webhook is not None:
-                after = await call(self.store.state, self.store.get, record.task_id)
-                if after is not None:
-                    await self.notifier.final(after, sent, image)
+                self.notifier.sender.start()
         except Exception:  # noqa: BLE001 - the task's outcome is recorded; what follows it is best effort
-            log.warning("task %s: its slot or final webhook event could not be recorded", record.task_id,
-                        exc_info=True)
+            log.warning("task %s: its slot could not be given back", record.task_id, exc_info=True)
 
     async def _fail(self, task_id: str, err: T2IError) -> None:
         try:

@@ -11,7 +11,8 @@ turned out cancelled meanwhile.
 The work runs in the API worker that took the submit (``runner.py``). Each worker keeps a lease
 (``runner:<id>``, renewed every ``LEASE_RENEW_S``); an ``in_progress`` task whose runner's lease
 has lapsed (the worker was killed or restarted) is marked ``failed`` with ``task_lost`` when read
-or swept, rather than staying ``in_progress`` forever. A cancel also writes a small flag
+or swept, rather than staying ``in_progress`` forever. Whoever writes a task's final status queues its
+final webhook event in the same call (``outbox.py``). A cancel also writes a small flag
 (``task:<id>:canceled``): the runner polls that, not the whole record.
 
 Retention: a finished task's record and result are kept ``T2I_TASK_RESULT_TTL_S`` (then ``status``
@@ -32,7 +33,7 @@ import datetime
 import json
 import time
 import uuid
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
@@ -42,6 +43,9 @@ from t2i_core.common.errors import (
     Conflict, Forbidden, Gone, InvalidRequest, NotFound, T2IError, TaskCanceled, TaskLost, http_status,
 )
 from t2i_core.state.store import StateStore
+
+if TYPE_CHECKING:
+    from t2i_core.api.surfaces.tasks.outbox import TaskOutbox
 
 Status = Literal["in_progress", "completed", "failed", "canceled"]
 #: seconds a runner's lease lasts without renewal, and how often a runner renews it
@@ -125,8 +129,11 @@ class StoredResult(BaseModel):
 class TaskStore:
     """Synchronous, on any backend (``StateStore``); the routes call it through ``state.aio.call``."""
 
-    def __init__(self, state: StateStore, ttl_s: float, max_bytes: int, runner: str | None = None):
+    def __init__(self, state: StateStore, ttl_s: float, max_bytes: int, runner: str | None = None,
+                 outbox: "TaskOutbox | None" = None):
         self.state = state
+        #: queues a finished task's final webhook event where its status is written (None: no webhooks)
+        self.outbox = outbox
         self.ttl_s = ttl_s if ttl_s > 0 else 24 * 3600.0
         self.max_bytes = max_bytes
         #: this API worker's runner id (its lease: ``runner:<id>``)
@@ -205,9 +212,11 @@ class TaskStore:
 
     # ---- status changes --------------------------------------------------------------------------
     def _finish(self, task_id: str, status: Status, *, error: T2IError | None = None, error_status: int | None = None,
-                result_bytes: int = 0) -> TaskRecord:
+                result_bytes: int = 0, result: StoredResult | None = None) -> TaskRecord:
         """Move an ``in_progress`` task to ``status`` (atomically; a finished task stays as it is);
-        returns the record after the call."""
+        returns the record after the call. The final webhook event of the status it has now is queued
+        in the same call (``outbox.py``: once per task, whichever call queues it; a call that fails
+        part way is retried whole)."""
         now = time.time()
 
         def change(raw: bytes | None) -> bytes | None:
@@ -232,6 +241,8 @@ class TaskStore:
         record = TaskRecord.model_validate_json(raw)
         if record.completed_at == now:  # this call finished it
             self.state.index_add(EXPIRES, task_id, now + self.ttl_s)
+        if self.outbox is not None and record.status != "in_progress":
+            self.outbox.finished(record, result if record.status == "completed" else None)
         return record
 
     def cancel(self, task_id: str, caller: Caller) -> TaskRecord:
@@ -252,7 +263,7 @@ class TaskStore:
         again after a failure part way (the runner retries it while the state is away)."""
         data = result.pack()
         self.state.put(self.result_key(task_id), data, ttl_s=self.ttl_s + BACKSTOP_S)
-        record = self._finish(task_id, "completed", result_bytes=len(data))
+        record = self._finish(task_id, "completed", result_bytes=len(data), result=result)
         if record.status != "completed":  # cancelled (or lost) first: its answer is not delivered
             self.state.delete(self.result_key(task_id))
             return record
