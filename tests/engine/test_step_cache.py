@@ -138,3 +138,37 @@ def test_every_dit_familys_tiers_skip_block_work(dit_engine, model):
     # fast (every 3rd step after the first computed): steps 1 and 3 of 4 predicted in every hooked block
     assert fast.cache_skipped * 2 == fast.cache_calls, (fast.cache_calls, fast.cache_skipped)
     assert not np.array_equal(pixels(fast), pixels(quality))
+
+
+@pytest.fixture(scope="module")
+def offload_engine(tmp_path_factory) -> Engine:
+    """The tiny FLUX.1 as it ships and the same with group offloading (whose hook comes before the cache's)."""
+    import json
+
+    from t2i_core.common.registry import DEFAULT_REGISTRY, Registry
+
+    raw = json.loads(DEFAULT_REGISTRY.read_text())
+    base = next(m for m in raw["models"] if m["id"] == FLUX)
+    raw["models"].append({**base, "id": "builtin/tiny-flux-group", "memory": {**base["memory"], "offload": "group"}})
+    path = tmp_path_factory.mktemp("offload") / "models.json"
+    path.write_text(json.dumps(raw))
+    engine = Engine(Settings(torch_threads=1), registry=Registry(path=path))
+    yield engine
+    engine.close()
+
+
+def test_a_tier_counts_the_same_under_group_offloading_batch_after_batch(offload_engine):
+    """Group offloading puts its hook on each block before the cache's: the counts wrap the cache's own
+    hook, so they are those without offloading, the same every batch, and the images do not change."""
+    (plain,) = offload_engine.run([dit_request(FLUX, "fast", 2)])
+    assert (plain.cache_calls, plain.cache_skipped) == (16, 10)
+    net = offload_engine.models.load("builtin/tiny-flux-group").text2image.transformer
+    before = {name: (module.__dict__.get("forward"), [ref.forward for ref in module._diffusers_hook._fn_refs])
+              for name, module in net.named_modules() if hasattr(module, "_diffusers_hook")}
+    for _ in range(3):
+        (offloaded,) = offload_engine.run([dit_request("builtin/tiny-flux-group", "fast", 2)])
+        assert (offloaded.cache_calls, offloaded.cache_skipped) == (16, 10)
+        assert np.array_equal(pixels(offloaded), pixels(plain))
+        after = {name: (module.__dict__.get("forward"), [ref.forward for ref in module._diffusers_hook._fn_refs])
+                 for name, module in net.named_modules() if hasattr(module, "_diffusers_hook")}
+        assert after == before  # the offload hooks' references are as they were
