@@ -138,11 +138,16 @@ class CompiledAdapterSlots(AdapterSlots):
                 layer._disable_adapters = False
         self._layers = list(self._slot.values())
 
-    def load(self, pipe: Any, adapter_id: str, path: str, weight_name: str | None) -> LoadedAdapter:
+    def check_loadable(self, adapter_id: str) -> None:
+        """A compiled model takes no adapter after its load: refused before anything is unloaded for it."""
         reason = self.missing.get(adapter_id, "it was not registered for this model's family then")
         raise ModelUnavailable(f"adapter {adapter_id!r} was not read when this model loaded with T2I_COMPILE=1 ({reason}); "
                                "a compiled model takes its adapters at load: unload the model and load it again",
                                param="adapters")
+
+    def load(self, pipe: Any, adapter_id: str, path: str, weight_name: str | None) -> LoadedAdapter:
+        self.check_loadable(adapter_id)
+        raise AssertionError("unreachable: check_loadable refuses every adapter")  # pragma: no cover
 
     def delete(self, pipe: Any, adapter_id: str) -> None:  # pragma: no cover - evictable is False
         raise AssertionError("a compiled model's adapters are not unloaded one by one")

@@ -84,3 +84,17 @@ def test_an_adapter_that_does_not_fit_the_model_is_left_out_without_a_trace():
     names = {name for m in model.text2image.unet.modules() if isinstance(m, LoraLayer) for name in m.lora_A}
     assert names == {SLOT}, names
     assert np.array_equal(images(engine, []), before)
+
+
+def test_an_adapter_a_compiled_model_cannot_take_unloads_nothing_before_it_is_refused():
+    """The memory budget is full: an adapter the slot refuses must not evict other models first."""
+    engine = Engine(Settings(dtype="float64"))
+    engine.load("builtin/tiny-sdxl")
+    model = engine.load(TINY_SD_ID)
+    ink = next(a for a in engine.registry.adapters() if a.id == INK)
+    model.adapters = CompiledAdapterSlots.prepare(model.text2image, [(ink.id, ink.local_path(), ink.weight_name)])
+    engine.models.budget_bytes = engine.models.used_bytes()  # any more bytes would unload the tiny SDXL
+    (result,) = engine.run([EngineRequest(model=TINY_SD_ID, prompt="p", steps=2, guidance_scale=3.0, width=64,
+                                          height=64, seed=1, adapters=[(PASTEL, 1.0)])])
+    assert result.error is not None and "T2I_COMPILE=1" in str(result.error), result.error
+    assert engine.models.evicted == [] and "builtin/tiny-sdxl" in engine.models.loaded_ids()
