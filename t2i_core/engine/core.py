@@ -32,7 +32,7 @@ from t2i_core.common.registry import Registry
 from t2i_core.common.schemas import EngineRequest, EngineResult, Preview
 from t2i_core.engine.compile_watch import CompileWatch
 from t2i_core.engine.speedups import Speedups
-from t2i_core.engine.step_cache import CacheCount, step_cache
+from t2i_core.engine.step_cache import CacheCount, denoising_steps, step_cache
 from t2i_core.engine.stage_timer import StageTimer, device_sync
 from t2i_core.engine.request_board import RequestBoard
 from t2i_core.engine.previews import preview_rows, preview_steps
@@ -435,9 +435,11 @@ class Engine(SharedWorkers):
         self.stop_points.attach(pipe, denoiser_compiled=self.models.speedups.compile)
         self.stage_timer.start()
         tier = self.registry.get(first.model).speed.get(first.speed)  # (None for quality)
+        # (what call_arguments passes: a strength edit noises its image part way and runs the rest of the steps)
+        strength = first.strength if first.mode != "generate" and not first.references else None
         try:
             with torch.inference_mode(), self.stop_points.watching(lambda: self._all_unwanted(items)), \
-                    step_cache(pipe, tier, first.steps) as self._cache_count, \
+                    step_cache(pipe, tier, denoising_steps(first.steps, strength)) as self._cache_count, \
                     per_row_guidance(pipe, items):
                 output = pipe(**kwargs)
         finally:

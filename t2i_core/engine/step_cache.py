@@ -74,6 +74,14 @@ def cache_config(tier: SpeedTier, net: Any, steps: int, timestep: Callable[[], f
     raise ValueError(f"unknown cache {tier.cache!r}")
 
 
+def denoising_steps(steps: int, strength: float | None) -> int:
+    """The denoiser steps a call of ``steps`` runs: an image-to-image or inpaint call at ``strength`` runs
+    the last ``int(steps * strength)`` of them (diffusers' ``get_timesteps``), the others all."""
+    if strength is None:
+        return steps
+    return max(1, min(int(steps * strength), steps))
+
+
 def _apply(net: Any, config: Any) -> None:
     from diffusers.hooks import (FirstBlockCacheConfig, MagCacheConfig, PyramidAttentionBroadcastConfig,
                                  apply_first_block_cache, apply_mag_cache, apply_pyramid_attention_broadcast,

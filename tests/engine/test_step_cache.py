@@ -172,3 +172,31 @@ def test_a_tier_counts_the_same_under_group_offloading_batch_after_batch(offload
         after = {name: (module.__dict__.get("forward"), [ref.forward for ref in module._diffusers_hook._fn_refs])
                  for name, module in net.named_modules() if hasattr(module, "_diffusers_hook")}
         assert after == before  # the offload hooks' references are as they were
+
+
+def test_the_mag_cache_is_told_the_steps_an_image_to_image_call_runs(tmp_path):
+    """At strength 0.5, 8 steps run 4: with retention_ratio 0.5 the cache computes the first half of
+    those 4 (2) and answers the rest (ratios of 1: nothing to correct), in each of the 2 hooked blocks.
+    Told 8 steps, it would have computed all 4."""
+    import json
+
+    from t2i_core.common.registry import DEFAULT_REGISTRY, Registry
+
+    raw = json.loads(DEFAULT_REGISTRY.read_text())
+    base = next(m for m in raw["models"] if m["id"] == FLUX)
+    mag = {"cache": "mag", "options": {"mag_ratios": [1.0] * 4, "retention_ratio": 0.5, "threshold": 1.0,
+                                       "max_skip_steps": 4}}
+    raw["models"].append({**base, "id": "builtin/tiny-flux-mag", "speed": {"fast": mag}})
+    path = tmp_path / "models.json"
+    path.write_text(json.dumps(raw))
+    engine = Engine(Settings(torch_threads=1), registry=Registry(path=path))
+    side = 64
+    gradient = np.tile(np.linspace(0, 255, side, dtype=np.uint8)[None, :, None], (side, 1, 3)).tobytes()
+    try:
+        (edit,) = engine.run([EngineRequest(model="builtin/tiny-flux-mag", prompt="p", steps=8, guidance_scale=3.5,
+                                            width=side, height=side, seed=1, speed="fast", mode="edit", image=gradient,
+                                            strength=0.5)])
+        assert edit.error is None, edit.error
+        assert (edit.cache_calls, edit.cache_skipped) == (8, 4)
+    finally:
+        engine.close()
