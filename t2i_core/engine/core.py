@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
@@ -343,6 +344,7 @@ class Engine(SharedWorkers):
         metrics.record_speed(items[0].model, items[0].speed, len(items), cache.calls, cache.skipped,
                              sum(r.steps_skipped for r in items))
         results: list[EngineResult] = []
+        batch_id = uuid.uuid4().hex[:16]
         for r, s, p, bad in zip(items, seeds, pixels, flagged):
             # an image whose request was cancelled while its batch-mates kept the batch going is dropped:
             # its client (an A1111 interrupt, a task cancel) gets the error, not the image
@@ -356,7 +358,7 @@ class Engine(SharedWorkers):
             results.append(self._failed(r, s, reason) if reason is not None else EngineResult(
                 model=r.model, seed=s, width=r.width, height=r.height, pixels=p,
                 batch_size=len(items), inference_s=elapsed, stages=stages,
-                cache_calls=cache.calls, cache_skipped=cache.skipped,
+                cache_calls=cache.calls, cache_skipped=cache.skipped, batch_id=batch_id,
             ))
         return results
 
