@@ -412,6 +412,7 @@ class Engine(SharedWorkers):
 
             raise torch.OutOfMemoryError(f"injected: batch of {len(items)} > T2I_FAULT_OOM_ABOVE={self.settings.fault_oom_above}")
         model_id = first.model
+        self._check_tier_compiles(first)
         if first.mode == "inpaint":  # the registry may name a dedicated inpainting checkpoint
             model_id = self.registry.get(first.model).inpainting or model_id
         with self.models.use(model_id) as loaded, self.models.use_controlnet(first.controlnet, loaded) as controlnet:
@@ -419,6 +420,16 @@ class Engine(SharedWorkers):
             pipe = loaded.pipeline(first.mode, first.scheduler, first.controlnet, controlnet)
             with self.admission.admit(loaded, pipe, items):
                 return self._denoise(pipe, items, seeds, loaded.entry.pipeline)
+
+    def _check_tier_compiles(self, first: EngineRequest) -> None:
+        """With ``T2I_COMPILE`` a ``pab`` tier is refused before anything loads: its cache hooks the
+        attention layers inside the compiled blocks, so turning it on or off would recompile them."""
+        tier = self.registry.get(first.model).speed.get(first.speed)
+        if tier is not None and tier.cache == "pab" and self.models.speedups.compile:
+            raise InvalidRequest(
+                f"speed {first.speed!r} of model {first.model!r} uses the pab cache, which hooks the attention "
+                "layers inside the compiled blocks and cannot run with T2I_COMPILE=1 without recompiling them; "
+                "use another speed, or give this tier a taylorseer, first_block or mag cache", param="speed")
 
     def _denoise(
         self, pipe: Any, items: list[EngineRequest], seeds: list[int], family: str = "sd"

@@ -200,3 +200,28 @@ def test_the_mag_cache_is_told_the_steps_an_image_to_image_call_runs(tmp_path):
         assert (edit.cache_calls, edit.cache_skipped) == (8, 4)
     finally:
         engine.close()
+
+
+def test_a_pab_tier_is_refused_on_a_compiled_engine_before_anything_loads(tmp_path):
+    """The pab cache hooks attention layers inside the compiled blocks: with T2I_COMPILE its tier is a 400
+    naming the field (nothing is loaded or compiled for it); the model's other tiers still run."""
+    import json
+
+    from t2i_core.common.errors import InvalidRequest
+    from t2i_core.common.registry import DEFAULT_REGISTRY, Registry
+
+    raw = json.loads(DEFAULT_REGISTRY.read_text())
+    base = next(m for m in raw["models"] if m["id"] == FLUX)
+    pab = {"cache": "pab", "options": {"spatial_attention_block_skip_range": 2,
+                                       "spatial_attention_timestep_skip_range": [0, 1000]}}
+    raw["models"].append({**base, "id": "builtin/tiny-flux-pab", "speed": {**base.get("speed", {}), "fast": pab}})
+    path = tmp_path / "models.json"
+    path.write_text(json.dumps(raw))
+    engine = Engine(Settings(torch_threads=1, compile=1), registry=Registry(path=path))
+    try:
+        (refused,) = engine.run([dit_request("builtin/tiny-flux-pab", "fast", 1, steps=2)])
+        assert refused.error is not None and refused.error["code"] == InvalidRequest.code, refused.error
+        assert refused.error["param"] == "speed" and "pab" in refused.error["message"], refused.error
+        assert "T2I_COMPILE=1" in refused.error["message"] and engine.models.loaded_ids() == []
+    finally:
+        engine.close()
