@@ -179,15 +179,33 @@ class Engine(SharedWorkers):
                 warm = [EngineRequest(model=model_id, prompt="warm-up" + " more" * (batch + i), seed=i,
                                       steps=entry.defaults.steps, guidance_scale=entry.defaults.guidance_scale,
                                       width=width, height=height) for i in range(batch)]
-                started = time.perf_counter()
-                self._warming_up = True
-                try:
-                    results = self.run(warm)
-                finally:
-                    self._warming_up = False
-                failed = next((r.error for r in results if r.error), None)
-                log.info("warm-up %s %dx%d batch %d: %.1fs%s", model_id, width, height, batch,
-                         time.perf_counter() - started, f" (failed: {failed['message']})" if failed else "")
+                self._warm(warm, f"{width}x{height} batch {batch}")
+            if entry.edit_traits.kind == "reference":
+                # a reference edit adds its image's tokens to every block's sequence: another shape, compiled
+                # now too (batch 1 and 2: that dimension dynamic as for text to image)
+                for batch in sorted({1, 2, self.settings.max_batch_size}):
+                    self._warm(self._reference_edits(entry, width, height, batch),
+                               f"{width}x{height} reference edit batch {batch}")
+
+    def _reference_edits(self, entry: Any, width: int, height: int, batch: int) -> list[EngineRequest]:
+        """``batch`` reference edits of a gray ``width`` x ``height`` image, resolved as the API would."""
+        from t2i_core.common.schemas import EditRequest, InputImage, to_engine
+
+        reference = InputImage(width=width, height=height, pixels=bytes([128]) * (width * height * 3))
+        return [to_engine(EditRequest(prompt="warm-up" + " more" * (batch + i), model=entry.id), entry, seed=i,
+                          mode="edit", registry=self.registry, image_size=(width, height))
+                .model_copy(update={"references": [reference]}) for i in range(batch)]
+
+    def _warm(self, items: list[EngineRequest], what: str) -> None:
+        started = time.perf_counter()
+        self._warming_up = True
+        try:
+            results = self.run(items)
+        finally:
+            self._warming_up = False
+        failed = next((r.error for r in results if r.error), None)
+        log.info("warm-up %s %s: %.1fs%s", items[0].model, what, time.perf_counter() - started,
+                 f" (failed: {failed['message']})" if failed else "")
 
     def model_action(self, action: str, model_id: str) -> dict[str, Any]:
         """Admin operations; errors come back as data (``{"error": {...}}``), never raised. With several
