@@ -22,7 +22,8 @@ class RenderedImage:
     total_s: float
     #: the generation parameters written into the file (A1111's text; empty when turned off)
     parameters: str = ""
-    #: its speed tier, the steps the tier cut, and its batch's step cache: hooked calls, and those skipped
+    #: its speed tier, the steps the tier cut, and its request's step cache (summed over the request's
+    #: engine batches): hooked calls, and those skipped
     speed: str = "quality"
     steps_skipped: int = 0
     cache_calls: int = 0
@@ -44,6 +45,6 @@ class RenderedImage:
         }
 
     def speed_headers(self) -> dict[str, str]:
-        """The work its speed tier saved: the steps it cut, and its batch's step cache (skipped / hooked calls)."""
+        """The work its speed tier saved: the steps it cut, and its request's step cache (skipped / hooked calls)."""
         return {"X-Speed": self.speed, "X-Steps-Skipped": str(self.steps_skipped),
                 "X-Cache-Skipped": f"{self.cache_skipped}/{self.cache_calls}"}

@@ -92,6 +92,13 @@ def parse(model: type[M], data: dict[str, Any]) -> M:
         raise InvalidRequest(message, param=param) from None
 
 
+def request_cache_counts(results: list[EngineResult]) -> tuple[int, int]:
+    """A request's step-cache work: calls and skips summed over the distinct engine batches that made its
+    images (each result carries its batch's counts; ``n`` images may be split over several batches)."""
+    batches = {r.batch_id: (r.cache_calls, r.cache_skipped) for r in results if r.error is None}
+    return sum(c for c, _ in batches.values()), sum(s for _, s in batches.values())
+
+
 class RequestFlow:
     def __init__(self, engine: EngineClient, settings: Settings | None = None, registry: Registry | None = None):
         self.settings = settings or Settings.from_env()
@@ -353,11 +360,11 @@ class RequestFlow:
         results = await self._call_engine(items, disconnected, request_id)
         if len(results) != len(items):
             raise T2IError(f"engine returned {len(results)} results for {len(items)} requests")
+        cache_calls, cache_skipped = request_cache_counts(results)
         request_log.note(seeds=[r.seed for r in results], batch_size=max(r.batch_size for r in results),
                          queue_s=max(r.queue_s for r in results), inference_s=round(max(r.inference_s for r in results), 4),
                          **{f"{stage}_s": seconds for stage, seconds in results[0].stages.items()},
-                         **({"cache_skipped": results[0].cache_skipped, "cache_calls": results[0].cache_calls}
-                            if results[0].cache_calls else {}))
+                         **({"cache_skipped": cache_skipped, "cache_calls": cache_calls} if cache_calls else {}))
         for result in results:
             if result.error is not None:
                 err = T2IError.from_dict(result.error)
@@ -381,7 +388,7 @@ class RequestFlow:
             RenderedImage(
                 data=data, format=fmt, seed=int(r.seed or 0), model=r.model, width=r.width,
                 height=r.height, batch_size=r.batch_size, inference_s=r.inference_s, total_s=total, parameters=text,
-                speed=item.speed, steps_skipped=item.steps_skipped, cache_calls=r.cache_calls, cache_skipped=r.cache_skipped,
+                speed=item.speed, steps_skipped=item.steps_skipped, cache_calls=cache_calls, cache_skipped=cache_skipped,
             )
             for r, item, (data, _), text in zip(results, items, encoded, texts)
         ]

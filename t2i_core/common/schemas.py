@@ -242,6 +242,8 @@ class EngineResult(BaseModel):
     #: computing; 0 and 0 without a cache
     cache_calls: int = 0
     cache_skipped: int = 0
+    #: which pipeline call made it (a request's images may come from several): its cache counts are that call's
+    batch_id: str = ""
     error: dict[str, Any] | None = None
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
@@ -32,7 +33,7 @@ from t2i_core.common.registry import Registry
 from t2i_core.common.schemas import EngineRequest, EngineResult, Preview
 from t2i_core.engine.compile_watch import CompileWatch
 from t2i_core.engine.speedups import Speedups
-from t2i_core.engine.step_cache import CacheCount, step_cache
+from t2i_core.engine.step_cache import CacheCount, denoising_steps, step_cache
 from t2i_core.engine.stage_timer import StageTimer, device_sync
 from t2i_core.engine.request_board import RequestBoard
 from t2i_core.engine.previews import preview_rows, preview_steps
@@ -178,15 +179,33 @@ class Engine(SharedWorkers):
                 warm = [EngineRequest(model=model_id, prompt="warm-up" + " more" * (batch + i), seed=i,
                                       steps=entry.defaults.steps, guidance_scale=entry.defaults.guidance_scale,
                                       width=width, height=height) for i in range(batch)]
-                started = time.perf_counter()
-                self._warming_up = True
-                try:
-                    results = self.run(warm)
-                finally:
-                    self._warming_up = False
-                failed = next((r.error for r in results if r.error), None)
-                log.info("warm-up %s %dx%d batch %d: %.1fs%s", model_id, width, height, batch,
-                         time.perf_counter() - started, f" (failed: {failed['message']})" if failed else "")
+                self._warm(warm, f"{width}x{height} batch {batch}")
+            if entry.edit_traits.kind == "reference":
+                # a reference edit adds its image's tokens to every block's sequence: another shape, compiled
+                # now too (batch 1 and 2: that dimension dynamic as for text to image)
+                for batch in sorted({1, 2, self.settings.max_batch_size}):
+                    self._warm(self._reference_edits(entry, width, height, batch),
+                               f"{width}x{height} reference edit batch {batch}")
+
+    def _reference_edits(self, entry: Any, width: int, height: int, batch: int) -> list[EngineRequest]:
+        """``batch`` reference edits of a gray ``width`` x ``height`` image, resolved as the API would."""
+        from t2i_core.common.schemas import EditRequest, InputImage, to_engine
+
+        reference = InputImage(width=width, height=height, pixels=bytes([128]) * (width * height * 3))
+        return [to_engine(EditRequest(prompt="warm-up" + " more" * (batch + i), model=entry.id), entry, seed=i,
+                          mode="edit", registry=self.registry, image_size=(width, height))
+                .model_copy(update={"references": [reference]}) for i in range(batch)]
+
+    def _warm(self, items: list[EngineRequest], what: str) -> None:
+        started = time.perf_counter()
+        self._warming_up = True
+        try:
+            results = self.run(items)
+        finally:
+            self._warming_up = False
+        failed = next((r.error for r in results if r.error), None)
+        log.info("warm-up %s %s: %.1fs%s", items[0].model, what, time.perf_counter() - started,
+                 f" (failed: {failed['message']})" if failed else "")
 
     def model_action(self, action: str, model_id: str) -> dict[str, Any]:
         """Admin operations; errors come back as data (``{"error": {...}}``), never raised. With several
@@ -343,6 +362,7 @@ class Engine(SharedWorkers):
         metrics.record_speed(items[0].model, items[0].speed, len(items), cache.calls, cache.skipped,
                              sum(r.steps_skipped for r in items))
         results: list[EngineResult] = []
+        batch_id = uuid.uuid4().hex[:16]
         for r, s, p, bad in zip(items, seeds, pixels, flagged):
             # an image whose request was cancelled while its batch-mates kept the batch going is dropped:
             # its client (an A1111 interrupt, a task cancel) gets the error, not the image
@@ -356,7 +376,7 @@ class Engine(SharedWorkers):
             results.append(self._failed(r, s, reason) if reason is not None else EngineResult(
                 model=r.model, seed=s, width=r.width, height=r.height, pixels=p,
                 batch_size=len(items), inference_s=elapsed, stages=stages,
-                cache_calls=cache.calls, cache_skipped=cache.skipped,
+                cache_calls=cache.calls, cache_skipped=cache.skipped, batch_id=batch_id,
             ))
         return results
 
@@ -410,6 +430,7 @@ class Engine(SharedWorkers):
 
             raise torch.OutOfMemoryError(f"injected: batch of {len(items)} > T2I_FAULT_OOM_ABOVE={self.settings.fault_oom_above}")
         model_id = first.model
+        self._check_tier_compiles(first)
         if first.mode == "inpaint":  # the registry may name a dedicated inpainting checkpoint
             model_id = self.registry.get(first.model).inpainting or model_id
         with self.models.use(model_id) as loaded, self.models.use_controlnet(first.controlnet, loaded) as controlnet:
@@ -417,6 +438,16 @@ class Engine(SharedWorkers):
             pipe = loaded.pipeline(first.mode, first.scheduler, first.controlnet, controlnet)
             with self.admission.admit(loaded, pipe, items):
                 return self._denoise(pipe, items, seeds, loaded.entry.pipeline)
+
+    def _check_tier_compiles(self, first: EngineRequest) -> None:
+        """With ``T2I_COMPILE`` a ``pab`` tier is refused before anything loads: its cache hooks the
+        attention layers inside the compiled blocks, so turning it on or off would recompile them."""
+        tier = self.registry.get(first.model).speed.get(first.speed)
+        if tier is not None and tier.cache == "pab" and self.models.speedups.compile:
+            raise InvalidRequest(
+                f"speed {first.speed!r} of model {first.model!r} uses the pab cache, which hooks the attention "
+                "layers inside the compiled blocks and cannot run with T2I_COMPILE=1 without recompiling them; "
+                "use another speed, or give this tier a taylorseer, first_block or mag cache", param="speed")
 
     def _denoise(
         self, pipe: Any, items: list[EngineRequest], seeds: list[int], family: str = "sd"
@@ -435,9 +466,11 @@ class Engine(SharedWorkers):
         self.stop_points.attach(pipe, denoiser_compiled=self.models.speedups.compile)
         self.stage_timer.start()
         tier = self.registry.get(first.model).speed.get(first.speed)  # (None for quality)
+        # (what call_arguments passes: a strength edit noises its image part way and runs the rest of the steps)
+        strength = first.strength if first.mode != "generate" and not first.references else None
         try:
             with torch.inference_mode(), self.stop_points.watching(lambda: self._all_unwanted(items)), \
-                    step_cache(pipe, tier, first.steps) as self._cache_count, \
+                    step_cache(pipe, tier, denoising_steps(first.steps, strength)) as self._cache_count, \
                     per_row_guidance(pipe, items):
                 output = pipe(**kwargs)
         finally:

@@ -44,6 +44,10 @@ class AdapterSlots:
     def bytes(self) -> int:
         return sum(a.bytes for a in self.loaded.values())
 
+    def check_loadable(self, adapter_id: str) -> None:
+        """Raise the error ``load`` would raise for ``adapter_id`` whatever its file (before the memory
+        budget makes room for it); here none: any adapter of the family can be loaded."""
+
     def load(self, pipe: Any, adapter_id: str, path: str, weight_name: str | None) -> LoadedAdapter:
         """Load the adapter's weights into ``pipe``'s modules (not active until ``activate``)."""
         started = time.perf_counter()

@@ -7,8 +7,8 @@ every adapter switch recompiled the denoiser, a stall for every request queued b
 Here each layer that any adapter registered for the model's family targets gets one more PEFT adapter,
 the slot (``t2i_slot``), of rank ``rank``, with a scale of 1, always active, before the first compiled
 call. The registered adapters are read when the model loads (each loaded by diffusers under a
-temporary name, its per-layer matrices kept, then deleted) and an adapter set is swapped in by copying
-into the slot's weights, in place:
+temporary name, its per-layer matrices kept in CPU memory, pinned on CUDA machines, then deleted) and
+an adapter set is swapped in by copying into the slot's weights, in place:
 
     B_slot = [w1 * s1 * B1 | w2 * s2 * B2 | 0 ...],  A_slot = [A1; A2; 0 ...]
 
@@ -58,6 +58,15 @@ def _lora_layers(pipe: Any, name: str) -> dict[LayerKey, Any]:
     return found
 
 
+def _on_host(tensor: Any) -> Any:
+    """A copy of ``tensor`` in CPU memory, pinned when CUDA is there (so that copying it into the slot
+    does not wait for the GPU): harvested adapters take no device memory."""
+    import torch
+
+    host = tensor.detach().to("cpu", copy=True)
+    return host.pin_memory() if torch.cuda.is_available() else host
+
+
 def harvest(pipe: Any, adapter_id: str, path: str, weight_name: str | None) -> Harvested:
     """Load the adapter with diffusers (under a staging name), keep its matrices, delete it again."""
     kwargs = {"weight_name": weight_name} if weight_name else {}
@@ -73,7 +82,7 @@ def harvest(pipe: Any, adapter_id: str, path: str, weight_name: str | None) -> H
                 raise ModelUnavailable(f"adapter {adapter_id!r} uses DoRA or LoRA biases, which a compiled model "
                                        "(T2I_COMPILE=1) cannot swap in", param="adapters")
             a, b = layer.lora_A[_STAGING].weight, layer.lora_B[_STAGING].weight
-            layers[key] = (a.detach().clone(), b.detach().clone(), float(layer.scaling[_STAGING]))
+            layers[key] = (_on_host(a), _on_host(b), float(layer.scaling[_STAGING]))
     finally:
         pipe.delete_adapters([_STAGING])
     return Harvested(layers, max((a.shape[0] for a, _, _ in layers.values()), default=0))
@@ -89,7 +98,7 @@ class CompiledAdapterSlots(AdapterSlots):
     _slot: dict[LayerKey, Any] = field(default_factory=dict)
     #: the model's registered adapters that could not be read at load, with the reason
     missing: dict[str, str] = field(default_factory=dict)
-    #: harvested adapters stay with the model: the memory budget cannot unload them one by one
+    #: harvested adapters (in CPU memory) stay with the model: the memory budget cannot unload them one by one
     evictable = False
 
     @classmethod
@@ -138,11 +147,23 @@ class CompiledAdapterSlots(AdapterSlots):
                 layer._disable_adapters = False
         self._layers = list(self._slot.values())
 
-    def load(self, pipe: Any, adapter_id: str, path: str, weight_name: str | None) -> LoadedAdapter:
+    def bytes(self) -> int:
+        """The harvested adapters' bytes where they count against the memory budget: on a CPU model (the
+        same RAM); on an accelerator they are in host memory and count nothing. (The slot's own weights
+        are parameters of the model's modules: in the model's bytes.)"""
+        on_cpu = all(layer.lora_A[SLOT].weight.device.type == "cpu" for layer in self._slot.values())
+        return super().bytes() if on_cpu else 0
+
+    def check_loadable(self, adapter_id: str) -> None:
+        """A compiled model takes no adapter after its load: refused before anything is unloaded for it."""
         reason = self.missing.get(adapter_id, "it was not registered for this model's family then")
         raise ModelUnavailable(f"adapter {adapter_id!r} was not read when this model loaded with T2I_COMPILE=1 ({reason}); "
                                "a compiled model takes its adapters at load: unload the model and load it again",
                                param="adapters")
+
+    def load(self, pipe: Any, adapter_id: str, path: str, weight_name: str | None) -> LoadedAdapter:
+        self.check_loadable(adapter_id)
+        raise AssertionError("unreachable: check_loadable refuses every adapter")  # pragma: no cover
 
     def delete(self, pipe: Any, adapter_id: str) -> None:  # pragma: no cover - evictable is False
         raise AssertionError("a compiled model's adapters are not unloaded one by one")
@@ -169,6 +190,8 @@ class CompiledAdapterSlots(AdapterSlots):
                         continue
                     a, b, scale = found
                     rank = a.shape[0]
-                    slot_a[start:start + rank].copy_(a)
-                    slot_b[:, start:start + rank].copy_(b * (weight * scale))
+                    slot_a[start:start + rank].copy_(a, non_blocking=True)
+                    part = slot_b[:, start:start + rank]
+                    part.copy_(b, non_blocking=True)
+                    part.mul_(weight * scale)  # (on the device, after the copy: the same stream)
                     start += rank

@@ -437,6 +437,7 @@ class ModelManager:
             if adapter_id in model.adapters.loaded:
                 continue
             entry = self.registry.adapter(adapter_id, model.entry)
+            model.adapters.check_loadable(adapter_id)  # before anything is unloaded to make room for it
             path = entry.local_path()
             self._keep = keep
             try:

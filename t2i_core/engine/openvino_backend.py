@@ -3,10 +3,11 @@
 Each module is converted once (``openvino.convert_model``, traced from the torch module with the
 batch, the sequence and the spatial sides dynamic: one model serves every batch size the adaptive
 batcher forms, so a new batch size never converts or compiles again) and saved as OpenVINO IR with
-float32 weights under ``$T2I_CACHE_DIR/openvino/<component>-<fingerprint>``; the fingerprint is taken
-from the module's weights (names, shapes, dtypes, a float64 sum and a strided sample of each), so a
-restart, another worker or another model with the same weights reuses the file, and changed weights
-never do. OpenVINO's own compiled-model cache (``CACHE_DIR``) sits beside it, so a restart skips the
+float32 weights under ``$T2I_CACHE_DIR/openvino/<component>-<weights>-<graph>``: the weights'
+fingerprint (names, shapes, dtypes, a float64 sum and a strided sample of each) and the graph's (the
+module's class and config, the torch/diffusers/transformers/OpenVINO versions), so a restart, another
+worker or another model with the same weights and config reuses the file, and changed weights, config
+or libraries never do. Written under a lock, staged and marked complete last (``openvino_ir_cache``). OpenVINO's own compiled-model cache (``CACHE_DIR``) sits beside it, so a restart skips the
 CPU plugin's compile too. Inference is pinned to float32 (``INFERENCE_PRECISION_HINT``: OpenVINO would
 otherwise pick bfloat16 on CPUs that have it), with as many threads as torch uses.
 
@@ -22,19 +23,18 @@ convolutions (``IndexError`` in ``produce_guards_verbose``), and it recompiles p
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import logging
 import shutil
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Callable
 
+from t2i_core.engine import openvino_ir_cache as ir_cache
+from t2i_core.engine.openvino_ir_cache import CONVERTER_VERSION, fingerprint  # noqa: F401 - re-exported
+
 log = logging.getLogger("t2i.openvino")
 
-#: bump when what is converted (the wrappers' inputs and outputs) changes: old IR files are not reused
-CONVERTER_VERSION = 1
 #: the IR folders this process converted (a load that finds its folder on disk converts nothing)
 converted: list[str] = []
 _CORE: Any = None
@@ -63,25 +63,6 @@ def _core() -> Any:
 
             _CORE = ov.Core()
         return _CORE
-
-
-def fingerprint(module: Any) -> str:
-    """A hash of the module's weights: every parameter's and buffer's name, shape and dtype, its sum in
-    float64 and a strided sample of 64 values (a full hash of a 3.4 GB UNet takes seconds; this reads
-    each value once, in torch's threads)."""
-    import torch
-
-    digest = hashlib.sha256()
-    with torch.no_grad():
-        for name, tensor in (*module.named_parameters(), *module.named_buffers()):
-            flat = tensor.detach().reshape(-1)
-            digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-            if flat.numel() and tensor.dtype.is_floating_point:
-                digest.update(repr(float(flat.sum(dtype=torch.float64))).encode())
-                digest.update(flat[:: max(1, flat.numel() // 64)].to(torch.float64).numpy().tobytes())
-            elif flat.numel():
-                digest.update(flat[:: max(1, flat.numel() // 64)].numpy().tobytes())
-    return digest.hexdigest()[:24]
 
 
 class _Traced:
@@ -118,31 +99,39 @@ class _Traced:
 
 
 def _convert(kind: str, module: Any, example: tuple[Any, ...], shapes: list[list[int]], folder: Path) -> Path:
-    """Convert ``module`` to IR in ``folder`` (written beside it and renamed: a crash leaves no half file);
-    returns the .xml path. Already there: nothing is converted."""
+    """Convert ``module`` to IR in ``folder`` unless a complete IR is there (``openvino_ir_cache``: under
+    the folder's lock, staged, marker last); returns the .xml path."""
     xml = folder / f"{kind}.xml"
-    if xml.exists() and xml.with_suffix(".bin").exists():
-        return xml
-    import openvino as ov
-    import torch
+    with ir_cache.locked(folder):
+        ir_cache.remove_stale_staging(folder)
+        if ir_cache.complete(folder) and xml.exists():
+            return xml
+        import openvino as ov
+        import torch
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
-        with torch.no_grad():
-            model = ov.convert_model(module, example_input=example, input=[ov.PartialShape(s) for s in shapes])
-        ov.save_model(model, staging / xml.name, compress_to_fp16=False)  # float32 weights: the quality bound
-        staging.chmod(0o755)  # mkdtemp makes it private; the cache is readable like the rest of T2I_CACHE_DIR
-        try:
-            staging.rename(folder)
-        except OSError:  # another process converted it meanwhile
-            if not xml.exists():
-                raise
+        def write(staging: Path) -> None:
+            with torch.no_grad():
+                model = ov.convert_model(module, example_input=example, input=[ov.PartialShape(s) for s in shapes])
+            ov.save_model(model, staging / xml.name, compress_to_fp16=False)  # float32 weights: the quality bound
+
+        ir_cache.publish(write, folder)
         converted.append(folder.name)
         log.info("converted %s to OpenVINO in %s", kind, folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return xml
+
+
+def _load(kind: str, module: Any, example: tuple[Any, ...], shapes: list[list[int]], folder: Path) -> "OpenVinoModule":
+    """The OpenVINO model of ``module`` from the disk cache, converted first if need be; a cached IR that
+    fails to compile (damaged on disk) is deleted and converted once more."""
+    xml = _convert(kind, module, example, shapes, folder)
+    try:
+        return OpenVinoModule(xml)
+    except Exception as exc:  # noqa: BLE001 - whatever OpenVINO raises on a damaged file
+        log.warning("the cached OpenVINO model %s did not compile (%s: %s); converting it again", folder,
+                    type(exc).__name__, exc)
+        with ir_cache.locked(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+        return OpenVinoModule(_convert(kind, module, example, shapes, folder))
 
 
 def _compile(xml: Path) -> Any:
@@ -206,8 +195,7 @@ def install_unet(unet: Any, folder: Path) -> OpenVinoModule:
     cfg = unet.config
     channels, dim = cfg.in_channels, cfg.cross_attention_dim
     example = (torch.randn(2, channels, 16, 16), torch.tensor([999.0, 999.0]), torch.randn(2, 77, dim))
-    ov_unet = OpenVinoModule(_convert("unet", _Traced.unet(unet), example,
-                                      [[-1, channels, -1, -1], [-1], [-1, -1, dim]], folder))
+    ov_unet = _load("unet", _Traced.unet(unet), example, [[-1, channels, -1, -1], [-1], [-1, -1, dim]], folder)
     torch_forward = unet.forward
     up_factor = 2 ** getattr(unet, "num_upsamplers", 0)
 
@@ -232,8 +220,8 @@ def install_text_encoder(encoder: Any, folder: Path) -> OpenVinoModule:
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
     length = encoder.config.max_position_embeddings
-    ov_encoder = OpenVinoModule(_convert("text_encoder", _Traced.text_encoder(encoder),
-                                         (torch.ones(2, length, dtype=torch.int64),), [[-1, -1]], folder))
+    ov_encoder = _load("text_encoder", _Traced.text_encoder(encoder), (torch.ones(2, length, dtype=torch.int64),),
+                       [[-1, -1]], folder)
     torch_forward = encoder.forward
 
     def forward(*args: Any, **kwargs: Any) -> Any:
@@ -257,8 +245,7 @@ def install_vae_decoder(decoder: Any, folder: Path) -> OpenVinoModule:
 
     first = next(m for m in decoder.modules() if isinstance(m, torch.nn.Conv2d))
     channels = first.in_channels
-    ov_decoder = OpenVinoModule(_convert("vae_decoder", decoder, (torch.randn(1, channels, 16, 16),),
-                                         [[-1, channels, -1, -1]], folder))
+    ov_decoder = _load("vae_decoder", decoder, (torch.randn(1, channels, 16, 16),), [[-1, channels, -1, -1]], folder)
     torch_forward = decoder.forward
 
     def forward(z: Any, *args: Any, **kwargs: Any) -> Any:
@@ -276,6 +263,8 @@ COMPONENTS: dict[str, Callable[[Any], Any]] = {
     "unet": lambda pipe: pipe.unet,
     "vae_decoder": lambda pipe: pipe.vae.decoder,
 }
+#: whose config shapes each component's graph (default: the module's own)
+_CONFIG_OWNER: dict[str, Callable[[Any], Any]] = {"vae_decoder": lambda pipe: pipe.vae}
 _INSTALLERS = {"text_encoder": install_text_encoder, "unet": install_unet, "vae_decoder": install_vae_decoder}
 _MARK = "_t2i_openvino"
 
@@ -283,8 +272,6 @@ _MARK = "_t2i_openvino"
 def apply(pipe: Any) -> dict[str, str]:
     """Convert (or load from the disk cache) and install each component; returns component -> "openvino"
     or the reason it stays in torch (a conversion that fails leaves that component in torch)."""
-    import openvino as ov
-
     done: dict[str, str] = {}
     for name, get in COMPONENTS.items():
         module = get(pipe)
@@ -292,7 +279,8 @@ def apply(pipe: Any) -> dict[str, str]:
             done[name] = "openvino"
             continue
         try:
-            folder = cache_root() / f"{name}-{fingerprint(module)}-ov{ov.__version__.split('-')[0]}-v{CONVERTER_VERSION}"
+            owner = _CONFIG_OWNER[name](pipe) if name in _CONFIG_OWNER else None
+            folder = cache_root() / ir_cache.cache_key(name, module, owner)
             setattr(module, _MARK, _INSTALLERS[name](module, folder))
             done[name] = "openvino"
         except Exception as exc:  # noqa: BLE001 - an op OpenVINO cannot convert: that component stays in torch

@@ -74,6 +74,14 @@ def cache_config(tier: SpeedTier, net: Any, steps: int, timestep: Callable[[], f
     raise ValueError(f"unknown cache {tier.cache!r}")
 
 
+def denoising_steps(steps: int, strength: float | None) -> int:
+    """The denoiser steps a call of ``steps`` runs: an image-to-image or inpaint call at ``strength`` runs
+    the last ``int(steps * strength)`` of them (diffusers' ``get_timesteps``), the others all."""
+    if strength is None:
+        return steps
+    return max(1, min(int(steps * strength), steps))
+
+
 def _apply(net: Any, config: Any) -> None:
     from diffusers.hooks import (FirstBlockCacheConfig, MagCacheConfig, PyramidAttentionBroadcastConfig,
                                  apply_first_block_cache, apply_mag_cache, apply_pyramid_attention_broadcast,
@@ -111,6 +119,7 @@ def step_cache(pipe: Any, tier: SpeedTier | None, steps: int) -> Iterator[CacheC
     modules = list(net.modules())
     saved = [(m, m.__dict__.get("forward", _ABSENT)) for m in modules]
     timestep = {"t": 1000.0}
+    wrapped: list[tuple[Any, Any]] = []
 
     def note_timestep(_: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
@@ -123,11 +132,18 @@ def step_cache(pipe: Any, tier: SpeedTier | None, steps: int) -> Iterator[CacheC
         _apply(net, cache_config(tier, net, steps, lambda: timestep["t"]))
         for module in modules:
             registry = getattr(module, "_diffusers_hook", None)
-            if registry is None or not any(name in registry.hooks for name in CACHE_HOOKS):
+            if registry is None:
                 continue
-            inner = registry._fn_refs[0]  # the first hook wraps the module's own forward
-            inner.original_forward = _counted(inner.original_forward, count, "computed")
-            module.forward = _counted(module.forward, count, "calls")
+            for name in CACHE_HOOKS:
+                hook = registry.hooks.get(name)
+                if hook is None:
+                    continue
+                # the cache hook's own reference: other hooks (group offloading's, first when the model is
+                # offloaded) may sit before it; they are not touched
+                ref = hook.fn_ref
+                wrapped.append((ref, ref.original_forward))
+                ref.original_forward = _counted(ref.original_forward, count, "computed")
+                module.forward = _counted(module.forward, count, "calls")
         root.invalidate_child_registries_cache()
         root.reset_stateful_hooks()
         # pipelines whose denoiser is a CacheMixin set their own context per call (cond / uncond); the
@@ -137,6 +153,8 @@ def step_cache(pipe: Any, tier: SpeedTier | None, steps: int) -> Iterator[CacheC
     finally:
         handle.remove()
         _set_cache_context(net, None)
+        for ref, original in wrapped:  # (remove_hook hands this on to the hook after it, if any)
+            ref.original_forward = original
         for module in modules:
             registry = getattr(module, "_diffusers_hook", None)
             if registry is not None:

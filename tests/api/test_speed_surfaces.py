@@ -56,3 +56,19 @@ def test_the_model_listing_names_each_models_tiers(client):
     assert rows[SD3]["speed"] == ["quality", "balanced", "fast"]
     assert rows["builtin/tiny-sd"]["speed"] == ["quality", "fast"]
     assert rows["stabilityai/sd-turbo"]["speed"] == ["quality"]
+
+
+def test_the_headers_sum_the_cache_work_of_every_batch_of_a_request():
+    """n = 3 images made in 3 engine batches (T2I_FAULT_OOM_ABOVE=1 splits every batch down to one image):
+    the request's header counts the hooked calls and skips of all three, not of the first batch only."""
+    from t2i_core.common.config import Settings
+    from t2i_core.engine.core import Engine
+
+    engine = Engine(Settings(fault_oom_above=1))
+    flow = RequestFlow(LocalEngineClient(engine), registry=engine.registry)
+    client = TestClient(build_surfaces(lambda: flow, ImageStore(ttl_s=60, max_bytes=10_000_000)))
+    r = client.post("/v1/images/generations", json={"prompt": "x", "model": SD3, "quality": "low", "n": 3,
+                                                    "num_inference_steps": 7})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["data"]) == 3
+    assert r.headers["x-cache-skipped"] == "12/21"  # 3 batches of 7 hooked calls, 4 of them skipped each

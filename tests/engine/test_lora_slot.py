@@ -84,3 +84,51 @@ def test_an_adapter_that_does_not_fit_the_model_is_left_out_without_a_trace():
     names = {name for m in model.text2image.unet.modules() if isinstance(m, LoraLayer) for name in m.lora_A}
     assert names == {SLOT}, names
     assert np.array_equal(images(engine, []), before)
+
+
+def test_an_adapter_a_compiled_model_cannot_take_unloads_nothing_before_it_is_refused():
+    """The memory budget is full: an adapter the slot refuses must not evict other models first."""
+    engine = Engine(Settings(dtype="float64"))
+    engine.load("builtin/tiny-sdxl")
+    model = engine.load(TINY_SD_ID)
+    ink = next(a for a in engine.registry.adapters() if a.id == INK)
+    model.adapters = CompiledAdapterSlots.prepare(model.text2image, [(ink.id, ink.local_path(), ink.weight_name)])
+    engine.models.budget_bytes = engine.models.used_bytes()  # any more bytes would unload the tiny SDXL
+    (result,) = engine.run([EngineRequest(model=TINY_SD_ID, prompt="p", steps=2, guidance_scale=3.0, width=64,
+                                          height=64, seed=1, adapters=[(PASTEL, 1.0)])])
+    assert result.error is not None and "T2I_COMPILE=1" in str(result.error), result.error
+    assert engine.models.evicted == [] and "builtin/tiny-sdxl" in engine.models.loaded_ids()
+
+
+def test_harvested_adapters_are_kept_in_cpu_memory_and_the_slot_is_in_the_models_bytes():
+    """The slot's weights are the model's parameters (in its bytes); the harvested matrices are in CPU
+    memory, counted in the budget only when the model runs on the CPU (the same RAM)."""
+    from t2i_core.engine.model_manager import module_bytes
+
+    engine = Engine(Settings(dtype="float64"))
+    model = engine.load(TINY_SD_ID)
+    without = module_bytes(model.text2image)
+    usable = [a for a in engine.registry.adapters() if a.family == "sd"]
+    slots = CompiledAdapterSlots.prepare(model.text2image, [(a.id, a.local_path(), a.weight_name) for a in usable])
+    slot_bytes = sum(p.numel() * p.element_size() for layer in slots._slot.values()
+                     for p in (layer.lora_A[SLOT].weight, layer.lora_B[SLOT].weight))
+    assert slot_bytes > 0 and module_bytes(model.text2image) == without + slot_bytes
+    tensors = [t for h in slots.harvested.values() for a, b, _ in h.layers.values() for t in (a, b)]
+    assert tensors and all(t.device.type == "cpu" for t in tensors)
+    assert slots.bytes() == sum(t.numel() * t.element_size() for t in tensors)  # a CPU model: the same RAM
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_harvested_adapters_stay_pinned_in_host_memory_and_swap_in_unchanged():
+    """On an accelerator the harvested matrices take no device memory (nor budget), and the images are
+    PEFT's."""
+    adapters = [(INK, 1.0), (PASTEL, 0.5)]
+    plain = images(Engine(Settings(dtype="float32")), adapters)
+    engine = Engine(Settings(dtype="float32"))
+    model = engine.load(TINY_SD_ID)
+    usable = [a for a in engine.registry.adapters() if a.family == "sd"]
+    model.adapters = CompiledAdapterSlots.prepare(model.text2image, [(a.id, a.local_path(), a.weight_name)
+                                                                     for a in usable])
+    tensors = [t for h in model.adapters.harvested.values() for a, b, _ in h.layers.values() for t in (a, b)]
+    assert all(t.device.type == "cpu" and t.is_pinned() for t in tensors) and model.adapters.bytes() == 0
+    assert np.abs(images(engine, adapters) - plain).max() <= 2  # float32 on the GPU: the order of sums

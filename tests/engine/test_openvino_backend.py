@@ -11,6 +11,7 @@ fault (a wrong graph, a dropped input), which shows as tens of levels."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
 
 import numpy as np
 import pytest
@@ -175,3 +176,89 @@ def test_the_sd_turbo_architecture_and_taesd_match_float32_torch():
     # scale: [-1, 1] -> [0, 255]) before clamping, so that every value counts
     diff = ((fast_image - image).abs() * 127.5).numpy()
     assert image.std() > 0.01 and diff.max() <= MAX_LEVELS and diff.mean() <= MEAN_LEVELS, (diff.max(), diff.mean())
+
+
+def small_vae(act_fn: str = "silu", seed: int = 0):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(act_fn=act_fn, block_out_channels=(16,), norm_num_groups=8).eval()
+
+
+#: the file a complete IR folder is marked with, written last (openvino_ir_cache.MARKER)
+MARKER = "complete.json"
+
+
+def decodes_like_torch(folder, decoders=None) -> None:
+    decoder, reference = decoders or (small_vae().decoder, small_vae().decoder)
+    openvino_backend.install_vae_decoder(decoder, folder)
+    z = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        assert float((decoder(z) - reference(z)).abs().max()) < 1e-4
+
+
+def test_the_ir_cache_drops_stale_staging_and_reconverts_an_incomplete_or_damaged_folder(tmp_path):
+    folder = tmp_path / "vae_decoder-test"
+    stale = tmp_path / f".{folder.name}-k1ll3d"  # what a conversion killed part way leaves
+    stale.mkdir()
+    (stale / "vae_decoder.bin").write_bytes(b"\0" * 100)
+    decodes_like_torch(folder)
+    assert not stale.exists() and (folder / MARKER).exists()
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == [folder.name]
+
+    converted = len(openvino_backend.converted)
+    decodes_like_torch(folder)  # complete: reused
+    assert len(openvino_backend.converted) == converted
+
+    (folder / MARKER).unlink()  # a folder without its marker is not trusted
+    decodes_like_torch(folder)
+    assert len(openvino_backend.converted) == converted + 1 and (folder / MARKER).exists()
+
+    binary = folder / "vae_decoder.bin"  # a truncated weights file, its marker in place
+    binary.write_bytes(binary.read_bytes()[: binary.stat().st_size // 2])
+    decodes_like_torch(folder)
+    assert len(openvino_backend.converted) == converted + 2 and (folder / MARKER).exists()
+
+
+def test_a_cached_ir_that_fails_to_compile_is_converted_again(tmp_path, monkeypatch):
+    monkeypatch.setattr(openvino_backend, "cache_root", lambda: tmp_path)  # no compiled blob of another test
+    folder = tmp_path / "vae_decoder-test"
+    decodes_like_torch(folder)
+    xml = folder / "vae_decoder.xml"  # damaged in place, at its recorded size (the marker cannot tell)
+    xml.write_bytes(b"<" * xml.stat().st_size)
+    shutil.rmtree(tmp_path / "compiled")  # (OpenVINO's compiled blob would still serve that path and size)
+    decodes_like_torch(folder)
+    assert (folder / MARKER).exists() and not xml.read_bytes().startswith(b"<<")
+
+
+def test_two_workers_loading_the_same_model_convert_it_once(tmp_path):
+    import threading
+
+    folder = tmp_path / "vae_decoder-test"
+    converted = len(openvino_backend.converted)
+    errors: list[BaseException] = []
+
+    decoders = [(small_vae().decoder, small_vae().decoder) for _ in range(2)]  # (torch's seed is global)
+
+    def load(pair) -> None:
+        try:
+            decodes_like_torch(folder, pair)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=load, args=(pair,)) for pair in decoders]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(openvino_backend.converted) == converted + 1
+
+
+def test_the_cache_key_changes_with_the_config_not_only_the_weights():
+    from t2i_core.engine.openvino_ir_cache import cache_key
+
+    silu, gelu, again = small_vae("silu"), small_vae("gelu"), small_vae("silu")
+    gelu.load_state_dict(silu.state_dict())
+    assert cache_key("vae_decoder", silu.decoder, silu) == cache_key("vae_decoder", again.decoder, again)
+    assert cache_key("vae_decoder", silu.decoder, silu) != cache_key("vae_decoder", gelu.decoder, gelu)
+    assert cache_key("unet", silu, None) != cache_key("unet", gelu, None)  # the module's own config

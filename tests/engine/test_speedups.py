@@ -94,3 +94,26 @@ def test_compiled_flux_blocks_serve_every_tier_adapter_set_and_batch_size_withou
         assert diff.max() <= 1, (n, speed, adapters, diff.max())
     assert unique_graphs() == graphs and engine.compile_watch.graphs["serving"] == 0
     assert engine.stats()["compiled_graphs_serving"] == 0
+
+
+@pytest.mark.slow
+def test_a_compiled_reference_edit_model_compiles_its_edits_at_start_up():
+    """A reference edit (Kontext) adds its image's tokens to every block's sequence: the warm-up runs
+    edits too, so the first edits under traffic compile nothing."""
+    from t2i_core.common.schemas import EditRequest, InputImage, to_engine
+
+    kontext = "builtin/tiny-flux-kontext"
+    engine = Engine(Settings(compile=1, max_batch_size=2, warmup_sizes="64x64", model=kontext))
+    engine.preload()
+    entry = engine.registry.get(kontext)
+    rng = np.random.default_rng(0)
+
+    def edit(seed: int) -> EngineRequest:
+        image = InputImage(width=64, height=64, pixels=rng.integers(0, 256, 64 * 64 * 3, dtype=np.uint8).tobytes())
+        item = to_engine(EditRequest(prompt=f"make it red {seed}", model=kontext), entry, seed=seed, mode="edit",
+                         registry=engine.registry, image_size=(64, 64))
+        return item.model_copy(update={"references": [image]})
+
+    for batch in ([edit(1)], [edit(2), edit(3)]):
+        assert all(r.error is None for r in engine.run(batch))
+    assert engine.compile_watch.graphs["startup"] > 0 and engine.compile_watch.graphs["serving"] == 0

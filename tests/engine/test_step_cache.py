@@ -138,3 +138,90 @@ def test_every_dit_familys_tiers_skip_block_work(dit_engine, model):
     # fast (every 3rd step after the first computed): steps 1 and 3 of 4 predicted in every hooked block
     assert fast.cache_skipped * 2 == fast.cache_calls, (fast.cache_calls, fast.cache_skipped)
     assert not np.array_equal(pixels(fast), pixels(quality))
+
+
+@pytest.fixture(scope="module")
+def offload_engine(tmp_path_factory) -> Engine:
+    """The tiny FLUX.1 as it ships and the same with group offloading (whose hook comes before the cache's)."""
+    import json
+
+    from t2i_core.common.registry import DEFAULT_REGISTRY, Registry
+
+    raw = json.loads(DEFAULT_REGISTRY.read_text())
+    base = next(m for m in raw["models"] if m["id"] == FLUX)
+    raw["models"].append({**base, "id": "builtin/tiny-flux-group", "memory": {**base["memory"], "offload": "group"}})
+    path = tmp_path_factory.mktemp("offload") / "models.json"
+    path.write_text(json.dumps(raw))
+    engine = Engine(Settings(torch_threads=1), registry=Registry(path=path))
+    yield engine
+    engine.close()
+
+
+def test_a_tier_counts_the_same_under_group_offloading_batch_after_batch(offload_engine):
+    """Group offloading puts its hook on each block before the cache's: the counts wrap the cache's own
+    hook, so they are those without offloading, the same every batch, and the images do not change."""
+    (plain,) = offload_engine.run([dit_request(FLUX, "fast", 2)])
+    assert (plain.cache_calls, plain.cache_skipped) == (16, 10)
+    net = offload_engine.models.load("builtin/tiny-flux-group").text2image.transformer
+    before = {name: (module.__dict__.get("forward"), [ref.forward for ref in module._diffusers_hook._fn_refs])
+              for name, module in net.named_modules() if hasattr(module, "_diffusers_hook")}
+    for _ in range(3):
+        (offloaded,) = offload_engine.run([dit_request("builtin/tiny-flux-group", "fast", 2)])
+        assert (offloaded.cache_calls, offloaded.cache_skipped) == (16, 10)
+        assert np.array_equal(pixels(offloaded), pixels(plain))
+        after = {name: (module.__dict__.get("forward"), [ref.forward for ref in module._diffusers_hook._fn_refs])
+                 for name, module in net.named_modules() if hasattr(module, "_diffusers_hook")}
+        assert after == before  # the offload hooks' references are as they were
+
+
+def test_the_mag_cache_is_told_the_steps_an_image_to_image_call_runs(tmp_path):
+    """At strength 0.5, 8 steps run 4: with retention_ratio 0.5 the cache computes the first half of
+    those 4 (2) and answers the rest (ratios of 1: nothing to correct), in each of the 2 hooked blocks.
+    Told 8 steps, it would have computed all 4."""
+    import json
+
+    from t2i_core.common.registry import DEFAULT_REGISTRY, Registry
+
+    raw = json.loads(DEFAULT_REGISTRY.read_text())
+    base = next(m for m in raw["models"] if m["id"] == FLUX)
+    mag = {"cache": "mag", "options": {"mag_ratios": [1.0] * 4, "retention_ratio": 0.5, "threshold": 1.0,
+                                       "max_skip_steps": 4}}
+    raw["models"].append({**base, "id": "builtin/tiny-flux-mag", "speed": {"fast": mag}})
+    path = tmp_path / "models.json"
+    path.write_text(json.dumps(raw))
+    engine = Engine(Settings(torch_threads=1), registry=Registry(path=path))
+    side = 64
+    gradient = np.tile(np.linspace(0, 255, side, dtype=np.uint8)[None, :, None], (side, 1, 3)).tobytes()
+    try:
+        (edit,) = engine.run([EngineRequest(model="builtin/tiny-flux-mag", prompt="p", steps=8, guidance_scale=3.5,
+                                            width=side, height=side, seed=1, speed="fast", mode="edit", image=gradient,
+                                            strength=0.5)])
+        assert edit.error is None, edit.error
+        assert (edit.cache_calls, edit.cache_skipped) == (8, 4)
+    finally:
+        engine.close()
+
+
+def test_a_pab_tier_is_refused_on_a_compiled_engine_before_anything_loads(tmp_path):
+    """The pab cache hooks attention layers inside the compiled blocks: with T2I_COMPILE its tier is a 400
+    naming the field (nothing is loaded or compiled for it); the model's other tiers still run."""
+    import json
+
+    from t2i_core.common.errors import InvalidRequest
+    from t2i_core.common.registry import DEFAULT_REGISTRY, Registry
+
+    raw = json.loads(DEFAULT_REGISTRY.read_text())
+    base = next(m for m in raw["models"] if m["id"] == FLUX)
+    pab = {"cache": "pab", "options": {"spatial_attention_block_skip_range": 2,
+                                       "spatial_attention_timestep_skip_range": [0, 1000]}}
+    raw["models"].append({**base, "id": "builtin/tiny-flux-pab", "speed": {**base.get("speed", {}), "fast": pab}})
+    path = tmp_path / "models.json"
+    path.write_text(json.dumps(raw))
+    engine = Engine(Settings(torch_threads=1, compile=1), registry=Registry(path=path))
+    try:
+        (refused,) = engine.run([dit_request("builtin/tiny-flux-pab", "fast", 1, steps=2)])
+        assert refused.error is not None and refused.error["code"] == InvalidRequest.code, refused.error
+        assert refused.error["param"] == "speed" and "pab" in refused.error["message"], refused.error
+        assert "T2I_COMPILE=1" in refused.error["message"] and engine.models.loaded_ids() == []
+    finally:
+        engine.close()
