@@ -24,6 +24,7 @@ import uuid
 from typing import Any, Callable
 
 from t2i_core.api import request_log
+from t2i_core.api.asgi_receive import no_receive, replay_body
 from t2i_core.api.keys.context import SCOPE_KEY, serving
 from t2i_core.api.keys.limits import KeyLimits
 from t2i_core.api.keys.records import ANONYMOUS_KEY, ApiKey
@@ -155,7 +156,7 @@ class GuardMiddleware:
         self.in_flight.enter()
         try:
             with serving(key):
-                await self.app(scope, _replay(body, receive), send)
+                await self.app(scope, replay_body(body, receive), send)
         finally:
             self.in_flight.leave()
             if slot is not None and self.limits is not None:
@@ -289,25 +290,8 @@ class GuardMiddleware:
         if isinstance(err, ShuttingDown):
             headers["Connection"] = "close"
         response = error_response(err, self.shape_for(scope), headers)
-        await response(scope, _no_receive, send)
+        await response(scope, no_receive, send)
 
-
-def _replay(body: bytes, receive: Any) -> Any:
-    """A receive that hands over the already-read body, then waits on the real one (disconnects)."""
-    sent = False
-
-    async def replay() -> dict[str, Any]:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
-
-
-async def _no_receive() -> dict[str, Any]:
-    return {"type": "http.disconnect"}
 
 
 #: the HTTP methods of the API's routes (tests check every route's method is here)

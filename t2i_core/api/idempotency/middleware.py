@@ -23,6 +23,7 @@ import time
 from typing import Any, Callable
 
 from t2i_core.api import request_log
+from t2i_core.api.asgi_receive import no_receive, replay_body
 from t2i_core.api.error_shapes import Shape, error_response, native
 from t2i_core.api.idempotency.store import Answer, IdempotencyStore, record_key
 from t2i_core.api.keys.context import SCOPE_KEY
@@ -83,7 +84,7 @@ class IdempotencyMiddleware:
             return
         body, more = await _read_body(receive)
         if body is None:  # the client left
-            await self.app(scope, _replay(b"", receive), send)
+            await self.app(scope, replay_body(b"", receive), send)
             return
         key_name = getattr(scope.get(SCOPE_KEY), "name", ANONYMOUS)
         key = record_key(key_name, idem)
@@ -142,7 +143,7 @@ class IdempotencyMiddleware:
 
         kept = False
         try:
-            await self.app(scope, _replay(body, receive), capture)
+            await self.app(scope, replay_body(body, receive), capture)
             if keep and start:
                 headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in start.get("headers", [])
                            if k.decode("latin-1").lower() not in NOT_KEPT]
@@ -156,7 +157,7 @@ class IdempotencyMiddleware:
                     pass  # the marker lapses by itself
 
     async def _answer_error(self, scope: dict[str, Any], send: Any, err: T2IError) -> None:
-        await error_response(err, self.shape_for(scope))(scope, _no_receive, send)
+        await error_response(err, self.shape_for(scope))(scope, no_receive, send)
 
 
 async def _send_answer(send: Any, answer: Answer) -> None:
@@ -175,20 +176,3 @@ async def _read_body(receive: Any) -> tuple[bytes | None, bool]:
         chunks.append(message.get("body", b""))
         if not message.get("more_body"):
             return b"".join(chunks), False
-
-
-def _replay(body: bytes, receive: Any) -> Any:
-    sent = False
-
-    async def replay() -> dict[str, Any]:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
-
-
-async def _no_receive() -> dict[str, Any]:
-    return {"type": "http.disconnect"}
