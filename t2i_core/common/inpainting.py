@@ -22,7 +22,7 @@ from typing import Any
 from t2i_core.common.errors import InvalidRequest
 from t2i_core.weights import sources
 from t2i_core.weights.random_arch import random_folder
-from t2i_core.weights.tiny import tiny_folder
+from t2i_core.weights.tiny_pipelines import tiny_folder
 
 #: the denoiser input channels of each family's inpainting pipelines: (plain, dedicated checkpoint)
 INPAINT_CHANNELS: dict[str, tuple[int, int]] = {"sd": (4, 9), "sdxl": (4, 9), "sd3": (16, 33)}

@@ -61,7 +61,7 @@ def pull(model_id: str, from_folder: Path | None = None, registry: Registry | No
         return f"imported {from_folder} into the BentoML model store as {tag}; registry source: \"bentoml:{tag}\""
     entry: ModelEntry = (registry or Registry()).get(model_id)
     if entry.source_kind == "tiny":
-        from t2i_core.weights.tiny import ensure_tiny_pipeline
+        from t2i_core.weights.tiny_pipelines import ensure_tiny_pipeline
 
         if (copy := entry.store_copy()) is not None:  # tiny models are deterministic: one copy is enough
             return f"{model_id} is already in the BentoML model store ({copy})"

@@ -154,6 +154,6 @@ def _build(source: Source, usage: Usage) -> str:
         from t2i_core.weights.random_arch import ensure_random_pipeline
 
         return str(ensure_random_pipeline(source.ref))
-    from t2i_core.weights.tiny import ensure_tiny_pipeline
+    from t2i_core.weights.tiny_pipelines import ensure_tiny_pipeline
 
     return str(ensure_tiny_pipeline(source.ref))

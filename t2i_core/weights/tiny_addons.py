@@ -15,7 +15,9 @@ import json
 import zlib
 from pathlib import Path
 
-from t2i_core.weights.tiny import WEIGHT_SEED, ensure_tiny_pipeline, tiny_cache_dir, write_folder
+from t2i_core.weights.tiny import WEIGHT_SEED, tiny_cache_dir, write_folder
+
+from t2i_core.weights.tiny_pipelines import ensure_tiny_pipeline
 
 #: bump when the adapters' or ControlNets' architecture or weights change: it names the cache folder
 CONTROLS_VERSION = "1"

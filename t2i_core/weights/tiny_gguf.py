@@ -10,7 +10,8 @@ import tempfile
 from pathlib import Path
 
 from t2i_core.weights.gguf_writer import QTYPES
-from t2i_core.weights.tiny import ensure_tiny_pipeline, tiny_cache_dir, tiny_folder
+from t2i_core.weights.tiny import tiny_cache_dir
+from t2i_core.weights.tiny_pipelines import ensure_tiny_pipeline, tiny_folder
 
 
 def parse_ref(ref: str) -> tuple[str, str]:

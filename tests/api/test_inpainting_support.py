@@ -22,7 +22,7 @@ from t2i_core.common.errors import InvalidRequest
 from t2i_core.common.inpainting import denoiser_channels, mode_refusal
 from t2i_core.common.registry import Registry
 from t2i_core.common.schemas import EditRequest, EngineRequest
-from t2i_core.weights.tiny import ensure_tiny_pipeline
+from t2i_core.weights.tiny_pipelines import ensure_tiny_pipeline
 
 SIDE = 64
 SD, SDXL, SD3, SD_INPAINT = "builtin/tiny-sd", "builtin/tiny-sdxl", "builtin/tiny-sd3", "builtin/tiny-sd-inpaint"

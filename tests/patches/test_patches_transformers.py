@@ -8,7 +8,7 @@ import pytest
 
 from conftest import ROOT
 
-from t2i_core.weights.tiny import ensure_tiny_pipeline
+from t2i_core.weights.tiny_pipelines import ensure_tiny_pipeline
 
 LOAD = """
 import sys

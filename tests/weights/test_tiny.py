@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from t2i_core.weights.tiny import build_tiny_pipeline, ensure_tiny_pipeline, write_clip_tokenizer
+from t2i_core.weights.tiny import build_tiny_pipeline, write_clip_tokenizer
+
+from t2i_core.weights.tiny_pipelines import ensure_tiny_pipeline
 
 
 def _digest(folder: Path) -> dict[str, str]:

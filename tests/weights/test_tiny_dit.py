@@ -238,7 +238,7 @@ def test_tiny_sources_of_the_dit_families_resolve_to_cached_folders(tmp_path, mo
     """``tiny:<family>`` of a DiT family resolves through weights/sources.py like the SD ones: built
     once into the cache, then reused."""
     from t2i_core.weights import sources
-    from t2i_core.weights.tiny import tiny_folder
+    from t2i_core.weights.tiny_pipelines import tiny_folder
 
     monkeypatch.setenv("T2I_CACHE_DIR", str(tmp_path))
     path = sources.resolve(sources.Source.parse("tiny:z-image"), "pipeline", "model 'builtin/tiny-z-image'")

@@ -19,17 +19,16 @@ orchestration is checked where no GPU is at hand (``tests/devtools/test_gpu_benc
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import gc
 import json
-import os
 import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+from t2i_core.devtools.bench.environment import environment
 from t2i_core.devtools.bench.presets import PRESETS, Preset
 
 #: T2I_* settings of a compiled run: torch.compile of the denoiser with its warm-up at startup, plus the
@@ -96,22 +95,6 @@ ARCHS = ("sd-turbo", "sdxl-turbo", "flux-schnell", "z-image-turbo")
 GPU_SIZING = Sizing()
 DIT_SIZING = _dit()
 DRY_SIZING = Sizing(batch_sizes=(1, 2), concurrency=(1, 2), max_batch_size=2, repeats=1, requests=4, warmup_per_client=1)
-
-
-@contextlib.contextmanager
-def environment(extra: dict[str, str]) -> Iterator[None]:
-    """``extra`` in os.environ for the block (the raw engine reads its settings from there, and the
-    served runs pass it on), then as before."""
-    saved = {k: os.environ.get(k) for k in extra}
-    os.environ.update(extra)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def sized(preset: Preset, sizing: Sizing) -> Preset:

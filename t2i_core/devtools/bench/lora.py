@@ -50,7 +50,7 @@ def main(arch: str, size: int, rank: int, repeats: int) -> None:
     from t2i_core.engine.lora import AdapterSlots
 
     if arch == "tiny":
-        from t2i_core.weights.tiny import ensure_tiny_pipeline
+        from t2i_core.weights.tiny_pipelines import ensure_tiny_pipeline
         from t2i_core.weights.tiny_addons import ensure_tiny_adapter
 
         folder, dtype = ensure_tiny_pipeline("sd"), torch.float64

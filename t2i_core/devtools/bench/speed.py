@@ -26,7 +26,7 @@ import statistics
 import time
 from typing import Any
 
-from t2i_core.devtools.bench.gpu import environment
+from t2i_core.devtools.bench.environment import environment
 
 PROMPTS = ("a lighthouse on a cliff at dusk", "a bowl of ripe figs, studio light", "a fox in fresh snow",
            "an old tram in a narrow street")

@@ -33,7 +33,7 @@ import datetime
 import json
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 
@@ -43,9 +43,6 @@ from t2i_core.common.errors import (
     Conflict, Forbidden, Gone, InvalidRequest, NotFound, T2IError, TaskCanceled, TaskLost, http_status,
 )
 from t2i_core.state.store import StateStore
-
-if TYPE_CHECKING:
-    from t2i_core.api.surfaces.tasks.outbox import TaskOutbox
 
 Status = Literal["in_progress", "completed", "failed", "canceled"]
 #: seconds a runner's lease lasts without renewal, and how often a runner renews it
@@ -126,11 +123,17 @@ class StoredResult(BaseModel):
         return cls(**head, body=data[4 + size:])
 
 
+class FinishedTasks(Protocol):
+    """What the store tells of a task whose final status it wrote (``outbox.TaskOutbox``: its webhook)."""
+
+    def finished(self, record: "TaskRecord", result: "StoredResult | None") -> bool: ...
+
+
 class TaskStore:
     """Synchronous, on any backend (``StateStore``); the routes call it through ``state.aio.call``."""
 
     def __init__(self, state: StateStore, ttl_s: float, max_bytes: int, runner: str | None = None,
-                 outbox: "TaskOutbox | None" = None):
+                 outbox: FinishedTasks | None = None):
         self.state = state
         #: queues a finished task's final webhook event where its status is written (None: no webhooks)
         self.outbox = outbox
