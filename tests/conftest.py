@@ -127,3 +127,14 @@ def redis_server():
         yield srv
     finally:
         srv.stop()
+
+
+def wait_for(check, timeout: float = 120, every: float = 0.05):
+    """``check()``'s first truthy value, polled every ``every`` seconds; AssertionError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError("condition not reached")

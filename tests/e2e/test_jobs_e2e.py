@@ -19,7 +19,7 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
-from conftest import ADMIN_KEY, TMP, Server
+from conftest import ADMIN_KEY, Server, TMP, wait_for
 from t2i_core.api.keys.records import digest
 from t2i_core.api.webhooks.deliveries import Deliveries, Delivery
 from t2i_core.state.sqlite import SqliteState
@@ -136,16 +136,6 @@ def status(server, who: str, task_id: str) -> dict:
     r = httpx.get(f"{server.url}/tasks/generate/status", params={"task_id": task_id}, headers=AUTH[who], timeout=30)
     assert r.status_code == 200, r.text
     return r.json()
-
-
-def wait_for(check, timeout: float = 120, every: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError("condition not reached")
 
 
 def finished(server, who: str, task_id: str) -> dict:

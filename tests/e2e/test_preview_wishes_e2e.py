@@ -5,10 +5,10 @@ tests/engine/test_request_board.py, on every state backend."""
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import pytest
+
+from conftest import wait_for
 
 pytestmark = pytest.mark.e2e
 #: a task that passes the submit checks, then fails in the engine before any step: the model's weights are absent
@@ -31,14 +31,6 @@ def progress(server, task_id: str, headers: dict | None = None) -> dict:
 
 def wishes_kept(server) -> int:
     return httpx.post(f"{server.url}/stats", json={}, timeout=30).json()["preview_wishes"]
-
-
-def wait_for(check, timeout: float = 120):
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.1)
-    return value
 
 
 def test_stale_preview_polls_keep_nothing_and_a_live_preview_still_arrives(server):

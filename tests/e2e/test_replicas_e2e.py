@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from conftest import ADMIN_KEY, Server, free_port
+from conftest import ADMIN_KEY, Server, free_port, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -34,16 +34,6 @@ def replicas():
         a.stop()
         b.stop()
         redis.stop()
-
-
-def wait_for(check, timeout: float = 120, every: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError("condition not reached")
 
 
 def test_a_task_submitted_on_one_replica_is_followed_and_cancelled_on_the_other(replicas):

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import time
 
 import bentoml
 import httpx
 import pytest
+
+from conftest import wait_for
 
 pytestmark = pytest.mark.e2e
 LONG = {"prompt": "a long job", "seed": 9, "steps": 100, "width": 512, "height": 512}
@@ -25,16 +26,6 @@ def progress(server, task_id: str) -> dict:
     r = httpx.get(f"{server.url}/tasks/generate/progress", params={"task_id": task_id}, timeout=30)
     assert r.status_code == 200, r.text
     return r.json()
-
-
-def wait_for(check, timeout: float = 120, every: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError("condition not reached")
 
 
 def test_submit_poll_progress_and_get(server):
